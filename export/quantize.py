@@ -1,0 +1,141 @@
+"""Static INT8 (QDQ, per-channel) with onnxruntime.quantization, behind an accuracy gate."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from busi.runtime.atomic import atomic_path
+from busi.runtime.contract import OUTPUT_NAME
+
+from .convert import ExportError, log, ort_session, write_sha256
+
+MIN_AGREEMENT = 0.99
+MAX_SENSITIVITY_DROP = 0.01
+
+
+class _Reader:
+    """CalibrationDataReader over training-split images with their (trained-source) masks."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, batch: int = 8):
+        self.items = [
+            {"image": images[i : i + batch], "mask": masks[i : i + batch]} for i in range(0, len(images), batch)
+        ]
+        self.it = iter(self.items)
+
+    def get_next(self):
+        return next(self.it, None)
+
+    def rewind(self):
+        self.it = iter(self.items)
+
+
+def _split_arrays(md, split: str, limit: int | None = None):
+    from busi.train.dataset import read_manifest
+    from busi.train.inputs import eval_masks, lesion_sizes, load_rows
+
+    manifest = read_manifest(md.path / "manifest.csv")
+    root = md.card["data"]["root"]
+    train = load_rows(root, [r for r in manifest if r["split"] == "train"][: limit or None], md.size)
+    sizes = lesion_sizes(train.gt)
+    source = md.card["architecture"]["mask"]["source"]
+    if split == "train":
+        arr = train
+    else:
+        arr = load_rows(root, [r for r in manifest if r["split"] == split], md.size)
+    return arr, eval_masks(arr, source, sizes, md.card["training"]["seed"]).astype(np.float32)
+
+
+def _run(session, images, masks, batch: int = 16) -> np.ndarray:
+    out = [
+        session.run([OUTPUT_NAME], {"image": images[i : i + batch].astype(np.float32), "mask": masks[i : i + batch]})[0]
+        for i in range(0, len(images), batch)
+    ]
+    return np.concatenate(out)
+
+
+def _sensitivity(y, p_mal, t) -> float | None:
+    pos = y == 2
+    return float((p_mal[pos] >= t).mean()) if pos.any() else None
+
+
+def quantize_gated(md, fp32_path: Path, props: dict[str, str], calibration_images: int, method: str | None = None) -> dict:
+    """Quantize, then gate on the held-out split. Writes model.int8.onnx only when it passes."""
+    import json
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    t0 = time.time()
+    cal_arr, cal_masks = _split_arrays(md, "train", calibration_images)
+    test_arr, test_masks = _split_arrays(md, "test")
+    fp32 = ort_session(str(fp32_path))
+    p32 = _run(fp32, test_arr.images, test_masks)
+    y = test_arr.labels
+    t = float(md.card["operating_point"]["malignant_threshold"])
+    sens32 = _sensitivity(y, p32[:, 2], t)
+    methods = [method] if method else ["MinMax", "Percentile", "Entropy"]
+    tried = []
+    with tempfile.TemporaryDirectory() as td:
+        pre = Path(td) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        for name in methods:
+            q = Path(td) / f"q_{name}.onnx"
+            extra = {"CalibPercentile": 99.99} if name == "Percentile" else {}
+            quantize_static(
+                str(pre),
+                str(q),
+                _Reader(cal_arr.images.astype(np.float32), cal_masks),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, name),
+                extra_options=extra,
+            )
+            p8 = _run(ort_session(str(q)), test_arr.images, test_masks)
+            agree = float((p8.argmax(1) == p32.argmax(1)).mean())
+            sens8 = _sensitivity(y, p8[:, 2], t)
+            drop = (sens32 - sens8) if (sens32 is not None and sens8 is not None) else 0.0
+            fig = {
+                "calibration": name,
+                "argmax_agreement": agree,
+                "max_abs_diff": float(np.abs(p8 - p32).max()),
+                "malignant_sensitivity_fp32": sens32,
+                "malignant_sensitivity_int8": sens8,
+                "heldout_images": int(len(y)),
+                "calibration_images": int(len(cal_arr)),
+            }
+            fig["passed"] = bool(agree >= MIN_AGREEMENT and drop <= MAX_SENSITIVITY_DROP + 1e-12)
+            tried.append(fig)
+            log(
+                f"int8 ({name}): argmax agreement {agree:.4f} (gate >= {MIN_AGREEMENT}), malignant sensitivity "
+                f"{sens8} vs fp32 {sens32} (max drop {MAX_SENSITIVITY_DROP}) -> {'pass' if fig['passed'] else 'fail'}"
+            )
+            if fig["passed"]:
+                m = onnx.load(str(q))
+                del m.metadata_props[:]
+                qprops = dict(props)
+                qprops["busi.quantization"] = json.dumps({**fig, "format": "QDQ", "per_channel": True, "type": "int8"}, sort_keys=True)
+                for k, v in sorted(qprops.items()):
+                    e = m.metadata_props.add()
+                    e.key, e.value = k, v
+                m.producer_name = "busi"
+                final = fp32_path.with_name("model.int8.onnx")
+                with atomic_path(final, suffix=".onnx") as tmp:
+                    onnx.save(m, tmp)
+                digest = write_sha256(final)
+                log(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB) in {time.time() - t0:.0f}s")
+                return {**fig, "file": final.name, "sha256": digest, "bytes": final.stat().st_size, "tried": tried}
+    for stale in (fp32_path.with_name("model.int8.onnx"), fp32_path.with_name("model.int8.onnx.sha256")):
+        stale.unlink(missing_ok=True)
+    best = max(tried, key=lambda f: f["argmax_agreement"])
+    raise ExportError(
+        f"INT8 gate failed for every calibration ({', '.join(m for m in methods)}): best argmax agreement "
+        f"{best['argmax_agreement']:.4f} < {MIN_AGREEMENT} or malignant sensitivity {best['malignant_sensitivity_int8']} "
+        f"vs fp32 {best['malignant_sensitivity_fp32']}; kept only model.onnx"
+    )

@@ -1,0 +1,172 @@
+"""`busi-train`: phantoms, check-data, fit, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .dataset import DataError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train and evaluate the busi masked ResNet50 (research software, not a medical device).",
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def phantoms(
+    out: Path = typer.Option(..., "--out", help="Folder to write <class>/<class> (N).png and masks into."),
+    per_class: int = typer.Option(40, "--per-class", min=1, help="Images per class."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed = same images)."),
+):
+    """Write synthetic B-mode breast ultrasound phantoms in the BUSI layout."""
+    from .phantoms import write_phantoms
+
+    try:
+        counts = write_phantoms(out, per_class, seed)
+    except OSError as e:
+        fail(f"{out}: {e}", 1)
+    typer.echo(f"wrote {sum(counts.values())} phantoms to {out} ({per_class} per class, seed {seed})", err=True)
+
+
+@app.command("check-data")
+def check_data(
+    data: Path = typer.Argument(..., help="BUSI-layout folder: <data>/{benign,malignant,normal}/*.png"),
+    as_json: bool = typer.Option(False, "--json", help="Print the full summary as JSON on stdout."),
+    distance: int = typer.Option(4, "--distance", min=0, max=64, help="Perceptual-hash Hamming distance for duplicates."),
+):
+    """Check a data folder: counts, multi-mask images, duplicates, conflicts, per-file problems."""
+    from . import dataset as ds
+
+    try:
+        scan = ds.scan_folder(data)
+    except DataError as e:
+        fail(str(e))
+    ds.inspect(scan)
+    ds.group_duplicates(scan, distance)
+    s = ds.summary(scan)
+    if as_json:
+        typer.echo(json.dumps(s, indent=2))
+    else:
+        out = [f"{s['root']}: {s['images']} images " + ", ".join(f"{k} {v}" for k, v in s["counts"].items())]
+        out.append(f"multi-mask images ({len(s['multi_mask'])}): " + ", ".join(s["multi_mask"]))
+        out.append(f"duplicate groups ({len(s['duplicate_groups'])}, distance <= {distance}):")
+        out += ["  " + " | ".join(g) for g in s["duplicate_groups"]]
+        out.append(f"label-conflicting groups ({len(s['conflicting_groups'])}), excluded from every split by default:")
+        out += ["  " + " | ".join(g) for g in s["conflicting_groups"]]
+        out.append(f"files with problems ({len(s['problems'])}):")
+        out += [f"  {p}: {'; '.join(v)}" for p, v in s["problems"].items()]
+        if s["orphan_masks"]:
+            out.append(f"masks without image ({len(s['orphan_masks'])}): " + ", ".join(s["orphan_masks"]))
+        typer.echo("\n".join(out))
+    if s["unusable"]:
+        typer.echo(f"error: {s['unusable']}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def fit(
+    data: Path = typer.Option(..., "--data", help="BUSI-layout folder (real BUSI or phantoms)."),
+    out: Path = typer.Option(..., "--out", help="Model folder to write (model.keras, card.json, report...)."),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH.h5 (ResNet50 no-top weights)."),
+    freeze: Optional[bool] = typer.Option(None, "--freeze/--no-freeze", help="Freeze the backbone (default: frozen when pretrained)."),
+    mask_source: str = typer.Option("box", "--mask-source", help="box | gt | none: the mask the model is trained with."),
+    image_size: int = typer.Option(224, "--image-size", min=32, max=1024, help="Input side in pixels."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs (default 20; 40 with --weights none)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Adam learning rate (default 1e-4; 1e-3 with --weights none)."),
+    patience: Optional[int] = typer.Option(None, "--patience", min=1, help="Early-stopping patience (default 5; 12 with --weights none)."),
+    seed: int = typer.Option(0, "--seed"),
+    val_frac: float = typer.Option(0.15, "--val", min=0.01, max=0.5),
+    test_frac: float = typer.Option(0.15, "--test", min=0.01, max=0.5),
+    distance: int = typer.Option(4, "--distance", min=0, max=64, help="Duplicate grouping distance (bits)."),
+    keep_conflicts: bool = typer.Option(False, "--keep-conflicts", help="Keep label-conflicting duplicate groups in train."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Switch augmentation off."),
+):
+    """Split the data (duplicate-aware), train the masked ResNet50, evaluate it on the test split."""
+    from .fit import FitConfig
+    from .fit import fit as run_fit
+    from .model import WeightsUnavailable
+
+    cfg = FitConfig(
+        data=str(data), out=str(out), weights=weights, freeze=freeze, mask_source=mask_source,
+        image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
+        val_frac=val_frac, test_frac=test_frac, dup_distance=distance, keep_conflicts=keep_conflicts,
+        augment=not no_augment,
+    )
+    if mask_source not in ("box", "gt", "none"):
+        fail(f"--mask-source must be box, gt or none, not {mask_source!r}")
+    try:
+        path = run_fit(cfg)
+    except (DataError, WeightsUnavailable) as e:
+        fail(str(e))
+    except _input_errors() as e:
+        fail(str(e))
+    report = json.loads((path / "report.json").read_text())
+    from .report import results_table
+
+    typer.echo(results_table(report), err=True)
+    typer.echo(f"model: {path / 'model.keras'}\nreport: {path / 'report.md'}", err=True)
+
+
+def _input_errors():
+    from busi.runtime.errors import BusiError
+
+    return (BusiError,)
+
+
+@app.command()
+def evaluate(
+    model_dir: Path = typer.Argument(..., help="Model folder written by `busi-train fit`."),
+    data: Path = typer.Option(..., "--data", help="BUSI-layout folder to evaluate on (an external set)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the report (default MODEL_DIR/eval-<data name>)."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Evaluate a trained model on every usable image of a BUSI-layout folder."""
+    from .evaluate import evaluate_folder
+
+    try:
+        path = evaluate_folder(model_dir, data, out, seed)
+    except DataError as e:
+        fail(str(e))
+    except _input_errors() as e:
+        fail(str(e))
+    from .report import results_table
+
+    typer.echo(results_table(json.loads((path / "report.json").read_text())), err=True)
+    typer.echo(f"report: {path / 'report.md'}", err=True)
+
+
+@app.command()
+def report(
+    model_dir: Path = typer.Argument(..., help="Model folder with report.json."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="README to update between the results markers."),
+):
+    """Print the results table of a model folder (and write it into the README)."""
+    from .report import results_table, update_readme
+
+    rp = model_dir / "report.json"
+    if not rp.is_file():
+        fail(f"{rp}: not found (train first: make train)")
+    rep = json.loads(rp.read_text())
+    typer.echo(results_table(rep))
+    if readme is not None and not update_readme(readme, rep, str(model_dir)):
+        fail(f"{readme}: no results markers found")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,85 @@
+"""The masked ResNet50 classifier, with preprocessing inside the graph.
+
+Inputs: `image` (N, H, W, 3) float32 RGB 0..255 and `mask` (N, H, W, 1) float32 0/1.
+Graph: image * mask -> ResNet50 preprocessing (RGB->BGR, ImageNet mean) -> ResNet50
+(include_top=False, layer names kept, so `conv5_block3_out` is reachable) -> global average
+pooling -> Dense 256 relu -> Dropout 0.5 -> Dense 3 softmax named `probabilities`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._tf import keras
+
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+CLASSES = ("normal", "benign", "malignant")
+LAST_CONV = "conv5_block3_out"
+
+
+class WeightsUnavailable(Exception):
+    pass
+
+
+@keras.saving.register_keras_serializable(package="busi")
+class ResNetPreprocess(keras.layers.Layer):
+    """keras.applications.resnet50.preprocess_input ('caffe' mode) as a serializable layer."""
+
+    def call(self, x):
+        bgr = keras.ops.flip(x, axis=-1)
+        return bgr - keras.ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype=x.dtype)
+
+
+def build_classifier(
+    size: int = 224,
+    weights: str | None = "imagenet",
+    freeze: bool | None = None,
+    dropout: float = 0.5,
+    n_classes: int = 3,
+    bn_momentum: float | None = None,
+) -> keras.Model:
+    """Build the masked ResNet50. `weights`: "imagenet", None/"none", or a local .h5 path.
+
+    The backbone is frozen when pretrained and trainable from scratch, unless `freeze` says.
+    `bn_momentum` overrides the batch-norm moving-average momentum (0.99 in ResNet50); a
+    from-scratch run on a few hundred images needs a faster one for its moving statistics to
+    settle, else validation loss explodes while training loss falls.
+    """
+    if weights in (None, "none"):
+        weights = None
+    elif weights != "imagenet":
+        p = Path(weights)
+        if not p.is_file():
+            raise WeightsUnavailable(f"{weights}: weights file not found")
+        weights = str(p)
+    if freeze is None:
+        freeze = weights is not None
+    image = keras.Input((size, size, 3), name="image", dtype="float32")
+    mask = keras.Input((size, size, 1), name="mask", dtype="float32")
+    x = keras.layers.Multiply(name="apply_mask")([image, mask])
+    x = ResNetPreprocess(name="resnet_preprocess")(x)
+    try:
+        backbone = keras.applications.ResNet50(include_top=False, weights=weights, input_tensor=x)
+    except Exception as e:  # no network, bad file, wrong architecture
+        if weights == "imagenet":
+            raise WeightsUnavailable(
+                "cannot download the ImageNet ResNet50 weights (no network?): pass "
+                "--weights PATH.h5 (resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 copied "
+                f"from a machine with network) or --weights none to train from scratch [{type(e).__name__}]"
+            ) from None
+        raise WeightsUnavailable(f"{weights}: cannot load as ResNet50 (no top) weights: {e}") from None
+    for layer in backbone.layers:
+        if layer.name not in ("image", "mask", "apply_mask", "resnet_preprocess"):
+            layer.trainable = not freeze
+        if bn_momentum is not None and isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = bn_momentum
+    feats = backbone.output
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(feats)
+    x = keras.layers.Dense(256, activation="relu", name="fc256")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    out = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs={"image": image, "mask": mask}, outputs=out, name="busi_masked_resnet50")
+
+
+def trainable_count(model: keras.Model) -> int:
+    return int(sum(keras.ops.size(w) for w in model.trainable_weights))

@@ -1,0 +1,171 @@
+"""Synthetic B-mode breast ultrasound phantoms in the BUSI folder layout.
+
+Deterministic by seed. Each image: tissue layers (skin, fat, gland, muscle) with
+depth attenuation and multiplicative Rayleigh speckle. Benign lesions are oval,
+circumscribed, wider than tall, hypoechoic, with posterior enhancement; malignant ones are
+irregular or spiculated, taller than wide, heterogeneous, with posterior shadowing; normal
+images hold no lesion and an all-zero mask. Size, aspect and contrast ranges overlap
+between benign and malignant, so the classes are learnable but not trivially.
+
+Storage varies on purpose so every loader path runs: some images grey, some RGB, some
+masks RGBA or 1-bit, some split into `_mask` + `_mask_1` parts (to be OR-merged).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CLASSES = ("normal", "benign", "malignant")
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
+    """Low-frequency noise in [-1, 1] (random field upsampled from a coarse grid)."""
+    gh, gw = max(2, int(h / scale)), max(2, int(w / scale))
+    coarse = rng.standard_normal((gh, gw)).astype(np.float32)
+    up = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    return up / (np.abs(up).max() + 1e-6)
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Echogenicity map (before speckle) with skin, fat, gland and muscle layers."""
+    y = np.arange(h, dtype=np.float32)[:, None] / h
+    x = np.arange(w, dtype=np.float32)[None, :] / w
+    wav = lambda amp, f, ph: amp * np.sin(2 * np.pi * (f * x + ph))  # noqa: E731
+    skin = rng.uniform(0.03, 0.06) + wav(0.005, 1, rng.random())
+    fat = skin + rng.uniform(0.12, 0.25) + wav(0.03, rng.uniform(0.5, 2), rng.random())
+    gland = fat + rng.uniform(0.3, 0.45) + wav(0.04, rng.uniform(0.5, 2), rng.random())
+    img = np.full((h, w), 0.35, np.float32)
+    img = np.where(y < skin, 0.95, img)
+    fat_tex = 0.32 + 0.12 * _smooth_noise(rng, h, w, 25)
+    img = np.where((y >= skin) & (y < fat), fat_tex, img)
+    gland_tex = 0.6 + 0.18 * _smooth_noise(rng, h, w, 18)
+    img = np.where((y >= fat) & (y < gland), gland_tex, img)
+    stripes = 0.45 + 0.15 * np.sin(2 * np.pi * (y * rng.uniform(25, 40) + 0.2 * _smooth_noise(rng, h, w, 60)))
+    img = np.where(y >= gland, stripes, img)
+    # Cooper's ligaments: a few bright thin curves
+    for _ in range(rng.integers(2, 6)):
+        cy = rng.uniform(0.15, 0.7)
+        curve = cy + 0.05 * np.sin(2 * np.pi * (x * rng.uniform(0.5, 2) + rng.random()))
+        img += 0.35 * np.exp(-(((y - curve) * h / 2.0) ** 2))
+    return np.clip(img, 0, 1.2)
+
+
+def _oval(rng: np.random.Generator, h: int, w: int, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    angle = rng.uniform(-15, 15)
+    cv2.ellipse(m, (int(cx), int(cy)), (int(rx), int(ry)), angle, 0, 360, 1, -1)
+    return m.astype(bool)
+
+
+def _irregular(rng: np.random.Generator, h: int, w: int, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    n = int(rng.integers(14, 28))
+    t = np.sort(rng.uniform(0, 2 * np.pi, n))
+    spiculated = rng.random() < 0.6
+    r = 1 + 0.2 * rng.standard_normal(n).clip(-2, 2)
+    if spiculated:
+        r[rng.random(n) < 0.35] *= rng.uniform(1.2, 1.6)
+    pts = np.stack([cx + rx * r * np.cos(t), cy + ry * r * np.sin(t)], axis=1).astype(np.int32)
+    m = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(m, [pts], 1)
+    return m.astype(bool)
+
+
+def make_phantom(rng: np.random.Generator, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """One phantom: (grey uint8 image H x W, bool lesion mask H x W)."""
+    w = int(rng.integers(400, 701))
+    h = int(w * rng.uniform(0.75, 1.0))
+    echo = _background(rng, h, w)
+    mask = np.zeros((h, w), bool)
+    if label != "normal":
+        size = rng.uniform(0.08, 0.24) * w  # overlapping size range for both lesion classes
+        if label == "benign":
+            aspect = rng.uniform(0.9, 1.9)  # width / height: mostly wider than tall
+        else:
+            aspect = rng.uniform(0.6, 1.25)  # mostly taller than wide
+        rx = size / 2
+        ry = rx / aspect
+        cx = rng.uniform(0.25, 0.75) * w
+        cy = rng.uniform(0.3, 0.6) * h
+        cy = min(cy, h - ry - 0.15 * h)
+        shape = _oval if label == "benign" else _irregular
+        mask = shape(rng, h, w, cx, cy, rx, ry)
+        if not mask.any():
+            mask = _oval(rng, h, w, cx, cy, max(rx, 5), max(ry, 5))
+        contrast = rng.uniform(0.12, 0.45)  # lesion echo level (hypoechoic), overlapping ranges
+        inner = np.full((h, w), contrast, np.float32)
+        if label == "malignant":
+            inner += rng.uniform(0.05, 0.2) * _smooth_noise(rng, h, w, 8)  # heterogeneous
+        else:
+            inner += 0.03 * _smooth_noise(rng, h, w, 20)
+        soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 2.5 if label == "benign" else 1.0)
+        echo = echo * (1 - soft) + inner * soft
+        # posterior acoustic feature below the lesion: enhancement (benign) / shadowing (malignant)
+        cols = mask.any(axis=0)
+        bottom = np.where(mask.any(axis=1))[0].max()
+        col_profile = cv2.GaussianBlur(cols.astype(np.float32)[None, :], (0, 0), 4)[0]
+        below = (np.arange(h)[:, None] > bottom).astype(np.float32)
+        fade = np.exp(-np.maximum(0, np.arange(h)[:, None] - bottom) / (0.5 * h))
+        if label == "benign":
+            gain = rng.uniform(0.15, 0.5)
+        else:
+            gain = -rng.uniform(0.25, 0.6)
+        echo = echo * (1 + gain * below * fade * col_profile[None, :])
+    # depth attenuation (partly compensated by TGC), then multiplicative Rayleigh speckle
+    depth = np.arange(h, dtype=np.float32)[:, None] / h
+    echo = echo * np.exp(-rng.uniform(0.6, 1.4) * depth) * (1 + 0.3 * depth)
+    speckle = rng.rayleigh(scale=1.0, size=(h, w)).astype(np.float32)
+    speckle = cv2.GaussianBlur(speckle, (0, 0), sigmaX=1.2, sigmaY=0.6) / np.sqrt(np.pi / 2)
+    img = echo * speckle
+    img = np.log1p(4 * np.clip(img, 0, None)) / np.log1p(4 * 1.6)  # log compression
+    return np.clip(img * 255, 0, 255).astype(np.uint8), mask
+
+
+def _write_png(path: Path, arr: np.ndarray, bilevel: bool = False) -> None:
+    params = [cv2.IMWRITE_PNG_BILEVEL, 1] if bilevel else []
+    tmp = path.with_name(path.name + ".tmp.png")
+    if not cv2.imwrite(str(tmp), arr, params):
+        raise OSError(f"{path}: cannot write PNG")
+    tmp.replace(path)
+
+
+def write_phantoms(out: str | Path, per_class: int, seed: int = 0) -> dict[str, int]:
+    """Write `per_class` phantoms of each class into `out/<class>/<class> (N).png` (+ masks)."""
+    out = Path(out)
+    counts = {}
+    for ci, label in enumerate(CLASSES):
+        d = out / label
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(1, per_class + 1):
+            rng = np.random.default_rng([seed, ci, i])  # independent stream per image
+            grey, mask = make_phantom(rng, label)
+            stem = f"{label} ({i})"
+            style = rng.random()
+            if style < 0.5:
+                img = grey  # 8-bit grey
+            elif style < 0.9:
+                img = cv2.merge([grey, grey, grey])  # RGB with equal channels (like BUSI)
+            else:
+                img = cv2.merge([grey, grey, grey, np.full_like(grey, 255)])  # RGBA
+            _write_png(d / f"{stem}.png", img)
+            m8 = mask.astype(np.uint8) * 255
+            mstyle = rng.random()
+            if label == "normal":
+                _write_png(d / f"{stem}_mask.png", cv2.merge([m8, m8, m8]))  # RGB zeros, like BUSI
+            elif mstyle < 0.15 and mask.any():
+                # split into two mask files that OR back to the lesion
+                cols = np.where(mask.any(axis=0))[0]
+                cut = cols[len(cols) // 2]
+                a, b = m8.copy(), m8.copy()
+                a[:, cut:] = 0
+                b[:, :cut] = 0
+                _write_png(d / f"{stem}_mask.png", a, bilevel=True)
+                _write_png(d / f"{stem}_mask_1.png", cv2.merge([b, b, b, np.full_like(b, 255)]))
+            elif mstyle < 0.3:
+                _write_png(d / f"{stem}_mask.png", cv2.merge([m8, m8, m8, np.full_like(m8, 255)]))  # RGBA
+            else:
+                _write_png(d / f"{stem}_mask.png", m8, bilevel=True)  # 1-bit, like BUSI lesion masks
+        counts[label] = per_class
+    return counts

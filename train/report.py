@@ -1,0 +1,205 @@
+"""Write predictions.csv, report.json, report.md and the plots; update the README table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from busi.runtime.atomic import atomic_write_bytes, atomic_write_text
+
+from .metrics import CLASSES
+
+PRED_FIELDS = ("path", "label", "split", "mask_source", "p_normal", "p_benign", "p_malignant")
+README_START = "<!-- results:start -->"
+README_END = "<!-- results:end -->"
+
+
+def predictions_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=PRED_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{r[k]:.8f}" if isinstance(r[k], float) else r[k]) for k in PRED_FIELDS})
+    return buf.getvalue()
+
+
+def prediction_rows(paths: list[str], y: np.ndarray, proba: np.ndarray, split: str, source: str) -> list[dict]:
+    return [
+        {
+            "path": p,
+            "label": CLASSES[int(t)],
+            "split": split,
+            "mask_source": source,
+            "p_normal": float(pr[0]),
+            "p_benign": float(pr[1]),
+            "p_malignant": float(pr[2]),
+        }
+        for p, t, pr in zip(paths, y, proba)
+    ]
+
+
+def _fmt(v, ci=None) -> str:
+    if v is None:
+        return "n/a"
+    s = f"{v:.3f}"
+    if ci:
+        s += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    return s
+
+
+def results_table(report: dict) -> str:
+    """Markdown table of the mask sources side by side (from report.json only)."""
+    srcs = report["mask_sources"]
+    names = list(srcs)
+    trained = report.get("trained_mask_source")
+    head = "| metric | " + " | ".join(f"{n}{' (trained)' if n == trained else ''}" for n in names) + " |"
+    lines = [head, "|---|" + "---|" * len(names)]
+    for key, label in (
+        ("n", "test images"),
+        ("accuracy", "accuracy"),
+        ("balanced_accuracy", "balanced accuracy"),
+        ("macro_auc", "macro AUC (one-vs-rest)"),
+        ("malignant_sensitivity", "malignant sensitivity @ op. point"),
+        ("malignant_specificity", "malignant specificity @ op. point"),
+        ("ece", "expected calibration error"),
+    ):
+        cells = []
+        for n in names:
+            m = srcs[n]
+            v = m.get(key)
+            cells.append(str(v) if key == "n" else _fmt(v, m["ci95"].get(key)))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report_markdown(report: dict) -> str:
+    op = report["operating_point"]
+    lines = [
+        f"# busi evaluation report: {report['model']}",
+        "",
+        f"Data: `{report['data']}` ({report['split']} split, {report['mask_sources'][next(iter(report['mask_sources']))]['n']} images, "
+        f"fingerprint `{report['data_fingerprint'][:12]}`). Model trained with mask source "
+        f"**{report['trained_mask_source']}**, backbone weights `{report['weights']}`.",
+        "",
+        f"Operating point: P(malignant) >= {op['malignant_threshold']:.4f}, chosen on the validation split "
+        f"for sensitivity >= {op['target_sensitivity']:.2f}" + ("" if op.get("estimated") else f" ({op.get('note')})") + ".",
+        "",
+        "95 % bootstrap intervals in brackets (1000 resamples of the test cases, seeded).",
+        "",
+        results_table(report),
+        "",
+    ]
+    for n, m in report["mask_sources"].items():
+        lines += [f"## Mask source `{n}`", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for c, pc in m["per_class"].items():
+            lines.append(f"| {c} | {pc['precision']:.3f} | {pc['recall']:.3f} | {pc['f1']:.3f} | {pc['support']} |")
+        lines += ["", "Confusion matrix (rows true, columns predicted: " + ", ".join(CLASSES) + "):", "", "```"]
+        lines += ["  ".join(f"{v:4d}" for v in row) for row in m["confusion_matrix"]]
+        lines += ["```", ""]
+    lines += [
+        "Plots: `confusion_matrix.png`, `roc.png`, `reliability.png`, `training_curves.png`.",
+        "",
+        "Research software, not a medical device: these figures come from a small held-out split "
+        "and do not establish clinical performance.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, report: dict, pred_rows: list[dict]) -> None:
+    atomic_write_text(out / "predictions.csv", predictions_csv(pred_rows))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "report.md", report_markdown(report))
+
+
+def update_readme(readme: Path, report: dict, model_dir: str) -> bool:
+    """Replace the README's results block with this report's table. False if no markers."""
+    text = readme.read_text()
+    pat = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    if not pat.search(text):
+        return False
+    block = (
+        f"{README_START}\n_Written by `busi-train report {model_dir} --readme README.md` from "
+        f"`{model_dir}/report.json` (data `{report['data']}`, {report['split']} split)._\n\n"
+        f"{results_table(report)}\n{README_END}"
+    )
+    atomic_write_text(readme, pat.sub(lambda _: block, text))
+    return True
+
+
+def plots(out: Path, report: dict, pred_rows: list[dict], history: list[dict]) -> None:
+    """confusion_matrix.png, roc.png, reliability.png, training_curves.png (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    src = report["trained_mask_source"]
+    rows = [r for r in pred_rows if r["split"] == report["split"] and r["mask_source"] == src]
+    y = np.array([CLASSES.index(r["label"]) for r in rows])
+    P = np.array([[r["p_normal"], r["p_benign"], r["p_malignant"]] for r in rows])
+
+    def save(fig, name):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        atomic_write_bytes(out / name, buf.getvalue())
+
+    cm = np.array(report["mask_sources"][src]["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(3):
+        for j in range(3):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black")
+    ax.set_xticks(range(3), CLASSES)
+    ax.set_yticks(range(3), CLASSES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix ({src} mask)")
+    save(fig, "confusion_matrix.png")
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for c, name in enumerate(CLASSES):
+        if 0 < (y == c).sum() < len(y):
+            fpr, tpr, _ = roc_curve(y == c, P[:, c])
+            ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(f"ROC one-vs-rest ({src} mask)")
+    ax.legend(loc="lower right")
+    save(fig, "roc.png")
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    conf, correct = P.max(axis=1), P.argmax(axis=1) == y
+    edges = np.linspace(0, 1, 11)
+    mids, accs = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            mids.append(conf[sel].mean())
+            accs.append(correct[sel].mean())
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.plot(mids, accs, "o-")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {report['mask_sources'][src]['ece']:.3f})")
+    save(fig, "reliability.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    ep = [int(h["epoch"]) + 1 for h in history]
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        for pre in ("", "val_"):
+            k = pre + key
+            if history and k in history[0]:
+                ax.plot(ep, [float(h[k]) for h in history], label=k)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    save(fig, "training_curves.png")
