@@ -1,0 +1,183 @@
+"""`busi-infer`: classify breast ultrasound images with a busi ONNX model (no TensorFlow).
+
+Machine-readable output on stdout (or --out, written atomically), human notes on stderr.
+Exit 0: every image succeeded; 1: some failed (each still a record); 2: bad usage or model.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import BusiError
+from .masks import mask_stem
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+DEFAULT_MODEL = Path("models/demo/model.onnx")
+CSV_FIELDS = ("path", "class", "confidence", "p_normal", "p_benign", "p_malignant", "malignant", "threshold",
+              "mask_source", "lesion_box", "provider", "error")
+
+
+class Format(str, Enum):
+    jsonl = "jsonl"
+    csv = "csv"
+    table = "table"
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def expand_inputs(args: list[str]) -> list[str]:
+    """Files as given; folders searched recursively for images (mask files skipped); globs expanded.
+
+    A name that matches nothing is kept, so it is reported as a failure record."""
+    out: list[str] = []
+    for a in args:
+        p = Path(a)
+        if p.is_dir():
+            found = sorted(
+                str(f) for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and mask_stem(f) is None
+            )
+            out.extend(found)
+        elif not p.exists() and glob.has_magic(a):
+            out.extend(sorted(glob.glob(a, recursive=True)))
+        else:
+            out.append(a)
+    return out
+
+
+def _records_to_text(records: list[dict], fmt: Format, classes) -> str:
+    if fmt is Format.jsonl:
+        return "".join(json.dumps(r) + "\n" for r in records)
+    if fmt is Format.csv:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        w.writeheader()
+        for r in records:
+            w.writerow(_flat(r))
+        return buf.getvalue()
+    lines = [f"{'class':<10} {'conf':>6} {'P(mal)':>7} {'flag':<9} {'mask':<5} path"]
+    for r in records:
+        if "error" in r:
+            lines.append(f"{'FAILED':<10} {'':>6} {'':>7} {'':<9} {'':<5} {r['error']}")
+        else:
+            flag = "MALIGNANT" if r["malignant"] else "-"
+            lines.append(f"{r['class']:<10} {r['confidence']:6.3f} {r['probabilities']['malignant']:7.3f} {flag:<9} {r['mask_source']:<5} {r['path']}")
+    return "\n".join(lines) + "\n"
+
+
+def _flat(r: dict) -> dict:
+    if "error" in r:
+        return {"path": r["path"], "error": r["error"]}
+    return {
+        "path": r["path"], "class": r["class"], "confidence": f"{r['confidence']:.6f}",
+        **{f"p_{k}": f"{v:.6f}" for k, v in r["probabilities"].items()},
+        "malignant": int(r["malignant"]), "threshold": f"{r['threshold']:.6f}", "mask_source": r["mask_source"],
+        "lesion_box": " ".join(map(str, r["lesion_box"])) if r["lesion_box"] else "", "provider": r["provider"], "error": "",
+    }
+
+
+@app.command()
+def infer(
+    paths: List[str] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM), folders (searched recursively) or globs."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", envvar="BUSI_MODEL", help="busi .onnx model [default: $BUSI_MODEL or models/demo/model.onnx]."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Lesion mask: a mask PNG, a folder holding <stem>_mask*.png, or 'none' (whole image)."),
+    roi: Optional[str] = typer.Option(None, "--roi", help="Lesion box x,y,w,h in image pixels (the trained margin is added)."),
+    fmt: Format = typer.Option(Format.jsonl, "--format", "-f", help="Output format."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the output to this file (atomically) instead of stdout."),
+    tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, max=256),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if it really works, else CPU) | cuda | cpu."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="P(malignant) flag threshold [default: the model's operating point]."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads [default: all cores]."),
+    max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1, help="Refuse images with more pixels (before decoding)."),
+    frame: int = typer.Option(0, "--frame", min=0, help="Frame of a multi-frame DICOM (0-based)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the .sha256 check of the model file."),
+):
+    """Classify breast ultrasound images as normal / benign / malignant.
+
+    Research software, not a medical device: results are not a diagnosis.
+    """
+    from .predictor import Predictor
+
+    if mask is not None and roi is not None:
+        _die("give either --mask or --roi, not both")
+    model = model or DEFAULT_MODEL
+    try:
+        pred = Predictor(model, device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels, threshold=threshold)
+    except BusiError as e:
+        _die(str(e))
+    mask_arg = roi if roi is not None else mask
+    if roi is not None:
+        from .predictor import parse_box
+
+        try:
+            mask_arg = parse_box(roi)
+        except BusiError as e:
+            _die(str(e))
+    files = expand_inputs(paths)
+    if not files:
+        _die("no images found in " + ", ".join(paths))
+    t0 = time.time()
+    records: list[dict] = []
+    n_fail = 0
+    show_bar = sys.stderr.isatty() and len(files) > 1
+    it = pred.iter_predict(files, mask_arg, batch_size=batch_size, threshold=threshold, tta=tta, frame=frame)
+    stream = out is None and fmt is Format.jsonl
+    for i, r in enumerate(it, 1):
+        d = r.to_dict()
+        if "error" in d:
+            n_fail += 1
+            typer.echo(f"error: {d['error']}", err=True)
+        records.append(d)
+        if stream:
+            sys.stdout.write(json.dumps(d) + "\n")
+            sys.stdout.flush()
+        if show_bar:
+            sys.stderr.write(f"\r{i}/{len(files)} images")
+            sys.stderr.flush()
+    if show_bar:
+        sys.stderr.write("\n")
+    text = _records_to_text(records, fmt, pred.info.classes)
+    if out is not None:
+        from .atomic import atomic_write_text
+
+        try:
+            atomic_write_text(out, text)
+        except OSError as e:
+            _die(f"{out}: cannot write ({e.strerror or e})", 1)
+    elif not stream:
+        sys.stdout.write(text)
+    dt = time.time() - t0
+    ok = len(records) - n_fail
+    typer.echo(
+        f"busi: {ok}/{len(records)} images classified in {dt:.2f}s on {pred.provider.replace('ExecutionProvider', '')}"
+        + (f", {n_fail} failed" if n_fail else "") + (f"; output in {out}" if out else ""),
+        err=True,
+    )
+    raise typer.Exit(1 if n_fail else 0)
+
+
+def _die(msg: str, code: int = 2):
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        os._exit(1)

@@ -1,0 +1,359 @@
+"""`Predictor`: the embeddable API (ONNX file in, typed predictions out; no TensorFlow).
+
+    from busi.runtime import Predictor, predict_breast_cancer
+    p = Predictor("models/demo/model.onnx")
+    r = p.predict("case.png", mask=(120, 80, 60, 40))   # ROI box x, y, w, h
+    r.label, r.confidence, r.probabilities, r.malignant
+    predict_breast_cancer("case.png", p)["class"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Union
+
+import numpy as np
+
+from .contract import INPUT_NAMES, OUTPUT_NAME, ModelInfo
+from .errors import BusiError, InputError, ModelError
+from .imageio import DEFAULT_MAX_PIXELS, read_mask, read_rgb, resize_mask, resize_rgb
+from .masks import Box, bbox, box_mask, expand_box, find_mask_files
+from .session import create_session
+
+MaskArg = Union[None, str, os.PathLike, np.ndarray, tuple, list]
+
+
+@dataclass
+class Prediction:
+    path: str | None
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    malignant: bool
+    threshold: float
+    mask_source: str
+    lesion_box: Box | None
+    provider: str
+    model_sha256: str
+    tta: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["class"] = d.pop("label")
+        d["lesion_box"] = list(self.lesion_box) if self.lesion_box else None
+        return d
+
+    def __getitem__(self, key: str):  # result["class"], result["confidence"] as in the seed
+        return self.to_dict()[key]
+
+
+@dataclass
+class Failure:
+    path: str | None
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "error": self.error}
+
+
+@dataclass
+class Prepared:
+    path: str | None
+    image: np.ndarray  # (S, S, 3) float32
+    mask: np.ndarray  # (S, S, 1) float32
+    mask_source: str
+    lesion_box: Box | None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_box(value: Any) -> Box:
+    """(x, y, w, h) from a tuple/list or 'x,y,w,h' string; InputError when malformed."""
+    if isinstance(value, str):
+        parts = value.replace(" ", "").split(",")
+    else:
+        parts = list(value)
+    try:
+        if len(parts) != 4:
+            raise ValueError
+        x, y, w, h = (int(round(float(p))) for p in parts)
+    except (TypeError, ValueError):
+        raise InputError(None, f"ROI must be x,y,w,h (four numbers), got {value!r}") from None
+    return x, y, w, h
+
+
+class Predictor:
+    """A loaded busi ONNX model. Safe to share between threads."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        device: str = "auto",
+        verify: bool = True,
+        threads: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        threshold: float | None = None,
+        notice: Callable[[str], None] | None = None,
+    ):
+        self.path = Path(model_path)
+        self._notice = notice or (lambda m: print(m, file=sys.stderr, flush=True))
+        self._noticed: set[str] = set()
+        self._lock = threading.Lock()
+        if not self.path.exists():
+            raise ModelError(self.path, "model file not found")
+        if self.path.is_dir():
+            raise ModelError(self.path, "is a folder; pass the .onnx file")
+        try:
+            self.sha256 = sha256_file(self.path)
+        except OSError as e:
+            raise ModelError(self.path, f"cannot read ({e.strerror or e})") from None
+        side = self.path.with_name(self.path.name + ".sha256")
+        if verify and side.is_file():
+            want = side.read_text().split()[0].lower() if side.read_text().split() else ""
+            if want != self.sha256:
+                raise ModelError(
+                    self.path,
+                    f"sha256 mismatch: file is {self.sha256[:16]}..., {side.name} says {want[:16]}... (altered or truncated)",
+                )
+        self.session, self.provider = create_session(str(self.path), device, threads, self._notice)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.info = ModelInfo.from_metadata(meta, str(self.path))
+        ins = sorted(i.name for i in self.session.get_inputs())
+        outs = [o.name for o in self.session.get_outputs()]
+        if ins != sorted(INPUT_NAMES) or OUTPUT_NAME not in outs:
+            raise ModelError(self.path, f"model inputs {ins} / outputs {outs}, expected inputs image, mask and output probabilities")
+        self.max_pixels = max_pixels
+        self.threshold = float(self.info.malignant_threshold if threshold is None else threshold)
+        self.size = self.info.input.size
+
+    # ---- notices -------------------------------------------------------------------------
+    def notice_once(self, key: str, msg: str) -> None:
+        with self._lock:
+            if key in self._noticed:
+                return
+            self._noticed.add(key)
+        self._notice(msg)
+
+    # ---- preprocessing --------------------------------------------------------------------
+    def prepare(self, image: str | os.PathLike | np.ndarray, mask: MaskArg = None, frame: int = 0) -> Prepared:
+        """Decode, resize and build the model's mask; raises InputError naming the file."""
+        if isinstance(image, np.ndarray):
+            path = None
+            rgb = _check_array(image)
+        else:
+            path = str(image)
+            rgb = read_rgb(image, max_pixels=self.max_pixels, frame=frame)
+        H, W = rgb.shape[:2]
+        S = self.size
+        trained = self.info.mask.source
+        lesion_box = None
+        if mask is None or (isinstance(mask, str) and mask == "none"):
+            m = np.ones((S, S), bool)
+            source = "none"
+        elif isinstance(mask, str) and mask == "auto":
+            raise InputError(path, "--mask auto needs a lesion segmenter, which this model folder does not have")
+        elif isinstance(mask, (tuple, list)) or (isinstance(mask, str) and "," in mask and not Path(mask).exists()):
+            box = parse_box(mask)
+            x, y, w, h = box
+            if w <= 0 or h <= 0:
+                raise InputError(path, f"ROI {box} has zero or negative size")
+            if x < 0 or y < 0 or x + w > W or y + h > H:
+                raise InputError(path, f"ROI {box} lies outside the {W}x{H} image")
+            lesion_box = box
+            m = resize_mask(box_mask((H, W), expand_box(box, self.info.mask.box_margin, (H, W))), S)
+            source = "box"
+        else:
+            if isinstance(mask, np.ndarray):
+                lesion = mask.astype(bool) if mask.dtype == bool else mask > (self.info.mask.threshold if mask.max() > 1 else 0.5)
+                if lesion.ndim == 3:
+                    lesion = lesion.any(axis=2)
+                label = "mask array"
+            else:
+                lesion = self._mask_from_path(Path(mask), path, (H, W))
+                label = str(mask)
+            if lesion.shape != (H, W):
+                self.notice_once(f"size:{label}", f"busi: {label}: mask is {lesion.shape[1]}x{lesion.shape[0]}, image is {W}x{H}; resized (nearest)")
+                lesion = resize_mask(lesion, (H, W))
+            lesion_box = bbox(lesion)
+            if lesion_box is None:
+                raise InputError(path, f"mask {label} is empty (no lesion pixels); give --roi x,y,w,h or --mask none")
+            if trained == "box":
+                # the model was trained on boxes: use the lesion's box with the trained margin
+                m = resize_mask(box_mask((H, W), expand_box(lesion_box, self.info.mask.box_margin, (H, W))), S)
+                source = "box"
+            else:
+                m = resize_mask(lesion, S)
+                source = "gt"
+        if source != trained and not (trained == "gt" and source == "box"):
+            self.notice_once(
+                f"mode:{source}",
+                f"busi: model was trained with '{trained}' masks; this input uses '{source}', outside its training conditions",
+            )
+        elif trained == "gt" and source == "box":
+            self.notice_once("mode:box", "busi: model was trained with lesion masks (gt); a box is outside its training conditions")
+        img = resize_rgb(rgb, S).astype(np.float32)
+        return Prepared(path, img, m.astype(np.float32)[:, :, None], source, lesion_box)
+
+    def _mask_from_path(self, mask: Path, image_path: str | None, shape) -> np.ndarray:
+        if mask.is_dir():
+            if image_path is None:
+                raise InputError(None, "a mask folder needs an image path to look up <stem>_mask*.png")
+            files = find_mask_files(image_path, mask)
+            if not files:
+                raise InputError(image_path, f"no {Path(image_path).stem}_mask*.png in {mask}")
+        else:
+            files = [mask]
+        out = None
+        for f in files:
+            m = read_mask(f, threshold=self.info.mask.threshold, max_pixels=self.max_pixels)
+            if m.shape != shape:
+                self.notice_once(f"size:{f}", f"busi: {f}: mask is {m.shape[1]}x{m.shape[0]}, image is {shape[1]}x{shape[0]}; resized (nearest)")
+                m = resize_mask(m, shape)
+            out = m if out is None else (out | m)
+        return out
+
+    # ---- inference ------------------------------------------------------------------------
+    def run(self, images: np.ndarray, masks: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Raw batch inference: (N,S,S,3) float32, (N,S,S,1) float32 -> (N, classes)."""
+        p = self.session.run([OUTPUT_NAME], {"image": images, "mask": masks})[0]
+        if tta:
+            p2 = self.session.run([OUTPUT_NAME], {"image": images[:, :, ::-1].copy(), "mask": masks[:, :, ::-1].copy()})[0]
+            p = (p + p2) / 2
+        return p
+
+    def _result(self, prep: Prepared, proba: np.ndarray, threshold: float | None, tta: bool) -> Prediction:
+        t = self.threshold if threshold is None else float(threshold)
+        classes = self.info.classes
+        k = int(np.argmax(proba))
+        return Prediction(
+            path=prep.path,
+            label=classes[k],
+            confidence=float(proba[k]),
+            probabilities={c: float(v) for c, v in zip(classes, proba)},
+            malignant=bool(proba[classes.index("malignant")] >= t),
+            threshold=t,
+            mask_source=prep.mask_source,
+            lesion_box=prep.lesion_box,
+            provider=self.provider,
+            model_sha256=self.sha256,
+            tta=tta,
+        )
+
+    def predict(self, image, mask: MaskArg = None, *, threshold: float | None = None, tta: bool = False, frame: int = 0) -> Prediction:
+        prep = self.prepare(image, mask, frame)
+        proba = self.run(prep.image[None], prep.mask[None], tta)[0]
+        return self._result(prep, proba, threshold, tta)
+
+    def iter_predict(
+        self,
+        items: Iterable[Any],
+        mask: MaskArg = None,
+        *,
+        batch_size: int = 8,
+        workers: int = 2,
+        threshold: float | None = None,
+        tta: bool = False,
+        frame: int = 0,
+    ) -> Iterator[Prediction | Failure]:
+        """Predict many images in order; decoding runs ahead in a bounded thread pool while
+        the session works. A bad file yields a `Failure` and the others go on.
+
+        Each item is an image (path or array) or an (image, mask) pair."""
+
+        def prep(item):
+            img, m = item if isinstance(item, tuple) and len(item) == 2 and not _is_box(item) else (item, mask)
+            try:
+                return self.prepare(img, m, frame)
+            except BusiError as e:
+                return Failure(None if isinstance(img, np.ndarray) else str(img), str(e))
+            except Exception as e:  # never let one odd file stop a batch
+                return Failure(None if isinstance(img, np.ndarray) else str(img), f"{img}: {type(e).__name__}: {e}")
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            pending: deque = deque()
+            it = iter(items)
+            window = max(2, batch_size * 2)
+            exhausted = False
+            batch: list[Prepared] = []
+            out_queue: list = []
+
+            def flush():
+                if not batch:
+                    return
+                probs = self.run(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta)
+                res = {id(b): self._result(b, p, threshold, tta) for b, p in zip(batch, probs)}
+                for i, x in enumerate(out_queue):
+                    if isinstance(x, Prepared):
+                        out_queue[i] = res[id(x)]
+                batch.clear()
+
+            while True:
+                while not exhausted and len(pending) < window:
+                    try:
+                        pending.append(pool.submit(prep, next(it)))
+                    except StopIteration:
+                        exhausted = True
+                if not pending:
+                    break
+                x = pending.popleft().result()
+                out_queue.append(x)
+                if isinstance(x, Prepared):
+                    batch.append(x)
+                if len(batch) >= batch_size or (exhausted and not pending):
+                    flush()
+                    yield from out_queue
+                    out_queue.clear()
+            flush()
+            yield from out_queue
+
+    def predict_many(self, items: Iterable[Any], mask: MaskArg = None, **kw) -> list[Prediction | Failure]:
+        return list(self.iter_predict(items, mask, **kw))
+
+
+def _is_box(item) -> bool:
+    return isinstance(item, (tuple, list)) and len(item) == 4 and all(isinstance(v, (int, float)) for v in item)
+
+
+def _check_array(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise InputError(None, f"image array must be HxW, HxWx3 (RGB) or HxWx4, got shape {a.shape}")
+    a = a[:, :, :3]
+    if a.dtype != np.uint8:
+        if a.dtype.kind == "f" and a.max() <= 1.0:
+            a = a * 255.0
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+_CACHE: dict[str, Predictor] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def predict_breast_cancer(image_path, model, mask: MaskArg = None, **kw) -> dict[str, Any]:
+    """The seed's call shape: returns {"class", "confidence", "probabilities", ...}.
+
+    `model` is a Predictor or a path to a busi .onnx file (loaded once and cached).
+    """
+    if not isinstance(model, Predictor):
+        key = str(Path(model).resolve())
+        with _CACHE_LOCK:
+            if key not in _CACHE:
+                _CACHE[key] = Predictor(model)
+            model = _CACHE[key]
+    return model.predict(image_path, mask, **kw).to_dict()

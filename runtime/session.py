@@ -1,0 +1,128 @@
+"""ONNX Runtime session with honest device choice: CUDA when it really runs, else CPU."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from contextlib import contextmanager
+
+import onnxruntime as ort
+
+from .errors import DeviceError, ModelError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+DEVICES = ("auto", "cuda", "cpu")
+
+
+@contextmanager
+def captured_output():
+    """Capture what ORT writes to stdout and stderr, Python-level and native (file
+    descriptors 1 and 2): the CUDA provider's error spam and `preload_dlls` prints, which
+    would otherwise land in the user's terminal or, worse, in machine-readable stdout.
+
+    Yields a list that receives the captured text when the block ends.
+    """
+    out: list[str] = []
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = (os.dup(1), os.dup(2))
+    except (OSError, ValueError):  # no real descriptors (embedded interpreter): nothing to hide
+        yield out
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            tmp.seek(0)
+            out.append(tmp.read().decode("utf-8", "replace"))
+
+
+def _first_error_line(text: str) -> str:
+    """The gist of ORT's CUDA failure: the missing library, else the first error line."""
+    m = re.search(r"(lib[\w.+-]+\.so[\w.]*): cannot open shared object file", text)
+    if m:
+        return f"{m.group(1)} not found"
+    for line in text.splitlines():
+        if "rror" in line or "cannot" in line or "fail" in line.lower():
+            return line.strip()[-160:]
+    return text.strip().splitlines()[-1][-160:] if text.strip() else ""
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    return so
+
+
+def _cpu_session(model: str | bytes, so) -> ort.InferenceSession:
+    return ort.InferenceSession(model, so, providers=[CPU])
+
+
+def create_session(
+    model: str | bytes, device: str = "auto", threads: int | None = None, notice=None
+) -> tuple[ort.InferenceSession, str]:
+    """Create a session; returns (session, provider that runs it).
+
+    auto: CUDA when onnxruntime lists it and a session really runs on it, else CPU with one
+    short `notice` saying why. cuda: the same, but failing with DeviceError. cpu: no probing.
+    """
+    if device not in DEVICES:
+        raise DeviceError(f"unknown device {device!r} (choose {', '.join(DEVICES)})")
+    notice = notice or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    so = session_options(threads)
+    if device == "cpu":
+        return _load(model, so, [CPU]), CPU
+    reason = None
+    if CUDA not in ort.get_available_providers():
+        reason = "this onnxruntime build has no CUDA provider"
+    else:
+        with captured_output() as err:
+            try:
+                if hasattr(ort, "preload_dlls"):
+                    ort.preload_dlls()
+                sess = ort.InferenceSession(model, so, providers=[CUDA, CPU])
+            except Exception as e:  # ORT issue 21424: session creation itself can fail
+                sess, exc = None, e
+            else:
+                exc = None
+        if sess is not None and sess.get_providers() and sess.get_providers()[0] == CUDA:
+            return sess, CUDA
+        if exc is not None and _looks_like_model_error(exc):
+            raise ModelError(model if isinstance(model, str) else None, f"cannot load ONNX model ({_short(exc)})")
+        detail = _first_error_line(err[0] if err else "") or (_short(exc) if exc else "")
+        reason = "CUDA provider is listed but cannot run here" + (f" ({detail})" if detail else "")
+    if device == "cuda":
+        raise DeviceError(f"--device cuda: {reason}")
+    notice(f"busi: running on CPU: {reason}")
+    return _load(model, so, [CPU]), CPU
+
+
+def _short(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}" if str(e).strip() else type(e).__name__
+
+
+def _looks_like_model_error(e: Exception) -> bool:
+    s = str(e)
+    return "INVALID_PROTOBUF" in s or "NO_SUCHFILE" in s or "INVALID_GRAPH" in s or "Load model" in s
+
+
+def _load(model, so, providers) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(model, so, providers=providers)
+    except Exception as e:
+        raise ModelError(model if isinstance(model, str) else None, f"cannot load ONNX model ({_short(e)})") from None
