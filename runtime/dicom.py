@@ -29,7 +29,7 @@ def read_dicom_rgb(path: Path, data: bytes, *, max_pixels: int, frame: int = 0) 
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if not 0 <= frame < n_frames:
         raise InputError(path, f"frame {frame} requested, the DICOM has {n_frames} frame(s) (0-based)")
-    ts = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds else None
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         arr = pixel_array(ds, index=frame if n_frames > 1 else None)
     except Exception as e:  # missing decoder plugin, corrupt fragments

@@ -20,16 +20,23 @@ def mask_stem(path: str | Path) -> tuple[str, int] | None:
     return m.group("stem"), int(m.group("n") or 0)
 
 
-def find_mask_files(image_path: str | Path, folder: str | Path | None = None) -> list[Path]:
-    """The `<stem>_mask.png`, `<stem>_mask_N.png` files of an image, in order."""
+def find_mask_files(image_path: str | Path, folder: str | Path | None = None, recursive: bool = False) -> list[Path]:
+    """The `<stem>_mask.png`, `<stem>_mask_N.png` files of an image, in order.
+
+    Looked up in `folder` (default: the image's own), and below it when `recursive`."""
     image_path = Path(image_path)
     folder = Path(folder) if folder is not None else image_path.parent
     found = []
-    for p in folder.glob("*.png"):
+    for p in (folder.rglob if recursive else folder.glob)(f"{glob_escape(image_path.stem)}_mask*.png"):
         ms = mask_stem(p)
         if ms and ms[0] == image_path.stem:
             found.append((ms[1], p))
     return [p for _, p in sorted(found)]
+
+
+def glob_escape(s: str) -> str:
+    """Escape glob metacharacters ('benign (4)' has none, but '[' would be one)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in s)
 
 
 def bbox(mask: np.ndarray) -> Box | None:

@@ -212,7 +212,7 @@ class Predictor:
         if mask.is_dir():
             if image_path is None:
                 raise InputError(None, "a mask folder needs an image path to look up <stem>_mask*.png")
-            files = find_mask_files(image_path, mask)
+            files = find_mask_files(image_path, mask) or find_mask_files(image_path, mask, recursive=True)
             if not files:
                 raise InputError(image_path, f"no {Path(image_path).stem}_mask*.png in {mask}")
         else:

@@ -1,0 +1,291 @@
+"""`busi-bench MODEL_DIR`: speed, memory and size, side by side in one run, as ratios.
+
+Needs the `[train]` extra (it times Keras too). Every figure: median and spread (min, max)
+over N runs after warm-up. Writes a Markdown table to stdout and `bench.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import typer
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def timeit(fn, reps: int, warmup: int = 2) -> dict:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "n": reps}
+
+
+def per_image_ms(t: dict, batch: int) -> dict:
+    return {k.replace("_s", "_ms"): v * 1000 / batch for k, v in t.items() if k.endswith("_s")} | {"n": t["n"]}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def dist_closure_size(extras: tuple[str, ...]) -> tuple[int, list[str]]:
+    """Installed bytes of busi's dependency closure (base or with extras), from this venv."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    total = 0
+    stack = [("busi", extras)]
+    while stack:
+        name, ex = stack.pop()
+        key = name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            continue
+        total += sum((f.size or 0) for f in (dist.files or []) if f.size)
+        for r in dist.requires or []:
+            req = Requirement(r)
+            env = {"extra": ex[0]} if ex else {"extra": ""}
+            ok = req.marker is None or any(req.marker.evaluate({"extra": e}) for e in (ex or ("",)))
+            if ok or (req.marker is None):
+                stack.append((req.name, tuple(req.extras)))
+            del env
+    return total, sorted(seen)
+
+
+def peak_rss_mb(cmd: list[str], env=None) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of a command run as a fresh process."""
+    code = (
+        "import resource, subprocess, sys, time\n"
+        "t = time.perf_counter()\n"
+        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "dt = time.perf_counter() - t\n"
+        "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, r.returncode)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, env=env).stdout.split()
+    if len(out) < 3 or out[2] != "0":
+        raise RuntimeError(f"benchmark command failed: {' '.join(cmd)}")
+    return float(out[0]), float(out[1])
+
+
+def row(name, what, a_label, a, b_label, b, ratio, target, ok, unit="ms/image", extra=None):
+    return {"row": name, "what": what, "a": {"label": a_label, **a}, "b": {"label": b_label, **b},
+            "ratio": ratio, "target": target, "met": ok, "unit": unit, **(extra or {})}
+
+
+def run_bench(model_dir: Path, quick: bool) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import onnxruntime as ort
+
+    from busi.runtime import Predictor
+    from busi.runtime.session import session_options
+
+    reps = 3 if quick else 20
+    fp32_path, int8_path = model_dir / "model.onnx", model_dir / "model.int8.onnx"
+    card = json.loads((model_dir / "card.json").read_text())
+    S = card["architecture"]["input"]["size"]
+    rng = np.random.default_rng(0)
+    x = {b: {"image": rng.uniform(0, 255, (b, S, S, 3)).astype(np.float32), "mask": np.ones((b, S, S, 1), np.float32)} for b in (1, 8)}
+    sess = ort.InferenceSession(str(fp32_path), session_options(), providers=["CPUExecutionProvider"])
+    rows = []
+
+    # 1-2: Keras vs ORT
+    from busi.train import model as _m  # noqa: F401
+    from busi.train._tf import keras
+
+    km = keras.models.load_model(model_dir / "model.keras", compile=False)
+    ort_t = {}
+    for b in (1, 8):
+        k = per_image_ms(timeit(lambda: km.predict_on_batch(x[b]), reps), b)
+        o = per_image_ms(timeit(lambda: sess.run(None, x[b]), reps), b)
+        ort_t[b] = o
+        r = k["median_ms"] / o["median_ms"]
+        tgt = 5.0 if b == 1 else 2.5
+        rows.append(row(f"keras vs ort, batch {b}", "Keras predict_on_batch vs ORT FP32 session.run", "keras", k, "ort fp32", o, r, f">= {tgt}x", r >= tgt))
+
+    # 3: INT8 vs FP32
+    if int8_path.is_file():
+        s8 = ort.InferenceSession(str(int8_path), session_options(), providers=["CPUExecutionProvider"])
+        agree = card.get("export", {}).get("int8", {}).get("argmax_agreement")
+        for b in (1, 8):
+            q = per_image_ms(timeit(lambda: s8.run(None, x[b]), reps), b)
+            r = ort_t[b]["median_ms"] / q["median_ms"]
+            rows.append(row(f"int8 vs fp32, batch {b}", "ORT INT8 (QDQ) vs FP32", "fp32", ort_t[b], "int8", q, r, ">= 2.0x", r >= 2.0, extra={"int8_argmax_agreement": agree}))
+    else:
+        rows.append({"row": "int8 vs fp32", "skipped": "no model.int8.onnx (export --int8 refused or not run)"})
+
+    # 4: end to end on a 564x474 PNG
+    import cv2
+
+    tmp = Path(tempfile.mkdtemp(prefix="busi-bench-"))
+    from busi.train.phantoms import make_phantom
+
+    grey, _ = make_phantom(np.random.default_rng(1), "benign")
+    img = cv2.resize(grey, (564, 474), interpolation=cv2.INTER_AREA)
+    one = tmp / "case.png"
+    cv2.imwrite(str(one), img)
+    pred = Predictor(fp32_path, device="cpu", notice=lambda m: None)
+    box = (200, 150, 120, 90)
+    e2e = per_image_ms(timeit(lambda: pred.predict(one, box), reps), 1)
+    r = e2e["median_ms"] / ort_t[1]["median_ms"]
+    rows.append(row("end to end", "Predictor.predict (decode, resize, mask, run) vs bare session.run, batch 1", "session.run", ort_t[1], "predict", e2e, r, "<= 1.15x", r <= 1.15))
+
+    # 5: folder of 64 images through busi-infer vs bare session.run throughput
+    n_folder = 16 if quick else 64
+    folder = tmp / "folder"
+    folder.mkdir()
+    for i in range(n_folder):
+        g, _ = make_phantom(np.random.default_rng(100 + i), "malignant")
+        cv2.imwrite(str(folder / f"case ({i}).png"), cv2.resize(g, (564, 474), interpolation=cv2.INTER_AREA))
+    infer = str(Path(sys.executable).parent / "busi-infer")
+    cmd = [infer, str(folder), "--model", str(fp32_path), "--roi", "200,150,120,90", "--device", "cpu", "--batch-size", "8", "--format", "csv"]
+    times = []
+    for i in range(1 if quick else 3):
+        t = time.perf_counter()
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - t)
+    cli_ips = {"median_s": n_folder / statistics.median(times), "min_s": n_folder / max(times), "max_s": n_folder / min(times), "n": len(times)}
+    bare_ips = 1000 / ort_t[8]["median_ms"]
+    r = cli_ips["median_s"] / bare_ips
+    rows.append(row("folder", f"busi-infer on {n_folder} PNGs (new process, batch 8) vs bare session.run batch 8", "session.run",
+                    {"images_per_s": bare_ips}, "busi-infer", {"images_per_s": cli_ips["median_s"], "min": cli_ips["min_s"], "max": cli_ips["max_s"], "n": cli_ips["n"]},
+                    r, ">= 0.9x", r >= 0.9, unit="images/s"))
+
+    # 6-7: cold start and memory
+    cold = [peak_rss_mb([infer, str(one), "--model", str(fp32_path), "--roi", "200,150,120,90", "--device", "cpu"]) for _ in range(1 if quick else 3)]
+    tf_cold = [peak_rss_mb([sys.executable, "-c", "import tensorflow"]) for _ in range(1 if quick else 3)]
+    c_wall = statistics.median(c[0] for c in cold)
+    t_wall = statistics.median(c[0] for c in tf_cold)
+    rows.append(row("cold start", "busi-infer one.png as a new process vs python -c 'import tensorflow'", "import tensorflow",
+                    {"median_s": t_wall}, "busi-infer", {"median_s": c_wall}, c_wall / t_wall, "<= 0.5x", c_wall / t_wall <= 0.5, unit="s"))
+    c_rss = max(c[1] for c in cold)
+    t_rss = max(c[1] for c in tf_cold)
+    rows.append(row("memory", "peak RSS: busi-infer one.png; import tensorflow", "import tensorflow", {"peak_mb": t_rss},
+                    "busi-infer", {"peak_mb": c_rss}, c_rss / t_rss, "busi-infer <= 400 MB", c_rss <= 400, unit="MB"))
+
+    # 8: training input pipeline vs in-memory tensors
+    rows.append(training_input_row(card, model_dir, quick))
+
+    # 9: sizes
+    base, _ = dist_closure_size(())
+    full, _ = dist_closure_size(("train",))
+    f32, i8 = fp32_path.stat().st_size, int8_path.stat().st_size if int8_path.is_file() else None
+    rows.append(row("sizes", "model files; installed size of base (runtime) vs [train] dependencies", "fp32 / [train]",
+                    {"model_mb": f32 / 1e6, "install_mb": full / 1e6}, "int8 / base", {"model_mb": (i8 or 0) / 1e6, "install_mb": base / 1e6},
+                    (i8 / f32) if i8 else None, "INT8 <= 0.3x", bool(i8 and i8 / f32 <= 0.3), unit="MB",
+                    extra={"install_ratio": base / full}))
+    import onnxruntime
+
+    return {
+        "model": str(model_dir),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "machine": {
+            "cpu": cpu_model(), "cores": os.cpu_count(), "provider": "CPUExecutionProvider",
+            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "tensorflow": __import__("tensorflow").__version__, "numpy": np.__version__,
+        },
+        "input_size": S,
+        "rows": rows,
+    }
+
+
+def training_input_row(card: dict, model_dir: Path, quick: bool) -> dict:
+    from busi.train._tf import keras
+    from busi.train.dataset import read_manifest
+    from busi.train.inputs import eval_masks, lesion_sizes, load_rows
+    from busi.train.model import build_classifier
+    from busi.train.pipeline import train_dataset
+
+    S = card["architecture"]["input"]["size"]
+    rows = [r for r in read_manifest(model_dir / "manifest.csv") if r["split"] == "train"][: 32 if quick else 64]
+    arr = load_rows(card["data"]["root"], rows, S)
+    sizes = lesion_sizes(arr.gt)
+    bs = 16
+    m = build_classifier(S, "none", freeze=False)
+    m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+    ds = train_dataset(arr, "box", sizes, bs, 0, augment=True)
+    xs = {"image": arr.images.astype(np.float32), "mask": eval_masks(arr, "box", sizes)}
+    ys = np.eye(3, dtype=np.float32)[arr.labels]
+    m.fit(ds, epochs=1, verbose=0)  # warm-up / graph build
+    m.fit(xs, ys, batch_size=bs, epochs=1, verbose=0)
+    epochs = 1 if quick else 3
+    tp = timeit(lambda: m.fit(ds, epochs=1, verbose=0), epochs, warmup=0)
+    tm = timeit(lambda: m.fit(xs, ys, batch_size=bs, epochs=1, verbose=0), epochs, warmup=0)
+    a = {"images_per_s": len(arr) / tm["median_s"]}
+    b = {"images_per_s": len(arr) / tp["median_s"]}
+    r = b["images_per_s"] / a["images_per_s"]
+    return row("training input", f"fit, tf.data with augmentation vs in-memory tensors ({len(arr)} images, {S} px, batch {bs})",
+               "in-memory", a, "tf.data+aug", b, r, ">= 0.9x", r >= 0.9, unit="images/s")
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"busi bench: {m['cpu']}, {m['cores']} cores, {m['provider']}, onnxruntime {m['onnxruntime']}, "
+             f"tensorflow {m['tensorflow']}, input {res['input_size']} px, {res['time']}" + (" (quick)" if res["quick"] else ""), "",
+             "| row | A | B | ratio | target | met |", "|---|---|---|---|---|---|"]
+
+    def fmt(d):
+        parts = []
+        for k, v in d.items():
+            if k in ("label", "n") or v is None:
+                continue
+            parts.append(f"{k.replace('_', ' ')} {v:.3g}" if isinstance(v, float) else f"{k} {v}")
+        return f"{d['label']}: " + ", ".join(parts)
+
+    for r in res["rows"]:
+        if "skipped" in r:
+            lines.append(f"| {r['row']} | skipped: {r['skipped']} | | | | |")
+            continue
+        ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        lines.append(f"| {r['row']} | {fmt(r['a'])} | {fmt(r['b'])} | {ratio} | {r['target']} | {'yes' if r['met'] else '**MISSED**'} |")
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+def bench(
+    model_dir: Path = typer.Argument(Path("models/demo"), help="Model folder with model.keras, model.onnx (make demo)."),
+    out: Path = typer.Option(None, "--out", help="bench.json path [default: MODEL_DIR/bench.json]."),
+    quick: bool = typer.Option(False, "--quick", help="Few repetitions (a smoke test)."),
+):
+    """Benchmark Keras vs ONNX Runtime, INT8, end to end, folder, cold start, memory, sizes."""
+    for f in ("model.keras", "model.onnx", "card.json", "manifest.csv"):
+        if not (model_dir / f).is_file():
+            typer.echo(f"error: {model_dir / f}: not found (run make demo first)", err=True)
+            raise typer.Exit(2)
+    res = run_bench(model_dir, quick)
+    from busi.runtime.atomic import atomic_write_text
+
+    out = out or model_dir / "bench.json"
+    atomic_write_text(out, json.dumps(res, indent=2) + "\n")
+    typer.echo(markdown(res))
+    typer.echo(f"wrote {out}", err=True)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,65 @@
+"""Shared fixtures: phantom data and one small model trained, exported and loaded once.
+
+The model is tiny on purpose (64 px, 2 epochs, from scratch): these tests are about the
+plumbing and the honesty of the numbers, not about accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = Path(__file__).resolve().parent / "data" / "busi-sample"
+BIN = Path(sys.executable).parent
+
+
+def cli(name: str, *args, check: bool = True, timeout: int = 900, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run one of the project's console scripts as a user would."""
+    e = dict(os.environ)
+    e.update(env or {})
+    r = subprocess.run([str(BIN / name), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{name} {' '.join(map(str, args))} -> {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="session")
+def sample() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def phantoms(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("phantoms")
+    cli("busi-train", "phantoms", "--out", d, "--per-class", 10, "--seed", 3)
+    return d
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, phantoms) -> Path:
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    cli("busi-train", "fit", "--data", phantoms, "--out", out, "--weights", "none", "--image-size", 64,
+        "--epochs", 2, "--batch-size", 8)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported(trained) -> Path:
+    r = cli("busi-export", trained, "--int8", "--calibration-images", 16, check=False)
+    assert r.returncode in (0, 1), r.stderr
+    assert (trained / "model.onnx").is_file(), r.stderr
+    return trained
+
+
+@pytest.fixture
+def model_copy(exported, tmp_path) -> Path:
+    """A private copy of the exported model folder that a test may damage."""
+    d = tmp_path / "model"
+    shutil.copytree(exported, d)
+    return d

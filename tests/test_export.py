@@ -1,0 +1,136 @@
+"""`busi-export`: parity gate, metadata contract round trip, sha256, INT8 gate, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+
+import numpy as np
+import onnx
+import pytest
+
+from busi.runtime.contract import ModelInfo
+from conftest import cli
+
+
+def test_export_passes_the_gate_and_round_trips_metadata(exported):
+    path = exported / "model.onnx"
+    card = json.loads((exported / "card.json").read_text())
+    side = (exported / "model.onnx.sha256").read_text().split()
+    assert side == [hashlib.sha256(path.read_bytes()).hexdigest(), "model.onnx"]
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m, full_check=True)
+    assert [i.name for i in m.graph.input] == ["image", "mask"]
+    assert [o.name for o in m.graph.output] == ["probabilities"]
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    assert not dims[0].HasField("dim_value") and [d.dim_value for d in dims[1:]] == [64, 64, 3]
+    assert m.producer_name == "busi" and "not a medical device" in m.doc_string
+    meta = {p.key: p.value for p in m.metadata_props}
+    info = ModelInfo.from_metadata(meta)
+    assert info.classes == ("normal", "benign", "malignant")
+    assert info.input.size == 64 and info.input.resize == "area" and info.input.range == (0, 255)
+    assert info.mask.source == "box" and info.mask.mode == "multiply"
+    assert info.malignant_threshold == card["operating_point"]["malignant_threshold"]
+    assert info.metrics == card["metrics"]
+    assert info.provenance["data_fingerprint"] == card["data"]["fingerprint"]
+    assert set(info.provenance["versions"]) == {"tensorflow", "tf2onnx", "onnx"}
+    par = card["export"]["parity"]
+    assert par["passed"] and par["max_abs_diff"] <= 1e-4 and par["argmax_agreement"] == 1.0
+    assert par["inputs"] >= 32 + 2 + 2 + 1 + 7
+    assert info.parity["max_abs_diff"] == par["max_abs_diff"]
+    assert card["export"]["sha256"] == side[0]
+
+
+def test_int8_passes_or_refuses_with_figures(exported):
+    card = json.loads((exported / "card.json").read_text())
+    q = exported / "model.int8.onnx"
+    if "int8" in card["export"]:
+        f = card["export"]["int8"]
+        assert q.is_file() and f["argmax_agreement"] >= 0.99 and f["bytes"] < 0.35 * card["export"]["bytes"]
+        meta = {p.key: p.value for p in onnx.load(str(q)).metadata_props}
+        assert json.loads(meta["busi.quantization"])["argmax_agreement"] == f["argmax_agreement"]
+        assert ModelInfo.from_metadata(meta).classes == ("normal", "benign", "malignant")
+    else:
+        assert not q.exists()
+
+
+def _quant_setup(model_copy):
+    from busi.export.convert import load_model_dir
+
+    md = load_model_dir(model_copy)
+    props = {p.key: p.value for p in onnx.load(str(model_copy / "model.onnx")).metadata_props}
+    return md, props
+
+
+def test_int8_gate_refuses_and_keeps_only_fp32(model_copy, monkeypatch):
+    from busi.export import quantize
+    from busi.export.convert import ExportError
+
+    md, props = _quant_setup(model_copy)
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # a gate nothing can pass
+    with pytest.raises(ExportError, match="INT8 gate failed.*argmax agreement"):
+        quantize.quantize_gated(md, model_copy / "model.onnx", props, 8, method="MinMax")
+    assert not (model_copy / "model.int8.onnx").exists() and (model_copy / "model.onnx").exists()
+
+
+def test_int8_gate_pass_path_writes_file_and_hash(model_copy, monkeypatch):
+    from busi.export import quantize
+
+    md, props = _quant_setup(model_copy)
+    for f in model_copy.glob("model.int8.onnx*"):
+        f.unlink()
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.0)
+    monkeypatch.setattr(quantize, "MAX_SENSITIVITY_DROP", 1.0)
+    fig = quantize.quantize_gated(md, model_copy / "model.onnx", props, 8, method="MinMax")
+    q = model_copy / "model.int8.onnx"
+    assert fig["passed"] and q.is_file()
+    assert (model_copy / "model.int8.onnx.sha256").read_text().split()[0] == hashlib.sha256(q.read_bytes()).hexdigest()
+
+
+def test_a_perturbed_graph_fails_the_gate_and_writes_nothing(model_copy, monkeypatch):
+    from busi.export import convert as conv
+
+    (model_copy / "model.onnx").unlink()
+    real = conv.convert
+
+    def perturbed(md, opset):
+        m = real(md, opset)
+        init = max(m.graph.initializer, key=lambda t: "probabilities" in t.name and len(t.dims) == 1)
+        arr = onnx.numpy_helper.to_array(init).copy()
+        arr[0] += 0.5  # one weight changed after conversion
+        init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+        return m
+
+    monkeypatch.setattr(conv, "convert", perturbed)
+    with pytest.raises(conv.ExportError, match="parity gate failed: max abs diff .* on '"):
+        conv.export(model_copy)
+    assert not (model_copy / "model.onnx").exists()
+    assert not [p for p in model_copy.iterdir() if p.name.startswith(".model.onnx")]
+
+
+def test_bad_model_folders(tmp_path, trained):
+    cases = {}
+    cases["missing folder"] = tmp_path / "nope"
+    (tmp_path / "empty").mkdir()
+    cases["no model.keras"] = tmp_path / "empty"
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "card.json").write_text((trained / "card.json").read_text())
+    (corrupt / "model.keras").write_bytes((trained / "model.keras").read_bytes()[:5000])
+    cases["corrupt .keras"] = corrupt
+    other = tmp_path / "other_inputs"
+    other.mkdir()
+    (other / "card.json").write_text((trained / "card.json").read_text())
+    from busi.train._tf import keras
+
+    x = keras.Input((8, 8, 3), name="pixels")
+    keras.Model(x, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(x))).save(other / "model.keras")
+    cases["other inputs"] = other
+    for what, d in cases.items():
+        r = cli("busi-export", d, check=False)
+        assert r.returncode == 2, (what, r.stderr[-500:])
+        errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errs) == 1 and str(d) in errs[0] and "Traceback" not in r.stderr, (what, r.stderr[-800:])
+        assert not (d / "model.onnx").exists() if d.exists() else True
+    assert zipfile.is_zipfile(trained / "model.keras")

@@ -1,0 +1,92 @@
+"""The masked ResNet50 as specified, its weights options, and joint augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from busi.train._tf import keras
+from busi.train.model import WeightsUnavailable, build_classifier, trainable_count
+
+
+def test_frozen_model_has_exactly_525315_trainable_parameters():
+    m = build_classifier(64, weights="none", freeze=True)
+    # GAP(2048) -> Dense 256: 2048*256 + 256; Dense 3: 256*3 + 3 (the seed's 257,795 is wrong)
+    assert trainable_count(m) == 2048 * 256 + 256 + 256 * 3 + 3 == 525_315
+    assert [t.name.split(":")[0] for t in m.inputs] == ["image", "mask"] or sorted(m.input) == ["image", "mask"]
+    assert m.output.shape[-1] == 3 and m.layers[-1].name == "probabilities"
+    assert m.get_layer("conv5_block3_out") is not None  # backbone names kept (Grad-CAM later)
+    assert isinstance(m.get_layer("dropout"), keras.layers.Dropout) and m.get_layer("dropout").rate == 0.5
+    assert m.get_layer("fc256").units == 256
+
+
+def test_scratch_model_trains_the_backbone():
+    m = build_classifier(64, weights="none")
+    assert trainable_count(m) > 23_000_000
+
+
+def test_mask_multiplies_the_image_inside_the_graph():
+    m = build_classifier(64, weights="none", freeze=True)
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    zero_mask = np.zeros((2, 64, 64, 1), "float32")
+    a = m.predict({"image": img, "mask": zero_mask}, verbose=0)
+    b = m.predict({"image": np.zeros_like(img), "mask": np.ones_like(zero_mask)}, verbose=0)
+    np.testing.assert_allclose(a, b, atol=1e-6)  # image*0 == black image
+
+
+def test_imagenet_without_network_names_both_alternatives(monkeypatch):
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    import keras.src.applications.resnet as res
+
+    monkeypatch.setattr(res.file_utils, "get_file", offline)
+    with pytest.raises(WeightsUnavailable) as e:
+        build_classifier(64, weights="imagenet")
+    assert "--weights PATH.h5" in str(e.value) and "--weights none" in str(e.value)
+
+
+def test_local_h5_weights_are_loaded_and_frozen(tmp_path):
+    """An air-gapped workstation passes the notop .h5 file; here a small stand-in of the
+    same format (Keras legacy HDF5, ResNet50 no-top layout) with known weights."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    ref = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "resnet50_notop_standin.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, ref)
+    m = build_classifier(64, weights=str(path))
+    np.testing.assert_array_equal(m.get_layer("conv1_conv").get_weights()[0], ref.get_layer("conv1_conv").get_weights()[0])
+    np.testing.assert_array_equal(m.get_layer("conv5_block3_3_bn").get_weights()[2], ref.get_layer("conv5_block3_3_bn").get_weights()[2])
+    assert trainable_count(m) == 525_315  # pretrained -> frozen by default
+    with pytest.raises(WeightsUnavailable, match="not found"):
+        build_classifier(64, weights=str(tmp_path / "missing.h5"))
+
+
+def test_mask_follows_the_image_through_augmentation():
+    """Image bright exactly where the mask is: after the joint augmentation the bright
+    pixels and the mask must still coincide, and the geometry must really have changed."""
+    from busi.train.inputs import Arrays
+    from busi.train.pipeline import train_dataset
+
+    rng = np.random.default_rng(1)
+    n, S = 16, 64
+    gt = np.zeros((n, S, S), bool)
+    for i in range(n):
+        x, y = rng.integers(8, 36, 2)
+        gt[i, y : y + rng.integers(10, 24), x : x + rng.integers(10, 24)] = True
+    images = np.repeat((gt * 255).astype(np.uint8)[..., None], 3, axis=3)
+    arr = Arrays(images, gt, np.arange(n) % 3, [f"p{i}" for i in range(n)])
+    ds = train_dataset(arr, "gt", np.zeros((0, 2)), batch_size=n, seed=0)
+    x, y = next(iter(ds))
+    img, msk = x["image"].numpy(), x["mask"].numpy()[..., 0] > 0.5
+    bright = img[..., 0] > 127
+    moved = 0
+    for i in range(n):
+        inter, union = (bright[i] & msk[i]).sum(), (bright[i] | msk[i]).sum()
+        assert union == 0 or inter / union > 0.9, f"sample {i}: IoU {inter / union:.2f}"
+        moved += not any(np.array_equal(msk[i], g) for g in gt)
+    assert moved >= n // 2, "augmentation left most masks unchanged"

@@ -1,0 +1,140 @@
+"""`busi-train fit` end to end on phantoms: the files it writes, and that every figure in
+report.json recomputes independently from predictions.csv; a killed run resumes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
+
+from conftest import BIN
+
+CLASSES = ["normal", "benign", "malignant"]
+
+
+def read_predictions(model_dir):
+    with open(model_dir / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows
+
+
+def arrays(rows):
+    y = np.array([CLASSES.index(r["label"]) for r in rows])
+    P = np.array([[float(r["p_normal"]), float(r["p_benign"]), float(r["p_malignant"])] for r in rows])
+    return y, P
+
+
+def test_fit_writes_the_model_folder(trained):
+    for name in ("model.keras", "card.json", "manifest.csv", "history.csv", "predictions.csv", "report.json",
+                 "report.md", "confusion_matrix.png", "roc.png", "reliability.png", "training_curves.png"):
+        assert (trained / name).is_file() and (trained / name).stat().st_size > 0, name
+    assert not (trained / ".backup").exists()
+    assert not [p for p in trained.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+    card = json.loads((trained / "card.json").read_text())
+    assert card["architecture"]["mask"]["source"] == "box"
+    assert card["training"]["weights"] == "none" and card["architecture"]["input"]["size"] == 64
+    assert "not a medical device" in " ".join(card["not_for"])
+    history = list(csv.DictReader(open(trained / "history.csv")))
+    assert [int(h["epoch"]) for h in history] == [0, 1]
+    md = (trained / "report.md").read_text()
+    assert "| metric | gt | box (trained) | none |" in md
+
+
+def test_every_report_figure_recomputes_from_predictions_csv(trained):
+    report = json.loads((trained / "report.json").read_text())
+    rows = read_predictions(trained)
+    manifest = {r["path"]: r for r in csv.DictReader(open(trained / "manifest.csv"))}
+    # the operating point: highest threshold reaching sensitivity 0.95 on validation
+    val = [r for r in rows if r["split"] == "val"]
+    assert val and all(manifest[r["path"]]["split"] == "val" for r in val)
+    yv, Pv = arrays(val)
+    op = report["operating_point"]
+    if op["estimated"]:
+        fpr, tpr, thr = roc_curve(yv == 2, Pv[:, 2], drop_intermediate=False)
+        assert np.isclose(op["malignant_threshold"], min(1.0, thr[np.argmax(tpr >= 0.95)]))
+    t = op["malignant_threshold"]
+    assert set(report["mask_sources"]) == {"gt", "box", "none"}
+    for src, m in report["mask_sources"].items():
+        test = [r for r in rows if r["split"] == "test" and r["mask_source"] == src]
+        assert all(manifest[r["path"]]["split"] == "test" for r in test)  # only unseen data
+        y, P = arrays(test)
+        pred = P.argmax(1)
+        assert m["n"] == len(y) == sum(r["split"] == "test" for r in manifest.values())
+        assert np.isclose(m["accuracy"], (pred == y).mean())
+        assert np.isclose(m["balanced_accuracy"], balanced_accuracy_score(y, pred))
+        cm = np.zeros((3, 3), int)
+        for a, b in zip(y, pred):
+            cm[a, b] += 1
+        assert m["confusion_matrix"] == cm.tolist()
+        if len(set(y)) == 3:
+            assert np.isclose(m["macro_auc"], np.mean([roc_auc_score(y == c, P[:, c]) for c in range(3)]))
+        flag = P[:, 2] >= t
+        if (y == 2).any():
+            assert np.isclose(m["malignant_sensitivity"], flag[y == 2].mean())
+        assert np.isclose(m["malignant_specificity"], (~flag[y != 2]).mean())
+        for c, name in enumerate(CLASSES):
+            tp = ((pred == c) & (y == c)).sum()
+            assert m["per_class"][name]["support"] == (y == c).sum()
+            assert np.isclose(m["per_class"][name]["recall"], tp / max(1, (y == c).sum()))
+            assert np.isclose(m["per_class"][name]["precision"], tp / max(1, (pred == c).sum()))
+        # ECE: 15 equal-width bins of top-label confidence
+        conf, correct = P.max(1), pred == y
+        ece = 0.0
+        for lo, hi in zip(np.linspace(0, 1, 16)[:-1], np.linspace(0, 1, 16)[1:]):
+            sel = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+            if sel.any():
+                ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+        assert np.isclose(m["ece"], ece)
+        # bootstrap: 1000 case resamples from default_rng(seed), percentile interval
+        rng = np.random.default_rng(0)
+        accs = []
+        for _ in range(1000):
+            ix = rng.integers(0, len(y), len(y))
+            accs.append((pred[ix] == y[ix]).mean())
+        assert np.allclose(m["ci95"]["accuracy"], np.percentile(accs, [2.5, 97.5]))
+        assert m["ci95"]["accuracy"][0] <= m["accuracy"] <= m["ci95"]["accuracy"][1]
+
+
+def test_readme_table_comes_from_the_report(trained, tmp_path):
+    from conftest import cli
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\nend\n")
+    r = cli("busi-train", "report", trained, "--readme", readme)
+    text = readme.read_text()
+    assert "old" not in text and r.stdout.strip() in text and text.startswith("intro") and text.endswith("end\n")
+    acc = json.loads((trained / "report.json").read_text())["mask_sources"]["box"]["accuracy"]
+    assert f"{acc:.3f}" in text
+
+
+def test_a_killed_run_resumes(phantoms, tmp_path):
+    out = tmp_path / "resume"
+    cmd = [str(BIN / "busi-train"), "fit", "--data", str(phantoms), "--out", str(out), "--weights", "none",
+           "--image-size", "32", "--epochs", "3", "--batch-size", "16", "--no-augment"]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    deadline = time.time() + 600
+    for line in p.stderr:
+        lines.append(line)
+        if line.startswith("epoch 1/3"):
+            os.killpg(p.pid, signal.SIGKILL)  # as hard as a power cut
+            break
+        assert time.time() < deadline
+    p.wait()
+    assert p.returncode == -signal.SIGKILL, "".join(lines)
+    assert (out / ".backup" / "state").is_dir() and not (out / "model.keras").exists()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming the interrupted run" in r.stderr
+    epochs = [ln.split()[1] for ln in r.stderr.splitlines() if ln.startswith("epoch ")]
+    assert epochs == ["2/3", "3/3"], r.stderr[-2000:]
+    history = list(csv.DictReader(open(out / "history.csv")))
+    assert [int(h["epoch"]) for h in history] == [0, 1, 2]
+    assert (out / "model.keras").is_file() and not (out / ".backup").exists()
