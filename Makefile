@@ -16,13 +16,16 @@ TRAIN_ARGS ?=
 DEMO_DATA ?= data/phantoms
 DEMO_OUT  ?= models/demo
 DEMO_ARGS ?= --weights none --image-size 96 --epochs 30
+SEG_ARGS  ?=
+DEMO_SEG_ARGS ?= --image-size 64
 
-.PHONY: install data train export demo test bench clean help
+.PHONY: install data train segmenter export demo test bench clean help
 
 help:
 	@echo "make demo   - phantoms -> train -> report -> ONNX export -> busi-infer (minutes, CPU)"
 	@echo "make test   - the test suite"
 	@echo "make train DATA=/path/to/Dataset_BUSI_with_GT [WEIGHTS=imagenet|none|file.h5] [OUT=models/busi]"
+	@echo "make segmenter DATA=... OUT=...   (lesion segmenter for --mask auto, on the classifier's split)"
 	@echo "make export [OUT=models/demo]   make bench [OUT=models/demo]   make clean"
 
 $(BIN)/.installed: pyproject.toml
@@ -43,20 +46,29 @@ train: $(BIN)/.installed $(if $(filter $(DATA),$(DEMO_DATA)),$(DEMO_DATA)/.done)
 	$(BIN)/busi-train fit --data $(DATA) --out $(OUT) --weights $(WEIGHTS) --mask-source $(MASK) \
 		--image-size $(SIZE) --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS)) $(TRAIN_ARGS)
 
+segmenter: $(BIN)/.installed $(if $(filter $(DATA),$(DEMO_DATA)),$(DEMO_DATA)/.done)
+	$(BIN)/busi-train segmenter --data $(DATA) --out $(OUT) --seed $(SEED) $(SEG_ARGS)
+
 export: $(BIN)/.installed
-	$(BIN)/busi-export $(OUT) --int8
+	$(BIN)/busi-export $(OUT) --int8 --allow-int8-refusal
 
 demo: $(BIN)/.installed $(DEMO_DATA)/.done
 	$(BIN)/busi-train fit --data $(DEMO_DATA) --out $(DEMO_OUT) --seed $(SEED) $(DEMO_ARGS)
-	$(BIN)/busi-export $(DEMO_OUT) --int8
+	$(BIN)/busi-train segmenter --data $(DEMO_DATA) --out $(DEMO_OUT) --seed $(SEED) $(DEMO_SEG_ARGS)
+	$(BIN)/busi-export $(DEMO_OUT) --int8 --allow-int8-refusal
 	$(BIN)/busi-train phantoms --out $(DEMO_DATA)-new --per-class 2 --seed 2026
 	@echo "busi-infer on new phantoms (never seen in training): lesions with the box of their mask,"
 	@echo "normal images with a box drawn over the gland, as a user at the scanner would:"
 	$(BIN)/busi-infer $(DEMO_DATA)-new/benign $(DEMO_DATA)-new/malignant --mask $(DEMO_DATA)-new \
 		--model $(DEMO_OUT)/model.onnx --format table
 	$(BIN)/busi-infer $(DEMO_DATA)-new/normal --roi 150,150,100,80 --model $(DEMO_OUT)/model.onnx --format table
-	@echo "model:  $(DEMO_OUT)/model.onnx (+ model.int8.onnx, card.json)"
-	@echo "report: $(DEMO_OUT)/report.md"
+	@echo "the same new phantoms with --mask auto (the lesion segmenter finds the lesion), with an HTML report:"
+	$(BIN)/busi-infer $(DEMO_DATA)-new --mask auto --model $(DEMO_OUT)/model.onnx --format table \
+		--report $(DEMO_OUT)/cases.html --explain $(DEMO_OUT)/gradcam
+	@echo "held-out results (test split of the phantoms; mask sources side by side):"
+	@$(BIN)/busi-train report $(DEMO_OUT)
+	@echo "models: $$(cd $(DEMO_OUT) && ls *.onnx | tr '\n' ' ')(in $(DEMO_OUT), with card.json and segmenter.json)"
+	@echo "report: $(DEMO_OUT)/report.md   cases: $(DEMO_OUT)/cases.html   Grad-CAM: $(DEMO_OUT)/gradcam/"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
@@ -65,4 +77,4 @@ bench: $(BIN)/.installed
 	$(BIN)/busi-bench $(OUT)
 
 clean:
-	rm -rf $(VENV) build *.egg-info data/phantoms models/demo .pytest_cache
+	rm -rf $(VENV) build *.egg-info $(DEMO_DATA) $(DEMO_DATA)-new models/demo .pytest_cache

@@ -6,7 +6,6 @@ warning: a converted model that differs from the evaluated one never reaches the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -17,9 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from busi.runtime.atomic import atomic_path, atomic_write_text
-from busi.runtime.contract import INPUT_NAMES, OUTPUT_NAME, metadata_props
+from busi.runtime.contract import (
+    CAM_WEIGHTS_NAME,
+    FEATURES_NAME,
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    SEGMENTER_INPUT,
+    SEGMENTER_OUTPUT,
+    metadata_props,
+    segmenter_metadata_props,
+)
+from busi.runtime.verify import sha256_file
 
 PARITY_MIN_IMAGES = 32
+GRADCAM_REL_TOLERANCE = 1e-4  # features and Grad-CAM weights, relative to their largest value
 
 
 class ExportError(Exception):
@@ -36,14 +46,6 @@ class ExportUsageError(ExportError):
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_sha256(path: Path) -> str:
@@ -90,24 +92,50 @@ def load_model_dir(model_dir: str | Path) -> ModelDir:
     return ModelDir(d, card, model, int(shape[1]))
 
 
-def _onnx_rename_output(onnx_model, new: str) -> None:
-    old = onnx_model.graph.output[0].name
-    if old == new:
-        return
-    for node in onnx_model.graph.node:
-        for i, o in enumerate(node.output):
-            if o == old:
-                node.output[i] = new
-        for i, o in enumerate(node.input):
-            if o == old:
-                node.input[i] = new
-    onnx_model.graph.output[0].name = new
+def classifier_function(model):
+    """The function export converts: the classifier's probabilities, plus, for Grad-CAM
+    without TensorFlow, the last conv block's feature map A and the closed-form Grad-CAM
+    weights alpha[n, k, c] = d logit_c / d A[n, :, :, k] averaged over space.
+
+    The head is GAP -> Dense 256 (ReLU) -> Dropout (identity at inference) -> Dense 3, so
+    d logit_c / d GAP_k = sum_j W1[k, j] * 1[h_j > 0] * W2[j, c], and every spatial position
+    gets 1 / (h * w) of it."""
+    from busi.train._tf import keras, tf
+    from busi.train.model import LAST_CONV
+
+    feats = keras.Model(model.input, [model.get_layer(LAST_CONV).output, model.output])
+    fc, head = model.get_layer("fc256"), model.get_layer("probabilities")
+
+    def serving(image, mask):
+        A, p = feats({"image": image, "mask": mask}, training=False)
+        W1, b1, W2 = (tf.convert_to_tensor(v) for v in (fc.kernel, fc.bias, head.kernel))
+        gap = tf.reduce_mean(A, axis=[1, 2])
+        gate = tf.cast(tf.matmul(gap, W1) + b1 > 0, A.dtype)  # ReLU'
+        alpha = tf.einsum("kj,njc->nkc", W1, gate[:, :, None] * W2[None]) / float(A.shape[1] * A.shape[2])
+        return {OUTPUT_NAME: p, FEATURES_NAME: A, CAM_WEIGHTS_NAME: alpha}
+
+    return serving
+
+
+def _to_onnx(fn, spec, opset: int, outputs: set[str]):
+    import tf2onnx
+
+    from busi.train._tf import tf
+
+    from busi.train._tf import quiet
+
+    with quiet():  # grappler's "Starting new session" lines
+        onnx_model, _ = tf2onnx.convert.from_function(tf.function(fn, input_signature=spec), input_signature=spec, opset=opset)
+    got = {o.name for o in onnx_model.graph.output}
+    if got != outputs:
+        raise ExportError(f"converted graph has outputs {sorted(got)}, expected {sorted(outputs)}")
+    return onnx_model
 
 
 def convert(md: ModelDir, opset: int):
-    """tf2onnx conversion with an explicit signature (Keras 3 + tf2onnx traps avoided)."""
-    import tf2onnx
-
+    """tf2onnx conversion with an explicit signature and named outputs (the Keras 3 +
+    tf2onnx traps, tf2onnx issues 2329/2348, avoided): inputs image, mask; outputs
+    probabilities, features, cam_weights; dynamic batch axis."""
     from busi.train._tf import tf
 
     S = md.size
@@ -115,15 +143,7 @@ def convert(md: ModelDir, opset: int):
         tf.TensorSpec((None, S, S, 3), tf.float32, name="image"),
         tf.TensorSpec((None, S, S, 1), tf.float32, name="mask"),
     ]
-    model = md.model
-
-    @tf.function(input_signature=spec)
-    def serving(image, mask):
-        return {OUTPUT_NAME: model({"image": image, "mask": mask}, training=False)}
-
-    onnx_model, _ = tf2onnx.convert.from_function(serving, input_signature=spec, opset=opset, output_path=None)
-    _onnx_rename_output(onnx_model, OUTPUT_NAME)
-    return onnx_model
+    return _to_onnx(classifier_function(md.model), spec, opset, {OUTPUT_NAME, FEATURES_NAME, CAM_WEIGHTS_NAME})
 
 
 def ort_session(model_bytes_or_path):
@@ -166,18 +186,26 @@ def parity_inputs(md: ModelDir, n_min: int = PARITY_MIN_IMAGES, seed: int = 0) -
 
 
 def parity(md: ModelDir, session, sets: dict, tolerance: float) -> dict:
-    """Keras vs ONNX Runtime on every input set: max abs diff and argmax agreement."""
-    worst_name, worst = None, -1.0
+    """Keras vs ONNX Runtime on every input set: max abs diff and argmax agreement of the
+    probabilities (the gate), and the relative difference of the Grad-CAM outputs."""
+    from busi.train._tf import tf
+
+    reference = tf.function(classifier_function(md.model))
+    worst_name, worst, worst_cam = None, -1.0, 0.0
     per = {}
     n_total = agree_total = 0
     for name, x in sets.items():
         k = md.model.predict(x, batch_size=32, verbose=0)
-        o = session.run([OUTPUT_NAME], {"image": x["image"], "mask": x["mask"]})[0]
+        outs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": x["image"], "mask": x["mask"]})))
+        o = outs[OUTPUT_NAME]
         d = float(np.abs(k - o).max())
         agree = int((k.argmax(1) == o.argmax(1)).sum())
-        per[name] = {"n": int(len(k)), "max_abs_diff": d, "argmax_agree": agree}
+        ref = reference(tf.constant(x["image"]), tf.constant(x["mask"]))
+        cam = max(_rel_diff(ref[n].numpy(), outs[n]) for n in (FEATURES_NAME, CAM_WEIGHTS_NAME))
+        per[name] = {"n": int(len(k)), "max_abs_diff": d, "argmax_agree": agree, "gradcam_rel_diff": cam}
         n_total += len(k)
         agree_total += agree
+        worst_cam = max(worst_cam, cam)
         if d > worst:
             worst, worst_name = d, name
     return {
@@ -186,9 +214,15 @@ def parity(md: ModelDir, session, sets: dict, tolerance: float) -> dict:
         "worst_input": worst_name,
         "argmax_agreement": agree_total / n_total,
         "inputs": n_total,
+        "gradcam_rel_diff": worst_cam,
         "sets": per,
-        "passed": bool(worst <= tolerance and agree_total == n_total),
+        "passed": bool(worst <= tolerance and agree_total == n_total and worst_cam <= GRADCAM_REL_TOLERANCE),
     }
+
+
+def _rel_diff(ref: np.ndarray, got: np.ndarray) -> float:
+    """max |ref - got| / max |ref|: for outputs whose scale is not 0..1."""
+    return float(np.abs(ref - got).max() / max(float(np.abs(ref).max()), 1e-12))
 
 
 def git_commit() -> str | None:
@@ -197,9 +231,11 @@ def git_commit() -> str | None:
     return gc()
 
 
-def export(model_dir: str | Path, opset: int = 17, tolerance: float = 1e-4, int8: bool = False, calibration_images: int = 64) -> dict:
+def export(model_dir: str | Path, opset: int = 17, tolerance: float = 1e-4, int8: bool = False, calibration_images: int = 256) -> dict:
     """Convert, gate, annotate and write MODEL_DIR/model.onnx (+ .sha256); optional INT8."""
     import onnx
+
+    from busi.train._tf import tf  # TensorFlow first, quietly, before tf2onnx imports it
     import tf2onnx
 
     md = load_model_dir(model_dir)
@@ -217,16 +253,16 @@ def export(model_dir: str | Path, opset: int = 17, tolerance: float = 1e-4, int8
     par["heldout_from"] = {s: splits.count(s) for s in sorted(set(splits))}
     log(
         f"parity vs Keras on {par['inputs']} inputs: max abs diff {par['max_abs_diff']:.2e} "
-        f"(tolerance {tolerance:.0e}, worst: {par['worst_input']}), argmax agreement {par['argmax_agreement']:.4f}"
+        f"(tolerance {tolerance:.0e}, worst: {par['worst_input']}), argmax agreement {par['argmax_agreement']:.4f}; "
+        f"Grad-CAM outputs relative diff {par['gradcam_rel_diff']:.1e}"
     )
     if not par["passed"]:
         raise ExportError(
             f"parity gate failed: max abs diff {par['max_abs_diff']:.3e} on '{par['worst_input']}' "
-            f"(tolerance {tolerance:.0e}), argmax agreement {par['argmax_agreement']:.4f}; no model.onnx written"
+            f"(tolerance {tolerance:.0e}), argmax agreement {par['argmax_agreement']:.4f}, Grad-CAM relative diff "
+            f"{par['gradcam_rel_diff']:.1e} (tolerance {GRADCAM_REL_TOLERANCE:.0e}); no model.onnx written"
         )
     card = md.card
-    import tensorflow as tf
-
     provenance = {
         "weights": card["provenance"]["weights"],
         "data_fingerprint": card["data"]["fingerprint"],
@@ -245,7 +281,8 @@ def export(model_dir: str | Path, opset: int = 17, tolerance: float = 1e-4, int8
         operating_point=card["operating_point"],
         provenance=provenance,
         metrics=card["metrics"],
-        parity={k: par[k] for k in ("tolerance", "max_abs_diff", "worst_input", "argmax_agreement", "inputs")},
+        placeholder=arch["mask"].get("placeholder", (0.25, 0.25)),
+        parity={k: par[k] for k in ("tolerance", "max_abs_diff", "worst_input", "argmax_agreement", "inputs", "gradcam_rel_diff")},
     )
     set_metadata(onnx_model, props, card)
     try:
@@ -267,15 +304,107 @@ def export(model_dir: str | Path, opset: int = 17, tolerance: float = 1e-4, int8
         "exported": provenance["exported"],
     }
     card["export"] = export_facts
+    seg_keras = md.path / "segmenter.keras"
+    if seg_keras.is_file():
+        card["export"]["segmenter"] = export_segmenter(md.path, opset, tolerance, provenance)
+    else:
+        for stale in (md.path / "segmenter.onnx", md.path / "segmenter.onnx.sha256"):
+            stale.unlink(missing_ok=True)
+    refusal = None
     if int8:
         from .quantize import quantize_gated
 
-        card["export"]["int8"] = quantize_gated(md, final, props, calibration_images)
+        try:
+            card["export"]["int8"] = quantize_gated(md, final, props, calibration_images)
+        except ExportError as e:
+            refusal = e
+            card["export"]["int8"] = {"refused": str(e), "tried": getattr(e, "figures", [])}
     atomic_write_text(md.path / "card.json", json.dumps(card, indent=2) + "\n")
+    if refusal is not None:
+        raise refusal
     return card["export"]
 
 
-def set_metadata(onnx_model, props: dict[str, str], card: dict) -> None:
+def export_segmenter(model_dir: Path, opset: int, tolerance: float, provenance: dict) -> dict:
+    """segmenter.keras -> segmenter.onnx with the same kind of parity gate: max abs
+    difference of lesion probabilities within the tolerance, and every pixel that is more
+    than the tolerance away from the threshold on the same side of it."""
+    import onnx
+
+    from busi.train import segmenter as seg
+    from busi.train._tf import keras, tf
+    from busi.train.dataset import read_manifest
+    from busi.train.inputs import load_rows
+
+    src = model_dir / seg.MODEL_FILE
+    try:
+        sc = json.loads((model_dir / seg.CARD_FILE).read_text())
+        model = keras.models.load_model(src, compile=False)
+    except Exception as e:
+        raise ExportUsageError(f"{src}: cannot load the segmenter ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    S, thr = int(sc["input"]["size"]), float(sc["threshold"])
+    log(f"converting {src} (opset {opset}) ...")
+    spec = [tf.TensorSpec((None, S, S, 3), tf.float32, name=SEGMENTER_INPUT)]
+    try:
+        onnx_model = _to_onnx(lambda image: {SEGMENTER_OUTPUT: model(image, training=False)}, spec, opset, {SEGMENTER_OUTPUT})
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"{src}: tf2onnx conversion failed ({type(e).__name__}: {str(e)[:200]})") from None
+    manifest = read_manifest(model_dir / "manifest.csv")
+    rows = [r for r in manifest if r["split"] == "test"]
+    for extra in ("val", "train"):
+        if len(rows) < PARITY_MIN_IMAGES:
+            rows += [r for r in manifest if r["split"] == extra][: PARITY_MIN_IMAGES - len(rows)]
+    img = load_rows(sc["data"]["root"], rows, S).images.astype(np.float32)
+    sets = {"heldout": img, "zero_image": np.zeros((2, S, S, 3), np.float32), "batch_1": img[:1], "batch_7": img[:7]}
+    session = ort_session(onnx_model.SerializeToString())
+    worst, worst_name, flips, n = -1.0, None, 0, 0
+    for name, x in sets.items():
+        k = model.predict(x, batch_size=16, verbose=0)
+        o = session.run([SEGMENTER_OUTPUT], {SEGMENTER_INPUT: x})[0]
+        d = float(np.abs(k - o).max())
+        if d > worst:
+            worst, worst_name = d, name
+        clear = np.abs(k - thr) > tolerance
+        flips += int(((k >= thr) != (o >= thr))[clear].sum())
+        n += len(x)
+    par = {"tolerance": tolerance, "max_abs_diff": worst, "worst_input": worst_name, "inputs": n, "pixel_flips": flips,
+           "passed": bool(worst <= tolerance and flips == 0)}
+    log(f"segmenter parity vs Keras on {n} inputs: max abs diff {worst:.2e} (worst: {worst_name}), {flips} thresholded pixels differ")
+    if not par["passed"]:
+        raise ExportError(
+            f"segmenter parity gate failed: max abs diff {worst:.3e} on '{worst_name}' (tolerance {tolerance:.0e}), "
+            f"{flips} pixels flipped; no segmenter.onnx written"
+        )
+    props = segmenter_metadata_props(
+        size=S, threshold=thr, min_area_frac=float(sc["min_area_frac"]),
+        provenance={**provenance, "data_fingerprint": sc["data"]["fingerprint"], "trained": sc["provenance"]["created"]},
+        metrics=sc["metrics"], parity=par,
+    )
+    set_metadata(onnx_model, props, doc=(
+        "busi lesion segmenter (U-Net) for --mask auto. Input image (N,S,S,3 float32 RGB 0..255); output lesion "
+        "(N,S,S,1 probability). Research software, not a medical device."))
+    try:
+        onnx.checker.check_model(onnx_model, full_check=True)
+    except Exception as e:
+        raise ExportError(f"onnx.checker rejected the converted segmenter: {str(e)[:200]}") from None
+    final = model_dir / "segmenter.onnx"
+    with atomic_path(final, suffix=".onnx") as tmp:
+        onnx.save(onnx_model, tmp)
+    digest = write_sha256(final)
+    log(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]})")
+    return {"onnx": final.name, "sha256": digest, "bytes": final.stat().st_size, "parity": par}
+
+
+CLASSIFIER_DOC = (
+    "busi masked ResNet50: breast ultrasound normal/benign/malignant. Inputs image "
+    "(N,S,S,3 float32 RGB 0..255) and mask (N,S,S,1 float32 0/1); output probabilities (N,3), "
+    "plus features and cam_weights for Grad-CAM. Research software, not a medical device."
+)
+
+
+def set_metadata(onnx_model, props: dict[str, str], card: dict | None = None, doc: str = CLASSIFIER_DOC) -> None:
     del onnx_model.metadata_props[:]
     for k, v in sorted(props.items()):
         e = onnx_model.metadata_props.add()
@@ -285,8 +414,4 @@ def set_metadata(onnx_model, props: dict[str, str], card: dict) -> None:
 
     onnx_model.producer_version = __version__
     onnx_model.model_version = int(datetime.now(timezone.utc).strftime("%Y%m%d"))
-    onnx_model.doc_string = (
-        "busi masked ResNet50: breast ultrasound normal/benign/malignant. Inputs image "
-        "(N,S,S,3 float32 RGB 0..255) and mask (N,S,S,1 float32 0/1); output probabilities (N,3). "
-        "Research software, not a medical device."
-    )
+    onnx_model.doc_string = doc

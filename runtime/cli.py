@@ -25,7 +25,7 @@ from .masks import mask_stem
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 DEFAULT_MODEL = Path("models/demo/model.onnx")
 CSV_FIELDS = ("path", "class", "confidence", "p_normal", "p_benign", "p_malignant", "malignant", "threshold",
-              "mask_source", "lesion_box", "provider", "error")
+              "mask_source", "lesion_found", "lesion_box", "provider", "error")
 
 
 class Format(str, Enum):
@@ -40,7 +40,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def expand_inputs(args: list[str]) -> list[str]:
     """Files as given; folders searched recursively for images (mask files skipped); globs expanded.
 
-    A name that matches nothing is kept, so it is reported as a failure record."""
+    A name that matches nothing, and a folder without images, is kept, so it is reported as a
+    failure record."""
     out: list[str] = []
     for a in args:
         p = Path(a)
@@ -49,7 +50,7 @@ def expand_inputs(args: list[str]) -> list[str]:
                 str(f) for f in p.rglob("*")
                 if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and mask_stem(f) is None
             )
-            out.extend(found)
+            out.extend(found or [a])  # an empty folder stays, to be reported as a failure
         elif not p.exists() and glob.has_magic(a):
             out.extend(sorted(glob.glob(a, recursive=True)))
         else:
@@ -68,12 +69,15 @@ def _records_to_text(records: list[dict], fmt: Format, classes) -> str:
             w.writerow(_flat(r))
         return buf.getvalue()
     lines = [f"{'class':<10} {'conf':>6} {'P(mal)':>7} {'flag':<9} {'mask':<5} path"]
+    if any(r.get("lesion_found") is False for r in records):
+        lines.insert(0, "(mask 'auto-': the segmenter found no lesion)")
     for r in records:
         if "error" in r:
             lines.append(f"{'FAILED':<10} {'':>6} {'':>7} {'':<9} {'':<5} {r['error']}")
         else:
             flag = "MALIGNANT" if r["malignant"] else "-"
-            lines.append(f"{r['class']:<10} {r['confidence']:6.3f} {r['probabilities']['malignant']:7.3f} {flag:<9} {r['mask_source']:<5} {r['path']}")
+            src = r["mask_source"] + ("-" if r.get("lesion_found") is False else "")
+            lines.append(f"{r['class']:<10} {r['confidence']:6.3f} {r['probabilities']['malignant']:7.3f} {flag:<9} {src:<5} {r['path']}")
     return "\n".join(lines) + "\n"
 
 
@@ -84,6 +88,7 @@ def _flat(r: dict) -> dict:
         "path": r["path"], "class": r["class"], "confidence": f"{r['confidence']:.6f}",
         **{f"p_{k}": f"{v:.6f}" for k, v in r["probabilities"].items()},
         "malignant": int(r["malignant"]), "threshold": f"{r['threshold']:.6f}", "mask_source": r["mask_source"],
+        "lesion_found": "" if r.get("lesion_found") is None else int(r["lesion_found"]),
         "lesion_box": " ".join(map(str, r["lesion_box"])) if r["lesion_box"] else "", "provider": r["provider"], "error": "",
     }
 
@@ -92,7 +97,7 @@ def _flat(r: dict) -> dict:
 def infer(
     paths: List[str] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM), folders (searched recursively) or globs."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", envvar="BUSI_MODEL", help="busi .onnx model [default: $BUSI_MODEL or models/demo/model.onnx]."),
-    mask: Optional[str] = typer.Option(None, "--mask", help="Lesion mask: a mask PNG, a folder holding <stem>_mask*.png, or 'none' (whole image)."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Lesion mask: a mask PNG, a folder holding <stem>_mask*.png, 'auto' (the lesion segmenter) or 'none' (whole image)."),
     roi: Optional[str] = typer.Option(None, "--roi", help="Lesion box x,y,w,h in image pixels (the trained margin is added)."),
     fmt: Format = typer.Option(Format.jsonl, "--format", "-f", help="Output format."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the output to this file (atomically) instead of stdout."),
@@ -104,6 +109,9 @@ def infer(
     max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1, help="Refuse images with more pixels (before decoding)."),
     frame: int = typer.Option(0, "--frame", min=0, help="Frame of a multi-frame DICOM (0-based)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the .sha256 check of the model file."),
+    segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Segmenter .onnx for --mask auto [default: segmenter.onnx beside the model]."),
+    explain: Optional[Path] = typer.Option(None, "--explain", help="Write a Grad-CAM overlay PNG of the predicted class per image into this folder."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML case report (images, Grad-CAM, probabilities)."),
 ):
     """Classify breast ultrasound images as normal / benign / malignant.
 
@@ -115,9 +123,21 @@ def infer(
         _die("give either --mask or --roi, not both")
     model = model or DEFAULT_MODEL
     try:
-        pred = Predictor(model, device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels, threshold=threshold)
+        pred = Predictor(model, device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels,
+                         threshold=threshold, segmenter=segmenter)
+        if mask == "auto":
+            pred.segmenter  # load (and verify) it now: a missing segmenter is bad usage, not 100 failures
+        if (explain or report) and not pred.explainable:
+            _die(f"{model}: model has no Grad-CAM outputs (features, cam_weights); re-export it with busi-export")
     except BusiError as e:
         _die(str(e))
+    views = explain is not None or report is not None
+    html = None
+    if report is not None:
+        from .html_report import HtmlReport
+
+        html = HtmlReport(report, model, pred.info, pred.threshold, pred.provider)
+    written: set[str] = set()
     mask_arg = roi if roi is not None else mask
     if roi is not None:
         from .predictor import parse_box
@@ -133,7 +153,8 @@ def infer(
     records: list[dict] = []
     n_fail = 0
     show_bar = sys.stderr.isatty() and len(files) > 1
-    it = pred.iter_predict(files, mask_arg, batch_size=batch_size, threshold=threshold, tta=tta, frame=frame)
+    it = pred.iter_predict(files, mask_arg, batch_size=batch_size, threshold=threshold, tta=tta, frame=frame,
+                           explain=views, keep_view=views)
     stream = out is None and fmt is Format.jsonl
     for i, r in enumerate(it, 1):
         d = r.to_dict()
@@ -141,6 +162,13 @@ def infer(
             n_fail += 1
             typer.echo(f"error: {d['error']}", err=True)
         records.append(d)
+        if html is not None:
+            html.add(r)
+        if explain is not None and "error" not in d:
+            try:
+                _write_explanation(explain, r, written)
+            except OSError as e:
+                _die(f"{explain}: cannot write ({e.strerror or e})", 1)
         if stream:
             sys.stdout.write(json.dumps(d) + "\n")
             sys.stdout.flush()
@@ -159,14 +187,41 @@ def infer(
             _die(f"{out}: cannot write ({e.strerror or e})", 1)
     elif not stream:
         sys.stdout.write(text)
+    if html is not None:
+        try:
+            html.write()
+        except OSError as e:
+            _die(f"{report}: cannot write ({e.strerror or e})", 1)
     dt = time.time() - t0
     ok = len(records) - n_fail
     typer.echo(
         f"busi: {ok}/{len(records)} images classified in {dt:.2f}s on {pred.provider.replace('ExecutionProvider', '')}"
-        + (f", {n_fail} failed" if n_fail else "") + (f"; output in {out}" if out else ""),
+        + (f", {n_fail} failed" if n_fail else "") + (f"; output in {out}" if out else "")
+        + (f"; Grad-CAM overlays in {explain}" if explain else "") + (f"; report {report}" if report else ""),
         err=True,
     )
     raise typer.Exit(1 if n_fail else 0)
+
+
+def _write_explanation(folder: Path, r, written: set[str]) -> Path:
+    """<stem>.gradcam.png (Grad-CAM of the predicted class over the image), atomically; a
+    second image with the same stem gets -2, -3, ..."""
+    import cv2
+
+    from .atomic import atomic_path
+    from .gradcam import overlay
+
+    stem = Path(r.path).stem if r.path else "image"
+    name, k = f"{stem}.gradcam.png", 2
+    while name in written:
+        name, k = f"{stem}-{k}.gradcam.png", k + 1
+    written.add(name)
+    final = folder / name
+    with atomic_path(final, suffix=".png") as tmp:
+        rgb = overlay(r.extras["view"], r.extras["cam"])
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"cannot encode {final}")
+    return final
 
 
 def _die(msg: str, code: int = 2):

@@ -14,8 +14,15 @@ from .errors import ModelError
 
 REQUIRED_KEYS = ("busi.classes", "busi.input", "busi.mask", "busi.operating_point")
 OPTIONAL_KEYS = ("busi.provenance", "busi.metrics", "busi.parity", "busi.quantization", "busi.role")
+SEGMENTER_KEYS = ("busi.role", "busi.input", "busi.segmentation")
 INPUT_NAMES = ("image", "mask")
 OUTPUT_NAME = "probabilities"
+#: extra classifier outputs for Grad-CAM: the last conv block's feature map (N, h, w, K) and
+#: the closed-form Grad-CAM channel weights d logit_c / d feature, averaged over space (N, K, C)
+FEATURES_NAME = "features"
+CAM_WEIGHTS_NAME = "cam_weights"
+SEGMENTER_INPUT = "image"
+SEGMENTER_OUTPUT = "lesion"
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,7 @@ class MaskSpec:
     threshold: int = 127
     source: str = "box"  # mask source the model was trained with: box | gt | none
     box_margin: float = 0.10
+    placeholder: tuple[float, float] = (0.25, 0.25)  # lesion-sized box (w, h as image fractions)
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class ModelInfo:
                     threshold=int(msk.get("threshold", 127)),
                     source=msk.get("source", "box"),
                     box_margin=float(msk.get("box_margin", 0.10)),
+                    placeholder=tuple(float(v) for v in msk.get("placeholder", (0.25, 0.25))),
                 ),
                 malignant_threshold=float(op["malignant_threshold"]),
                 target_sensitivity=op.get("target_sensitivity"),
@@ -86,7 +95,46 @@ class ModelInfo:
             raise ModelError(path, f"busi metadata is malformed ({type(e).__name__}: {e})") from None
         if "malignant" not in info.classes:
             raise ModelError(path, f"busi.classes has no 'malignant': {list(info.classes)}")
+        if info.role != "classifier":
+            raise ModelError(path, f"busi.role is {info.role!r}, expected a classifier")
         return info
+
+
+@dataclass(frozen=True)
+class SegmenterInfo:
+    """The lesion segmenter's contract: input spec and the post-processing it was evaluated with."""
+
+    input: InputSpec
+    threshold: float = 0.5
+    min_area_frac: float = 0.002
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: str | None = None) -> "SegmenterInfo":
+        missing = [k for k in SEGMENTER_KEYS if k not in meta]
+        if missing:
+            raise ModelError(path, f"not a busi segmenter: metadata lacks {', '.join(missing)}")
+        try:
+            j = {k: json.loads(v) for k, v in meta.items() if k.startswith("busi.")}
+            if j["busi.role"] != "segmenter":
+                raise ModelError(path, f"busi.role is {j['busi.role']!r}, expected 'segmenter'")
+            inp, seg = j["busi.input"], j["busi.segmentation"]
+            return cls(
+                input=InputSpec(size=int(inp["size"]), resize=inp.get("resize", "area")),
+                threshold=float(seg.get("threshold", 0.5)),
+                min_area_frac=float(seg.get("min_area_frac", 0.002)),
+                provenance=j.get("busi.provenance", {}),
+                metrics=j.get("busi.metrics", {}),
+                parity=j.get("busi.parity", {}),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(path, f"busi metadata is malformed ({type(e).__name__}: {e})") from None
+
+
+def input_spec(size: int) -> dict:
+    return {"size": int(size), "color": "rgb", "dtype": "float32", "range": [0, 255], "resize": "area"}
 
 
 def metadata_props(
@@ -99,13 +147,15 @@ def metadata_props(
     metrics: dict,
     parity: dict,
     box_margin: float = 0.10,
+    placeholder: tuple[float, float] = (0.25, 0.25),
     extra: dict | None = None,
 ) -> dict[str, str]:
     """The metadata_props dict that export writes (values JSON-encoded)."""
     props = {
         "busi.classes": list(classes),
-        "busi.input": {"size": int(size), "color": "rgb", "dtype": "float32", "range": [0, 255], "resize": "area"},
-        "busi.mask": {"mode": "multiply", "threshold": 127, "source": mask_source, "box_margin": box_margin},
+        "busi.input": input_spec(size),
+        "busi.mask": {"mode": "multiply", "threshold": 127, "source": mask_source, "box_margin": box_margin,
+                      "placeholder": [round(float(v), 4) for v in placeholder]},
         "busi.operating_point": operating_point,
         "busi.provenance": provenance,
         "busi.metrics": metrics,
@@ -113,4 +163,18 @@ def metadata_props(
         "busi.role": "classifier",
     }
     props.update(extra or {})
+    return {k: json.dumps(v, sort_keys=True) for k, v in props.items()}
+
+
+def segmenter_metadata_props(*, size: int, threshold: float, min_area_frac: float, provenance: dict, metrics: dict, parity: dict) -> dict[str, str]:
+    """The metadata_props of a lesion segmenter (busi.role = segmenter)."""
+    props = {
+        "busi.role": "segmenter",
+        "busi.input": input_spec(size),
+        "busi.segmentation": {"output": SEGMENTER_OUTPUT, "threshold": threshold, "min_area_frac": min_area_frac,
+                              "postprocess": "resize to image, threshold, largest 8-connected component"},
+        "busi.provenance": provenance,
+        "busi.metrics": metrics,
+        "busi.parity": parity,
+    }
     return {k: json.dumps(v, sort_keys=True) for k, v in props.items()}

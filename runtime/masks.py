@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .imageio import resize_mask
+
 Box = tuple[int, int, int, int]  # x, y, w, h in pixels
 
 _MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<n>\d+))?$")
@@ -73,3 +75,59 @@ def scale_box(box: Box, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> Box
     x0, y0 = int(np.floor(x * sx)), int(np.floor(y * sy))
     x1, y1 = int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))
     return x0, y0, max(1, x1 - x0), max(1, y1 - y0)
+
+
+def placeholder_box(shape: tuple[int, int], size_frac: tuple[float, float]) -> Box:
+    """A lesion-sized box in the middle of the image: what a box-trained model is given when
+    there is no lesion to outline (training drew such boxes at random plausible places)."""
+    H, W = shape
+    w = max(1, min(W, int(round(size_frac[0] * W))))
+    h = max(1, min(H, int(round(size_frac[1] * H))))
+    return (W - w) // 2, (H - h) // 2, w, h
+
+
+def largest_component(prob: np.ndarray, shape: tuple[int, int], threshold: float = 0.5, min_area_frac: float = 0.002) -> np.ndarray | None:
+    """Segmenter output -> the lesion: probabilities (h, w) resized (bilinear) to the image's
+    `shape` (H, W), thresholded, and the largest 8-connected component kept. None when no
+    component covers at least `min_area_frac` of the image (no lesion found).
+
+    One function for the runtime's `--mask auto` and the training side's evaluation of it."""
+    import cv2
+
+    H, W = shape
+    p = prob.astype(np.float32)
+    if p.shape != (H, W):
+        p = cv2.resize(p, (W, H), interpolation=cv2.INTER_LINEAR)
+    binary = (p >= threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if n <= 1:
+        return None
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    k = int(np.argmax(areas))
+    if areas[k] < max(1.0, min_area_frac * H * W):
+        return None
+    return labels == k + 1
+
+
+def model_mask(
+    lesion: np.ndarray | None,
+    shape: tuple[int, int],
+    size: int,
+    trained_source: str,
+    margin: float,
+    placeholder: tuple[float, float],
+) -> tuple[np.ndarray, Box | None]:
+    """The (size, size) bool mask the classifier gets for a lesion mask at image `shape`,
+    as the model was trained: its box with `margin` (box), the mask itself (gt), or the whole
+    image (none). With no lesion (None): a central placeholder box, an empty mask, or the
+    whole image. Also returns the lesion's tight box in image pixels (None without one)."""
+    box = bbox(lesion) if lesion is not None else None
+    if trained_source == "none":
+        return np.ones((size, size), bool), box
+    if box is None:
+        if trained_source == "gt":
+            return np.zeros((size, size), bool), None
+        return resize_mask(box_mask(shape, placeholder_box(shape, placeholder)), size), None
+    if trained_source == "box":
+        return resize_mask(box_mask(shape, expand_box(box, margin, shape)), size), box
+    return resize_mask(lesion, size), box

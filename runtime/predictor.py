@@ -9,23 +9,26 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 
-from .contract import INPUT_NAMES, OUTPUT_NAME, ModelInfo
+from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, ModelInfo
 from .errors import BusiError, InputError, ModelError
 from .imageio import DEFAULT_MAX_PIXELS, read_mask, read_rgb, resize_mask, resize_rgb
-from .masks import Box, bbox, box_mask, expand_box, find_mask_files
+from .masks import Box, box_mask, find_mask_files, model_mask
 from .session import create_session
+from .verify import verified_sha256
+
+if TYPE_CHECKING:
+    from .segmenter import Segmenter
 
 MaskArg = Union[None, str, os.PathLike, np.ndarray, tuple, list]
 
@@ -43,11 +46,18 @@ class Prediction:
     provider: str
     model_sha256: str
     tta: bool = False
+    lesion_found: bool | None = None  # mask source auto: did the segmenter find a lesion?
     notes: list[str] = field(default_factory=list)
+    #: not serialized: "cam" (Grad-CAM map, feature-map size) with explain=True; "view"
+    #: (thumbnail RGB), "mask" (what the classifier saw) and "lesion" (found/given lesion)
+    #: with keep_view=True
+    extras: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["class"] = d.pop("label")
+        d = {k: v for k, v in self.__dict__.items() if k != "extras"}
+        d["probabilities"] = dict(self.probabilities)
+        d["notes"] = list(self.notes)
+        d = {"class" if k == "label" else k: v for k, v in d.items()}
         d["lesion_box"] = list(self.lesion_box) if self.lesion_box else None
         return d
 
@@ -71,14 +81,9 @@ class Prepared:
     mask: np.ndarray  # (S, S, 1) float32
     mask_source: str
     lesion_box: Box | None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    lesion_found: bool | None = None
+    notes: list[str] = field(default_factory=list)
+    view: dict[str, np.ndarray] | None = None
 
 
 def parse_box(value: Any) -> Box:
@@ -108,27 +113,15 @@ class Predictor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         threshold: float | None = None,
         notice: Callable[[str], None] | None = None,
+        segmenter: "str | os.PathLike | Segmenter | None" = None,
     ):
         self.path = Path(model_path)
         self._notice = notice or (lambda m: print(m, file=sys.stderr, flush=True))
         self._noticed: set[str] = set()
         self._lock = threading.Lock()
-        if not self.path.exists():
-            raise ModelError(self.path, "model file not found")
-        if self.path.is_dir():
-            raise ModelError(self.path, "is a folder; pass the .onnx file")
-        try:
-            self.sha256 = sha256_file(self.path)
-        except OSError as e:
-            raise ModelError(self.path, f"cannot read ({e.strerror or e})") from None
-        side = self.path.with_name(self.path.name + ".sha256")
-        if verify and side.is_file():
-            want = side.read_text().split()[0].lower() if side.read_text().split() else ""
-            if want != self.sha256:
-                raise ModelError(
-                    self.path,
-                    f"sha256 mismatch: file is {self.sha256[:16]}..., {side.name} says {want[:16]}... (altered or truncated)",
-                )
+        self.sha256 = verified_sha256(self.path, verify)
+        self._threads, self._verify = threads, verify
+        self._segmenter = segmenter
         self.session, self.provider = create_session(str(self.path), device, threads, self._notice)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(meta, str(self.path))
@@ -136,6 +129,7 @@ class Predictor:
         outs = [o.name for o in self.session.get_outputs()]
         if ins != sorted(INPUT_NAMES) or OUTPUT_NAME not in outs:
             raise ModelError(self.path, f"model inputs {ins} / outputs {outs}, expected inputs image, mask and output probabilities")
+        self.explainable = FEATURES_NAME in outs and CAM_WEIGHTS_NAME in outs
         self.max_pixels = max_pixels
         self.threshold = float(self.info.malignant_threshold if threshold is None else threshold)
         self.size = self.info.input.size
@@ -149,8 +143,31 @@ class Predictor:
         self._notice(msg)
 
     # ---- preprocessing --------------------------------------------------------------------
-    def prepare(self, image: str | os.PathLike | np.ndarray, mask: MaskArg = None, frame: int = 0) -> Prepared:
-        """Decode, resize and build the model's mask; raises InputError naming the file."""
+    @property
+    def segmenter(self) -> "Segmenter":
+        """The lesion segmenter for mask="auto": the one given, else `segmenter.onnx` beside
+        the model (loaded once, on first use)."""
+        from .segmenter import SEGMENTER_FILE, Segmenter
+
+        with self._lock:
+            if not isinstance(self._segmenter, Segmenter):
+                path = Path(self._segmenter) if self._segmenter is not None else self.path.with_name(SEGMENTER_FILE)
+                if not path.exists():
+                    raise ModelError(path, "no lesion segmenter for --mask auto (train one: busi-train segmenter, then busi-export)")
+                # the classifier's device choice holds for the segmenter too: no second probe or notice
+                device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+                self._segmenter = Segmenter(path, device, self._verify, self._threads, self._notice)
+            return self._segmenter
+
+    def prepare(
+        self, image: str | os.PathLike | np.ndarray, mask: MaskArg = None, frame: int = 0, keep_view: bool = False
+    ) -> Prepared:
+        """Decode, resize and build the model's mask; raises InputError naming the file.
+
+        mask: None or "none" (whole image), "auto" (the lesion segmenter), a box (x, y, w, h)
+        or "x,y,w,h", a bool/0-1/0-255 array, a mask file, or a folder of `<stem>_mask*.png`.
+        The lesion is turned into the mask the model was trained with (its box with the
+        trained margin, the mask itself, or the whole image)."""
         if isinstance(image, np.ndarray):
             path = None
             rgb = _check_array(image)
@@ -159,13 +176,22 @@ class Predictor:
             rgb = read_rgb(image, max_pixels=self.max_pixels, frame=frame)
         H, W = rgb.shape[:2]
         S = self.size
-        trained = self.info.mask.source
-        lesion_box = None
+        spec = self.info.mask
+        trained = spec.source
+        lesion, found, notes = None, None, []
         if mask is None or (isinstance(mask, str) and mask == "none"):
-            m = np.ones((S, S), bool)
             source = "none"
         elif isinstance(mask, str) and mask == "auto":
-            raise InputError(path, "--mask auto needs a lesion segmenter, which this model folder does not have")
+            source = "auto"
+            lesion = self.segmenter.find(rgb)
+            found = lesion is not None
+            if not found:
+                notes.append(
+                    "the segmenter found no lesion; classified with "
+                    + {"box": "a lesion-sized box in the image centre, as normal images were shown in training",
+                       "gt": "an empty mask, as normal images were shown in training",
+                       "none": "the whole image"}[trained]
+                )
         elif isinstance(mask, (tuple, list)) or (isinstance(mask, str) and "," in mask and not Path(mask).exists()):
             box = parse_box(mask)
             x, y, w, h = box
@@ -173,12 +199,11 @@ class Predictor:
                 raise InputError(path, f"ROI {box} has zero or negative size")
             if x < 0 or y < 0 or x + w > W or y + h > H:
                 raise InputError(path, f"ROI {box} lies outside the {W}x{H} image")
-            lesion_box = box
-            m = resize_mask(box_mask((H, W), expand_box(box, self.info.mask.box_margin, (H, W))), S)
+            lesion = box_mask((H, W), box)
             source = "box"
         else:
             if isinstance(mask, np.ndarray):
-                lesion = mask.astype(bool) if mask.dtype == bool else mask > (self.info.mask.threshold if mask.max() > 1 else 0.5)
+                lesion = mask.astype(bool) if mask.dtype == bool else mask > (spec.threshold if mask.max() > 1 else 0.5)
                 if lesion.ndim == 3:
                     lesion = lesion.any(axis=2)
                 label = "mask array"
@@ -188,25 +213,28 @@ class Predictor:
             if lesion.shape != (H, W):
                 self.notice_once(f"size:{label}", f"busi: {label}: mask is {lesion.shape[1]}x{lesion.shape[0]}, image is {W}x{H}; resized (nearest)")
                 lesion = resize_mask(lesion, (H, W))
-            lesion_box = bbox(lesion)
-            if lesion_box is None:
+            if not lesion.any():
                 raise InputError(path, f"mask {label} is empty (no lesion pixels); give --roi x,y,w,h or --mask none")
-            if trained == "box":
-                # the model was trained on boxes: use the lesion's box with the trained margin
-                m = resize_mask(box_mask((H, W), expand_box(lesion_box, self.info.mask.box_margin, (H, W))), S)
-                source = "box"
-            else:
-                m = resize_mask(lesion, S)
-                source = "gt"
-        if source != trained and not (trained == "gt" and source == "box"):
-            self.notice_once(
-                f"mode:{source}",
-                f"busi: model was trained with '{trained}' masks; this input uses '{source}', outside its training conditions",
-            )
-        elif trained == "gt" and source == "box":
-            self.notice_once("mode:box", "busi: model was trained with lesion masks (gt); a box is outside its training conditions")
+            source = "box" if trained == "box" else "gt"  # a box-trained model gets the mask's box
+        if source == "none":
+            m, lesion_box = np.ones((S, S), bool), None
+        else:
+            m, lesion_box = model_mask(lesion, (H, W), S, trained, spec.box_margin, spec.placeholder)
+        self._notice_mismatch(source, trained)
         img = resize_rgb(rgb, S).astype(np.float32)
-        return Prepared(path, img, m.astype(np.float32)[:, :, None], source, lesion_box)
+        view = _view(rgb, m, lesion) if keep_view else None
+        return Prepared(path, img, m.astype(np.float32)[:, :, None], source, lesion_box, found, notes, view)
+
+    def _notice_mismatch(self, source: str, trained: str) -> None:
+        if source in (trained, "auto"):
+            return
+        if trained == "none":
+            msg = "busi: model was trained on whole images (mask source none): the given mask or ROI is not applied"
+        elif source == "none":
+            msg = f"busi: model was trained with '{trained}' masks; this input uses 'none' (whole image), outside its training conditions"
+        else:
+            msg = f"busi: model was trained with '{trained}' masks (lesion outlines); a box is outside its training conditions"
+        self.notice_once(f"mode:{source}", msg)
 
     def _mask_from_path(self, mask: Path, image_path: str | None, shape) -> np.ndarray:
         if mask.is_dir():
@@ -227,18 +255,33 @@ class Predictor:
         return out
 
     # ---- inference ------------------------------------------------------------------------
-    def run(self, images: np.ndarray, masks: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Raw batch inference: (N,S,S,3) float32, (N,S,S,1) float32 -> (N, classes)."""
-        p = self.session.run([OUTPUT_NAME], {"image": images, "mask": masks})[0]
+    def run(self, images: np.ndarray, masks: np.ndarray, tta: bool = False, explain: bool = False):
+        """Raw batch inference: (N,S,S,3) float32, (N,S,S,1) float32 -> (N, classes).
+
+        With `explain`, returns (probabilities, Grad-CAM maps (N, h, w) of each image's
+        predicted class) from the unflipped pass."""
+        if explain and not self.explainable:
+            raise ModelError(self.path, "model has no Grad-CAM outputs (features, cam_weights); re-export it with busi-export")
+        names = [OUTPUT_NAME, FEATURES_NAME, CAM_WEIGHTS_NAME] if explain else [OUTPUT_NAME]
+        outs = self.session.run(names, {"image": images, "mask": masks})
+        p = outs[0]
         if tta:
             p2 = self.session.run([OUTPUT_NAME], {"image": images[:, :, ::-1].copy(), "mask": masks[:, :, ::-1].copy()})[0]
             p = (p + p2) / 2
-        return p
+        if not explain:
+            return p
+        from .gradcam import grad_cam
 
-    def _result(self, prep: Prepared, proba: np.ndarray, threshold: float | None, tta: bool) -> Prediction:
+        cams = np.stack([grad_cam(outs[1][i], outs[2][i], int(np.argmax(p[i]))) for i in range(len(p))])
+        return p, cams
+
+    def _result(self, prep: Prepared, proba: np.ndarray, threshold: float | None, tta: bool, cam=None) -> Prediction:
         t = self.threshold if threshold is None else float(threshold)
         classes = self.info.classes
         k = int(np.argmax(proba))
+        extras = dict(prep.view or {})
+        if cam is not None:
+            extras["cam"] = cam
         return Prediction(
             path=prep.path,
             label=classes[k],
@@ -251,12 +294,20 @@ class Predictor:
             provider=self.provider,
             model_sha256=self.sha256,
             tta=tta,
+            lesion_found=prep.lesion_found,
+            notes=list(prep.notes),
+            extras=extras,
         )
 
-    def predict(self, image, mask: MaskArg = None, *, threshold: float | None = None, tta: bool = False, frame: int = 0) -> Prediction:
-        prep = self.prepare(image, mask, frame)
-        proba = self.run(prep.image[None], prep.mask[None], tta)[0]
-        return self._result(prep, proba, threshold, tta)
+    def predict(
+        self, image, mask: MaskArg = None, *, threshold: float | None = None, tta: bool = False, frame: int = 0,
+        explain: bool = False, keep_view: bool = False,
+    ) -> Prediction:
+        prep = self.prepare(image, mask, frame, keep_view)
+        out = self.run(prep.image[None], prep.mask[None], tta, explain)
+        if explain:
+            return self._result(prep, out[0][0], threshold, tta, out[1][0])
+        return self._result(prep, out[0], threshold, tta)
 
     def iter_predict(
         self,
@@ -268,6 +319,8 @@ class Predictor:
         threshold: float | None = None,
         tta: bool = False,
         frame: int = 0,
+        explain: bool = False,
+        keep_view: bool = False,
     ) -> Iterator[Prediction | Failure]:
         """Predict many images in order; decoding runs ahead in a bounded thread pool while
         the session works. A bad file yields a `Failure` and the others go on.
@@ -277,7 +330,7 @@ class Predictor:
         def prep(item):
             img, m = item if isinstance(item, tuple) and len(item) == 2 and not _is_box(item) else (item, mask)
             try:
-                return self.prepare(img, m, frame)
+                return self.prepare(img, m, frame, keep_view)
             except BusiError as e:
                 return Failure(None if isinstance(img, np.ndarray) else str(img), str(e))
             except Exception as e:  # never let one odd file stop a batch
@@ -294,8 +347,9 @@ class Predictor:
             def flush():
                 if not batch:
                     return
-                probs = self.run(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta)
-                res = {id(b): self._result(b, p, threshold, tta) for b, p in zip(batch, probs)}
+                out = self.run(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta, explain)
+                probs, cams = out if explain else (out, [None] * len(batch))
+                res = {id(b): self._result(b, p, threshold, tta, c) for b, p, c in zip(batch, probs, cams)}
                 for i, x in enumerate(out_queue):
                     if isinstance(x, Prepared):
                         out_queue[i] = res[id(x)]
@@ -322,6 +376,18 @@ class Predictor:
 
     def predict_many(self, items: Iterable[Any], mask: MaskArg = None, **kw) -> list[Prediction | Failure]:
         return list(self.iter_predict(items, mask, **kw))
+
+
+def _view(rgb: np.ndarray, model_mask_: np.ndarray, lesion: np.ndarray | None, max_side: int = 512) -> dict:
+    """A thumbnail of the image with what the classifier saw and the lesion, for reports."""
+    from .gradcam import thumbnail
+
+    thumb = thumbnail(rgb, max_side)
+    hw = thumb.shape[:2]
+    out = {"view": thumb, "mask": resize_mask(model_mask_, hw)}
+    if lesion is not None:
+        out["lesion"] = resize_mask(lesion, hw)
+    return out
 
 
 def _is_box(item) -> bool:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,8 +18,8 @@ import onnx
 import pytest
 
 from busi.runtime import Predictor, predict_breast_cancer
-from busi.runtime.errors import DeviceError, InputError, ModelError
-from conftest import BIN, ROOT, cli
+from busi.runtime.errors import DeviceError, ModelError
+from conftest import PER_CLASS, ROOT, cli
 
 
 def infer(*args, check=False, **kw):
@@ -166,7 +168,7 @@ def test_cli_formats_folder_glob_and_atomic_out(exported, phantoms, tmp_path):
     r = infer(phantoms / "benign", "--model", model, "--mask", phantoms, "--format", "csv")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert len(rows) == 10 and all(r_["class"] in ("normal", "benign", "malignant") for r_ in rows)
+    assert len(rows) == PER_CLASS and all(r_["class"] in ("normal", "benign", "malignant") for r_ in rows)
     assert not any("_mask" in r_["path"] for r_ in rows)
     r = infer(str(phantoms / "malignant" / "malignant (1*).png"), "--model", model, "--roi", "40,50,90,90", "-f", "table")
     assert r.returncode == 0 and "malignant (1).png" in r.stdout and "malignant (10).png" in r.stdout
@@ -315,19 +317,54 @@ def test_runtime_never_imports_tensorflow(exported, phantoms):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "LEAK [] 0" in r.stderr, r.stderr[-1000:]
-    assert len(r.stdout.splitlines()) == 10
+    assert len(r.stdout.splitlines()) == PER_CLASS
 
 
-@pytest.mark.slow
 def test_base_install_in_a_fresh_venv_runs_busi_infer(exported, phantoms, tmp_path):
-    """The runtime alone, as a scanner workstation installs it: no extras, no TensorFlow."""
+    """The runtime alone, as a scanner workstation installs it: no extras, no TensorFlow.
+
+    Offline: busi is built into a wheel and installed with --no-index; its base dependencies
+    are copied, file by file from their RECORDs, out of this environment. `pip check` then
+    proves that they satisfy every requirement of the base install, and that nothing of the
+    training side is among them."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
-    r = subprocess.run([str(py), "-m", "pip", "install", "-q", str(ROOT)], capture_output=True, text=True, timeout=1200)
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    from busi.bench import dist_closure
+
+    closure = dist_closure()
+    names = sorted(d.metadata["Name"].lower() for d in closure)
+    assert not {"tensorflow", "keras", "tf2onnx", "scikit-learn", "onnx"} & set(names), names
+    for dist in closure:
+        for f in dist.files or []:
+            src = Path(dist.locate_file(f)).resolve()
+            rel = Path(str(f))
+            if rel.parts[0] == ".." or not src.is_file():
+                continue  # console scripts outside site-packages: not needed here
+            dst = site / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+    wheels, src = tmp_path / "wheels", tmp_path / "src"  # build from a copy: no build/ left in the checkout
+    src.mkdir()
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, src / part)
+    for part in ("busi", "runtime", "train", "export"):
+        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run([str(py), "-c", "import tensorflow"], capture_output=True, text=True)
-    assert r.returncode != 0  # not installed by the base package
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", "--no-deps", *map(str, wheels.glob("busi-*.whl"))],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([str(py), "-m", "pip", "check"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for mod in ("tensorflow", "keras", "sklearn"):
+        assert subprocess.run([str(py), "-c", f"import {mod}"], capture_output=True).returncode != 0, mod
     r = subprocess.run(
         [str(venv / "bin" / "busi-infer"), str(phantoms / "malignant" / "malignant (1).png"), "--model",
          str(exported / "model.onnx"), "--mask", str(phantoms / "malignant")],

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -33,7 +32,8 @@ def arrays(rows):
 
 def test_fit_writes_the_model_folder(trained):
     for name in ("model.keras", "card.json", "manifest.csv", "history.csv", "predictions.csv", "report.json",
-                 "report.md", "confusion_matrix.png", "roc.png", "reliability.png", "training_curves.png"):
+                 "report.md", "confusion_matrix.png", "roc.png", "reliability.png", "training_curves.png",
+                 "segmenter.keras", "segmenter.json", "segmentation.csv"):
         assert (trained / name).is_file() and (trained / name).stat().st_size > 0, name
     assert not (trained / ".backup").exists()
     assert not [p for p in trained.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
@@ -44,7 +44,7 @@ def test_fit_writes_the_model_folder(trained):
     history = list(csv.DictReader(open(trained / "history.csv")))
     assert [int(h["epoch"]) for h in history] == [0, 1]
     md = (trained / "report.md").read_text()
-    assert "| metric | gt | box (trained) | none |" in md
+    assert "| metric | gt | box (trained) | none | auto |" in md
 
 
 def test_every_report_figure_recomputes_from_predictions_csv(trained):
@@ -60,7 +60,7 @@ def test_every_report_figure_recomputes_from_predictions_csv(trained):
         fpr, tpr, thr = roc_curve(yv == 2, Pv[:, 2], drop_intermediate=False)
         assert np.isclose(op["malignant_threshold"], min(1.0, thr[np.argmax(tpr >= 0.95)]))
     t = op["malignant_threshold"]
-    assert set(report["mask_sources"]) == {"gt", "box", "none"}
+    assert set(report["mask_sources"]) == {"gt", "box", "none", "auto"}
     for src, m in report["mask_sources"].items():
         test = [r for r in rows if r["split"] == "test" and r["mask_source"] == src]
         assert all(manifest[r["path"]]["split"] == "test" for r in test)  # only unseen data

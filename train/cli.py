@@ -127,6 +127,40 @@ def _input_errors():
 
 
 @app.command()
+def segmenter(
+    data: Path = typer.Option(..., "--data", help="BUSI-layout folder (the classifier's --data)."),
+    out: Path = typer.Option(..., "--out", help="Model folder: the classifier's (its split is reused), or a new one."),
+    image_size: int = typer.Option(128, "--image-size", min=32, max=1024, help="Input side in pixels, divisible by 16."),
+    epochs: int = typer.Option(60, "--epochs", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0),
+    patience: int = typer.Option(10, "--patience", min=1, help="Early-stopping patience (best validation weights restored)."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Lesion probability threshold."),
+    min_area: float = typer.Option(0.002, "--min-area", min=0.0, max=1.0, help="Smallest lesion, as a fraction of the image."),
+    seed: int = typer.Option(0, "--seed"),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Switch augmentation off."),
+):
+    """Train the lesion segmenter for --mask auto (U-Net), report Dice/IoU, re-evaluate the classifier with auto."""
+    from .segmenter import SegConfig, train_segmenter
+
+    if image_size % 16:
+        fail(f"--image-size {image_size}: must be divisible by 16")
+    cfg = SegConfig(data=str(data), out=str(out), image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
+                    patience=patience, seed=seed, threshold=threshold, min_area_frac=min_area, augment=not no_augment)
+    try:
+        path = train_segmenter(cfg)
+    except DataError as e:
+        fail(str(e))
+    except _input_errors() as e:
+        fail(str(e))
+    typer.echo(f"segmenter: {path / 'segmenter.keras'} (card {path / 'segmenter.json'})", err=True)
+    if (path / "report.json").is_file():
+        from .report import results_table
+
+        typer.echo(results_table(json.loads((path / "report.json").read_text())), err=True)
+
+
+@app.command()
 def evaluate(
     model_dir: Path = typer.Argument(..., help="Model folder written by `busi-train fit`."),
     data: Path = typer.Option(..., "--data", help="BUSI-layout folder to evaluate on (an external set)."),

@@ -253,13 +253,18 @@ def split(
     return rows
 
 
-def manifest_bytes(rows: list[dict]) -> bytes:
+def csv_text(rows: list[dict], fields: tuple[str, ...], float_digits: int | None = None) -> str:
+    """CSV of `fields` from each row ("\n" line ends; floats with `float_digits` decimals)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: r[k] for k in MANIFEST_FIELDS})
-    return buf.getvalue().encode()
+        w.writerow({k: (f"{r[k]:.{float_digits}f}" if float_digits and isinstance(r[k], float) else r[k]) for k in fields})
+    return buf.getvalue()
+
+
+def manifest_bytes(rows: list[dict]) -> bytes:
+    return csv_text(rows, MANIFEST_FIELDS).encode()
 
 
 def fingerprint(rows: list[dict]) -> str:

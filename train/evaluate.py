@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import dataset as ds
+from . import segmenter
 from .fit import evaluate_model, log
 
 
@@ -48,7 +49,13 @@ def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | N
     sizes = np.array(card["training"].get("lesion_box_sizes") or [], np.int64).reshape(-1, 2)
     model = keras.models.load_model(model_dir / "model.keras", compile=False)
     op = card["operating_point"]
-    results, pred_rows = evaluate_model(model, arr, sizes, op["malignant_threshold"], seed, "external")
+    extra, seg_metrics = {}, None
+    if (model_dir / segmenter.CARD_FILE).is_file():
+        seg_arr, probs, seg_card = segmenter.segment_split(model_dir, data, rows)
+        extra["auto"] = segmenter.auto_masks(arr, probs, card["architecture"]["mask"], seg_card)
+        seg_rows = segmenter.segmentation_rows(seg_arr, probs, "external", seg_card["threshold"], seg_card["min_area_frac"])
+        seg_metrics = segmenter.segmentation_metrics(seg_rows, seed) | {"file": segmenter.MODEL_FILE}
+    results, pred_rows = evaluate_model(model, arr, sizes, op["malignant_threshold"], seed, "external", extra_masks=extra)
     sha = {s.path.relative_to(scan.root).as_posix(): s.sha256 for s in scan.samples}
     out = Path(out) if out else model_dir / f"eval-{Path(data).resolve().name}"
     out.mkdir(parents=True, exist_ok=True)
@@ -63,6 +70,8 @@ def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | N
         "mask_sources": results,
         "skipped": skipped,
     }
+    if seg_metrics:
+        report["segmenter"] = seg_metrics
     write_report(out, report, pred_rows)
     plots(out, report, pred_rows, [])
     return out

@@ -106,14 +106,44 @@ def evaluate_model(
     seed: int,
     split_name: str,
     batch_size: int = 32,
+    extra_masks: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Metrics for every mask source on the same images, plus their prediction rows."""
+    """Metrics for every mask source on the same images, plus their prediction rows.
+
+    `extra_masks` adds sources whose masks come from elsewhere (`auto`: the segmenter)."""
     results, rows = {}, []
-    for src in MASK_SOURCES:
-        proba = predict(model, test, eval_masks(test, src, sizes, seed), batch_size)
+    sources = {src: None for src in MASK_SOURCES} | dict(extra_masks or {})
+    for src, masks in sources.items():
+        masks = eval_masks(test, src, sizes, seed) if masks is None else masks
+        proba = predict(model, test, masks, batch_size)
         results[src] = evaluate(test.labels, proba, threshold, seed)
         rows += prediction_rows(test.paths, test.labels, proba, split_name, src)
     return results, rows
+
+
+def card_metrics(report: dict) -> dict:
+    """The summary of report.json that the card (and the ONNX metadata) carries."""
+    keys = ("n", "accuracy", "balanced_accuracy", "macro_auc", "malignant_sensitivity", "malignant_specificity", "ece")
+    out = {src: {k: m[k] for k in keys} for src, m in report["mask_sources"].items()}
+    if "segmenter" in report:
+        out["segmenter"] = {k: report["segmenter"][k] for k in ("n_lesion", "dice", "iou", "lesion_found_rate", "normal_empty_rate")}
+    return out
+
+
+class EpochLog:
+    """One line per epoch on stderr (a Keras callback, made when Keras is imported)."""
+
+    @staticmethod
+    def make(keras, epochs: int):
+        class _EpochLog(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t = time.time()
+
+            def on_epoch_end(self, epoch, logs=None):
+                items = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
+                log(f"epoch {epoch + 1}/{epochs} {items} ({time.time() - self.t:.1f}s)")
+
+        return _EpochLog()
 
 
 def _callbacks(cfg: FitConfig, out: Path, keras):
@@ -143,25 +173,12 @@ def _callbacks(cfg: FitConfig, out: Path, keras):
                 self.model.load_weights(self.path)
                 log(f"restored best weights (epoch {json.loads(self.meta.read_text())['epoch'] + 1}, val_loss {self.best:.4f})")
 
-    class EpochLog(keras.callbacks.Callback):
-        """One line per epoch on stderr, after the backup of that epoch is on disk."""
-
-        def on_train_begin(self, logs=None):
-            self.t0 = time.time()
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.time()
-
-        def on_epoch_end(self, epoch, logs=None):
-            items = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
-            log(f"epoch {epoch + 1}/{cfg.epochs} {items} ({time.time() - self.t:.1f}s)")
-
     return [
         keras.callbacks.BackupAndRestore(str(backup / "state")),
         keras.callbacks.CSVLogger(str(backup / "history.csv"), append=True),
         BestWeights(),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience),
-        EpochLog(),
+        EpochLog.make(keras, cfg.epochs),
     ]
 
 
@@ -221,6 +238,7 @@ def fit(cfg: FitConfig) -> Path:
         epochs=cfg.epochs,
         class_weight=class_weight,
         callbacks=_callbacks(cfg, out, keras),
+        shuffle=False,  # the tf.data pipeline shuffles (seeded) itself
         verbose=0,
     )
     history = list(csv.DictReader(io.StringIO((backup / "history.csv").read_text())))
@@ -250,7 +268,23 @@ def fit(cfg: FitConfig) -> Path:
     card = make_card(cfg, report, rows, s, n_trainable, model.count_params(), len(history), time.time() - t_start, sizes)
     atomic_write_text(out / "card.json", json.dumps(card, indent=2) + "\n")
     shutil.rmtree(backup, ignore_errors=True)
+    seg_card = out / "segmenter.json"
+    if seg_card.is_file():  # a segmenter trained on this very split: report auto next to the others
+        if json.loads(seg_card.read_text())["data"]["fingerprint"] == fp:
+            from .segmenter import add_auto_to_report
+
+            add_auto_to_report(out)
+        else:
+            log(f"note: {seg_card} was trained on another split; retrain it (busi-train segmenter) for mask source auto")
     return out
+
+
+def placeholder_frac(sizes: np.ndarray, size: int) -> list[float]:
+    """Median lesion box (w, h) of the training split as fractions of the image side: the size
+    of the box a box-trained model gets where there is no lesion to outline."""
+    if not len(sizes):
+        return [0.25, 0.25]
+    return [round(float(np.median(sizes[:, 0])) / size, 4), round(float(np.median(sizes[:, 1])) / size, 4)]
 
 
 def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, sizes) -> dict:
@@ -276,7 +310,8 @@ def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, 
             "backbone": "ResNet50 (include_top=False)",
             "head": "GlobalAveragePooling -> Dense 256 relu -> Dropout 0.5 -> Dense 3 softmax",
             "input": {"size": cfg.image_size, "color": "rgb", "dtype": "float32", "range": [0, 255], "resize": "area"},
-            "mask": {"mode": "multiply", "threshold": 127, "source": cfg.mask_source, "box_margin_eval": 0.10},
+            "mask": {"mode": "multiply", "threshold": 127, "source": cfg.mask_source, "box_margin_eval": 0.10,
+                     "placeholder": placeholder_frac(sizes, cfg.image_size)},
             "parameters": n_params,
             "trainable_parameters": n_trainable,
         },
@@ -298,10 +333,7 @@ def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, 
             "conflicting_groups_excluded": 0 if cfg.keep_conflicts else len(s["conflicting_groups"]),
         },
         "operating_point": report["operating_point"],
-        "metrics": {
-            src: {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_auc", "malignant_sensitivity", "malignant_specificity", "ece")}
-            for src, m in report["mask_sources"].items()
-        },
+        "metrics": card_metrics(report),
         "provenance": {
             "weights": cfg.weights,
             "git_commit": git_commit(),

@@ -30,12 +30,14 @@ TRAIN_MARGIN = (0.0, 0.20)
 
 @dataclass
 class Arrays:
-    """Decoded split: images (N,S,S,3) uint8, gt masks (N,S,S) bool, labels (N,) int, paths."""
+    """Decoded split: images (N,S,S,3) uint8, gt masks (N,S,S) bool, labels (N,) int, paths,
+    and each image's original (H, W)."""
 
     images: np.ndarray
     gt: np.ndarray
     labels: np.ndarray
     paths: list[str]
+    shapes: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -48,14 +50,16 @@ def load_rows(root: str | Path, rows: list[dict], size: int) -> Arrays:
     images = np.zeros((n, size, size, 3), np.uint8)
     gt = np.zeros((n, size, size), bool)
     labels = np.zeros(n, np.int64)
+    shapes = []
     for i, r in enumerate(rows):
         rgb = read_rgb(root / r["path"])
+        shapes.append(rgb.shape[:2])
         images[i] = resize_rgb(rgb, size)
         masks = [root / m for m in r["mask_paths"].split(";") if m]
         s = Sample(path=root / r["path"], label=r["label"], masks=masks)
         gt[i] = resize_mask(load_mask(s, rgb.shape[:2]), size)
         labels[i] = CLASSES.index(r["label"])
-    return Arrays(images, gt, labels, [r["path"] for r in rows])
+    return Arrays(images, gt, labels, [r["path"] for r in rows], shapes)
 
 
 def lesion_sizes(gt: np.ndarray) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
@@ -12,6 +11,7 @@ import numpy as np
 
 from busi.runtime.atomic import atomic_write_bytes, atomic_write_text
 
+from .dataset import csv_text
 from .metrics import CLASSES
 
 PRED_FIELDS = ("path", "label", "split", "mask_source", "p_normal", "p_benign", "p_malignant")
@@ -20,12 +20,9 @@ README_END = "<!-- results:end -->"
 
 
 def predictions_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=PRED_FIELDS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{r[k]:.8f}" if isinstance(r[k], float) else r[k]) for k in PRED_FIELDS})
-    return buf.getvalue()
+    """Probabilities at full precision (repr round-trips), so every figure of the report
+    recomputes from this file exactly, ties included."""
+    return csv_text(rows, PRED_FIELDS)
 
 
 def prediction_rows(paths: list[str], y: np.ndarray, proba: np.ndarray, split: str, source: str) -> list[dict]:
@@ -101,6 +98,23 @@ def report_markdown(report: dict) -> str:
         lines += ["", "Confusion matrix (rows true, columns predicted: " + ", ".join(CLASSES) + "):", "", "```"]
         lines += ["  ".join(f"{v:4d}" for v in row) for row in m["confusion_matrix"]]
         lines += ["```", ""]
+    seg = report.get("segmenter")
+    if seg:
+        ci = seg.get("ci95", {})
+        lines += [
+            "## Lesion segmenter (mask source `auto`)",
+            "",
+            f"`{seg.get('file', 'segmenter')}` on the same {report['split']} images, after the runtime's post-processing "
+            "(threshold, largest connected component), at the segmenter's input size:",
+            "",
+            "| figure | value |",
+            "|---|---|",
+            f"| Dice, mean over {seg['n_lesion']} lesion images | {_fmt(seg['dice'], ci.get('dice'))} |",
+            f"| IoU, mean over lesion images | {_fmt(seg['iou'], ci.get('iou'))} |",
+            f"| lesion images where a lesion was found | {_fmt(seg['lesion_found_rate'])} |",
+            f"| normal images where nothing was found ({seg['n_normal']}) | {_fmt(seg['normal_empty_rate'])} |",
+            "",
+        ]
     lines += [
         "Plots: `confusion_matrix.png`, `roc.png`, `reliability.png`, `training_curves.png`.",
         "",

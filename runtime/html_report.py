@@ -1,0 +1,122 @@
+"""A self-contained HTML case report: one row per case, images inline, no scripts.
+
+Each row: the image with what the classifier saw (green) and the lesion that was given or
+found (yellow), the Grad-CAM overlay of the predicted class, the class probabilities as
+bars, and the malignant flag at the operating point. Failed files are listed with their
+one-line error. Written atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .atomic import atomic_write_text
+from .gradcam import outline, overlay
+
+GREEN, YELLOW = (0, 200, 0), (255, 210, 0)
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
+h1{font-size:20px;margin:0 0 4px} .sub{color:#555;margin:0 0 16px}
+.warn{background:#fff4e5;border:1px solid #f0b35a;padding:8px 12px;margin:0 0 16px}
+table{border-collapse:collapse;width:100%} th,td{border-bottom:1px solid #ddd;padding:8px;vertical-align:top;text-align:left}
+th{background:#f6f6f6} img{max-width:260px;display:block} .path{font-family:monospace;word-break:break-all;max-width:260px}
+.bar{display:flex;align-items:center;gap:6px;margin:2px 0} .bar span.l{width:70px}
+.bar .t{background:#eee;width:160px;height:12px;position:relative}
+.bar .f{background:#4a78c2;height:12px} .bar .f.malignant{background:#c24a4a}
+.flag{font-weight:600;color:#b00} .ok{color:#2a7a2a} .note{color:#666;font-size:12px}
+.fail td{background:#fff0f0}
+.legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px}
+"""
+
+
+def _img_tag(rgb: np.ndarray, alt: str) -> str:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        return ""
+    return f'<img alt="{html.escape(alt)}" src="data:image/jpeg;base64,{base64.b64encode(buf.tobytes()).decode()}">'
+
+
+class HtmlReport:
+    """Collect cases as they are predicted; `write()` puts the page at `path` atomically."""
+
+    def __init__(self, path: str | Path, model_path: str, info, threshold: float, provider: str):
+        self.path = Path(path)
+        self.model_path, self.info, self.threshold, self.provider = str(model_path), info, threshold, provider
+        self.rows: list[str] = []
+        self.failures: list[str] = []
+        self.n_ok = 0
+
+    def add(self, result) -> None:
+        d = result.to_dict()
+        if "error" in d:
+            self.failures.append(
+                f'<tr class="fail"><td class="path">{html.escape(str(d["path"]))}</td><td>{html.escape(d["error"])}</td></tr>'
+            )
+            return
+        self.n_ok += 1
+        ex = result.extras
+        view = ex.get("view")
+        pics = ["", ""]
+        if view is not None:
+            shown = outline(view, ex["mask"], GREEN)
+            if ex.get("lesion") is not None:
+                shown = outline(shown, ex["lesion"], YELLOW, 1)
+            pics[0] = _img_tag(shown, "image with mask")
+            if ex.get("cam") is not None:
+                pics[1] = _img_tag(overlay(view, ex["cam"]), f"Grad-CAM of {d['class']}")
+        bars = "".join(
+            f'<div class="bar"><span class="l">{html.escape(c)}</span><div class="t"><div class="f {html.escape(c)}" '
+            f'style="width:{100 * p:.1f}%"></div></div><span>{p:.3f}</span></div>'
+            for c, p in d["probabilities"].items()
+        )
+        flag = (f'<span class="flag">MALIGNANT flag</span> (P(malignant) {d["probabilities"]["malignant"]:.3f} &ge; {d["threshold"]:.3f})'
+                if d["malignant"] else
+                f'<span class="ok">not flagged</span> (P(malignant) {d["probabilities"]["malignant"]:.3f} &lt; {d["threshold"]:.3f})')
+        mask = html.escape(d["mask_source"])
+        if d.get("lesion_found") is False:
+            mask += " (no lesion found)"
+        box = f"<br>lesion box {html.escape(' '.join(map(str, d['lesion_box'])))}" if d.get("lesion_box") else ""
+        notes = "".join(f'<div class="note">{html.escape(n)}</div>' for n in d.get("notes", []))
+        self.rows.append(
+            f'<tr class="case"><td class="path">{html.escape(str(d["path"]))}</td><td>{pics[0]}</td><td>{pics[1]}</td>'
+            f'<td><b>{html.escape(d["class"])}</b> ({d["confidence"]:.3f}){bars}</td>'
+            f'<td>{flag}<br>mask: {mask}{box}{notes}</td></tr>'
+        )
+
+    def html(self) -> str:
+        info = self.info
+        when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        metrics = info.metrics.get(info.mask.source, {})
+        held = ""
+        if metrics:
+            held = (f" Held-out figures of this model ({info.mask.source} masks, n={metrics.get('n')}): accuracy "
+                    f"{metrics.get('accuracy', float('nan')):.3f}, malignant sensitivity {metrics.get('malignant_sensitivity') or float('nan'):.3f}.")
+        fails = ""
+        if self.failures:
+            fails = ("<h2>Failed files</h2><table><tr><th>file</th><th>error</th></tr>" + "".join(self.failures) + "</table>")
+        return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>busi case report</title><style>{CSS}</style></head>
+<body>
+<h1>busi case report</h1>
+<p class="sub">{self.n_ok} case(s) classified, {len(self.failures)} failed &middot; model <code>{html.escape(self.model_path)}</code>
+&middot; trained mask source <b>{html.escape(info.mask.source)}</b> &middot; malignant flag at P(malignant) &ge; {self.threshold:.3f}
+&middot; {html.escape(self.provider.replace("ExecutionProvider", ""))} &middot; {when}</p>
+<p class="warn"><b>Research software, not a medical device.</b> These outputs are not a diagnosis and must not guide the
+care of a patient.{html.escape(held)}</p>
+<p class="legend">Outlines:<span style="background:rgb{GREEN}"></span>what the classifier saw
+<span style="background:rgb{YELLOW}"></span>lesion given or found. Heat map: Grad-CAM of the predicted class.</p>
+<table><tr><th>file</th><th>image</th><th>Grad-CAM</th><th>probabilities</th><th>result</th></tr>
+{"".join(self.rows)}
+</table>
+{fails}
+</body></html>
+"""
+
+    def write(self) -> None:
+        atomic_write_text(self.path, self.html())

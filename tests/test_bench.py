@@ -1,0 +1,36 @@
+"""`busi-bench --quick`: a smoke test that the table and bench.json are produced and
+well-formed. Speed is measured by `make bench`, never asserted here."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from conftest import cli
+
+ROWS = ["keras vs ort, batch 1", "keras vs ort, batch 8", "end to end", "folder", "cold start", "memory",
+        "training input", "sizes"]
+
+
+def test_bench_quick_writes_a_table_and_json(exported, tmp_path):
+    out = tmp_path / "bench.json"
+    r = cli("busi-bench", exported, "--quick", "--size", "0", "--out", out)
+    res = json.loads(out.read_text())
+    assert res["quick"] is True and res["input_size"] == 64
+    assert res["machine"]["cpu"] and res["machine"]["cores"] >= 1 and res["machine"]["onnxruntime"]
+    names = [row["row"] for row in res["rows"]]
+    for name in ROWS:
+        assert name in names, names
+    assert any(n.startswith("int8 vs fp32") for n in names)  # timed, or skipped with a reason
+    for row in res["rows"]:
+        if "skipped" in row:
+            assert row["skipped"]
+            continue
+        assert isinstance(row["met"], bool) and row["target"]
+        if row["ratio"] is not None:
+            assert math.isfinite(row["ratio"]) and row["ratio"] > 0
+        numbers = [v for side in ("a", "b") for k, v in row[side].items() if k not in ("label", "n")]
+        assert numbers and all(isinstance(v, (int, float)) and v >= 0 for v in numbers if v is not None)
+    table = [ln for ln in r.stdout.splitlines() if ln.startswith("| ")]
+    assert table[0].startswith("| row |") and len(table) == 1 + len(res["rows"])
+    assert not [p for p in tmp_path.iterdir() if p.name != "bench.json"]
