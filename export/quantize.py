@@ -115,7 +115,10 @@ def quantize_gated(md, fp32_path: Path, props: dict[str, str], calibration_image
                         reader,
                         quant_format=QuantFormat.QDQ,
                         per_channel=True,
-                        activation_type=QuantType.QInt8,
+                        # U8S8: uint8 activations, int8 weights. With int8 activations (S8S8)
+                        # ORT on x86 left the 20 convolutions that feed residual Adds in
+                        # float (1.3x over FP32 at 224 px); U8S8 runs all 53 as QLinearConv (2.3x)
+                        activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8,
                         calibrate_method=getattr(CalibrationMethod, name),
                         extra_options=extra,
@@ -149,7 +152,7 @@ def quantize_gated(md, fp32_path: Path, props: dict[str, str], calibration_image
                 m = onnx.load(str(q))
                 del m.metadata_props[:]
                 qprops = dict(props)
-                qprops["busi.quantization"] = json.dumps({**fig, "format": "QDQ", "per_channel": True, "type": "int8"}, sort_keys=True)
+                qprops["busi.quantization"] = json.dumps({**fig, "format": "QDQ", "per_channel": True, "type": "int8", "activations": "uint8", "weights": "int8"}, sort_keys=True)
                 for k, v in sorted(qprops.items()):
                     e = m.metadata_props.add()
                     e.key, e.value = k, v
