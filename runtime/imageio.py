@@ -45,8 +45,8 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """Width/height from the first SOF marker, without decoding pixels."""
+def _jpeg_sof(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from the first SOF marker, without decoding pixels."""
     if not data.startswith(JPEG_MAGIC):
         return None
     i = 2
@@ -60,31 +60,23 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             i += 2
             continue
         seg = int.from_bytes(data[i + 2 : i + 4], "big")
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             h = int.from_bytes(data[i + 5 : i + 7], "big")
             w = int.from_bytes(data[i + 7 : i + 9], "big")
-            return w, h
+            return w, h, data[i + 9]
         i += 2 + seg
     return None
 
 
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    sof = _jpeg_sof(data)
+    return sof[:2] if sof else None
+
+
 def _jpeg_is_cmyk(data: bytes) -> bool:
     """True when the first SOF frame has 4 components (CMYK/YCCK)."""
-    i = 2
-    n = len(data)
-    while i + 10 < n:
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        seg = int.from_bytes(data[i + 2 : i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return data[i + 9] == 4
-        i += 2 + seg
-    return False
+    sof = _jpeg_sof(data)
+    return bool(sof and sof[2] == 4)
 
 
 def check_pixel_limit(path: Path, width: int, height: int, max_pixels: int) -> None:

@@ -150,7 +150,7 @@ class Predictor:
         from .segmenter import SEGMENTER_FILE, Segmenter
 
         with self._lock:
-            if not isinstance(self._segmenter, Segmenter):
+            if not hasattr(self._segmenter, "find"):  # a Segmenter (or anything with its find()) is used as given
                 path = Path(self._segmenter) if self._segmenter is not None else self.path.with_name(SEGMENTER_FILE)
                 if not path.exists():
                     raise ModelError(path, "no lesion segmenter for --mask auto (train one: busi-train segmenter, then busi-export)")

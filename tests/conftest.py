@@ -49,9 +49,9 @@ def trained(tmp_path_factory, phantoms) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny"
     cli("busi-train", "fit", "--data", phantoms, "--out", out, "--weights", "none", "--image-size", 64,
         "--epochs", 2, "--batch-size", 8)
-    # 34 training images: small batches, a faster rate and more patience than the defaults
+    # 34 training images: smaller batches and more patience than the defaults
     cli("busi-train", "segmenter", "--data", phantoms, "--out", out, "--image-size", 64, "--batch-size", 8,
-        "--lr", "3e-3", "--epochs", 80, "--patience", 20)
+        "--epochs", 80, "--patience", 20)
     return out
 
 

@@ -24,7 +24,9 @@ from conftest import SAMPLE, cli
 #: Dice floor for the segmenter on held-out phantoms. A segmenter that learned nothing finds
 #: no lesion (Dice 0) or marks the whole image (Dice about 0.05: phantom lesions cover 1-5 %
 #: of the image); one that only finds the rough area of a lesion scores 0.2-0.4. Trained as
-#: the fixture trains it (34 images, 64 px) it reaches 0.65-0.85, the demo's 0.84.
+#: the fixture trains it (34 images, 64 px) it scored 0.68, 0.72, 0.78 and 0.88 with seeds
+#: 0-3 (training is deterministic for a seed on one machine; other CPUs round differently);
+#: the demo's segmenter (126 images) scores 0.85.
 DICE_FLOOR = 0.5
 
 
@@ -123,14 +125,38 @@ def test_auto_mode_finds_the_lesion_and_says_so(exported, phantoms):
     assert hits >= len(rows) / 2, recs
 
 
-def test_auto_mode_without_a_lesion_says_so_instead_of_pretending(predictor):
-    flat = np.full((300, 400), 90, np.uint8)  # nothing to find
-    r = predictor.predict(flat, "auto")
+class _FindsNothing:
+    def find(self, rgb):
+        return None
+
+
+def test_auto_mode_without_a_lesion_says_so_instead_of_pretending(exported, phantoms):
+    p = Predictor(exported / "model.onnx", device="cpu", segmenter=_FindsNothing())
+    img = phantoms / "normal" / "normal (1).png"
+    r = p.predict(img, "auto")
     assert r.mask_source == "auto" and r.lesion_found is False and r.lesion_box is None
-    assert "found no lesion" in r.notes[0] and "placeholder" not in r.notes[0]
-    assert r.label in ("normal", "benign", "malignant") and sum(r.probabilities.values()) == pytest.approx(1, abs=1e-5)
+    assert "found no lesion" in r.notes[0] and "box in the image centre" in r.notes[0]
+    assert sum(r.probabilities.values()) == pytest.approx(1, abs=1e-5)
+    # what the classifier was given: the trained placeholder, a lesion-sized box in the centre
+    prep = p.prepare(img, "auto")
+    fw, fh = p.info.mask.placeholder
+    S = p.size
+    ys, xs = np.nonzero(prep.mask[:, :, 0])
+    assert abs((xs.max() - xs.min() + 1) / S - fw) < 0.05 and abs((ys.max() - ys.min() + 1) / S - fh) < 0.05
+    assert abs((xs.min() + xs.max()) / 2 - (S - 1) / 2) <= 1.5 and abs((ys.min() + ys.max()) / 2 - (S - 1) / 2) <= 1.5
     d = r.to_dict()
     assert d["lesion_found"] is False and "extras" not in d
+    r = cli("busi-infer", img, "--model", exported / "model.onnx", "--mask", "auto", "-f", "csv", check=False)
+    assert r.returncode == 0 and r.stdout.splitlines()[0].split(",")[9] == "lesion_found"
+
+
+def test_normal_images_where_the_report_says_nothing_was_found(exported, phantoms, predictor):
+    """The segmenter's 'nothing found on normal images' rate in the card is what the runtime
+    finds on the same held-out normal images."""
+    normal = [r for r in split_rows(exported) if r["label"] == "normal"]
+    found = [predictor.predict(phantoms / r["path"], "auto").lesion_found for r in normal]
+    rate = json.loads((exported / "segmenter.json").read_text())["metrics"]["normal_empty_rate"]
+    assert normal and np.mean([not f for f in found]) == pytest.approx(rate)
 
 
 def test_report_auto_figures_are_what_the_runtime_computes(exported, phantoms, predictor):

@@ -42,4 +42,11 @@ import keras  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")
 
-__all__ = ["tf", "keras"]
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and TensorFlow seeds, and deterministic TensorFlow ops (tf.data's
+    parallel maps included), so that the same data, seed and machine give the same model."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+__all__ = ["tf", "keras", "quiet", "seed_everything"]

@@ -207,11 +207,11 @@ def fit(cfg: FitConfig) -> Path:
     part = {p: [r for r in rows if r["split"] == p] for p in ("train", "val", "test")}
     log("split: " + ", ".join(f"{p} {len(v)}" for p, v in part.items()))
 
-    from ._tf import keras
+    from ._tf import keras, seed_everything
     from .model import build_classifier, trainable_count
     from .pipeline import eval_inputs, train_dataset
 
-    keras.utils.set_random_seed(cfg.seed)
+    seed_everything(cfg.seed)
     arrays = {p: load_rows(cfg.data, v, cfg.image_size) for p, v in part.items()}
     sizes = lesion_sizes(arrays["train"].gt)
     from sklearn.utils.class_weight import compute_class_weight

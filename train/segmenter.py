@@ -216,11 +216,11 @@ def train_segmenter(cfg: SegConfig) -> Path:
     part = {p: [r for r in rows if r["split"] == p] for p in ("train", "val", "test")}
     log("segmenter split: " + ", ".join(f"{p} {len(v)}" for p, v in part.items()) + f"; {size} px")
 
-    from ._tf import keras
+    from ._tf import keras, seed_everything
     from .fit import EpochLog
     from .pipeline import train_dataset
 
-    keras.utils.set_random_seed(cfg.seed)
+    seed_everything(cfg.seed)
     arrays = {p: load_rows(cfg.data, v, size) for p, v in part.items()}
     model = build_segmenter(size, cfg.base_filters)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr), loss=dice_bce_loss)
