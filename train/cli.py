@@ -188,13 +188,13 @@ def report(
     readme: Optional[Path] = typer.Option(None, "--readme", help="README to update between the results markers."),
 ):
     """Print the results table of a model folder (and write it into the README)."""
-    from .report import results_table, update_readme
+    from .report import results_table, segmenter_line, update_readme
 
     rp = model_dir / "report.json"
     if not rp.is_file():
         fail(f"{rp}: not found (train first: make train)")
     rep = json.loads(rp.read_text())
-    typer.echo(results_table(rep))
+    typer.echo(results_table(rep) + segmenter_line(rep))
     if readme is not None and not update_readme(readme, rep, str(model_dir)):
         fail(f"{readme}: no results markers found")
 

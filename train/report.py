@@ -74,6 +74,20 @@ def results_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def segmenter_line(report: dict) -> str:
+    """One sentence on the segmenter behind `auto` (empty without one)."""
+    seg = report.get("segmenter")
+    if not seg:
+        return ""
+    ci = seg.get("ci95", {})
+    return (
+        f"\nLesion segmenter on the same images: Dice {_fmt(seg['dice'], ci.get('dice'))}, IoU "
+        f"{_fmt(seg['iou'], ci.get('iou'))} over {seg['n_lesion']} lesion images; a lesion was found on "
+        f"{_fmt(seg['lesion_found_rate'])} of them and nothing on {_fmt(seg['normal_empty_rate'])} of the "
+        f"{seg['n_normal']} normal images.\n"
+    )
+
+
 def report_markdown(report: dict) -> str:
     op = report["operating_point"]
     lines = [
@@ -140,7 +154,7 @@ def update_readme(readme: Path, report: dict, model_dir: str) -> bool:
     block = (
         f"{README_START}\n_Written by `busi-train report {model_dir} --readme README.md` from "
         f"`{model_dir}/report.json` (data `{report['data']}`, {report['split']} split)._\n\n"
-        f"{results_table(report)}\n{README_END}"
+        f"{results_table(report)}\n{segmenter_line(report)}{README_END}"
     )
     atomic_write_text(readme, pat.sub(lambda _: block, text))
     return True
