@@ -194,7 +194,7 @@ def report(
     if not rp.is_file():
         fail(f"{rp}: not found (train first: make train)")
     rep = json.loads(rp.read_text())
-    typer.echo(results_table(rep) + segmenter_line(rep))
+    typer.echo(results_table(rep) + "\n" + segmenter_line(rep))
     if readme is not None and not update_readme(readme, rep, str(model_dir)):
         fail(f"{readme}: no results markers found")
 
