@@ -69,6 +69,11 @@ def _records_to_text(records: list[dict], fmt: Format, classes) -> str:
             w.writerow(_flat(r))
         return buf.getvalue()
     lines = [f"{'class':<10} {'conf':>6} {'P(mal)':>7} {'flag':<9} {'mask':<5} path"]
+    thresholds = sorted({r["threshold"] for r in records if "error" not in r})
+    if thresholds:
+        # The flag is set by the operating point, not by the top class: a 'benign' row can carry it.
+        lines.insert(0, "(flag MALIGNANT: P(mal) >= " + ", ".join(f"{t:.3g}" for t in thresholds)
+                     + "; set by this threshold, not by the top class)")
     if any(r.get("lesion_found") is False for r in records):
         lines.insert(0, "(mask 'auto-': the segmenter found no lesion)")
     for r in records:

@@ -172,6 +172,14 @@ def test_cli_formats_folder_glob_and_atomic_out(exported, phantoms, tmp_path):
     assert not any("_mask" in r_["path"] for r_ in rows)
     r = infer(str(phantoms / "malignant" / "malignant (1*).png"), "--model", model, "--roi", "40,50,90,90", "-f", "table")
     assert r.returncode == 0 and "malignant (1).png" in r.stdout and "malignant (10).png" in r.stdout
+    lines = r.stdout.splitlines()
+    rows = lines[next(i for i, ln in enumerate(lines) if ln.startswith("class ")) + 1:]
+    recs = [json.loads(ln) for ln in infer(str(phantoms / "malignant" / "malignant (1*).png"), "--model", model,
+                                           "--roi", "40,50,90,90").stdout.splitlines()]
+    # the table's flag column and its legend say what the JSON records say
+    assert [row.split()[3] == "MALIGNANT" for row in rows] == [rec["malignant"] for rec in recs]
+    legend = next(ln for ln in lines if ln.startswith("(flag"))
+    assert float(legend.split(">= ")[1].split(";")[0]) == pytest.approx(recs[0]["threshold"], rel=1e-2)
     out = tmp_path / "res.jsonl"
     r = infer(phantoms / "normal" / "normal (1).png", "--model", model, "--mask", "none", "--out", out, "--tta")
     assert r.returncode == 0 and r.stdout == "" and json.loads(out.read_text())["tta"] is True
