@@ -49,6 +49,11 @@ class _Reader:
         return max(d for d in range(1, most + 1) if len(self.items) % d == 0)
 
 
+def _fmt(v: float | None) -> str:
+    """A sensitivity for the log; None when the held-out split has no malignant image."""
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _split_arrays(md, split: str, limit: int | None = None):
     from busi.train.dataset import read_manifest
     from busi.train.inputs import eval_masks, lesion_sizes, load_rows
@@ -151,7 +156,7 @@ def quantize_gated(md, fp32_path: Path, props: dict[str, str], calibration_image
             tried.append(fig)
             log(
                 f"int8 ({name}): argmax agreement {agree:.4f} (gate >= {MIN_AGREEMENT}), malignant sensitivity "
-                f"{sens8} vs fp32 {sens32} (max drop {MAX_SENSITIVITY_DROP}) -> {'pass' if fig['passed'] else 'fail'}"
+                f"{_fmt(sens8)} vs fp32 {_fmt(sens32)} (max drop {MAX_SENSITIVITY_DROP}) -> {'pass' if fig['passed'] else 'fail'}"
             )
             if fig["passed"]:
                 m = onnx.load(str(q))
@@ -173,8 +178,8 @@ def quantize_gated(md, fp32_path: Path, props: dict[str, str], calibration_image
     best = max(tried, key=lambda f: f["argmax_agreement"])
     err = ExportError(
         f"INT8 gate failed for every calibration ({', '.join(m for m in methods)}): best argmax agreement "
-        f"{best['argmax_agreement']:.4f} (gate >= {MIN_AGREEMENT}), malignant sensitivity {best['malignant_sensitivity_int8']} "
-        f"vs fp32 {best['malignant_sensitivity_fp32']} (max drop {MAX_SENSITIVITY_DROP}); kept only model.onnx"
+        f"{best['argmax_agreement']:.4f} (gate >= {MIN_AGREEMENT}), malignant sensitivity {_fmt(best['malignant_sensitivity_int8'])} "
+        f"vs fp32 {_fmt(best['malignant_sensitivity_fp32'])} (max drop {MAX_SENSITIVITY_DROP}); kept only model.onnx"
     )
     err.figures = tried
     raise err
