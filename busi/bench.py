@@ -355,7 +355,7 @@ def markdown(res: dict) -> str:
 @app.command()
 def bench(
     model_dir: Path = typer.Argument(Path("models/demo"), help="Model folder with model.keras, model.onnx (make demo)."),
-    out: Path = typer.Option(None, "--out", help="bench.json path [default: MODEL_DIR/bench.json]."),
+    out: Path = typer.Option(None, "--out", help="bench.json path (default: MODEL_DIR/bench.json)."),
     quick: bool = typer.Option(False, "--quick", help="Few repetitions (a smoke test)."),
     size: Optional[int] = typer.Option(224, "--size", min=0, max=1024, help="Input size to time at (the model's weights rebuilt at this size if it was trained at another); 0 = the model's own."),
 ):
@@ -374,4 +374,6 @@ def bench(
 
 
 def main() -> None:
-    app()
+    from busi.runtime.errors import run_cli
+
+    run_cli(app)

@@ -10,7 +10,6 @@ import csv
 import glob
 import io
 import json
-import os
 import sys
 import time
 from enum import Enum
@@ -101,7 +100,7 @@ def _flat(r: dict) -> dict:
 @app.command()
 def infer(
     paths: List[str] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM), folders (searched recursively) or globs."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", envvar="BUSI_MODEL", help="busi .onnx model [default: $BUSI_MODEL or models/demo/model.onnx]."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", envvar="BUSI_MODEL", help="busi .onnx model (default: $BUSI_MODEL or models/demo/model.onnx)."),
     mask: Optional[str] = typer.Option(None, "--mask", help="Lesion mask: a mask PNG, a folder holding <stem>_mask*.png, 'auto' (the lesion segmenter) or 'none' (whole image)."),
     roi: Optional[str] = typer.Option(None, "--roi", help="Lesion box x,y,w,h in image pixels (the trained margin is added)."),
     fmt: Format = typer.Option(Format.jsonl, "--format", "-f", help="Output format."),
@@ -109,12 +108,12 @@ def infer(
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, max=256),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if it really works, else CPU) | cuda | cpu."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="P(malignant) flag threshold [default: the model's operating point]."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads [default: all cores]."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="P(malignant) flag threshold (default: the model's operating point)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads (default: all cores)."),
     max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1, help="Refuse images with more pixels (before decoding)."),
     frame: int = typer.Option(0, "--frame", min=0, help="Frame of a multi-frame DICOM (0-based)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the .sha256 check of the model file."),
-    segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Segmenter .onnx for --mask auto [default: segmenter.onnx beside the model]."),
+    segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Segmenter .onnx for --mask auto (default: segmenter.onnx beside the model)."),
     explain: Optional[Path] = typer.Option(None, "--explain", help="Write a Grad-CAM overlay PNG of the predicted class per image into this folder."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML case report (images, Grad-CAM, probabilities)."),
 ):
@@ -235,9 +234,6 @@ def _die(msg: str, code: int = 2):
 
 
 def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except BrokenPipeError:
-        os._exit(1)
+    from .errors import run_cli
+
+    run_cli(app)

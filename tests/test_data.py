@@ -128,6 +128,20 @@ def test_problem_files_are_listed(phantoms, tmp_path):
     assert any("resized" in p for p in s["problems"]["malignant/malignant (3).png"])
 
 
-def test_non_numeric_option_is_bad_usage(tmp_path):
-    r = cli("busi-train", "phantoms", "--out", tmp_path, "--per-class", "many", check=False)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+def test_bad_usage_is_one_line_and_exit_2(tmp_path):
+    cases = [
+        ("busi-train", ["phantoms", "--out", tmp_path, "--per-class", "many"], "--per-class"),
+        ("busi-train", ["nosuch"], "nosuch"),
+        ("busi-infer", ["x.png", "--batch-size", "abc"], "--batch-size"),
+        ("busi-infer", ["x.png", "--bogus"], "--bogus"),
+        ("busi-export", [], "model_dir"),
+        ("busi-bench", [tmp_path, "--size", "x"], "--size"),
+    ]
+    for name, args, what in cases:
+        r = cli(name, *args, check=False)
+        assert r.returncode == 2 and r.stdout == "", (name, args, r.stderr)
+        # one line, naming the option, no boxed panel, no traceback
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and what in r.stderr, (name, r.stderr)
+    assert list(tmp_path.iterdir()) == []
+    r = cli("busi-train", check=False)  # no command: the help page
+    assert r.returncode == 2 and "check-data" in r.stdout + r.stderr
