@@ -7,6 +7,7 @@ a file without them. No second file has to travel with the model.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from .errors import ModelError
 REQUIRED_KEYS = ("busi.classes", "busi.input", "busi.mask", "busi.operating_point")
 OPTIONAL_KEYS = ("busi.provenance", "busi.metrics", "busi.parity", "busi.quantization", "busi.role")
 SEGMENTER_KEYS = ("busi.role", "busi.input", "busi.segmentation")
+SEGMENTER_OPTIONAL_KEYS = ("busi.provenance", "busi.metrics", "busi.parity")
 INPUT_NAMES = ("image", "mask")
 OUTPUT_NAME = "probabilities"
 #: extra classifier outputs for Grad-CAM: the last conv block's feature map (N, h, w, K) and
@@ -32,6 +34,17 @@ class InputSpec:
     dtype: str = "float32"
     range: tuple[float, float] = (0.0, 255.0)
     resize: str = "area"
+
+    @classmethod
+    def from_json(cls, inp: dict) -> "InputSpec":
+        """`busi.input` as `input_spec` writes it (classifier and segmenter alike)."""
+        return cls(
+            size=int(inp["size"]),
+            color=inp.get("color", "rgb"),
+            dtype=inp.get("dtype", "float32"),
+            range=tuple(inp.get("range", (0, 255))),
+            resize=inp.get("resize", "area"),
+        )
 
 
 @dataclass(frozen=True)
@@ -58,24 +71,14 @@ class ModelInfo:
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: str | None = None) -> "ModelInfo":
-        missing = [k for k in REQUIRED_KEYS if k not in meta]
-        if missing:
-            raise ModelError(path, f"not a busi model: metadata lacks {', '.join(missing)}")
-        try:
-            j = {k: json.loads(meta[k]) for k in REQUIRED_KEYS + OPTIONAL_KEYS if k in meta}
+        j = _decode(meta, REQUIRED_KEYS, OPTIONAL_KEYS, path, "model")
+        with _malformed(path):
             classes = tuple(str(c) for c in j["busi.classes"])
-            inp = j["busi.input"]
             msk = j["busi.mask"]
             op = j["busi.operating_point"]
             info = cls(
                 classes=classes,
-                input=InputSpec(
-                    size=int(inp["size"]),
-                    color=inp.get("color", "rgb"),
-                    dtype=inp.get("dtype", "float32"),
-                    range=tuple(inp.get("range", (0, 255))),
-                    resize=inp.get("resize", "area"),
-                ),
+                input=InputSpec.from_json(j["busi.input"]),
                 mask=MaskSpec(
                     mode=msk.get("mode", "multiply"),
                     threshold=int(msk.get("threshold", 127)),
@@ -91,8 +94,6 @@ class ModelInfo:
                 parity=j.get("busi.parity", {}),
                 quantization=j.get("busi.quantization"),
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(path, f"busi metadata is malformed ({type(e).__name__}: {e})") from None
         if "malignant" not in info.classes:
             raise ModelError(path, f"busi.classes has no 'malignant': {list(info.classes)}")
         if info.role != "classifier":
@@ -113,24 +114,37 @@ class SegmenterInfo:
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: str | None = None) -> "SegmenterInfo":
-        missing = [k for k in SEGMENTER_KEYS if k not in meta]
-        if missing:
-            raise ModelError(path, f"not a busi segmenter: metadata lacks {', '.join(missing)}")
-        try:
-            j = {k: json.loads(v) for k, v in meta.items() if k.startswith("busi.")}
-            if j["busi.role"] != "segmenter":
-                raise ModelError(path, f"busi.role is {j['busi.role']!r}, expected 'segmenter'")
-            inp, seg = j["busi.input"], j["busi.segmentation"]
+        j = _decode(meta, SEGMENTER_KEYS, SEGMENTER_OPTIONAL_KEYS, path, "segmenter")
+        if j["busi.role"] != "segmenter":
+            raise ModelError(path, f"busi.role is {j['busi.role']!r}, expected 'segmenter'")
+        with _malformed(path):
+            seg = j["busi.segmentation"]
             return cls(
-                input=InputSpec(size=int(inp["size"]), resize=inp.get("resize", "area")),
+                input=InputSpec.from_json(j["busi.input"]),
                 threshold=float(seg.get("threshold", 0.5)),
                 min_area_frac=float(seg.get("min_area_frac", 0.002)),
                 provenance=j.get("busi.provenance", {}),
                 metrics=j.get("busi.metrics", {}),
                 parity=j.get("busi.parity", {}),
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(path, f"busi metadata is malformed ({type(e).__name__}: {e})") from None
+
+
+@contextmanager
+def _malformed(path: str | None):
+    """Turn a missing field or a value of the wrong type into one ModelError naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(path, f"busi metadata is malformed ({type(e).__name__}: {e})") from None
+
+
+def _decode(meta: dict[str, str], required: tuple[str, ...], optional: tuple[str, ...], path: str | None, what: str) -> dict:
+    """The JSON values of the contract's keys; ModelError naming what is missing or malformed."""
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise ModelError(path, f"not a busi {what}: metadata lacks {', '.join(missing)}")
+    with _malformed(path):
+        return {k: json.loads(meta[k]) for k in required + optional if k in meta}
 
 
 def input_spec(size: int) -> dict:
