@@ -12,8 +12,8 @@ import platform
 import re
 import statistics
 import subprocess
-import sys
 import shutil
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -26,6 +26,10 @@ import typer
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
+def stats(ts: list[float]) -> dict:
+    return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "n": len(ts)}
+
+
 def timeit(fn, reps: int, warmup: int = 2) -> dict:
     for _ in range(warmup):
         fn()
@@ -34,7 +38,7 @@ def timeit(fn, reps: int, warmup: int = 2) -> dict:
         t = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t)
-    return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "n": reps}
+    return stats(ts)
 
 
 def paired(fn_a, fn_b, reps: int, warmup: int = 2) -> tuple[dict, dict, float]:
@@ -50,8 +54,7 @@ def paired(fn_a, fn_b, reps: int, warmup: int = 2) -> tuple[dict, dict, float]:
             t = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t)
-    stat = lambda ts: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "n": reps}  # noqa: E731
-    return stat(ta), stat(tb), statistics.median(a / b for a, b in zip(ta, tb))
+    return stats(ta), stats(tb), statistics.median(a / b for a, b in zip(ta, tb))
 
 
 def per_image_ms(t: dict, batch: int) -> dict:
@@ -121,15 +124,16 @@ def row(name, what, a_label, a, b_label, b, ratio, target, ok, unit="ms/image", 
             "ratio": ratio, "target": target, "met": ok, "unit": unit, **(extra or {})}
 
 
-def model_at_size(model_dir: Path, size: int, work: Path) -> tuple[Path, list[str]]:
+def model_at_size(model_dir: Path, size: int | None, work: Path) -> tuple[Path, list[str]]:
     """MODEL_DIR itself when its classifier takes `size` px, else a copy at `size` px with the
     very same weights (conv and head weights do not depend on the input size), exported by
     the project's own exporter (parity gate, gated INT8). Speed depends on the input size,
     not on the weights: this is how the demo model (trained small) is timed at 224 px."""
     card = json.loads((model_dir / "card.json").read_text())
-    if card["architecture"]["input"]["size"] == size:
+    trained = card["architecture"]["input"]["size"]
+    if not size or size == trained:
         return model_dir, []
-    from busi.export.convert import ExportError, export
+    from busi.export.convert import Int8GateRefused, export
     from busi.train import model as _m
     from busi.train._tf import keras
 
@@ -142,18 +146,12 @@ def model_at_size(model_dir: Path, size: int, work: Path) -> tuple[Path, list[st
     card["architecture"]["input"]["size"] = size
     (work / "card.json").write_text(json.dumps(card, indent=2))
     shutil.copy(model_dir / "manifest.csv", work / "manifest.csv")
-    notes = [f"model: {model_dir.name}'s weights rebuilt at {size} px (trained at {_m_size(model_dir)} px)"]
+    notes = [f"model: {model_dir.name}'s weights rebuilt at {size} px (trained at {trained} px)"]
     try:
         export(work, int8=True)
-    except ExportError as e:
-        if not str(e).startswith("INT8 gate failed"):
-            raise
+    except Int8GateRefused as e:
         notes.append(f"int8 at {size} px refused by its gate: {e}")
     return work, notes
-
-
-def _m_size(model_dir: Path) -> int:
-    return json.loads((model_dir / "card.json").read_text())["architecture"]["input"]["size"]
 
 
 def log(msg: str) -> None:
@@ -171,7 +169,7 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
     reps = 3 if quick else 20
     work = Path(tempfile.mkdtemp(prefix="busi-bench-model-"))
     source_dir = model_dir
-    model_dir, notes = model_at_size(model_dir, size or _m_size(model_dir), work)
+    model_dir, notes = model_at_size(model_dir, size, work)
     fp32_path, int8_path = model_dir / "model.onnx", model_dir / "model.int8.onnx"
     card = json.loads((model_dir / "card.json").read_text())
     S = card["architecture"]["input"]["size"]
@@ -216,6 +214,7 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
     cv2.imwrite(str(one), img)
     pred = Predictor(fp32_path, device="cpu", notice=lambda m: None)
     box = (200, 150, 120, 90)
+    roi = ["--roi", ",".join(map(str, box)), "--device", "cpu"]
     o, e2e, inv = paired(run[1], lambda: pred.predict(one, box), reps)
     r = 1 / inv
     rows.append(row("end to end", "Predictor.predict (decode, resize, mask, run) vs bare session.run, batch 1 (timed alternately)",
@@ -229,7 +228,7 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
         g, _ = make_phantom(np.random.default_rng(100 + i), "malignant")
         cv2.imwrite(str(folder / f"case ({i}).png"), cv2.resize(g, (564, 474), interpolation=cv2.INTER_AREA))
     infer = str(Path(sys.executable).parent / "busi-infer")
-    cmd = [infer, str(folder), "--model", str(fp32_path), "--roi", "200,150,120,90", "--device", "cpu", "--batch-size", "8", "--format", "csv"]
+    cmd = [infer, str(folder), "--model", str(fp32_path), *roi, "--batch-size", "8", "--format", "csv"]
     runs = []
     for i in range(1 if quick else 3):
         # bare throughput right before each busi-infer run, on the same number of images
@@ -255,7 +254,7 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
                     {"images_per_s": bare_ips}, "busi-infer", cli_ips, r, ">= 0.9x", r >= 0.9, unit="images/s"))
 
     # 6-7: cold start and memory
-    cold = [peak_rss_mb([infer, str(one), "--model", str(fp32_path), "--roi", "200,150,120,90", "--device", "cpu"]) for _ in range(1 if quick else 3)]
+    cold = [peak_rss_mb([infer, str(one), "--model", str(fp32_path), *roi]) for _ in range(1 if quick else 3)]
     tf_cold = [peak_rss_mb([sys.executable, "-c", "import tensorflow"]) for _ in range(1 if quick else 3)]
     c_wall = statistics.median(c[0] for c in cold)
     t_wall = statistics.median(c[0] for c in tf_cold)
@@ -265,7 +264,7 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
     t_rss = max(c[1] for c in tf_cold)
     extra = {}
     if int8_path.is_file():  # for the record: the same run with the INT8 file
-        extra["int8_peak_mb"] = peak_rss_mb([infer, str(one), "--model", str(int8_path), "--roi", "200,150,120,90", "--device", "cpu"])[1]
+        extra["int8_peak_mb"] = peak_rss_mb([infer, str(one), "--model", str(int8_path), *roi])[1]
     rows.append(row("memory", "peak RSS: busi-infer one.png (FP32 model); import tensorflow", "import tensorflow", {"peak_mb": t_rss},
                     "busi-infer", {"peak_mb": c_rss, **extra}, c_rss / t_rss, "busi-infer <= 400 MB", c_rss <= 400, unit="MB"))
 
@@ -364,7 +363,7 @@ def bench(
         if not (model_dir / f).is_file():
             typer.echo(f"error: {model_dir / f}: not found (run make demo first)", err=True)
             raise typer.Exit(2)
-    res = run_bench(model_dir, quick, size or None)
+    res = run_bench(model_dir, quick, size)
     from busi.runtime.atomic import atomic_write_text
 
     out = out or model_dir / "bench.json"

@@ -22,12 +22,12 @@ def export(
 
     Exit 0 ok; 1 a gate failed (nothing written at the final path); 2 bad model folder.
     """
-    from .convert import ExportError, export as run_export
+    from .convert import ExportError, Int8GateRefused, export as run_export
 
     try:
         facts = run_export(model_dir, opset=opset, tolerance=tolerance, int8=int8, calibration_images=calibration_images)
     except ExportError as e:
-        if allow_int8_refusal and str(e).startswith("INT8 gate failed"):
+        if allow_int8_refusal and isinstance(e, Int8GateRefused):
             typer.echo(f"note: {e}", err=True)
             return
         typer.echo(f"error: {e}", err=True)

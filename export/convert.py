@@ -44,6 +44,15 @@ class ExportUsageError(ExportError):
     exit_code = 2
 
 
+class Int8GateRefused(ExportError):
+    """Every INT8 calibration failed its gate: model.onnx is written, model.int8.onnx is not.
+    `figures` holds what each calibration measured."""
+
+    def __init__(self, message: str, figures: list[dict]):
+        super().__init__(message)
+        self.figures = figures
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -120,9 +129,7 @@ def classifier_function(model):
 def _to_onnx(fn, spec, opset: int, outputs: set[str]):
     import tf2onnx
 
-    from busi.train._tf import tf
-
-    from busi.train._tf import quiet
+    from busi.train._tf import quiet, tf
 
     with quiet():  # grappler's "Starting new session" lines
         onnx_model, _ = tf2onnx.convert.from_function(tf.function(fn, input_signature=spec), input_signature=spec, opset=opset)
@@ -284,7 +291,7 @@ def export(model_dir: str | Path, opset: int = 17, tolerance: float = 1e-4, int8
         placeholder=arch["mask"].get("placeholder", (0.25, 0.25)),
         parity={k: par[k] for k in ("tolerance", "max_abs_diff", "worst_input", "argmax_agreement", "inputs", "gradcam_rel_diff")},
     )
-    set_metadata(onnx_model, props, card)
+    set_metadata(onnx_model, props)
     try:
         onnx.checker.check_model(onnx_model, full_check=True)
     except Exception as e:
@@ -316,9 +323,9 @@ def export(model_dir: str | Path, opset: int = 17, tolerance: float = 1e-4, int8
 
         try:
             card["export"]["int8"] = quantize_gated(md, final, props, calibration_images)
-        except ExportError as e:
+        except Int8GateRefused as e:
             refusal = e
-            card["export"]["int8"] = {"refused": str(e), "tried": getattr(e, "figures", [])}
+            card["export"]["int8"] = {"refused": str(e), "tried": e.figures}
     atomic_write_text(md.path / "card.json", json.dumps(card, indent=2) + "\n")
     if refusal is not None:
         raise refusal
@@ -404,7 +411,8 @@ CLASSIFIER_DOC = (
 )
 
 
-def set_metadata(onnx_model, props: dict[str, str], card: dict | None = None, doc: str = CLASSIFIER_DOC) -> None:
+def set_metadata(onnx_model, props: dict[str, str], doc: str = CLASSIFIER_DOC) -> None:
+    """The busi contract (`props`) as the file's metadata_props, plus producer, version and doc."""
     del onnx_model.metadata_props[:]
     for k, v in sorted(props.items()):
         e = onnx_model.metadata_props.add()

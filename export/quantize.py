@@ -12,7 +12,7 @@ from busi.runtime.atomic import atomic_path
 from busi.runtime.contract import OUTPUT_NAME
 from busi.runtime.session import captured_output
 
-from .convert import ExportError, log, ort_session, write_sha256
+from .convert import Int8GateRefused, log, ort_session, set_metadata, write_sha256
 
 MIN_AGREEMENT = 0.99
 BACKBONE_OPS = ["Conv", "Add", "MaxPool"]
@@ -160,13 +160,9 @@ def quantize_gated(md, fp32_path: Path, props: dict[str, str], calibration_image
             )
             if fig["passed"]:
                 m = onnx.load(str(q))
-                del m.metadata_props[:]
                 qprops = dict(props)
                 qprops["busi.quantization"] = json.dumps({**fig, "format": "QDQ", "per_channel": True, "type": "int8", "activations": "uint8", "weights": "int8", "quantized_ops": BACKBONE_OPS}, sort_keys=True)
-                for k, v in sorted(qprops.items()):
-                    e = m.metadata_props.add()
-                    e.key, e.value = k, v
-                m.producer_name = "busi"
+                set_metadata(m, qprops)
                 final = fp32_path.with_name("model.int8.onnx")
                 with atomic_path(final, suffix=".onnx") as tmp:
                     onnx.save(m, tmp)
@@ -176,10 +172,9 @@ def quantize_gated(md, fp32_path: Path, props: dict[str, str], calibration_image
     for stale in (fp32_path.with_name("model.int8.onnx"), fp32_path.with_name("model.int8.onnx.sha256")):
         stale.unlink(missing_ok=True)
     best = max(tried, key=lambda f: f["argmax_agreement"])
-    err = ExportError(
+    raise Int8GateRefused(
         f"INT8 gate failed for every calibration ({', '.join(m for m in methods)}): best argmax agreement "
         f"{best['argmax_agreement']:.4f} (gate >= {MIN_AGREEMENT}), malignant sensitivity {_fmt(best['malignant_sensitivity_int8'])} "
-        f"vs fp32 {_fmt(best['malignant_sensitivity_fp32'])} (max drop {MAX_SENSITIVITY_DROP}); kept only model.onnx"
+        f"vs fp32 {_fmt(best['malignant_sensitivity_fp32'])} (max drop {MAX_SENSITIVITY_DROP}); kept only model.onnx",
+        tried,
     )
-    err.figures = tried
-    raise err
