@@ -212,7 +212,7 @@ def _write_explanation(folder: Path, r, written: set[str]) -> Path:
     second image with the same stem gets -2, -3, ..."""
     import cv2
 
-    from .atomic import atomic_path
+    from .atomic import atomic_write_bytes
     from .gradcam import overlay
 
     stem = Path(r.path).stem if r.path else "image"
@@ -221,10 +221,10 @@ def _write_explanation(folder: Path, r, written: set[str]) -> Path:
         name, k = f"{stem}-{k}.gradcam.png", k + 1
     written.add(name)
     final = folder / name
-    with atomic_path(final, suffix=".png") as tmp:
-        rgb = overlay(r.extras["view"], r.extras["cam"])
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"cannot encode {final}")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(overlay(r.extras["view"], r.extras["cam"]), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"cannot encode {final}")
+    atomic_write_bytes(final, png.tobytes())
     return final
 
 

@@ -19,7 +19,6 @@ from busi.runtime.session import captured_output  # noqa: E402
 _CHATTER = re.compile(r"^(WARNING: All log messages before absl|[IW]\d{4} |E\d{4} .*(cuInit|cuda|CUDA))")
 
 
-
 @contextmanager
 def quiet():
     """Run a block with TensorFlow's native chatter (absl I/W lines) kept off the terminal;
@@ -48,5 +47,6 @@ def seed_everything(seed: int) -> None:
     parallel maps included), so that the same data, seed and machine give the same model."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+
 
 __all__ = ["tf", "keras", "quiet", "seed_everything"]

@@ -19,6 +19,7 @@ import numpy as np
 from busi.runtime.errors import InputError
 from busi.runtime.imageio import read_mask, read_rgb, resize_mask
 from busi.runtime.masks import mask_stem
+from busi.runtime.verify import sha256_file
 
 CLASSES = ("normal", "benign", "malignant")
 MANIFEST_FIELDS = ("path", "mask_paths", "label", "group", "split", "sha256")
@@ -51,10 +52,6 @@ class Scan:
 
     def conflicting_groups(self) -> list[list[int]]:
         return [g for g in self.groups if len({self.samples[i].label for i in g}) > 1]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def scan_folder(root: str | Path) -> Scan:
@@ -109,7 +106,7 @@ def inspect(scan: Scan, hash_size: int = 8) -> None:
     from PIL import Image
 
     for s in scan.samples:
-        s.sha256 = _sha256(s.path)
+        s.sha256 = sha256_file(s.path)
         try:
             rgb = read_rgb(s.path)
         except InputError as e:

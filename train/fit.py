@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from busi.runtime.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from busi.runtime.contract import input_spec
 
 from . import dataset as ds
 from .inputs import MASK_SOURCES, Arrays, eval_masks, lesion_sizes, load_rows
@@ -309,7 +310,7 @@ def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, 
         "architecture": {
             "backbone": "ResNet50 (include_top=False)",
             "head": "GlobalAveragePooling -> Dense 256 relu -> Dropout 0.5 -> Dense 3 softmax",
-            "input": {"size": cfg.image_size, "color": "rgb", "dtype": "float32", "range": [0, 255], "resize": "area"},
+            "input": input_spec(cfg.image_size),
             "mask": {"mode": "multiply", "threshold": 127, "source": cfg.mask_source, "box_margin_eval": 0.10,
                      "placeholder": placeholder_frac(sizes, cfg.image_size)},
             "parameters": n_params,

@@ -18,11 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from busi.runtime.atomic import atomic_path, atomic_write_text
+from busi.runtime.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from busi.runtime.contract import input_spec
 from busi.runtime.masks import largest_component, model_mask
+from busi.runtime.verify import sha256_file
 
 from . import dataset as ds
+from .fit import EpochLog, git_commit, log
 from .inputs import Arrays, load_rows
+from .report import _fmt
 
 MODEL_FILE = "segmenter.keras"
 CARD_FILE = "segmenter.json"
@@ -44,12 +48,6 @@ class SegConfig:
     threshold: float = 0.5
     min_area_frac: float = 0.002
     augment: bool = True
-
-
-def log(msg: str) -> None:
-    from .fit import log as _log
-
-    _log(msg)
 
 
 def build_segmenter(size: int, base: int = 16, depth: int = 4):
@@ -194,7 +192,7 @@ def _split_rows(cfg: SegConfig) -> list[dict]:
         root = Path(cfg.data)
         for r in rows:
             p = root / r["path"]
-            if not p.is_file() or ds._sha256(p) != r["sha256"]:
+            if not p.is_file() or sha256_file(p) != r["sha256"]:
                 raise ds.DataError(f"{p}: missing or changed since {mp} was written; pass the classifier's --data")
         log(f"using the classifier's split from {mp}")
         return rows
@@ -202,8 +200,6 @@ def _split_rows(cfg: SegConfig) -> list[dict]:
 
     _, rows = prepare_split(FitConfig(data=cfg.data, out=cfg.out, seed=cfg.seed))
     out.mkdir(parents=True, exist_ok=True)
-    from busi.runtime.atomic import atomic_write_bytes
-
     atomic_write_bytes(mp, ds.manifest_bytes(rows))
     return rows
 
@@ -217,7 +213,6 @@ def train_segmenter(cfg: SegConfig) -> Path:
     log("segmenter split: " + ", ".join(f"{p} {len(v)}" for p, v in part.items()) + f"; {size} px")
 
     from ._tf import keras, seed_everything
-    from .fit import EpochLog
     from .pipeline import train_dataset
 
     seed_everything(cfg.seed)
@@ -251,15 +246,13 @@ def train_segmenter(cfg: SegConfig) -> Path:
         seg_rows += segmentation_rows(arrays[split], probs, split, cfg.threshold, cfg.min_area_frac)
     metrics = {s: segmentation_metrics([r for r in seg_rows if r["split"] == s], cfg.seed) for s in ("val", "test")}
     atomic_write_text(out / ROWS_FILE, rows_csv(seg_rows))
-    from .fit import git_commit
-
     card = {
         "name": out.name,
         "role": "segmenter",
         "task": "breast ultrasound lesion segmentation (for --mask auto)",
         "architecture": {"type": "U-Net", "depth": 4, "base_filters": cfg.base_filters, "parameters": model.count_params(),
                          "output": "lesion probability (sigmoid)"},
-        "input": {"size": size, "color": "rgb", "dtype": "float32", "range": [0, 255], "resize": "area"},
+        "input": input_spec(size),
         "threshold": cfg.threshold,
         "min_area_frac": cfg.min_area_frac,
         "postprocess": "resize to image, threshold, largest 8-connected component",
@@ -273,16 +266,12 @@ def train_segmenter(cfg: SegConfig) -> Path:
     atomic_write_text(out / CARD_FILE, json.dumps(card, indent=2) + "\n")
     m = metrics["test"]
     log(
-        f"segmenter on the test split: Dice {_f(m['dice'])} IoU {_f(m['iou'])} over {m['n_lesion']} lesion images, "
-        f"lesion found on {_f(m['lesion_found_rate'])}, nothing found on {_f(m['normal_empty_rate'])} of {m['n_normal']} normal images"
+        f"segmenter on the test split: Dice {_fmt(m['dice'])} IoU {_fmt(m['iou'])} over {m['n_lesion']} lesion images, "
+        f"lesion found on {_fmt(m['lesion_found_rate'])}, nothing found on {_fmt(m['normal_empty_rate'])} of {m['n_normal']} normal images"
     )
     if (out / "model.keras").is_file() and (out / "card.json").is_file() and (out / "report.json").is_file():
         add_auto_to_report(out)
     return out
-
-
-def _f(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
 
 
 def add_auto_to_report(model_dir: Path) -> dict:
@@ -317,7 +306,8 @@ def add_auto_to_report(model_dir: Path) -> dict:
     report["mask_sources"] = results
     report["segmenter"] = segmentation_metrics(seg_rows, seed) | {"file": MODEL_FILE}
     write_report(model_dir, report, pred_rows)
-    history = list(csv.DictReader(open(model_dir / "history.csv"))) if (model_dir / "history.csv").is_file() else []
+    hp = model_dir / "history.csv"
+    history = list(csv.DictReader(hp.read_text().splitlines())) if hp.is_file() else []
     plots(model_dir, report, pred_rows, history)
     card["metrics"] = card_metrics(report)
     atomic_write_text(model_dir / "card.json", json.dumps(card, indent=2) + "\n")
