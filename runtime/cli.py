@@ -122,15 +122,17 @@ def infer(
     Research software, not a medical device: results are not a diagnosis.
     """
     from .predictor import Predictor
+    from .session import low_peak_loading
 
     if mask is not None and roi is not None:
         _die("give either --mask or --roi, not both")
     model = model or DEFAULT_MODEL
     try:
-        pred = Predictor(model, device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels,
-                         threshold=threshold, segmenter=segmenter)
-        if mask == "auto":
-            pred.segmenter  # load (and verify) it now: a missing segmenter is bad usage, not 100 failures
+        with low_peak_loading():
+            pred = Predictor(model, device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels,
+                             threshold=threshold, segmenter=segmenter)
+            if mask == "auto":
+                pred.segmenter  # load (and verify) it now: a missing segmenter is bad usage, not 100 failures
         if (explain or report) and not pred.explainable:
             _die(f"{model}: model has no Grad-CAM outputs (features, cam_weights); re-export it with busi-export")
     except BusiError as e:
