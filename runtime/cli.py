@@ -18,7 +18,8 @@ from typing import List, Optional
 
 import typer
 
-from .errors import BusiError
+from .atomic import output_target
+from .errors import BusiError, OutputError
 from .masks import mask_stem
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
@@ -51,7 +52,8 @@ def expand_inputs(args: list[str]) -> list[str]:
             )
             out.extend(found or [a])  # an empty folder stays, to be reported as a failure
         elif not p.exists() and glob.has_magic(a):
-            out.extend(sorted(glob.glob(a, recursive=True)))
+            # a pattern that matches nothing stays, to be reported as a failure record
+            out.extend(sorted(glob.glob(a, recursive=True)) or [a])
         else:
             out.append(a)
     return out
@@ -113,6 +115,8 @@ def infer(
     max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1, help="Refuse images with more pixels (before decoding)."),
     frame: int = typer.Option(0, "--frame", min=0, help="Frame of a multi-frame DICOM (0-based)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the .sha256 check of the model file."),
+    require_sha256: bool = typer.Option(False, "--require-sha256", help="Refuse a model (or segmenter) without a .sha256 sidecar."),
+    max_bytes: int = typer.Option(1 << 30, "--max-bytes", min=1, help="Refuse input files larger than this (bytes)."),
     segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Segmenter .onnx for --mask auto (default: segmenter.onnx beside the model)."),
     explain: Optional[Path] = typer.Option(None, "--explain", help="Write a Grad-CAM overlay PNG of the predicted class per image into this folder."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML case report (images, Grad-CAM, probabilities)."),
@@ -130,7 +134,8 @@ def infer(
     try:
         with low_peak_loading():
             pred = Predictor(model, device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels,
-                             threshold=threshold, segmenter=segmenter)
+                             threshold=threshold, segmenter=segmenter, require_sha256=require_sha256,
+                             max_bytes=max_bytes)
             if mask == "auto":
                 pred.segmenter  # load (and verify) it now: a missing segmenter is bad usage, not 100 failures
         if (explain or report) and not pred.explainable:
@@ -155,6 +160,16 @@ def infer(
     files = expand_inputs(paths)
     if not files:
         _die("no images found in " + ", ".join(paths))
+    # outputs never replace what is read: images, mask files, the models
+    sources = [*files, model, *([mask] if mask not in (None, "auto", "none") else []),
+               *([pred._segmenter] if isinstance(pred._segmenter, (str, Path)) else [])]
+    try:
+        out_final = output_target(out, sources) if out is not None else None
+        report_final = output_target(report, sources) if report is not None else None
+        if explain is not None and explain.exists() and not explain.is_dir():
+            raise OutputError(explain, "is not a directory (--explain takes a folder)")
+    except BusiError as e:
+        _die(str(e))
     t0 = time.time()
     records: list[dict] = []
     n_fail = 0
@@ -172,30 +187,31 @@ def infer(
             html.add(r)
         if explain is not None and "error" not in d:
             try:
-                _write_explanation(explain, r, written)
+                _write_explanation(explain, r, written, sources)
             except OSError as e:
                 _die(f"{explain}: cannot write ({e.strerror or e})", 1)
+            except BusiError as e:
+                _die(str(e))
         if stream:
-            sys.stdout.write(json.dumps(d) + "\n")
-            sys.stdout.flush()
+            emit(json.dumps(d) + "\n")
         if show_bar:
             sys.stderr.write(f"\r{i}/{len(files)} images")
             sys.stderr.flush()
     if show_bar:
         sys.stderr.write("\n")
     text = _records_to_text(records, fmt, pred.info.classes)
-    if out is not None:
+    if out_final is not None:
         from .atomic import atomic_write_text
 
         try:
-            atomic_write_text(out, text)
+            atomic_write_text(out_final, text)
         except OSError as e:
             _die(f"{out}: cannot write ({e.strerror or e})", 1)
     elif not stream:
-        sys.stdout.write(text)
+        emit(text)
     if html is not None:
         try:
-            html.write()
+            html.write(report_final)
         except OSError as e:
             _die(f"{report}: cannot write ({e.strerror or e})", 1)
     dt = time.time() - t0
@@ -209,7 +225,20 @@ def infer(
     raise typer.Exit(1 if n_fail else 0)
 
 
-def _write_explanation(folder: Path, r, written: set[str]) -> Path:
+def emit(text: str) -> None:
+    """Write machine-readable output to stdout now; a full, closed or broken stdout becomes
+    one OutputError line instead of a traceback (results are not silently lost)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError, AttributeError) as e:
+        reason = getattr(e, "strerror", None) or "closed"
+        raise OutputError("stdout", f"cannot write the results ({reason}); use --out FILE") from None
+
+
+def _write_explanation(folder: Path, r, written: set[str], sources=()) -> Path:
     """<stem>.gradcam.png (Grad-CAM of the predicted class over the image), atomically; a
     second image with the same stem gets -2, -3, ..."""
     import cv2
@@ -222,7 +251,7 @@ def _write_explanation(folder: Path, r, written: set[str]) -> Path:
     while name in written:
         name, k = f"{stem}-{k}.gradcam.png", k + 1
     written.add(name)
-    final = folder / name
+    final = output_target(folder / name, sources)
     ok, png = cv2.imencode(".png", cv2.cvtColor(overlay(r.extras["view"], r.extras["cam"]), cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"cannot encode {final}")

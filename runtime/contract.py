@@ -7,12 +7,15 @@ a file without them. No second file has to travel with the model.
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ModelError
 
+CLASSES = ("normal", "benign", "malignant")
+MASK_SOURCES = ("box", "gt", "none")
 REQUIRED_KEYS = ("busi.classes", "busi.input", "busi.mask", "busi.operating_point")
 OPTIONAL_KEYS = ("busi.provenance", "busi.metrics", "busi.parity", "busi.quantization", "busi.role")
 SEGMENTER_KEYS = ("busi.role", "busi.input", "busi.segmentation")
@@ -36,15 +39,22 @@ class InputSpec:
     resize: str = "area"
 
     @classmethod
-    def from_json(cls, inp: dict) -> "InputSpec":
-        """`busi.input` as `input_spec` writes it (classifier and segmenter alike)."""
-        return cls(
-            size=int(inp["size"]),
+    def from_json(cls, inp: dict, path: str | None = None) -> "InputSpec":
+        """`busi.input` as `input_spec` writes it (classifier and segmenter alike), validated."""
+        spec = cls(
+            size=_integer(inp["size"], "busi.input.size", path, 8, 4096),
             color=inp.get("color", "rgb"),
             dtype=inp.get("dtype", "float32"),
-            range=tuple(inp.get("range", (0, 255))),
+            range=tuple(_number(v, "busi.input.range", path) for v in inp.get("range", (0, 255))),
             resize=inp.get("resize", "area"),
         )
+        for key, value, allowed in (("color", spec.color, ("rgb",)), ("dtype", spec.dtype, ("float32",)),
+                                    ("resize", spec.resize, ("area",))):
+            if value not in allowed:
+                raise ModelError(path, f"busi.input.{key} is {value!r}; this runtime supports {', '.join(allowed)}")
+        if spec.range != (0.0, 255.0):
+            raise ModelError(path, f"busi.input.range is {list(spec.range)}; this runtime feeds 0..255")
+        return spec
 
 
 @dataclass(frozen=True)
@@ -73,29 +83,35 @@ class ModelInfo:
     def from_metadata(cls, meta: dict[str, str], path: str | None = None) -> "ModelInfo":
         j = _decode(meta, REQUIRED_KEYS, OPTIONAL_KEYS, path, "model")
         with _malformed(path):
-            classes = tuple(str(c) for c in j["busi.classes"])
-            msk = j["busi.mask"]
-            op = j["busi.operating_point"]
+            raw = j["busi.classes"]
+            if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+                raise ModelError(path, f"busi.classes is {raw!r}, expected a list of class names")
+            classes = tuple(raw)
+            if len(set(classes)) != len(classes) or set(classes) != set(CLASSES):
+                raise ModelError(path, f"busi.classes is {list(classes)}, expected exactly {', '.join(CLASSES)} (each once)")
+            msk = _mapping(j["busi.mask"], "busi.mask", path)
+            op = _mapping(j["busi.operating_point"], "busi.operating_point", path)
+            target = op.get("target_sensitivity")
             info = cls(
                 classes=classes,
-                input=InputSpec.from_json(j["busi.input"]),
+                input=InputSpec.from_json(_mapping(j["busi.input"], "busi.input", path), path),
                 mask=MaskSpec(
-                    mode=msk.get("mode", "multiply"),
-                    threshold=int(msk.get("threshold", 127)),
-                    source=msk.get("source", "box"),
-                    box_margin=float(msk.get("box_margin", 0.10)),
-                    placeholder=tuple(float(v) for v in msk.get("placeholder", (0.25, 0.25))),
+                    mode=_choice(msk.get("mode", "multiply"), "busi.mask.mode", path, ("multiply",)),
+                    threshold=_integer(msk.get("threshold", 127), "busi.mask.threshold", path, 0, 254),
+                    source=_choice(msk.get("source", "box"), "busi.mask.source", path, MASK_SOURCES),
+                    box_margin=_number(msk.get("box_margin", 0.10), "busi.mask.box_margin", path, 0.0, 1.0),
+                    placeholder=_fractions(msk.get("placeholder", (0.25, 0.25)), "busi.mask.placeholder", path),
                 ),
-                malignant_threshold=float(op["malignant_threshold"]),
-                target_sensitivity=op.get("target_sensitivity"),
+                malignant_threshold=_number(op.get("malignant_threshold"), "busi.operating_point.malignant_threshold",
+                                            path, 0.0, 1.0),
+                target_sensitivity=None if target is None else _number(
+                    target, "busi.operating_point.target_sensitivity", path, 0.0, 1.0),
                 role=j.get("busi.role", "classifier"),
                 provenance=j.get("busi.provenance", {}),
                 metrics=j.get("busi.metrics", {}),
                 parity=j.get("busi.parity", {}),
                 quantization=j.get("busi.quantization"),
             )
-        if "malignant" not in info.classes:
-            raise ModelError(path, f"busi.classes has no 'malignant': {list(info.classes)}")
         if info.role != "classifier":
             raise ModelError(path, f"busi.role is {info.role!r}, expected a classifier")
         return info
@@ -118,15 +134,59 @@ class SegmenterInfo:
         if j["busi.role"] != "segmenter":
             raise ModelError(path, f"busi.role is {j['busi.role']!r}, expected 'segmenter'")
         with _malformed(path):
-            seg = j["busi.segmentation"]
+            seg = _mapping(j["busi.segmentation"], "busi.segmentation", path)
             return cls(
-                input=InputSpec.from_json(j["busi.input"]),
-                threshold=float(seg.get("threshold", 0.5)),
-                min_area_frac=float(seg.get("min_area_frac", 0.002)),
+                input=InputSpec.from_json(_mapping(j["busi.input"], "busi.input", path), path),
+                threshold=_number(seg.get("threshold", 0.5), "busi.segmentation.threshold", path, 0.0, 1.0),
+                min_area_frac=_number(seg.get("min_area_frac", 0.002), "busi.segmentation.min_area_frac", path, 0.0, 1.0),
                 provenance=j.get("busi.provenance", {}),
                 metrics=j.get("busi.metrics", {}),
                 parity=j.get("busi.parity", {}),
             )
+
+
+def check_graph_shape(path, what: str, shape, expect: tuple, key: str) -> None:
+    """A graph tensor's static dimensions must agree with the metadata (symbolic ones pass)."""
+    if len(shape) != len(expect) or any(isinstance(d, int) and e is not None and d != e for d, e in zip(shape, expect)):
+        want = ["N" if e is None else e for e in expect]
+        raise ModelError(path, f"{key} does not match the graph: {what} is {list(shape)}, the metadata implies {want}")
+
+
+def _number(value, key: str, path: str | None, lo: float | None = None, hi: float | None = None) -> float:
+    """A finite number (bools and strings refused), within [lo, hi] when given."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ModelError(path, f"{key} is {value!r}, expected a finite number")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ModelError(path, f"{key} is {value!r}, outside [{lo:g}, {hi:g}]")
+    return float(value)
+
+
+def _integer(value, key: str, path: str | None, lo: int, hi: int) -> int:
+    v = _number(value, key, path, lo, hi)
+    if v != int(v):
+        raise ModelError(path, f"{key} is {value!r}, expected a whole number")
+    return int(v)
+
+
+def _choice(value, key: str, path: str | None, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ModelError(path, f"{key} is {value!r}, expected one of {', '.join(allowed)}")
+    return value
+
+
+def _mapping(value, key: str, path: str | None) -> dict:
+    if not isinstance(value, dict):
+        raise ModelError(path, f"{key} is {value!r}, expected a JSON object")
+    return value
+
+
+def _fractions(value, key: str, path: str | None) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ModelError(path, f"{key} is {value!r}, expected [width, height] as image fractions")
+    w, h = (_number(v, key, path, 0.0, 1.0) for v in value)
+    if w <= 0 or h <= 0:
+        raise ModelError(path, f"{key} is {list(value)!r}, expected fractions above 0")
+    return w, h
 
 
 @contextmanager

@@ -1,34 +1,140 @@
-"""DICOM -> RGB uint8 with pydicom: VOI LUT / windowing, MONOCHROME1, YBR, multi-frame."""
+"""DICOM -> RGB uint8 with pydicom: VOI LUT / windowing, MONOCHROME1, YBR, PALETTE COLOR,
+multi-frame; hostile metadata turned into one-line errors that name the tag.
+
+Deflated files are inflated incrementally with a byte cap derived from the pixel limit, so a
+1 MB file cannot inflate to gigabytes before its size is checked; the declared Rows x Columns
+x frames are checked against the pixel data before any pixel is decoded.
+"""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
+import zlib
 
 import numpy as np
 
 from .errors import InputError
 
+#: a deflated dataset may inflate to at most this many bytes per allowed pixel (+ headroom):
+#: one 16-bit, 3-sample frame at the pixel limit
+INFLATE_BYTES_PER_PIXEL = 6
+INFLATE_HEADROOM = 16 << 20
 
-def read_dicom_rgb(path: Path, data: bytes, *, max_pixels: int, frame: int = 0) -> np.ndarray:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+
+def _tag_name(keyword: str) -> str:
+    from pydicom.datadict import tag_for_keyword
+
+    t = tag_for_keyword(keyword) or 0
+    return f"({t >> 16:04X},{t & 0xFFFF:04X}) {keyword}"
+
+
+def _raw(ds, keyword: str) -> str:
+    from pydicom.datadict import tag_for_keyword
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, ValueError, OSError) as e:
-        raise InputError(path, f"corrupt DICOM ({type(e).__name__})") from None
+        v = ds.get_item(tag_for_keyword(keyword)).value
+    except Exception:
+        return "?"
+    if isinstance(v, bytes):
+        v = v.decode("latin-1", "replace").strip("\x00 ")
+    return str(v)[:40]
+
+
+def _int(path, ds, keyword: str, default: int | None = None) -> int:
+    """An integer attribute; InputError naming the tag when it is absent (without default),
+    malformed or negative."""
+    try:
+        v = ds.get(keyword, default)
+        if v is None:
+            raise InputError(path, f"{_tag_name(keyword)} is missing")
+        if not isinstance(v, (str, bytes)) and hasattr(v, "__len__"):  # a multi-valued element
+            v = list(v)[0]
+        v = int(v)
+    except InputError:
+        raise
+    except Exception:
+        raise InputError(path, f"{_tag_name(keyword)}: invalid value {_raw(ds, keyword)!r}") from None
+    if v < 0:
+        raise InputError(path, f"{_tag_name(keyword)}: invalid value {v}")
+    return v
+
+
+def _read_dataset(path, data: bytes, max_pixels: int):
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    fp = io.BytesIO(data)
+    fp.seek(132)
+    meta = FileMetaDataset(read_dataset(fp, is_implicit_VR=False, is_little_endian=True,
+                                        stop_when=lambda tag, vr, length: tag.group != 2))
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return pydicom.dcmread(io.BytesIO(data))
+    cap = INFLATE_BYTES_PER_PIXEL * max_pixels + INFLATE_HEADROOM if max_pixels else 0
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    body = inflater.decompress(data[fp.tell():], cap)
+    if cap and inflater.unconsumed_tail:
+        raise InputError(path, f"deflated DICOM inflates to more than {cap:,} bytes (the limit for "
+                               f"{max_pixels:,} pixels); refused before decoding")
+    ds = read_dataset(io.BytesIO(body), is_implicit_VR=False, is_little_endian=True)
+    ds.file_meta = meta
+    ds.set_original_encoding(False, True)
+    return ds
+
+
+def _check_declared_size(path, ds, rows: int, cols: int, frames: int) -> None:
+    """Native pixel data must hold what Rows x Columns x frames x samples x bits declare."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and getattr(ts, "is_compressed", False) or "PixelData" not in ds:
+        return
+    samples = _int(path, ds, "SamplesPerPixel", 1)
+    bits = _int(path, ds, "BitsAllocated", 8)
+    if bits not in (1, 8, 16, 32, 64) or samples not in (1, 3, 4):
+        raise InputError(path, f"unsupported pixel layout: BitsAllocated {bits}, SamplesPerPixel {samples}")
+    need = (rows * cols * frames * samples * bits + 7) // 8
+    have = len(ds.PixelData)
+    if have < need:
+        raise InputError(path, f"pixel data is truncated: {have:,} bytes, Rows x Columns x frames declare {need:,}")
+
+
+def _voi_window_ok(ds) -> bool:
+    try:
+        widths = ds.WindowWidth
+        widths = list(widths) if hasattr(widths, "__iter__") and not isinstance(widths, str) else [widths]
+        return all(np.isfinite(float(w)) and float(w) >= 1 for w in widths) and "WindowCenter" in ds
+    except Exception:
+        return False
+
+
+def read_dicom_rgb(path, data: bytes, *, max_pixels: int, frame: int = 0) -> tuple[np.ndarray, list[str]]:
+    """(RGB uint8 array, notes) of one frame; InputError with a one-line reason otherwise."""
+    try:
+        return _read_dicom_rgb(path, data, max_pixels=max_pixels, frame=frame)
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(path, "DICOM needs more memory than is available to decode") from None
+    except Exception as e:  # pydicom raises a zoo of types on hostile files
+        msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise InputError(path, f"corrupt DICOM ({type(e).__name__}{': ' + msg if msg else ''})") from None
+
+
+def _read_dicom_rgb(path, data: bytes, *, max_pixels: int, frame: int) -> tuple[np.ndarray, list[str]]:
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+
+    ds = _read_dataset(path, data, max_pixels)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError(path, "DICOM has no pixel data")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    rows, cols = _int(path, ds, "Rows", 0), _int(path, ds, "Columns", 0)
     if rows * cols == 0:
         raise InputError(path, "DICOM has no image size (Rows/Columns)")
     if max_pixels and rows * cols > max_pixels:
         raise InputError(path, f"image is {cols}x{rows} = {rows * cols:,} pixels, above the limit of {max_pixels:,}")
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = max(1, _int(path, ds, "NumberOfFrames", 1))
     if not 0 <= frame < n_frames:
         raise InputError(path, f"frame {frame} requested, the DICOM has {n_frames} frame(s) (0-based)")
+    _check_declared_size(path, ds, rows, cols, n_frames)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         arr = pixel_array(ds, index=frame if n_frames > 1 else None)
@@ -39,21 +145,38 @@ def read_dicom_rgb(path: Path, data: bytes, *, max_pixels: int, frame: int = 0) 
                 path, f"compressed transfer syntax '{name}' ({ts}) cannot be decoded here ({type(e).__name__})"
             ) from None
         raise InputError(path, f"cannot decode DICOM pixel data ({type(e).__name__}: {str(e)[:120]})") from None
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    samples = int(ds.get("SamplesPerPixel", 1))
+    notes: list[str] = []
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper().strip()
+    samples = _int(path, ds, "SamplesPerPixel", 1)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(path, "pixel data holds NaN or infinite values; not classified")
+    if photometric == "PALETTE COLOR":  # indices into the palette, not grey levels
+        from .imageio import to_uint8
+
+        arr = to_uint8(apply_color_lut(arr, ds))  # 16-bit palette entries span 0..65535
+        samples = 3
     if samples == 1:
         x = apply_modality_lut(arr, ds)
-        x = apply_voi_lut(x, ds, index=0) if ("WindowCenter" in ds or "VOILUTSequence" in ds) else x
-        x = x.astype(np.float64)
+        if "VOILUTSequence" in ds:
+            x = apply_voi_lut(x, ds, index=0)
+        elif "WindowCenter" in ds or "WindowWidth" in ds:
+            if _voi_window_ok(ds):
+                x = apply_voi_lut(x, ds, index=0)
+            else:
+                notes.append(f"DICOM window (center {_raw(ds, 'WindowCenter')}, width {_raw(ds, 'WindowWidth')}) "
+                             "is invalid; ignored, the full pixel range is shown")
+        x = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(x).all():
+            raise InputError(path, "pixel values are NaN or infinite after the modality LUT (RescaleSlope/Intercept); not classified")
         lo, hi = float(x.min()), float(x.max())
         grey = np.zeros(x.shape, np.uint8) if hi <= lo else ((x - lo) / (hi - lo) * 255 + 0.5).astype(np.uint8)
         if photometric == "MONOCHROME1":
             grey = 255 - grey
-        return np.repeat(grey[:, :, None], 3, axis=2)
+        return np.repeat(grey[:, :, None], 3, axis=2), notes
     # colour: pydicom's pixel_array already converts YBR_FULL(_422) to RGB (as_rgb=True)
     rgb = arr
-    if rgb.dtype != np.uint8:
-        rgb = (rgb.astype(np.float64) / max(1.0, float(rgb.max())) * 255 + 0.5).astype(np.uint8)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise InputError(path, f"unsupported DICOM pixel layout {rgb.shape} ({photometric})")
-    return rgb
+    if rgb.dtype != np.uint8:
+        rgb = (rgb.astype(np.float64) / max(1.0, float(rgb.max())) * 255 + 0.5).astype(np.uint8)
+    return rgb, notes

@@ -33,20 +33,79 @@ class ModelError(BusiError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+class OutputError(BusiError):
+    """An output target that busi refuses to write (a device, a FIFO, a folder, an input) or
+    cannot write (a full disk, a closed stdout)."""
+
+    exit_code = 2
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
 class DeviceError(BusiError):
     """The requested execution device cannot be used."""
 
     exit_code = 1
 
 
+class _ClosedStream:
+    """Stands in for a standard stream that was closed when the process started (`>&-`):
+    writing to it raises OSError, which the CLIs turn into one error line."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def write(self, _text):
+        raise OSError(9, f"{self.name} is closed")
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+def guard_standard_streams() -> None:
+    """Before anything is opened: a closed descriptor 0, 1 or 2 is re-opened on /dev/null, so
+    that no file we open later lands on it (results written into a temp file by a stray
+    print). A closed stderr then swallows notices; a closed stdout fails loudly at the first
+    result. File names that are not UTF-8 go to stdout as the bytes they were."""
+    import os
+    import sys
+
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            if fd == 1:
+                sys.stdout = _ClosedStream("stdout")
+            elif fd == 2:
+                sys.stderr = open(os.devnull, "w")
+    if sys.stdout is None:
+        sys.stdout = _ClosedStream("stdout")
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
+
+
 def run_cli(app) -> None:
     """Run a typer app as a console script: a usage error is one line on stderr (exit 2), not a
-    boxed panel; Ctrl-C exits 130; a closed stdout pipe (`| head`) exits 1 quietly."""
+    boxed panel; Ctrl-C exits 130; a closed stdout pipe (`| head`) exits 1 quietly; closed or
+    full standard streams give one line, not a traceback."""
     import os
     import sys
 
     import typer
 
+    guard_standard_streams()
     # typer >= 0.20 vendors click; older versions use click itself: find the classes either way.
     click_errors = {c.__name__: c for c in typer.BadParameter.__mro__}
     try:
@@ -65,4 +124,8 @@ def run_cli(app) -> None:
         sys.exit(130)
     except BrokenPipeError:
         os._exit(1)
+    except OutputError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.flush()
+        os._exit(e.exit_code if e.path != "stdout" else 1)  # no second flush into a full stdout at exit
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -118,5 +118,6 @@ care of a patient.{html.escape(held)}</p>
 </body></html>
 """
 
-    def write(self) -> None:
-        atomic_write_text(self.path, self.html())
+    def write(self, final: Path | None = None) -> None:
+        """Atomically to `final` (where a checked --report target lands) or the report path."""
+        atomic_write_text(final or self.path, self.html())

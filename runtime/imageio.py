@@ -7,90 +7,62 @@ the scanner cannot drift apart. Everything here is pure (numpy + OpenCV); errors
 
 from __future__ import annotations
 
+import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .errors import InputError
+from .files import DEFAULT_MAX_BYTES, read_regular
 
-#: refuse images with more pixels than this before decoding them (option in CLI/API)
+#: refuse images with more pixels than this before decoding them (option in CLI and API)
 DEFAULT_MAX_PIXELS = 50_000_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 MIN_SIDE = 8
+#: EXIF orientation -> (what a viewer does, numpy transform of an (H, W, ...) array)
+_EXIF_ORIENTATION = {
+    2: ("mirrored left-right", lambda a: a[:, ::-1]),
+    3: ("rotated 180 degrees", lambda a: a[::-1, ::-1]),
+    4: ("mirrored top-bottom", lambda a: a[::-1]),
+    5: ("transposed", lambda a: a.swapaxes(0, 1)),
+    6: ("rotated 90 degrees clockwise", lambda a: np.rot90(a, -1)),
+    7: ("transversed", lambda a: a[::-1, ::-1].swapaxes(0, 1)),
+    8: ("rotated 90 degrees counter-clockwise", lambda a: np.rot90(a, 1)),
+}
 
 
-def _read_bytes(path: Path) -> bytes:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(p, "file not found")
-    if p.is_dir():
-        raise InputError(p, "is a directory, expected an image file")
-    try:
-        data = p.read_bytes()
-    except PermissionError:
-        raise InputError(p, "permission denied") from None
-    except OSError as e:
-        raise InputError(p, f"cannot read ({e.strerror or e})") from None
-    if not data:
-        raise InputError(p, "empty file (0 bytes)")
-    return data
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image: RGB uint8 (H, W, 3) as a viewer shows it, and what was done to get it
+    there that a user should know (EXIF orientation applied, a DICOM window ignored)."""
+
+    rgb: np.ndarray
+    notes: tuple[str, ...] = ()
 
 
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    if data.startswith(PNG_MAGIC) and len(data) >= 24 and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    return None
-
-
-def _jpeg_sof(data: bytes) -> tuple[int, int, int] | None:
-    """(width, height, components) from the first SOF marker, without decoding pixels."""
-    if not data.startswith(JPEG_MAGIC):
-        return None
-    i = 2
-    n = len(data)
-    while i + 9 < n:
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        seg = int.from_bytes(data[i + 2 : i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            h = int.from_bytes(data[i + 5 : i + 7], "big")
-            w = int.from_bytes(data[i + 7 : i + 9], "big")
-            return w, h, data[i + 9]
-        i += 2 + seg
-    return None
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    sof = _jpeg_sof(data)
-    return sof[:2] if sof else None
-
-
-def _jpeg_is_cmyk(data: bytes) -> bool:
-    """True when the first SOF frame has 4 components (CMYK/YCCK)."""
-    sof = _jpeg_sof(data)
-    return bool(sof and sof[2] == 4)
-
-
-def check_pixel_limit(path: Path, width: int, height: int, max_pixels: int) -> None:
+def check_pixel_limit(path, width: int, height: int, max_pixels: int) -> None:
     if max_pixels and width * height > max_pixels:
         raise InputError(
             path, f"image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}"
         )
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+def check_min_side(path, width: int, height: int) -> None:
+    """One rule for files and arrays: at least MIN_SIDE pixels each way."""
+    if min(width, height) < MIN_SIDE:
+        raise InputError(path, f"image is only {width}x{height} pixels (at least {MIN_SIDE}x{MIN_SIDE} needed)")
+
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """8-bit as stored; 16-bit mapped from its full 0..65535 range (rounded); bool to 0/255.
+    Any other type is scaled from its own minimum and maximum."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.uint16:
-        # 16-bit PNG: full 0..65535 range mapped to 0..255 (rounded)
         return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
@@ -101,37 +73,115 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _decode_raster(path: Path, data: bytes, max_pixels: int) -> np.ndarray:
-    """PNG/JPEG bytes -> array as stored (grey, BGR or BGRA; 8 or 16 bit)."""
-    size = _png_size(data) or _jpeg_size(data)
-    if size is None:
-        if data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC):
-            raise InputError(path, "truncated or corrupt image header")
-        raise InputError(path, "not a PNG, JPEG or DICOM image")
-    check_pixel_limit(path, size[0], size[1], max_pixels)
-    if data.startswith(JPEG_MAGIC) and _jpeg_is_cmyk(data):
+def _short(e: Exception) -> str:
+    msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    return msg
+
+
+def _exif_orientation(im) -> int:
+    try:
+        v = int(im.getexif().get(0x0112, 1))
+    except Exception:  # a malformed EXIF block: the pixels are still fine, orientation unknown
+        return 1
+    return v if v in _EXIF_ORIENTATION else 1
+
+
+def _decode_png(path, data: bytes, max_pixels: int):
+    """PNG with Pillow: size from its lazy header read, every chunk's CRC verified, then
+    decoded; truncation and corruption raise instead of filling with grey. Returns
+    (array as stored: grey / RGB / RGBA, 8 or 16 bit; EXIF orientation)."""
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data), formats=["PNG"])
+        w, h = im.size
+    except Exception as e:
+        raise InputError(path, f"corrupt PNG header ({_short(e)})") from None
+    check_pixel_limit(path, w, h, max_pixels)
+    try:
+        im.verify()  # CRC of every chunk up to IEND: a truncated or altered file fails here
+        im = Image.open(io.BytesIO(data), formats=["PNG"])
+        im.load()
+        orientation = _exif_orientation(im)
+        mode = im.mode
+        if mode == "P" or mode == "PA":
+            im = im.convert("RGBA" if (mode == "PA" or "transparency" in im.info) else "RGB")
+        elif mode == "LA":
+            a = np.asarray(im)
+            return np.dstack([a[:, :, 0]] * 3 + [a[:, :, 1]]), orientation
+        elif mode not in ("1", "L", "RGB", "RGBA") and not mode.startswith("I"):
+            im = im.convert("RGB")
+        arr = np.asarray(im)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(path, f"truncated or corrupt PNG ({_short(e)}); not classified") from None
+    if arr.dtype.kind in "iu" and arr.dtype != np.uint8:  # 16-bit grey ('I;16', 'I;16B', 'I')
+        if arr.min() < 0 or arr.max() > 65535:
+            raise InputError(path, f"unsupported PNG pixel values (mode {mode})")
+        arr = arr.astype(np.uint16)
+    return arr, orientation
+
+
+def _decode_jpeg(path, data: bytes, max_pixels: int):
+    """JPEG with libjpeg-turbo through simplejpeg: size from the decoder's own header read,
+    and `strict`, so every libjpeg warning (truncated scan, corrupt Huffman data) is an error
+    instead of grey fill. Returns (grey or RGB uint8 array, EXIF orientation)."""
+    import simplejpeg
+
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except Exception as e:
+        raise InputError(path, f"corrupt JPEG header ({_short(e)})") from None
+    check_pixel_limit(path, w, h, max_pixels)
+    if colorspace in ("CMYK", "YCCK"):
         raise InputError(path, "CMYK JPEG is not supported; save the image as RGB or greyscale")
-    if data.startswith(PNG_MAGIC) and b"IEND" not in data[-64:]:
-        raise InputError(path, "truncated PNG (no IEND chunk)")
-    if data.startswith(JPEG_MAGIC) and b"\xff\xd9" not in data[-64:]:
-        raise InputError(path, "truncated JPEG (no end-of-image marker)")
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None or arr.size == 0:
-        raise InputError(path, "corrupt image data (decoder failed)")
-    return arr
+    try:
+        arr = simplejpeg.decode_jpeg(data, colorspace="GRAY" if colorspace == "Gray" else "RGB", strict=True)
+    except Exception as e:
+        raise InputError(path, f"truncated or corrupt JPEG data ({_short(e)}); not classified") from None
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    orientation = 1
+    if b"Exif" in data[:65536]:  # APP1 sits before the scan: only then ask Pillow for the tag
+        from PIL import Image
+
+        try:
+            orientation = _exif_orientation(Image.open(io.BytesIO(data), formats=["JPEG"]))
+        except Exception:
+            orientation = 1
+    return arr, orientation
+
+
+def _decode_raster(path, data: bytes, max_pixels: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """PNG/JPEG bytes -> (array as stored, oriented as a viewer shows it: grey, RGB or RGBA;
+    8 or 16 bit; notes)."""
+    if data.startswith(PNG_MAGIC):
+        arr, orientation = _decode_png(path, data, max_pixels)
+    elif data.startswith(JPEG_MAGIC):
+        arr, orientation = _decode_jpeg(path, data, max_pixels)
+    else:
+        raise InputError(path, "not a PNG, JPEG or DICOM image")
+    if arr.size == 0:
+        raise InputError(path, "corrupt image data (no pixels decoded)")
+    notes: tuple[str, ...] = ()
+    if orientation != 1:
+        what, transform = _EXIF_ORIENTATION[orientation]
+        arr = np.ascontiguousarray(transform(arr))
+        notes = (f"EXIF orientation {orientation} applied ({what}), as image viewers show it; "
+                 "ROI coordinates refer to the image as shown",)
+    return arr, notes
 
 
 def _stored_to_rgb(arr: np.ndarray) -> np.ndarray:
-    arr = _to_uint8(arr)
+    arr = to_uint8(arr)
     if arr.ndim == 2:
-        return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
+        return np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim == 3 and arr.shape[2] == 1:
-        return cv2.cvtColor(arr[:, :, 0], cv2.COLOR_GRAY2RGB)
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
-    if arr.ndim == 3 and arr.shape[2] == 4:
+        return np.repeat(arr, 3, axis=2)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
         # RGBA: ultrasound frames carry no meaningful transparency; drop alpha
-        return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB)
+        return arr[:, :, :3]
     raise ValueError(f"unsupported image layout {arr.shape}")
 
 
@@ -139,27 +189,39 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def read_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> np.ndarray:
-    """Decode a PNG, JPEG or DICOM file into an RGB uint8 array (H, W, 3).
+def decode_image(data: bytes, path=None, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> Decoded:
+    """Decode PNG, JPEG or DICOM bytes into a `Decoded` RGB uint8 image (H, W, 3).
 
-    Accepts every PNG mode (1-bit, grey, RGB, RGBA, 16-bit) and unicode paths.
-    Raises `InputError` with a one-line reason naming the file.
-    """
-    path = Path(path)
-    data = _read_bytes(path)
+    Accepts every PNG mode (1-bit, grey, RGB, RGBA, palette, 16-bit). A truncated or corrupt
+    image raises `InputError`; it is never decoded with grey fill and classified."""
     if is_dicom(data):
         from .dicom import read_dicom_rgb  # pydicom only when needed
 
-        rgb = read_dicom_rgb(path, data, max_pixels=max_pixels, frame=frame)
+        rgb, notes = read_dicom_rgb(path, data, max_pixels=max_pixels, frame=frame)
     else:
+        arr, notes = _decode_raster(path, data, max_pixels)
         try:
-            rgb = _stored_to_rgb(_decode_raster(path, data, max_pixels))
+            rgb = _stored_to_rgb(arr)
         except ValueError as e:
             raise InputError(path, str(e)) from None
     h, w = rgb.shape[:2]
-    if min(h, w) < MIN_SIDE:
-        raise InputError(path, f"image is only {w}x{h} pixels (at least {MIN_SIDE}x{MIN_SIDE} needed)")
-    return np.ascontiguousarray(rgb)
+    check_min_side(path, w, h)
+    return Decoded(np.ascontiguousarray(rgb), tuple(notes))
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> Decoded:
+    """`decode_image` of a file: regular files only, at most `max_bytes` read."""
+    path = Path(path)
+    return decode_image(read_regular(path, max_bytes), path, max_pixels=max_pixels, frame=frame)
+
+
+def read_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0,
+             max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
+    """Decode a PNG, JPEG or DICOM file into an RGB uint8 array (H, W, 3).
+
+    Raises `InputError` with a one-line reason naming the file."""
+    return read_image(path, max_pixels=max_pixels, frame=frame, max_bytes=max_bytes).rgb
 
 
 def read_mask(path: str | os.PathLike, *, threshold: int = 127, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -170,8 +232,7 @@ def read_mask(path: str | os.PathLike, *, threshold: int = 127, max_pixels: int 
     channels are all zero while alpha varies (a mask drawn only in the alpha channel).
     """
     path = Path(path)
-    data = _read_bytes(path)
-    arr = _to_uint8(_decode_raster(path, data, max_pixels))
+    arr = to_uint8(_decode_raster(path, read_regular(path, DEFAULT_MAX_BYTES, what="a mask file"), max_pixels)[0])
     if arr.ndim == 2:
         grey = arr
     elif arr.shape[2] == 1:

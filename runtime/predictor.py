@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -20,9 +21,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 
-from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, ModelInfo
+from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, ModelInfo, check_graph_shape
 from .errors import BusiError, InputError, ModelError
-from .imageio import DEFAULT_MAX_PIXELS, read_mask, read_rgb, resize_mask, resize_rgb
+from .files import DEFAULT_MAX_BYTES
+from .imageio import (DEFAULT_MAX_PIXELS, Decoded, check_min_side, check_pixel_limit, decode_image, read_image, read_mask,
+                      resize_mask, resize_rgb, to_uint8)
 from .masks import Box, box_mask, find_mask_files, model_mask
 from .session import create_session
 from .verify import verified_sha256
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
     from .segmenter import Segmenter
 
 MaskArg = Union[None, str, os.PathLike, np.ndarray, tuple, list]
+ImageArg = Union[str, os.PathLike, bytes, np.ndarray]
+#: the most images one session.run gets; a larger batch_size is capped to it
+MAX_BATCH = 256
 
 
 @dataclass
@@ -88,16 +94,16 @@ class Prepared:
 
 def parse_box(value: Any) -> Box:
     """(x, y, w, h) from a tuple/list or 'x,y,w,h' string; InputError when malformed."""
-    if isinstance(value, str):
-        parts = value.replace(" ", "").split(",")
-    else:
-        parts = list(value)
     try:
+        parts = value.replace(" ", "").split(",") if isinstance(value, str) else list(np.ravel(value))
         if len(parts) != 4:
             raise ValueError
-        x, y, w, h = (int(round(float(p))) for p in parts)
+        numbers = [float(p) for p in parts]
     except (TypeError, ValueError):
         raise InputError(None, f"ROI must be x,y,w,h (four numbers), got {value!r}") from None
+    if not all(math.isfinite(v) and abs(v) < 1e9 for v in numbers):
+        raise InputError(None, f"ROI must be four finite pixel coordinates, got {value!r}")
+    x, y, w, h = (int(round(v)) for v in numbers)
     return x, y, w, h
 
 
@@ -114,23 +120,30 @@ class Predictor:
         threshold: float | None = None,
         notice: Callable[[str], None] | None = None,
         segmenter: "str | os.PathLike | Segmenter | None" = None,
+        require_sha256: bool = False,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ):
         self.path = Path(model_path)
         self._notice = notice or (lambda m: print(m, file=sys.stderr, flush=True))
         self._noticed: set[str] = set()
         self._lock = threading.Lock()
-        self.sha256 = verified_sha256(self.path, verify)
-        self._threads, self._verify = threads, verify
+        self.sha256 = verified_sha256(self.path, verify, require_sha256, self._notice)
+        self._threads, self._verify, self._require = threads, verify, require_sha256
         self._segmenter = segmenter
         self.session, self.provider = create_session(str(self.path), device, threads, self._notice)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(meta, str(self.path))
-        ins = sorted(i.name for i in self.session.get_inputs())
-        outs = [o.name for o in self.session.get_outputs()]
-        if ins != sorted(INPUT_NAMES) or OUTPUT_NAME not in outs:
-            raise ModelError(self.path, f"model inputs {ins} / outputs {outs}, expected inputs image, mask and output probabilities")
+        ins = {i.name: i.shape for i in self.session.get_inputs()}
+        outs = {o.name: o.shape for o in self.session.get_outputs()}
+        if sorted(ins) != sorted(INPUT_NAMES) or OUTPUT_NAME not in outs:
+            raise ModelError(self.path, f"model inputs {sorted(ins)} / outputs {list(outs)}, expected inputs image, mask and output probabilities")
+        S, n = self.info.input.size, len(self.info.classes)
+        check_graph_shape(self.path, "input image", ins["image"], (None, S, S, 3), "busi.input.size")
+        check_graph_shape(self.path, "input mask", ins["mask"], (None, S, S, 1), "busi.input.size")
+        check_graph_shape(self.path, "output probabilities", outs[OUTPUT_NAME], (None, n), "busi.classes")
         self.explainable = FEATURES_NAME in outs and CAM_WEIGHTS_NAME in outs
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
         self.threshold = float(self.info.malignant_threshold if threshold is None else threshold)
         self.size = self.info.input.size
 
@@ -156,7 +169,7 @@ class Predictor:
                     raise ModelError(path, "no lesion segmenter for --mask auto (train one: busi-train segmenter, then busi-export)")
                 # the classifier's device choice holds for the segmenter too: no second probe or notice
                 device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
-                self._segmenter = Segmenter(path, device, self._verify, self._threads, self._notice)
+                self._segmenter = Segmenter(path, device, self._verify, self._threads, self._notice, self._require)
             return self._segmenter
 
     def prepare(
@@ -168,17 +181,14 @@ class Predictor:
         or "x,y,w,h", a bool/0-1/0-255 array, a mask file, or a folder of `<stem>_mask*.png`.
         The lesion is turned into the mask the model was trained with (its box with the
         trained margin, the mask itself, or the whole image)."""
-        if isinstance(image, np.ndarray):
-            path = None
-            rgb = _check_array(image)
-        else:
-            path = str(image)
-            rgb = read_rgb(image, max_pixels=self.max_pixels, frame=frame)
+        decoded = self.decode(image, frame)
+        rgb = decoded.rgb
+        path = None if isinstance(image, (np.ndarray, bytes, bytearray, memoryview)) else str(image)
         H, W = rgb.shape[:2]
         S = self.size
         spec = self.info.mask
         trained = spec.source
-        lesion, found, notes = None, None, []
+        lesion, found, notes = None, None, list(decoded.notes)
         if mask is None or (isinstance(mask, str) and mask == "none"):
             source = "none"
         elif isinstance(mask, str) and mask == "auto":
@@ -192,7 +202,8 @@ class Predictor:
                        "gt": "an empty mask, as normal images were shown in training",
                        "none": "the whole image"}[trained]
                 )
-        elif isinstance(mask, (tuple, list)) or (isinstance(mask, str) and "," in mask and not Path(mask).exists()):
+        elif (isinstance(mask, (tuple, list)) or (isinstance(mask, np.ndarray) and mask.ndim == 1)
+              or (isinstance(mask, str) and "," in mask and not Path(mask).exists())):
             box = parse_box(mask)
             x, y, w, h = box
             if w <= 0 or h <= 0:
@@ -203,9 +214,7 @@ class Predictor:
             source = "box"
         else:
             if isinstance(mask, np.ndarray):
-                lesion = mask.astype(bool) if mask.dtype == bool else mask > (spec.threshold if mask.max() > 1 else 0.5)
-                if lesion.ndim == 3:
-                    lesion = lesion.any(axis=2)
+                lesion = _mask_array(mask, spec.threshold)
                 label = "mask array"
             else:
                 lesion = self._mask_from_path(Path(mask), path, (H, W))
@@ -224,6 +233,21 @@ class Predictor:
         img = resize_rgb(rgb, S).astype(np.float32)
         view = _view(rgb, m, lesion) if keep_view else None
         return Prepared(path, img, m.astype(np.float32)[:, :, None], source, lesion_box, found, notes, view)
+
+    def decode(self, image: ImageArg, frame: int = 0) -> Decoded:
+        """An image path, encoded bytes (PNG, JPEG, DICOM) or an array -> `Decoded` RGB uint8."""
+        if isinstance(image, np.ndarray):
+            return Decoded(_check_array(image, self.max_pixels))
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            data = bytes(image)
+            if not data:
+                raise InputError("<image bytes>", "empty (0 bytes)")
+            if len(data) > self.max_bytes:
+                raise InputError("<image bytes>", f"{len(data):,} bytes, above the limit of {self.max_bytes:,}")
+            return decode_image(data, "<image bytes>", max_pixels=self.max_pixels, frame=frame)
+        if isinstance(image, (str, os.PathLike)):
+            return read_image(image, max_pixels=self.max_pixels, frame=frame, max_bytes=self.max_bytes)
+        raise InputError(None, f"image must be a file path, encoded image bytes or a numpy array, got {type(image).__name__}")
 
     def _notice_mismatch(self, source: str, trained: str) -> None:
         if source in (trained, "auto"):
@@ -325,16 +349,22 @@ class Predictor:
         """Predict many images in order; decoding runs ahead in a bounded thread pool while
         the session works. A bad file yields a `Failure` and the others go on.
 
-        Each item is an image (path or array) or an (image, mask) pair."""
+        Each item is an image (path, encoded bytes or array) or an (image, mask) pair. A single
+        path or bytes object is one item, not a sequence of characters. `batch_size` is capped
+        at MAX_BATCH; a batch that the session cannot run is split, down to the one image that
+        fails, which becomes a `Failure`."""
+        if isinstance(items, (str, os.PathLike, bytes, bytearray, memoryview)):
+            items = [items]
+        batch_size = max(1, min(int(batch_size), MAX_BATCH))
 
         def prep(item):
             img, m = item if isinstance(item, tuple) and len(item) == 2 and not _is_box(item) else (item, mask)
             try:
                 return self.prepare(img, m, frame, keep_view)
             except BusiError as e:
-                return Failure(None if isinstance(img, np.ndarray) else str(img), str(e))
+                return Failure(_label(img), str(e))
             except Exception as e:  # never let one odd file stop a batch
-                return Failure(None if isinstance(img, np.ndarray) else str(img), f"{img}: {type(e).__name__}: {e}")
+                return Failure(_label(img), f"{_label(img) or 'image'}: {type(e).__name__}: {e}")
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             pending: deque = deque()
@@ -347,9 +377,7 @@ class Predictor:
             def flush():
                 if not batch:
                     return
-                out = self.run(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta, explain)
-                probs, cams = out if explain else (out, [None] * len(batch))
-                res = {id(b): self._result(b, p, threshold, tta, c) for b, p, c in zip(batch, probs, cams)}
+                res = self._run_split(batch, threshold, tta, explain)
                 for i, x in enumerate(out_queue):
                     if isinstance(x, Prepared):
                         out_queue[i] = res[id(x)]
@@ -374,6 +402,24 @@ class Predictor:
             flush()
             yield from out_queue
 
+    def _run_split(self, batch: list[Prepared], threshold, tta: bool, explain: bool) -> dict[int, Prediction | Failure]:
+        """Results of a batch keyed by id(Prepared); a batch the session cannot run (memory,
+        a graph that refuses this input) is halved until the failing image is alone."""
+        try:
+            out = self.run(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta, explain)
+        except BusiError:
+            raise
+        except Exception as e:
+            if len(batch) > 1:
+                half = len(batch) // 2
+                return {**self._run_split(batch[:half], threshold, tta, explain),
+                        **self._run_split(batch[half:], threshold, tta, explain)}
+            msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+            return {id(batch[0]): Failure(batch[0].path, f"{batch[0].path or 'image'}: inference failed "
+                                                          f"({type(e).__name__}{': ' + msg if msg else ''})")}
+        probs, cams = out if explain else (out, [None] * len(batch))
+        return {id(b): self._result(b, p, threshold, tta, c) for b, p, c in zip(batch, probs, cams)}
+
     def predict_many(self, items: Iterable[Any], mask: MaskArg = None, **kw) -> list[Prediction | Failure]:
         return list(self.iter_predict(items, mask, **kw))
 
@@ -394,17 +440,58 @@ def _is_box(item) -> bool:
     return isinstance(item, (tuple, list)) and len(item) == 4 and all(isinstance(v, (int, float)) for v in item)
 
 
-def _check_array(a: np.ndarray) -> np.ndarray:
+def _label(img) -> str | None:
+    """How a failure names its input: the path, or None for arrays and bytes."""
+    return str(img) if isinstance(img, (str, os.PathLike)) else None
+
+
+def _numeric(a: np.ndarray, what: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
+        raise InputError(None, f"{what} must be a numeric numpy array, got {getattr(a, 'dtype', type(a).__name__)}")
+    if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+        raise InputError(None, f"{what} holds NaN or infinite values")
+    if a.dtype.kind in "if" and a.size and a.min() < 0:
+        raise InputError(None, f"{what} holds negative values")
+    return a
+
+
+def _check_array(a: np.ndarray, max_pixels: int = 0) -> np.ndarray:
+    """An image array -> RGB uint8 (H, W, 3), by the rules files follow: uint8 as is, uint16
+    like a 16-bit PNG (0..65535), bool as 0/255, floats in 0..1 or 0..255; NaN, inf, negative
+    values and images under 8x8 are refused."""
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
     if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
         raise InputError(None, f"image array must be HxW, HxWx3 (RGB) or HxWx4, got shape {a.shape}")
-    a = a[:, :, :3]
-    if a.dtype != np.uint8:
-        if a.dtype.kind == "f" and a.max() <= 1.0:
-            a = a * 255.0
-        a = np.clip(a, 0, 255).astype(np.uint8)
+    check_min_side(None, a.shape[1], a.shape[0])
+    check_pixel_limit(None, a.shape[1], a.shape[0], max_pixels)
+    a = _numeric(a, "image array")[:, :, :3]
+    if a.dtype in (np.uint8, np.uint16, bool):
+        a = to_uint8(a)
+    elif a.dtype.kind == "f":
+        top = float(a.max())
+        if top > 255.0:
+            raise InputError(None, f"float image values must lie in 0..1 or 0..255, the maximum is {top:g}")
+        a = np.clip(a * 255.0 if top <= 1.0 else a, 0, 255).round().astype(np.uint8)
+    else:
+        top = int(a.max())
+        if top > 255:
+            raise InputError(None, f"integer image values must lie in 0..255 (uint16 arrays are read as 16-bit), the maximum is {top}")
+        a = a.astype(np.uint8)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
     return np.ascontiguousarray(a)
+
+
+def _mask_array(mask: np.ndarray, threshold: int) -> np.ndarray:
+    """A lesion mask array (H, W) or (H, W, C): bool, 0/1 or 0..255 -> bool (H, W)."""
+    m = _numeric(mask, "mask array")
+    if m.ndim not in (2, 3) or min(m.shape[:2]) == 0:
+        raise InputError(None, f"mask array must be HxW or HxWxC, got shape {m.shape}")
+    lesion = m.astype(bool) if m.dtype == bool else m > (threshold if m.max() > 1 else 0.5)
+    return lesion.any(axis=2) if lesion.ndim == 3 else lesion
 
 
 _CACHE: dict[str, Predictor] = {}

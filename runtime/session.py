@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 
 import onnxruntime as ort
 
@@ -65,20 +66,19 @@ def captured_output():
     except (OSError, ValueError):  # no real descriptors (embedded interpreter): nothing to hide
         yield out
         return
-    with tempfile.TemporaryFile() as tmp:
+    py = io.StringIO()  # Python-level prints (preload_dlls) too, whatever sys.stdout is now
+    with tempfile.TemporaryFile() as tmp, redirect_stdout(py), redirect_stderr(py):
         os.dup2(tmp.fileno(), 1)
         os.dup2(tmp.fileno(), 2)
         try:
             yield out
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
             tmp.seek(0)
-            out.append(tmp.read().decode("utf-8", "replace"))
+            out.append(py.getvalue() + tmp.read().decode("utf-8", "replace"))
 
 
 def _first_error_line(text: str) -> str:
@@ -90,6 +90,17 @@ def _first_error_line(text: str) -> str:
         if "rror" in line or "cannot" in line or "fail" in line.lower():
             return line.strip()[-160:]
     return text.strip().splitlines()[-1][-160:] if text.strip() else ""
+
+
+def cap_threads(threads: int | None, notice=None) -> int | None:
+    """More intra-op threads than cores only adds contention (100000 ran for minutes): cap
+    at the core count and say so once."""
+    cores = os.cpu_count() or 1
+    if threads and threads > cores:
+        if notice is not None:
+            notice(f"busi: {threads} threads requested; capped at the {cores} cores of this machine")
+        return cores
+    return threads
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -121,7 +132,7 @@ def create_session(
     if device not in DEVICES:
         raise DeviceError(f"unknown device {device!r} (choose {', '.join(DEVICES)})")
     notice = notice or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    so = session_options(threads)
+    so = session_options(cap_threads(threads, notice))
     if device == "cpu":
         return _load(model, so, [CPU]), CPU
     reason = None

@@ -113,14 +113,16 @@ def test_missing_directory_and_permission(tmp_path, monkeypatch):
     p.write_bytes(_png_bytes(np.zeros((20, 20), np.uint8)))
     os.chmod(p, 0)
     if os.access(p, os.R_OK):  # root reads any file: make the OS refusal happen anyway
-        real = type(p).read_bytes
+        import busi.runtime.files as files
 
-        def refuse(self):
-            if self == p:
-                raise PermissionError(13, "Permission denied", str(self))
-            return real(self)
+        real = os.open
 
-        monkeypatch.setattr(type(p), "read_bytes", refuse)
+        def refuse(path, *a, **kw):
+            if str(path) == str(p):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *a, **kw)
+
+        monkeypatch.setattr(files.os, "open", refuse)
     with pytest.raises(InputError, match="permission denied"):
         read_rgb(p)
     os.chmod(p, 0o644)
