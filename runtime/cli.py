@@ -12,6 +12,7 @@ import io
 import json
 import sys
 import time
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -127,6 +128,9 @@ def infer(
     """
     from .predictor import Predictor
     from .session import low_peak_loading
+
+    # pydicom warns (on stderr) about each malformed value it meets; the record says it once
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$")
 
     if mask is not None and roi is not None:
         _die("give either --mask or --roi, not both")

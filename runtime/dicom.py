@@ -14,6 +14,7 @@ import zlib
 import numpy as np
 
 from .errors import InputError
+from .pixels import check_pixel_limit, to_uint8
 
 #: a deflated dataset may inflate to at most this many bytes per allowed pixel (+ headroom):
 #: one 16-bit, 3-sample frame at the pixel limit
@@ -73,7 +74,17 @@ def _read_dataset(path, data: bytes, max_pixels: int):
         return pydicom.dcmread(io.BytesIO(data))
     cap = INFLATE_BYTES_PER_PIXEL * max_pixels + INFLATE_HEADROOM if max_pixels else 0
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    body = inflater.decompress(data[fp.tell():], cap)
+    body = inflater.decompress(data[fp.tell():], INFLATE_HEADROOM)
+    try:  # the attributes before the pixel data: the declared size is checked before inflating it
+        head = read_dataset(io.BytesIO(body), is_implicit_VR=False, is_little_endian=True,
+                            stop_when=lambda tag, vr, length: tag >= 0x7FE00000)
+    except Exception:
+        head = None
+    if head is not None and max_pixels:
+        rows, cols = _int(path, head, "Rows", 0), _int(path, head, "Columns", 0)
+        check_pixel_limit(path, cols, rows, max_pixels)
+    if inflater.unconsumed_tail:
+        body += inflater.decompress(inflater.unconsumed_tail, max(1, cap - len(body)) if cap else 0)
     if cap and inflater.unconsumed_tail:
         raise InputError(path, f"deflated DICOM inflates to more than {cap:,} bytes (the limit for "
                                f"{max_pixels:,} pixels); refused before decoding")
@@ -129,8 +140,7 @@ def _read_dicom_rgb(path, data: bytes, *, max_pixels: int, frame: int) -> tuple[
     rows, cols = _int(path, ds, "Rows", 0), _int(path, ds, "Columns", 0)
     if rows * cols == 0:
         raise InputError(path, "DICOM has no image size (Rows/Columns)")
-    if max_pixels and rows * cols > max_pixels:
-        raise InputError(path, f"image is {cols}x{rows} = {rows * cols:,} pixels, above the limit of {max_pixels:,}")
+    check_pixel_limit(path, cols, rows, max_pixels)
     n_frames = max(1, _int(path, ds, "NumberOfFrames", 1))
     if not 0 <= frame < n_frames:
         raise InputError(path, f"frame {frame} requested, the DICOM has {n_frames} frame(s) (0-based)")
@@ -151,8 +161,6 @@ def _read_dicom_rgb(path, data: bytes, *, max_pixels: int, frame: int) -> tuple[
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InputError(path, "pixel data holds NaN or infinite values; not classified")
     if photometric == "PALETTE COLOR":  # indices into the palette, not grey levels
-        from .imageio import to_uint8
-
         arr = to_uint8(apply_color_lut(arr, ds))  # 16-bit palette entries span 0..65535
         samples = 3
     if samples == 1:

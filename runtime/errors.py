@@ -128,4 +128,7 @@ def run_cli(app) -> None:
         sys.stderr.write(f"error: {e}\n")
         sys.stderr.flush()
         os._exit(e.exit_code if e.path != "stdout" else 1)  # no second flush into a full stdout at exit
+    except BusiError as e:  # anything the command itself did not turn into a record
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(e.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,8 +1,12 @@
 """The one decode/resize path shared by training and runtime.
 
 Training calls these functions too, so what the model saw in training and what it sees at
-the scanner cannot drift apart. Everything here is pure (numpy + OpenCV); errors are
-`InputError` with a one-line message that names the file.
+the scanner cannot drift apart. Decoders are chosen because they report damage: Pillow for
+PNG (every chunk's CRC verified, truncation an error) and libjpeg-turbo through simplejpeg
+with `strict=True` for JPEG (libjpeg's "Corrupt JPEG data" warnings become errors); OpenCV's
+imdecode fills damaged images with grey and only prints a warning. Sizes come from the
+decoders' own header reads, so the pixel limit and the decode always see the same size.
+Errors are `InputError` with a one-line message that names the file; nothing is printed.
 """
 
 from __future__ import annotations
@@ -17,12 +21,10 @@ import numpy as np
 
 from .errors import InputError
 from .files import DEFAULT_MAX_BYTES, read_regular
+from .pixels import DEFAULT_MAX_PIXELS, MIN_SIDE, check_min_side, check_pixel_limit, to_uint8  # noqa: F401
 
-#: refuse images with more pixels than this before decoding them (option in CLI and API)
-DEFAULT_MAX_PIXELS = 50_000_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
-MIN_SIDE = 8
 #: EXIF orientation -> (what a viewer does, numpy transform of an (H, W, ...) array)
 _EXIF_ORIENTATION = {
     2: ("mirrored left-right", lambda a: a[:, ::-1]),
@@ -44,35 +46,6 @@ class Decoded:
     notes: tuple[str, ...] = ()
 
 
-def check_pixel_limit(path, width: int, height: int, max_pixels: int) -> None:
-    if max_pixels and width * height > max_pixels:
-        raise InputError(
-            path, f"image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}"
-        )
-
-
-def check_min_side(path, width: int, height: int) -> None:
-    """One rule for files and arrays: at least MIN_SIDE pixels each way."""
-    if min(width, height) < MIN_SIDE:
-        raise InputError(path, f"image is only {width}x{height} pixels (at least {MIN_SIDE}x{MIN_SIDE} needed)")
-
-
-def to_uint8(arr: np.ndarray) -> np.ndarray:
-    """8-bit as stored; 16-bit mapped from its full 0..65535 range (rounded); bool to 0/255.
-    Any other type is scaled from its own minimum and maximum."""
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == np.uint16:
-        return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    if arr.dtype == bool:
-        return arr.astype(np.uint8) * 255
-    a = arr.astype(np.float64)
-    lo, hi = float(a.min()), float(a.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.clip((a - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
 def _short(e: Exception) -> str:
     msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
     return msg
@@ -90,11 +63,19 @@ def _decode_png(path, data: bytes, max_pixels: int):
     """PNG with Pillow: size from its lazy header read, every chunk's CRC verified, then
     decoded; truncation and corruption raise instead of filling with grey. Returns
     (array as stored: grey / RGB / RGBA, 8 or 16 bit; EXIF orientation)."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         im = Image.open(io.BytesIO(data), formats=["PNG"])
         w, h = im.size
+    except Image.DecompressionBombError:
+        # Pillow's own refusal (above 2 x Image.MAX_IMAGE_PIXELS) comes before ours: say it with
+        # the size it read from the same IHDR chunk
+        w, h = (int.from_bytes(data[i:i + 4], "big") for i in (16, 20))
+        check_pixel_limit(path, w, h, max_pixels)
+        raise InputError(path, f"image is {w}x{h}, above Pillow's decompression-bomb limit") from None
+    except UnidentifiedImageError:
+        raise InputError(path, "corrupt PNG header (not a readable PNG)") from None
     except Exception as e:
         raise InputError(path, f"corrupt PNG header ({_short(e)})") from None
     check_pixel_limit(path, w, h, max_pixels)

@@ -24,8 +24,8 @@ import numpy as np
 from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, ModelInfo, check_graph_shape
 from .errors import BusiError, InputError, ModelError
 from .files import DEFAULT_MAX_BYTES
-from .imageio import (DEFAULT_MAX_PIXELS, Decoded, check_min_side, check_pixel_limit, decode_image, read_image, read_mask,
-                      resize_mask, resize_rgb, to_uint8)
+from .imageio import Decoded, decode_image, read_image, read_mask, resize_mask, resize_rgb
+from .pixels import DEFAULT_MAX_PIXELS, check_min_side, check_pixel_limit, to_uint8
 from .masks import Box, box_mask, find_mask_files, model_mask
 from .session import create_session
 from .verify import verified_sha256
@@ -289,6 +289,8 @@ class Predictor:
         names = [OUTPUT_NAME, FEATURES_NAME, CAM_WEIGHTS_NAME] if explain else [OUTPUT_NAME]
         outs = self.session.run(names, {"image": images, "mask": masks})
         p = outs[0]
+        if p.ndim != 2 or p.shape != (len(images), len(self.info.classes)):  # a symbolic width that lied
+            raise ModelError(self.path, f"output probabilities has shape {p.shape}, expected ({len(images)}, {len(self.info.classes)})")
         if tta:
             p2 = self.session.run([OUTPUT_NAME], {"image": images[:, :, ::-1].copy(), "mask": masks[:, :, ::-1].copy()})[0]
             p = (p + p2) / 2

@@ -1,0 +1,259 @@
+"""Generators of hostile and odd inputs (no binary blobs in the repository).
+
+`corpus(folder, good)` writes one file per kind of bad input and returns
+{kind: (path, what the one-line error must say, or None for a file that must be classified)}.
+The DICOM helpers build files with pydicom, byte-patched where pydicom refuses to write
+something malformed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", arr)
+    assert ok
+    return buf.tobytes()
+
+
+def jpeg_bytes(arr: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_with_ihdr(width: int, height: int) -> bytes:
+    """A PNG whose (CRC-correct) header declares width x height over a tiny image's data."""
+    good = png_bytes(np.zeros((8, 8), np.uint8))
+    ihdr = struct.pack(">II", width, height) + good[24:29]
+    return good[:8] + png_chunk(b"IHDR", ihdr) + good[33:]
+
+
+def jpeg_sof_offset(data: bytes) -> int:
+    i = data.find(b"\xff\xc0")
+    assert i > 0
+    return i
+
+
+def jpeg_declaring(data: bytes, width: int, height: int, fill: bool) -> bytes:
+    """The JPEG with its SOF0 size changed, and (fill) a legal 0xFF fill byte before the SOF
+    marker, which naive header parsers skip wrongly."""
+    i = jpeg_sof_offset(data)
+    sof = bytearray(data[i:i + 9])
+    sof[5:7] = struct.pack(">H", height)
+    sof[7:9] = struct.pack(">H", width)
+    return data[:i] + (b"\xff" if fill else b"") + bytes(sof) + data[i + 9:]
+
+
+def exif_jpeg(path: Path, rgb: np.ndarray, orientation: int) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).save(path, quality=95, exif=exif.tobytes())
+    return path
+
+
+def dicom(path, pixels: np.ndarray | None, photometric="MONOCHROME2", frames=1, ts=ExplicitVRLittleEndian,
+          **extra) -> Path:
+    """A small US DICOM file (pydicom), pixel data written as given."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ts
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = UltrasoundImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    ds.PatientName = "Phantom^Test"
+    if pixels is not None:
+        shape = pixels.shape[1:] if frames > 1 else pixels.shape
+        ds.Rows, ds.Columns = shape[0], shape[1]
+        ds.SamplesPerPixel = 3 if len(shape) == 3 else 1
+        ds.PhotometricInterpretation = photometric
+        ds.BitsAllocated = pixels.dtype.itemsize * 8
+        if pixels.dtype.kind != "f":
+            ds.BitsStored = ds.BitsAllocated
+            ds.HighBit = ds.BitsStored - 1
+            ds.PixelRepresentation = 0
+        if ds.SamplesPerPixel == 3:
+            ds.PlanarConfiguration = 0
+        if frames > 1:
+            ds.NumberOfFrames = frames
+        if pixels.dtype.kind == "f":
+            ds.FloatPixelData = pixels.astype(np.float32).tobytes()
+        else:
+            ds.PixelData = pixels.tobytes()
+    for k, v in extra.items():
+        setattr(ds, k, v)
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)
+
+
+def palette_dicom(path, idx: np.ndarray) -> Path:
+    """PALETTE COLOR: red = index, green = 255 - index, blue = 0 (16-bit LUT entries)."""
+    lut = np.arange(256, dtype=np.uint16)
+    p = dicom(path, idx.astype(np.uint8), "PALETTE COLOR",
+              RedPaletteColorLookupTableDescriptor=[256, 0, 16],
+              GreenPaletteColorLookupTableDescriptor=[256, 0, 16],
+              BluePaletteColorLookupTableDescriptor=[256, 0, 16])
+    from pydicom import dcmread
+
+    ds = dcmread(p)
+    ds.RedPaletteColorLookupTableData = (lut * 257).astype("<u2").tobytes()
+    ds.GreenPaletteColorLookupTableData = ((255 - lut) * 257).astype("<u2").tobytes()
+    ds.BluePaletteColorLookupTableData = np.zeros(256, "<u2").tobytes()
+    ds.save_as(p, enforce_file_format=True)
+    return p
+
+
+def patch_text_element(path: Path, tag: tuple[int, int], vr: bytes, old: bytes, new: bytes) -> Path:
+    """Replace an explicit-VR text value in place (same length): how malformed values get in."""
+    data = path.read_bytes()
+    head = struct.pack("<HH", *tag) + vr + struct.pack("<H", len(old)) + old
+    assert head in data, (tag, old)
+    path.write_bytes(data.replace(head, head[:-len(old)] + new, 1))
+    return path
+
+
+def deflated_bomb(path: Path, rows: int, cols: int, chunk: int = 1 << 22) -> Path:
+    """A deflated-syntax US file whose zero pixel data inflates to rows*cols bytes (kilobytes
+    on disk), streamed through zlib so the test itself never holds it."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DEFLATED
+    ds = Dataset()
+    ds.SOPClassUID = UltrasoundImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    write_dataset(head, ds)
+    n = rows * cols
+    body = head.getvalue() + struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\x00\x00" + struct.pack("<I", n)
+    z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out = io.BytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    fm = DicomBytesIO()
+    write_file_meta_info(fm, meta, enforce_standard=True)
+    out.write(fm.getvalue())
+    out.write(z.compress(body))
+    zeros = bytes(chunk)
+    left = n
+    while left > 0:
+        out.write(z.compress(zeros[: min(chunk, left)]))
+        left -= min(chunk, left)
+    out.write(z.flush())
+    path.write_bytes(out.getvalue())
+    return path
+
+
+def corpus(folder: Path, good: Path) -> dict[str, tuple[Path, str | None]]:
+    """One file per kind of bad (or merely odd) input, next to the good image `good`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    grey = cv2.imread(str(good), cv2.IMREAD_GRAYSCALE)
+    jpg, png = jpeg_bytes(grey), png_bytes(grey)
+    f: dict[str, tuple[Path, str | None]] = {}
+
+    def put(kind, name, data: bytes | None, expect):
+        p = folder / name
+        if data is not None:
+            p.write_bytes(data)
+        f[kind] = (p, expect)
+        return p
+
+    # JPEG
+    put("jpeg truncated mid-scan, end marker re-added", "trunc_eoi.jpg", jpg[: len(jpg) // 2] + b"\xff\xd9", "corrupt JPEG")
+    put("jpeg truncated", "trunc.jpg", jpg[: len(jpg) // 2], "corrupt JPEG")
+    rng = np.random.default_rng(7)
+    bad = bytearray(jpg)
+    mid = len(bad) // 2
+    bad[mid:mid + 64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+    put("jpeg corrupt data mid-scan", "corrupt_mid.jpg", bytes(bad), "corrupt JPEG")
+    flat = jpeg_bytes(np.full((7000, 7000), 128, np.uint8), quality=5)
+    put("jpeg 7000x7000 header, a few hundred bytes", "flat_7000.jpg", flat[:631] + b"\xff\xd9", "corrupt JPEG")
+    put("jpeg fill byte before SOF declaring 20000x20000", "fill_huge.jpg", jpeg_declaring(jpg, 20000, 20000, True), "above the limit")
+    h, w = grey.shape
+    put("jpeg fill byte before SOF, valid", "fill_ok.jpg", jpeg_declaring(jpg, w, h, True), None)
+    Image.new("CMYK", (64, 64), (10, 20, 30, 0)).save(folder / "cmyk.jpg")
+    put("jpeg CMYK", "cmyk.jpg", None, "CMYK")
+    put("jpeg header only", "header_only.jpg", jpg[: jpeg_sof_offset(jpg) + 4], "corrupt JPEG")
+    exif_jpeg(folder / "exif6.jpg", cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), 6)
+    put("jpeg with EXIF orientation 6", "exif6.jpg", None, None)
+    # PNG
+    iend = png_chunk(b"IEND", b"")
+    put("png truncated, IEND re-added", "trunc_iend.png", png[: len(png) // 2] + iend, "corrupt PNG")
+    put("png truncated", "trunc.png", png[: len(png) // 2], "corrupt PNG")
+    flip = bytearray(png)
+    flip[len(flip) // 2] ^= 0x01
+    put("png one bit flipped in the image data", "bitflip.png", bytes(flip), "corrupt PNG")
+    put("png header declaring 60000x60000", "ihdr_huge.png", png_with_ihdr(60000, 60000), "above the limit")
+    put("png header declaring 0x0", "ihdr_zero.png", png_with_ihdr(0, 0), "corrupt PNG")
+    put("png signature only", "sig_only.png", png[:8], "corrupt PNG")
+    put("png 1x1", "tiny.png", png_bytes(np.zeros((1, 1), np.uint8)), "only 1x1")
+    Image.fromarray(grey).convert("P").save(folder / "palette.png")
+    put("png palette", "palette.png", None, None)
+    Image.fromarray(grey).convert("LA").save(folder / "grey_alpha.png")
+    put("png grey + alpha", "grey_alpha.png", None, None)
+    # not images, not files
+    put("empty file", "empty.png", b"", "empty file")
+    put("text named .png", "text.png", b"just text\n" * 20, "not a PNG, JPEG or DICOM")
+    put("missing file", "missing.png", None, "file not found")
+    (folder / "adir.png").mkdir(exist_ok=True)
+    put("directory named .png", "adir.png", None, "is a directory")
+    fifo = folder / "fifo.png"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    put("FIFO named .png", "fifo.png", None, "FIFO")
+    zero = folder / "zero.png"
+    if not zero.is_symlink():
+        zero.symlink_to("/dev/zero")
+    put("/dev/zero named .png", "zero.png", None, "character device")
+    put("larger than --max-bytes", "big.png", png + b"\x00" * 3_000_000, "above the limit of")
+    # DICOM
+    put("dicom PALETTE COLOR", "palette.dcm", None, None)
+    palette_dicom(folder / "palette.dcm", grey)
+    nan = grey.astype(np.float32)
+    nan[10, 10] = np.nan
+    dicom(folder / "float_nan.dcm", nan)
+    put("dicom float pixel data with NaN", "float_nan.dcm", None, "NaN or infinite")
+    dicom(folder / "window0.dcm", grey, WindowCenter=128, WindowWidth=0)
+    put("dicom WindowWidth 0", "window0.dcm", None, None)
+    dicom(folder / "rescale_inf.dcm", grey, RescaleSlope="1e400", RescaleIntercept=0)
+    put("dicom RescaleSlope infinite", "rescale_inf.dcm", None, "NaN or infinite")
+    patch_text_element(dicom(folder / "frames_1a.dcm", np.stack([grey, grey]), frames=2), (0x0028, 0x0008), b"IS",
+                       b"2 ", b"1A")
+    put("dicom NumberOfFrames '1A'", "frames_1a.dcm", None, "(0028,0008) NumberOfFrames: invalid value '1A'")
+    short = dicom(folder / "short_pixels.dcm", grey)
+    short.write_bytes(short.read_bytes()[:-1000])
+    put("dicom pixel data shorter than Rows x Columns", "short_pixels.dcm", None, "pixel data is truncated")
+    put("dicom without pixel data", "nopix.dcm", None, "no pixel data")
+    dicom(folder / "nopix.dcm", None)
+    deflated_bomb(folder / "deflate_bomb.dcm", 20000, 20000)
+    put("deflated dicom of 400 MB pixels, 400 KB on disk", "deflate_bomb.dcm", None, "above the limit")
+    put("dicom preamble and marker only", "dicm_only.dcm", b"\x00" * 128 + b"DICM", "no pixel data")
+    return f

@@ -1,0 +1,391 @@
+"""Hostile input, as a hostile or careless user would give it: never a traceback, never a
+hang, never a damaged image classified, never an output written over something it must not
+replace. Each test here failed before the hardening it checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import tracemalloc
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from PIL import Image, ImageOps
+
+from busi.runtime import Predictor
+from busi.runtime.errors import InputError, ModelError
+from busi.runtime.imageio import read_image, read_rgb
+from conftest import BIN, cli
+from hostile import corpus, deflated_bomb, dicom, exif_jpeg, jpeg_bytes, jpeg_declaring, palette_dicom, png_bytes
+
+ROI = "10,10,50,50"
+
+
+def infer(*args, check=False, **kw):
+    return cli("busi-infer", *args, check=check, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def predictor(exported):
+    return Predictor(exported / "model.onnx", device="cpu")
+
+
+@pytest.fixture
+def good(phantoms) -> Path:
+    return phantoms / "benign" / "benign (1).png"
+
+
+def test_hostile_corpus_through_busi_infer(exported, good, tmp_path):
+    """Every kind in the corpus: one error record naming the file and the problem, or a
+    classification; the batch goes on; exit 1; nothing hangs; no decoder chatter."""
+    files = corpus(tmp_path / "corpus", good)
+    odd_name = tmp_path / os.fsdecode(b"caf\xe9.png")  # Latin-1 name: not valid UTF-8
+    shutil.copy(good, odd_name)
+    nomatch = str(tmp_path / "nothing-*.png")
+    args = [good, *(p for p, _ in files.values()), nomatch, odd_name, good]
+    t = time.time()
+    r = infer(*args, "--model", exported / "model.onnx", "--roi", ROI, "--max-pixels", 60_000_000,
+              "--max-bytes", 2_000_000)
+    assert time.time() - t < 240  # the FIFO and /dev/zero did not hang it
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    recs = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert len(recs) == len(args)
+    assert "class" in recs[0] and "class" in recs[-1] and "class" in recs[-2]
+    assert recs[-2]["path"] == str(odd_name)
+    assert "no file matches this pattern" in recs[-3]["error"] and nomatch in recs[-3]["error"]
+    for (kind, (path, expect)), rec in zip(files.items(), recs[1:]):
+        assert rec["path"] == str(path), kind
+        if expect is None:
+            assert "class" in rec, (kind, rec)
+        else:
+            assert "class" not in rec and expect in rec["error"] and str(path) in rec["error"], (kind, rec)
+            assert "\n" not in rec["error"]
+    exif = next(rec for (kind, _), rec in zip(files.items(), recs[1:]) if "EXIF" in kind)
+    assert any("EXIF orientation 6 applied" in n for n in exif["notes"])
+    for line in r.stderr.splitlines():  # decoder chatter (libjpeg, libpng, pydicom) stays off the terminal
+        assert line.startswith(("error: ", "busi: ")), line
+    n_bad = sum(1 for _, e in files.values() if e is not None) + 1
+    assert f"{len(args) - n_bad}/{len(args)} images classified" in r.stderr
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_viewers_do(tmp_path, orientation, fmt):
+    rng = np.random.default_rng(orientation)
+    rgb = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    if fmt == "jpeg":
+        p = exif_jpeg(tmp_path / "o.jpg", rgb, orientation)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        p = tmp_path / "o.png"
+        Image.fromarray(rgb).save(p, exif=exif.tobytes())
+    want = np.asarray(ImageOps.exif_transpose(Image.open(p)).convert("RGB"))
+    got = read_image(p)
+    np.testing.assert_array_equal(got.rgb, want)
+    assert bool(got.notes) == (orientation != 1)
+
+
+def test_pixel_limit_reads_the_size_the_decoder_reads(tmp_path, good):
+    grey = cv2.imread(str(good), cv2.IMREAD_GRAYSCALE)
+    h, w = grey.shape
+    plain = tmp_path / "plain.jpg"
+    plain.write_bytes(jpeg_bytes(grey))
+    filled = tmp_path / "filled.jpg"  # a legal fill byte before SOF: the same image
+    filled.write_bytes(jpeg_declaring(plain.read_bytes(), w, h, fill=True))
+    np.testing.assert_array_equal(read_rgb(filled), read_rgb(plain))
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(jpeg_declaring(plain.read_bytes(), 20000, 20000, fill=True))
+    tracemalloc.start()
+    with pytest.raises(InputError, match="20000x20000 = 400,000,000 pixels, above the limit of 1,000,000"):
+        read_rgb(huge, max_pixels=1_000_000)
+    assert tracemalloc.get_traced_memory()[1] < 20e6
+    tracemalloc.stop()
+
+
+def test_deflated_dicom_is_inflated_under_a_cap(tmp_path):
+    """A large declared size is refused from the attributes, before the pixel data is
+    inflated; a small declared size over 400 MB of pixel data is refused once the cap (6 bytes
+    per allowed pixel + 16 MB) is reached. Neither is ever inflated whole."""
+    big = deflated_bomb(tmp_path / "big.dcm", 20000, 20000)
+    assert big.stat().st_size < 2_000_000
+    lying = _deflated_with_declared(tmp_path / "lying.dcm", declared=(100, 100), actual=400_000_000)
+    for path, problem, bound in ((big, "20000x20000 = 400,000,000 pixels, above the limit", 40e6),
+                                 (lying, "inflates to more than 22,777,216 bytes", 120e6)):
+        t = time.time()
+        tracemalloc.start()
+        with pytest.raises(InputError, match=problem):
+            read_rgb(path, max_pixels=1_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < bound and time.time() - t < 20, (path, peak)
+
+
+def _deflated_with_declared(path: Path, declared: tuple[int, int], actual: int) -> Path:
+    import io
+    import struct
+    import zlib
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import UltrasoundImageStorage, generate_uid
+
+    from hostile import DEFLATED
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DEFLATED
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = UltrasoundImageStorage, meta.MediaStorageSOPInstanceUID, "US"
+    ds.Rows, ds.Columns = declared
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored = 1, "MONOCHROME2", 8, 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    write_dataset(head, ds)
+    z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out = io.BytesIO()
+    fm = DicomBytesIO()
+    write_file_meta_info(fm, meta, enforce_standard=True)
+    out.write(b"\x00" * 128 + b"DICM" + fm.getvalue())
+    out.write(z.compress(head.getvalue() + struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\x00\x00" + struct.pack("<I", actual)))
+    zeros = bytes(1 << 22)
+    for _ in range(actual // len(zeros)):
+        out.write(z.compress(zeros))
+    out.write(z.flush())
+    path.write_bytes(out.getvalue())
+    return path
+
+
+def test_palette_color_dicom_is_shown_in_its_colours(tmp_path):
+    idx = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1))
+    rgb = read_rgb(palette_dicom(tmp_path / "pal.dcm", idx))
+    np.testing.assert_array_equal(rgb[..., 0], idx)
+    np.testing.assert_array_equal(rgb[..., 1], 255 - idx)
+    assert not rgb[..., 2].any()
+
+
+def test_dicom_window_width_zero_and_float_nan(tmp_path, good):
+    grey = cv2.imread(str(good), cv2.IMREAD_GRAYSCALE)
+    d = read_image(dicom(tmp_path / "w0.dcm", grey, WindowCenter=100, WindowWidth=0))
+    assert d.rgb.max() == 255 and "is invalid; ignored" in d.notes[0]
+    for value in (np.nan, np.inf):
+        f = grey.astype(np.float32)
+        f[3, 3] = value
+        with pytest.raises(InputError, match="NaN or infinite"):
+            read_rgb(dicom(tmp_path / "f.dcm", f))
+
+
+# ---- model metadata --------------------------------------------------------------------------
+
+def _with_metadata(src: Path, dst: Path, change: dict | None = None, output_width: int | None = None) -> Path:
+    m = onnx.load(str(src))
+    for p in m.metadata_props:
+        if change and p.key in change:
+            p.value = change[p.key](json.loads(p.value))
+    if output_width is not None:  # the graph really computes a wider output: zero columns padded on
+        from onnx import helper
+
+        for node in m.graph.node:
+            node.output[:] = ["probs_inner" if o == "probabilities" else o for o in node.output]
+        pads = helper.make_tensor("pads_extra", onnx.TensorProto.INT64, [4], [0, 0, 0, output_width - 3])
+        m.graph.initializer.append(pads)
+        m.graph.node.append(helper.make_node("Pad", ["probs_inner", "pads_extra"], ["probabilities"]))
+        out = next(o for o in m.graph.output if o.name == "probabilities")
+        out.type.tensor_type.shape.dim[1].dim_value = output_width
+    onnx.save(m, str(dst))
+    return dst
+
+
+def _set(key, value):
+    def f(d):
+        d = dict(d)
+        d[key] = value
+        return json.dumps(d)
+    return f
+
+
+BAD_METADATA = {
+    "threshold NaN": ({"busi.operating_point": _set("malignant_threshold", float("nan"))}, "malignant_threshold is nan"),
+    "threshold above 1": ({"busi.operating_point": _set("malignant_threshold", 1.5)}, "outside [0, 1]"),
+    "threshold a string": ({"busi.operating_point": _set("malignant_threshold", "0.3")}, "expected a finite number"),
+    "four classes": ({"busi.classes": lambda c: json.dumps(c + ["other"])}, "expected exactly normal, benign, malignant"),
+    "duplicated class": ({"busi.classes": lambda c: json.dumps(["normal", "malignant", "malignant"])}, "each once"),
+    "size 224 on a 64 px graph": ({"busi.input": _set("size", 224)}, "busi.input.size does not match the graph"),
+    "unknown mask kind": ({"busi.mask": _set("source", "lasso")}, "busi.mask.source is 'lasso'"),
+    "margin infinite": ({"busi.mask": _set("box_margin", float("inf"))}, "box_margin is inf"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_METADATA) + ["probabilities 4 wide"])
+def test_model_metadata_is_validated_at_load(exported, good, tmp_path, case):
+    src = exported / "model.onnx"
+    if case == "probabilities 4 wide":
+        bad, problem = _with_metadata(src, tmp_path / "bad.onnx", output_width=4), "busi.classes does not match the graph"
+    else:
+        change, problem = BAD_METADATA[case]
+        bad = _with_metadata(src, tmp_path / "bad.onnx", change)
+    with pytest.raises(ModelError) as e:
+        Predictor(bad, device="cpu")
+    assert problem in str(e.value) and str(bad) in str(e.value)
+    r = infer(good, "--model", bad, "--roi", ROI)
+    errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(errs) == 1 and problem in errs[0] and "Traceback" not in r.stderr
+
+
+# ---- outputs ----------------------------------------------------------------------------------
+
+def test_out_and_report_never_replace_what_they_must_not(exported, good, tmp_path):
+    model = exported / "model.onnx"
+    victim = tmp_path / "victim.png"
+    shutil.copy(good, victim)
+    before = victim.read_bytes()
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    for target, problem in (("/dev/full", "is a character device; refusing"), (fifo, "is a FIFO"),
+                            (victim, "is one of the inputs"), (folder, "is a directory"), (model, "is one of the inputs")):
+        for opt in ("--out", "--report"):
+            r = infer(victim, "--model", model, "--roi", ROI, opt, target)
+            assert r.returncode == 2 and problem in r.stderr and "Traceback" not in r.stderr, (target, opt, r.stderr)
+    assert Path("/dev/full").is_char_device() and fifo.is_fifo() and folder.is_dir()
+    assert victim.read_bytes() == before and model.stat().st_size > 1000
+    # a symlink is written through: the file it points to gets the output, the link stays
+    real = tmp_path / "real.csv"
+    real.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    r = infer(victim, "--model", model, "--roi", ROI, "--format", "csv", "--out", link)
+    assert r.returncode == 0 and link.is_symlink() and real.read_text().startswith("path,class")
+
+
+def test_closed_and_full_standard_streams(exported, good, tmp_path):
+    base = f"{BIN / 'busi-infer'} '{good}' --model '{exported / 'model.onnx'}' --roi {ROI}"
+
+    def sh(cmd):
+        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+
+    r = sh(base + " 2>&-")  # closed stderr: the results still come
+    assert r.returncode == 0 and json.loads(r.stdout)["class"]
+    r = sh(base + " >&-")  # closed stdout: one line, exit 1
+    assert r.returncode == 1 and "error: stdout: cannot write the results" in r.stderr and "Traceback" not in r.stderr
+    r = sh(base + " > /dev/full")
+    assert r.returncode == 1 and "No space left on device" in r.stderr and "Traceback" not in r.stderr
+    r = sh(base + f" --out '{tmp_path / 'ok.jsonl'}' >&-")  # with --out a closed stdout does not matter
+    assert r.returncode == 0 and json.loads((tmp_path / "ok.jsonl").read_text())["class"]
+
+
+def test_non_utf8_names_with_out_and_report(exported, good, tmp_path):
+    name = os.fsdecode(b"scan-\xff\xfe.png")
+    img = tmp_path / name
+    shutil.copy(good, img)
+    out = tmp_path / os.fsdecode(b"out-\xff.csv")
+    report = tmp_path / os.fsdecode(b"report-\xff.html")
+    r = infer(img, "--model", exported / "model.onnx", "--roi", ROI, "--format", "csv", "--out", out, "--report", report)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert os.fsencode(str(img)) in out.read_bytes()  # the name's own bytes, as ls shows them
+    assert report.stat().st_size > 1000
+    r = infer(img, "--model", exported / "model.onnx", "--roi", ROI, "--format", "table", errors="surrogateescape")
+    assert r.returncode == 0 and "Traceback" not in r.stderr and str(img) in r.stdout
+
+
+# ---- integrity ------------------------------------------------------------------------------
+
+def test_sidecar_missing_unreadable_or_a_directory(model_copy, good, tmp_path):
+    model = model_copy / "model.onnx"
+    side = model_copy / "model.onnx.sha256"
+    side.unlink()
+    r = infer(good, good, "--model", model, "--roi", ROI)
+    assert r.returncode == 0 and r.stderr.count("not verified: no model.onnx.sha256 beside the model") == 1
+    r = infer(good, "--model", model, "--roi", ROI, "--require-sha256")
+    assert r.returncode == 2 and "not verified" in r.stderr and "a verified model is required" in r.stderr
+    with pytest.raises(ModelError, match="not verified"):
+        Predictor(model, device="cpu", require_sha256=True)
+    side.mkdir()
+    r = infer(good, "--model", model, "--roi", ROI)
+    assert r.returncode == 2 and "model.onnx.sha256: is a directory" in r.stderr and "Traceback" not in r.stderr
+    side.rmdir()
+    side.write_bytes(b"\x89\xff\x00binary")
+    r = infer(good, "--model", model, "--roi", ROI)
+    assert r.returncode == 2 and "not a sha256 text file" in r.stderr and "Traceback" not in r.stderr
+    side.write_text("not-a-digest  model.onnx\n")
+    with pytest.raises(ModelError, match="64 hex digits"):
+        Predictor(model, device="cpu")
+
+
+def test_external_data_models_are_refused(exported, tmp_path):
+    m = onnx.load(str(exported / "model.onnx"))
+    onnx.save_model(m, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.onnx.data", size_threshold=1024)
+    for verify in (True, False):
+        with pytest.raises(ModelError, match="external data files, which its sha256 does not cover"):
+            Predictor(tmp_path / "ext.onnx", device="cpu", verify=verify)
+
+
+# ---- the Python API and the options ------------------------------------------------------------
+
+@pytest.mark.parametrize("bad,problem", [
+    (None, "got NoneType"), (5, "got int"), (b"", "empty"), (b"GIF89a....", "not a PNG, JPEG or DICOM"),
+    (np.zeros((0, 0), np.uint8), "only 0x0"), (np.zeros((1, 1), np.uint8), "only 1x1"),
+    (np.full((20, 20), np.nan), "NaN or infinite"), (np.full((20, 20), np.inf, np.float32), "NaN or infinite"),
+    (-np.ones((20, 20)), "negative"), (np.full((20, 20), 1000, np.int32), "must lie in 0..255"),
+    (np.zeros((20, 20, 5), np.uint8), "got shape"), (np.array([["a"] * 20] * 20), "numeric numpy array"),
+])
+def test_api_bad_images_are_input_errors(predictor, bad, problem):
+    with pytest.raises(InputError, match=problem.replace("(", r"\(")):
+        predictor.predict(bad)
+
+
+def test_api_arrays_follow_the_file_rules(predictor, good, tmp_path):
+    grey = cv2.imread(str(good), cv2.IMREAD_GRAYSCALE)
+    sixteen = grey.astype(np.uint16) * 257
+    p16 = tmp_path / "sixteen.png"
+    Image.fromarray(sixteen).save(p16)
+    box = (40, 40, 90, 90)
+    a = predictor.predict(sixteen, box).probabilities
+    b = predictor.predict(p16, box).probabilities
+    c = predictor.predict(grey, np.array(box)).probabilities  # a numpy box
+    d = predictor.predict(good.read_bytes(), box).probabilities  # encoded bytes
+    assert a == b == c == d
+    assert predictor.predict(grey > 127, box).label in ("normal", "benign", "malignant")
+    with pytest.raises(InputError, match="finite"):
+        predictor.predict(grey, (np.inf, 1, 2, 3))
+    one = predictor.predict_many(str(good), box)  # one path, not its characters
+    assert len(one) == 1 and one[0].probabilities == b
+    many = predictor.predict_many([good] * 3, box, batch_size=10**9)  # capped, not a raw ORT error
+    assert [r.probabilities for r in many] == [b] * 3
+
+
+def test_a_batch_the_session_cannot_run_is_split(predictor, phantoms, monkeypatch):
+    files = [phantoms / "benign" / f"benign ({i}).png" for i in (1, 2, 3, 4)]
+    want = [r.probabilities for r in predictor.predict_many(files, (10, 10, 50, 50))]
+    real = predictor.run
+
+    def fails_with_the_third(images, masks, *a):  # e.g. memory exhausted by one huge batch
+        if len(images) > 1 or float(images[0].mean()) == float(poison):
+            raise RuntimeError("Failed to allocate memory")
+        return real(images, masks, *a)
+
+    poison = predictor.prepare(files[2], (10, 10, 50, 50)).image.mean()
+    monkeypatch.setattr(predictor, "run", fails_with_the_third)
+    got = predictor.predict_many(files, (10, 10, 50, 50), batch_size=4)
+    assert [getattr(r, "probabilities", None) for r in got] == [want[0], want[1], None, want[3]]
+    assert "inference failed (RuntimeError: Failed to allocate memory)" in got[2].error and str(files[2]) in got[2].error
+
+
+def test_roi_and_threads_options(exported, good):
+    r = infer(good, "--model", exported / "model.onnx", "--roi", "inf,1,2,3")
+    assert r.returncode == 2 and "four finite pixel coordinates" in r.stderr and "Traceback" not in r.stderr
+    t = time.time()
+    r = infer(good, "--model", exported / "model.onnx", "--roi", ROI, "--threads", 100000)
+    assert r.returncode == 0 and time.time() - t < 120
+    assert f"100000 threads requested; capped at the {os.cpu_count()} cores" in r.stderr
