@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import InputError
 from .files import DEFAULT_MAX_BYTES, read_regular
-from .pixels import DEFAULT_MAX_PIXELS, MIN_SIDE, check_min_side, check_pixel_limit, to_uint8  # noqa: F401
+from .pixels import DEFAULT_MAX_PIXELS, check_min_side, check_pixel_limit, to_uint8
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"

@@ -69,9 +69,8 @@ def exif_jpeg(path: Path, rgb: np.ndarray, orientation: int) -> Path:
     return path
 
 
-def dicom(path, pixels: np.ndarray | None, photometric="MONOCHROME2", frames=1, ts=ExplicitVRLittleEndian,
-          **extra) -> Path:
-    """A small US DICOM file (pydicom), pixel data written as given."""
+def us_dataset(ts=ExplicitVRLittleEndian) -> Dataset:
+    """An Ultrasound Image Storage dataset with its file meta, no pixel attributes yet."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UltrasoundImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -82,6 +81,13 @@ def dicom(path, pixels: np.ndarray | None, photometric="MONOCHROME2", frames=1, 
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "US"
     ds.PatientName = "Phantom^Test"
+    return ds
+
+
+def dicom(path, pixels: np.ndarray | None, photometric="MONOCHROME2", frames=1, ts=ExplicitVRLittleEndian,
+          **extra) -> Path:
+    """A small US DICOM file (pydicom), pixel data written as given."""
+    ds = us_dataset(ts)
     if pixels is not None:
         shape = pixels.shape[1:] if frames > 1 else pixels.shape
         ds.Rows, ds.Columns = shape[0], shape[1]
@@ -132,20 +138,14 @@ def patch_text_element(path: Path, tag: tuple[int, int], vr: bytes, old: bytes, 
     return path
 
 
-def deflated_bomb(path: Path, rows: int, cols: int, chunk: int = 1 << 22) -> Path:
-    """A deflated-syntax US file whose zero pixel data inflates to rows*cols bytes (kilobytes
-    on disk), streamed through zlib so the test itself never holds it."""
+def deflated_bomb(path: Path, rows: int, cols: int, pixel_bytes: int | None = None, chunk: int = 1 << 22) -> Path:
+    """A deflated-syntax US file declaring rows x cols 8-bit pixels, whose zero pixel data
+    (rows*cols bytes, or `pixel_bytes`) inflates to that size from kilobytes on disk; streamed
+    through zlib so the test itself never holds it."""
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset, write_file_meta_info
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = DEFLATED
-    ds = Dataset()
-    ds.SOPClassUID = UltrasoundImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
+    ds = us_dataset(DEFLATED)
     ds.Rows, ds.Columns = rows, cols
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated = ds.BitsStored = 8
@@ -153,13 +153,13 @@ def deflated_bomb(path: Path, rows: int, cols: int, chunk: int = 1 << 22) -> Pat
     head = DicomBytesIO()
     head.is_little_endian, head.is_implicit_VR = True, False
     write_dataset(head, ds)
-    n = rows * cols
+    n = rows * cols if pixel_bytes is None else pixel_bytes
     body = head.getvalue() + struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\x00\x00" + struct.pack("<I", n)
     z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     out = io.BytesIO()
     out.write(b"\x00" * 128 + b"DICM")
     fm = DicomBytesIO()
-    write_file_meta_info(fm, meta, enforce_standard=True)
+    write_file_meta_info(fm, ds.file_meta, enforce_standard=True)
     out.write(fm.getvalue())
     out.write(z.compress(body))
     zeros = bytes(chunk)

@@ -7,43 +7,13 @@ import json
 import cv2
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, UltrasoundImageStorage, generate_uid
+from pydicom.uid import JPEG2000Lossless
 
 from busi.runtime.errors import InputError
 from busi.runtime.imageio import read_rgb
 from conftest import cli
-
-
-def make_dicom(path, pixels: np.ndarray | None, photometric="MONOCHROME2", frames=1, ts=ExplicitVRLittleEndian, **extra):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ts
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = UltrasoundImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    ds.PatientName = "Phantom^Test"
-    if pixels is not None:
-        shape = pixels.shape[1:] if frames > 1 else pixels.shape
-        ds.Rows, ds.Columns = shape[0], shape[1]
-        ds.SamplesPerPixel = 3 if len(shape) == 3 else 1
-        ds.PhotometricInterpretation = photometric
-        ds.BitsAllocated = ds.BitsStored = pixels.dtype.itemsize * 8
-        ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 0
-        if ds.SamplesPerPixel == 3:
-            ds.PlanarConfiguration = 0
-        if frames > 1:
-            ds.NumberOfFrames = frames
-        ds.PixelData = pixels.tobytes()
-    for k, v in extra.items():
-        setattr(ds, k, v)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+from hostile import dicom as make_dicom
 
 
 @pytest.fixture

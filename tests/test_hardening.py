@@ -22,7 +22,7 @@ from busi.runtime import Predictor
 from busi.runtime.errors import InputError, ModelError
 from busi.runtime.imageio import read_image, read_rgb
 from conftest import BIN, cli
-from hostile import corpus, deflated_bomb, dicom, exif_jpeg, jpeg_bytes, jpeg_declaring, palette_dicom, png_bytes
+from hostile import corpus, deflated_bomb, dicom, exif_jpeg, jpeg_bytes, jpeg_declaring, palette_dicom
 
 ROI = "10,10,50,50"
 
@@ -115,7 +115,7 @@ def test_deflated_dicom_is_inflated_under_a_cap(tmp_path):
     per allowed pixel + 16 MB) is reached. Neither is ever inflated whole."""
     big = deflated_bomb(tmp_path / "big.dcm", 20000, 20000)
     assert big.stat().st_size < 2_000_000
-    lying = _deflated_with_declared(tmp_path / "lying.dcm", declared=(100, 100), actual=400_000_000)
+    lying = deflated_bomb(tmp_path / "lying.dcm", 100, 100, pixel_bytes=400_000_000)
     for path, problem, bound in ((big, "20000x20000 = 400,000,000 pixels, above the limit", 40e6),
                                  (lying, "inflates to more than 22,777,216 bytes", 120e6)):
         t = time.time()
@@ -125,44 +125,6 @@ def test_deflated_dicom_is_inflated_under_a_cap(tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < bound and time.time() - t < 20, (path, peak)
-
-
-def _deflated_with_declared(path: Path, declared: tuple[int, int], actual: int) -> Path:
-    import io
-    import struct
-    import zlib
-
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset, write_file_meta_info
-    from pydicom.uid import UltrasoundImageStorage, generate_uid
-
-    from hostile import DEFLATED
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = DEFLATED
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = UltrasoundImageStorage, meta.MediaStorageSOPInstanceUID, "US"
-    ds.Rows, ds.Columns = declared
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored = 1, "MONOCHROME2", 8, 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    head = DicomBytesIO()
-    head.is_little_endian, head.is_implicit_VR = True, False
-    write_dataset(head, ds)
-    z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    out = io.BytesIO()
-    fm = DicomBytesIO()
-    write_file_meta_info(fm, meta, enforce_standard=True)
-    out.write(b"\x00" * 128 + b"DICM" + fm.getvalue())
-    out.write(z.compress(head.getvalue() + struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\x00\x00" + struct.pack("<I", actual)))
-    zeros = bytes(1 << 22)
-    for _ in range(actual // len(zeros)):
-        out.write(z.compress(zeros))
-    out.write(z.flush())
-    path.write_bytes(out.getvalue())
-    return path
 
 
 def test_palette_color_dicom_is_shown_in_its_colours(tmp_path):
