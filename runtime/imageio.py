@@ -75,9 +75,9 @@ def _decode_png(path, data: bytes, max_pixels: int):
         check_pixel_limit(path, w, h, max_pixels)
         raise InputError(path, f"image is {w}x{h}, above Pillow's decompression-bomb limit") from None
     except UnidentifiedImageError:
-        raise InputError(path, "corrupt PNG header (not a readable PNG)") from None
+        raise InputError(path, "truncated or corrupt PNG header (not a readable PNG)") from None
     except Exception as e:
-        raise InputError(path, f"corrupt PNG header ({_short(e)})") from None
+        raise InputError(path, f"truncated or corrupt PNG header ({_short(e)})") from None
     check_pixel_limit(path, w, h, max_pixels)
     try:
         im.verify()  # CRC of every chunk up to IEND: a truncated or altered file fails here
@@ -113,7 +113,7 @@ def _decode_jpeg(path, data: bytes, max_pixels: int):
     try:
         h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except Exception as e:
-        raise InputError(path, f"corrupt JPEG header ({_short(e)})") from None
+        raise InputError(path, f"truncated or corrupt JPEG header ({_short(e)})") from None
     check_pixel_limit(path, w, h, max_pixels)
     if colorspace in ("CMYK", "YCCK"):
         raise InputError(path, "CMYK JPEG is not supported; save the image as RGB or greyscale")
