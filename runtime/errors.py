@@ -11,38 +11,32 @@ class BusiError(Exception):
     exit_code = 1
 
 
-class InputError(BusiError):
+class PathError(BusiError):
+    """An error about one file: one line, `path: problem`."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class InputError(PathError):
     """A bad input file (image, mask, DICOM): one line naming the file and the problem."""
 
     exit_code = 2
 
-    def __init__(self, path: str | Path | None, problem: str):
-        self.path = None if path is None else str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
-
-class ModelError(BusiError):
+class ModelError(PathError):
     """A model file that cannot be used (missing, corrupt, tampered, without the contract)."""
 
     exit_code = 2
 
-    def __init__(self, path: str | Path | None, problem: str):
-        self.path = None if path is None else str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
-
-class OutputError(BusiError):
+class OutputError(PathError):
     """An output target that busi refuses to write (a device, a FIFO, a folder, an input) or
     cannot write (a full disk, a closed stdout)."""
 
     exit_code = 2
-
-    def __init__(self, path: str | Path | None, problem: str):
-        self.path = None if path is None else str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
 class DeviceError(BusiError):
