@@ -1,4 +1,22 @@
-"""Error types of the runtime: each carries a one-line message naming the file."""
+"""busi's errors: one root (`BusiError`), one line each, and the exit code the CLIs use.
+
+| error | raised by | exit |
+|---|---|---|
+| `UsageError` | any CLI: options that contradict each other | 2 |
+| `InputError` | an image, mask or DICOM that cannot be used | 2 |
+| `ModelError` | a model file that cannot be used | 2 |
+| `OutputError` | an output that busi refuses to write (a device, an input) | 2 |
+| `WriteError` | an output that could not be written (disk full, stdout closed) | 1 |
+| `DataError` | a training/evaluation data folder that cannot be used | 2 |
+| `WeightsUnavailable` | backbone weights that cannot be loaded | 2 |
+| `ExportUsageError` | a model folder that cannot be exported | 2 |
+| `DeviceError` | `--device cuda` where CUDA does not work | 1 |
+| `ExportError` | a conversion or a parity gate that failed | 1 |
+| `Int8GateRefused` | every INT8 calibration failed its accuracy gate | 1 |
+
+`run_cli` prints `error: <message>` and exits with the error's code; a command that goes on
+after a per-file error (busi-infer on a batch) exits 1.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +51,19 @@ class ModelError(PathError):
 
 
 class OutputError(PathError):
-    """An output target that busi refuses to write (a device, a FIFO, a folder, an input) or
-    cannot write (a full disk, a closed stdout)."""
+    """An output target that busi refuses to write (a device, a FIFO, a folder, an input)."""
+
+    exit_code = 2
+
+
+class WriteError(OutputError):
+    """An output that could not be written (a full disk, a closed stdout): the run failed."""
+
+    exit_code = 1
+
+
+class UsageError(BusiError):
+    """Options that cannot be used together, or a value that makes no sense (exit 2)."""
 
     exit_code = 2
 
@@ -43,6 +72,39 @@ class DeviceError(BusiError):
     """The requested execution device cannot be used."""
 
     exit_code = 1
+
+
+class DataError(BusiError):
+    """A data folder (training or evaluation) cannot be used: one line naming the folder or file."""
+
+    exit_code = 2
+
+
+class WeightsUnavailable(BusiError):
+    """Backbone weights that cannot be downloaded or loaded."""
+
+    exit_code = 2
+
+
+class ExportError(BusiError):
+    """Export failed (a conversion, a checker or a parity gate), with a one-line reason."""
+
+    exit_code = 1
+
+
+class ExportUsageError(ExportError):
+    """A model folder that cannot be exported (missing, incomplete, unreadable)."""
+
+    exit_code = 2
+
+
+class Int8GateRefused(ExportError):
+    """Every INT8 calibration failed its gate: model.onnx is written, model.int8.onnx is not.
+    `figures` holds what each calibration measured."""
+
+    def __init__(self, message: str, figures: list[dict]):
+        super().__init__(message)
+        self.figures = figures
 
 
 class _ClosedStream:
@@ -121,8 +183,12 @@ def run_cli(app) -> None:
     except OutputError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.stderr.flush()
-        os._exit(e.exit_code if e.path != "stdout" else 1)  # no second flush into a full stdout at exit
+        os._exit(e.exit_code)  # no second flush into a full stdout at exit
     except BusiError as e:  # anything the command itself did not turn into a record
         sys.stderr.write(f"error: {e}\n")
         sys.exit(e.exit_code)
+    except OSError as e:  # a file system error no command foresaw: one line, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"error: {where}{e.strerror or e}\n")
+        sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
