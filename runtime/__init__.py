@@ -3,11 +3,12 @@
 Never imports TensorFlow. Research software, not a medical device.
 """
 
-from .contract import ModelInfo
+from .contract import ModelCard, ModelInfo, SegmenterInfo
+from .model_dir import ModelDir
 from .errors import BusiError, DeviceError, InputError, ModelError
 from .predictor import Failure, Prediction, Predictor, predict_breast_cancer
 
 __all__ = [
-    "BusiError", "DeviceError", "Failure", "InputError", "ModelError", "ModelInfo",
+    "BusiError", "DeviceError", "Failure", "InputError", "ModelCard", "ModelDir", "ModelError", "ModelInfo", "SegmenterInfo",
     "Prediction", "Predictor", "predict_breast_cancer",
 ]

@@ -1,7 +1,8 @@
 """`busi-infer`: classify breast ultrasound images with a busi ONNX model (no TensorFlow).
 
 Machine-readable output on stdout (or --out, written atomically), human notes on stderr.
-Exit 0: every image succeeded; 1: some failed (each still a record); 2: bad usage or model.
+Exit 0: every image succeeded; 1: some failed (each still a record), an output could not be
+written, or --device cuda cannot run; 2: bad usage or model (see busi.runtime.errors).
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from typing import List, Optional
 import typer
 
 from .atomic import output_target
-from .errors import BusiError, OutputError
+from .errors import OutputError, UsageError, WriteError
+from .log import verbosity_callback
+from .log import get as get_logger
 from .masks import mask_stem
+
+_LOG = get_logger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 DEFAULT_MODEL = Path("models/demo/model.onnx")
@@ -121,6 +126,8 @@ def infer(
     segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Segmenter .onnx for --mask auto (default: segmenter.onnx beside the model)."),
     explain: Optional[Path] = typer.Option(None, "--explain", help="Write a Grad-CAM overlay PNG of the predicted class per image into this folder."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML case report (images, Grad-CAM, probabilities)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail in the log (debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Errors only: no notices, no summary line."),
 ):
     """Classify breast ultrasound images as normal / benign / malignant.
 
@@ -131,21 +138,19 @@ def infer(
 
     # pydicom warns (on stderr) about each malformed value it meets; the record says it once
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$")
+    verbosity_callback(verbose, quiet)
 
     if mask is not None and roi is not None:
-        _die("give either --mask or --roi, not both")
+        raise UsageError("give either --mask or --roi, not both")
     model = model or DEFAULT_MODEL
-    try:
-        with low_peak_loading():
-            pred = Predictor(model, device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels,
-                             threshold=threshold, segmenter=segmenter, require_sha256=require_sha256,
-                             max_bytes=max_bytes)
-            if mask == "auto":
-                pred.segmenter  # load (and verify) it now: a missing segmenter is bad usage, not 100 failures
-        if (explain or report) and not pred.explainable:
-            _die(f"{model}: model has no Grad-CAM outputs (features, cam_weights); re-export it with busi-export")
-    except BusiError as e:
-        _die(str(e))
+    with low_peak_loading():
+        pred = Predictor(model, device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels,
+                         threshold=threshold, segmenter=segmenter, require_sha256=require_sha256,
+                         max_bytes=max_bytes)
+        if mask == "auto":
+            pred.segmenter  # load (and verify) it now: a missing segmenter is bad usage, not 100 failures
+    if (explain or report) and not pred.explainable:
+        raise UsageError(f"{model}: model has no Grad-CAM outputs (features, cam_weights); re-export it with busi-export")
     views = explain is not None or report is not None
     html = None
     if report is not None:
@@ -157,27 +162,21 @@ def infer(
     if roi is not None:
         from .predictor import parse_box
 
-        try:
-            mask_arg = parse_box(roi)
-        except BusiError as e:
-            _die(str(e))
+        mask_arg = parse_box(roi)
     files = expand_inputs(paths)
     if not files:
-        _die("no images found in " + ", ".join(paths))
+        raise UsageError("no images found in " + ", ".join(paths))
     # outputs never replace what is read: images, mask files, the models
     sources = [*files, model, *([mask] if mask not in (None, "auto", "none") else []),
                *([pred._segmenter] if isinstance(pred._segmenter, (str, Path)) else [])]
-    try:
-        out_final = output_target(out, sources) if out is not None else None
-        report_final = output_target(report, sources) if report is not None else None
-        if explain is not None and explain.exists() and not explain.is_dir():
-            raise OutputError(explain, "is not a directory (--explain takes a folder)")
-    except BusiError as e:
-        _die(str(e))
+    out_final = output_target(out, sources) if out is not None else None
+    report_final = output_target(report, sources) if report is not None else None
+    if explain is not None and explain.exists() and not explain.is_dir():
+        raise OutputError(explain, "is not a directory (--explain takes a folder)")
     t0 = time.time()
     records: list[dict] = []
     n_fail = 0
-    show_bar = sys.stderr.isatty() and len(files) > 1
+    show_bar = not quiet and sys.stderr.isatty() and len(files) > 1
     it = pred.iter_predict(files, mask_arg, batch_size=batch_size, threshold=threshold, tta=tta, frame=frame,
                            explain=views, keep_view=views)
     stream = out is None and fmt is Format.jsonl
@@ -185,7 +184,7 @@ def infer(
         d = r.to_dict()
         if "error" in d:
             n_fail += 1
-            typer.echo(f"error: {d['error']}", err=True)
+            sys.stderr.write(f"error: {d['error']}\n")
         records.append(d)
         if html is not None:
             html.add(r)
@@ -193,9 +192,7 @@ def infer(
             try:
                 _write_explanation(explain, r, written, sources)
             except OSError as e:
-                _die(f"{explain}: cannot write ({e.strerror or e})", 1)
-            except BusiError as e:
-                _die(str(e))
+                raise WriteError(explain, f"cannot write ({e.strerror or e})") from None
         if stream:
             emit(json.dumps(d) + "\n")
         if show_bar:
@@ -210,21 +207,20 @@ def infer(
         try:
             atomic_write_text(out_final, text)
         except OSError as e:
-            _die(f"{out}: cannot write ({e.strerror or e})", 1)
+            raise WriteError(out, f"cannot write ({e.strerror or e})") from None
     elif not stream:
         emit(text)
     if html is not None:
         try:
             html.write(report_final)
         except OSError as e:
-            _die(f"{report}: cannot write ({e.strerror or e})", 1)
+            raise WriteError(report, f"cannot write ({e.strerror or e})") from None
     dt = time.time() - t0
     ok = len(records) - n_fail
-    typer.echo(
+    _LOG.info(
         f"busi: {ok}/{len(records)} images classified in {dt:.2f}s on {pred.provider.replace('ExecutionProvider', '')}"
         + (f", {n_fail} failed" if n_fail else "") + (f"; output in {out}" if out else "")
-        + (f"; Grad-CAM overlays in {explain}" if explain else "") + (f"; report {report}" if report else ""),
-        err=True,
+        + (f"; Grad-CAM overlays in {explain}" if explain else "") + (f"; report {report}" if report else "")
     )
     raise typer.Exit(1 if n_fail else 0)
 
@@ -239,7 +235,7 @@ def emit(text: str) -> None:
         raise
     except (OSError, ValueError, AttributeError) as e:
         reason = getattr(e, "strerror", None) or "closed"
-        raise OutputError("stdout", f"cannot write the results ({reason}); use --out FILE") from None
+        raise WriteError("stdout", f"cannot write the results ({reason}); use --out FILE") from None
 
 
 def _write_explanation(folder: Path, r, written: set[str], sources=()) -> Path:
@@ -261,11 +257,6 @@ def _write_explanation(folder: Path, r, written: set[str], sources=()) -> Path:
         raise OSError(f"cannot encode {final}")
     atomic_write_bytes(final, png.tobytes())
     return final
-
-
-def _die(msg: str, code: int = 2):
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
 
 
 def main() -> None:

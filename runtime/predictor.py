@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +23,14 @@ import numpy as np
 from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, ModelInfo, check_graph_shape
 from .errors import BusiError, InputError, ModelError
 from .files import DEFAULT_MAX_BYTES
+from .log import get as get_logger
 from .imageio import Decoded, decode_image, read_image, read_mask, resize_mask, resize_rgb
 from .pixels import DEFAULT_MAX_PIXELS, check_min_side, check_pixel_limit, to_uint8
 from .masks import Box, box_mask, find_mask_files, model_mask
 from .session import create_session
 from .verify import verified_sha256
+
+_LOG = get_logger(__name__)
 
 if TYPE_CHECKING:
     from .segmenter import Segmenter
@@ -124,7 +126,7 @@ class Predictor:
         max_bytes: int = DEFAULT_MAX_BYTES,
     ):
         self.path = Path(model_path)
-        self._notice = notice or (lambda m: print(m, file=sys.stderr, flush=True))
+        self._notice = notice or _LOG.warning  # the "busi" log, unless the caller takes the notices
         self._noticed: set[str] = set()
         self._lock = threading.Lock()
         self.sha256 = verified_sha256(self.path, verify, require_sha256, self._notice)
@@ -160,11 +162,12 @@ class Predictor:
     def segmenter(self) -> "Segmenter":
         """The lesion segmenter for mask="auto": the one given, else `segmenter.onnx` beside
         the model (loaded once, on first use)."""
-        from .segmenter import SEGMENTER_FILE, Segmenter
+        from .model_dir import ModelDir
+        from .segmenter import Segmenter
 
         with self._lock:
             if not hasattr(self._segmenter, "find"):  # a Segmenter (or anything with its find()) is used as given
-                path = Path(self._segmenter) if self._segmenter is not None else self.path.with_name(SEGMENTER_FILE)
+                path = Path(self._segmenter) if self._segmenter is not None else ModelDir(self.path.parent).segmenter_onnx
                 if not path.exists():
                     raise ModelError(path, "no lesion segmenter for --mask auto (train one: busi-train segmenter, then busi-export)")
                 # the classifier's device choice holds for the segmenter too: no second probe or notice

@@ -20,7 +20,6 @@ from .masks import largest_component
 from .session import create_session
 from .verify import verified_sha256
 
-SEGMENTER_FILE = "segmenter.onnx"
 
 
 class Segmenter:

@@ -12,6 +12,9 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 import onnxruntime as ort
 
 from .errors import DeviceError, ModelError
+from .log import get as get_logger
+
+_LOG = get_logger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -131,7 +134,7 @@ def create_session(
     """
     if device not in DEVICES:
         raise DeviceError(f"unknown device {device!r} (choose {', '.join(DEVICES)})")
-    notice = notice or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    notice = notice or _LOG.warning
     so = session_options(cap_threads(threads, notice))
     if device == "cpu":
         return _load(model, so, [CPU]), CPU

@@ -15,6 +15,12 @@ from typing import Callable
 from .errors import ModelError
 from .files import read_regular, regular_stat
 
+
+def sidecar(path: str | Path) -> Path:
+    """`model.onnx` -> `model.onnx.sha256`: the digest that travels beside a file."""
+    p = Path(path)
+    return p.with_name(p.name + ".sha256")
+
 #: how an ONNX TensorProto names its external file: StringStringEntryProto key "location"
 #: (field 1, length 8), as every ONNX writer encodes it
 _EXTERNAL_DATA_KEY = b"\x0a\x08location"
@@ -66,7 +72,7 @@ def verified_sha256(path: Path, verify: bool = True, require: bool = False,
     if path.is_dir():
         raise ModelError(path, "is a folder; pass the .onnx file")
     regular_stat(path, ModelError, what="the .onnx file")
-    side = path.with_name(path.name + ".sha256")
+    side = sidecar(path)
     want = _sidecar_digest(side) if (verify or require) else None
     try:
         digest, external = _scan(path)

@@ -1,0 +1,76 @@
+"""Checks for the values of the busi contract (ONNX metadata and card): each failure is one
+ModelError that names the file and the key, so a tampered or damaged model is refused with a
+reason instead of being run with a wrong threshold or class order."""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+
+from .errors import ModelError
+
+
+def number(value, key: str, path: str | None, lo: float | None = None, hi: float | None = None) -> float:
+    """A finite number (bools and strings refused), within [lo, hi] when given."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ModelError(path, f"{key} is {value!r}, expected a finite number")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ModelError(path, f"{key} is {value!r}, outside [{lo:g}, {hi:g}]")
+    return float(value)
+
+
+def optional_number(value, key: str, path: str | None, lo: float | None = None, hi: float | None = None) -> float | None:
+    return None if value is None else number(value, key, path, lo, hi)
+
+
+def integer(value, key: str, path: str | None, lo: int, hi: int) -> int:
+    v = number(value, key, path, lo, hi)
+    if v != int(v):
+        raise ModelError(path, f"{key} is {value!r}, expected a whole number")
+    return int(v)
+
+
+def choice(value, key: str, path: str | None, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ModelError(path, f"{key} is {value!r}, expected one of {', '.join(allowed)}")
+    return value
+
+
+def mapping(value, key: str, path: str | None) -> dict:
+    if not isinstance(value, dict):
+        raise ModelError(path, f"{key} is {value!r}, expected a JSON object")
+    return value
+
+
+def optional_text(value, key: str, path: str | None) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ModelError(path, f"{key} is {value!r}, expected text")
+    return value
+
+
+def fractions(value, key: str, path: str | None) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ModelError(path, f"{key} is {value!r}, expected [width, height] as image fractions")
+    w, h = (number(v, key, path, 0.0, 1.0) for v in value)
+    if w <= 0 or h <= 0:
+        raise ModelError(path, f"{key} is {list(value)!r}, expected fractions above 0")
+    return w, h
+
+
+@contextmanager
+def malformed(path: str | None, what: str = "busi metadata"):
+    """Turn a missing field or a value of the wrong type into one ModelError naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ModelError(path, f"{what} is malformed ({type(e).__name__}: {e})") from None
+
+
+def decode_json(meta: dict[str, str], required: tuple[str, ...], optional: tuple[str, ...], path: str | None, what: str) -> dict:
+    """The JSON values of the contract's keys; ModelError naming what is missing or malformed."""
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise ModelError(path, f"not a busi {what}: metadata lacks {', '.join(missing)}")
+    with malformed(path):
+        return {k: json.loads(meta[k]) for k in required + optional if k in meta}
