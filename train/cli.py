@@ -8,7 +8,10 @@ from typing import Optional
 
 import typer
 
-from .dataset import DataError
+from busi.runtime.contract import MASK_SOURCES
+from busi.runtime.errors import DataError, UsageError
+from busi.runtime.log import verbosity_callback
+from busi.runtime.model_dir import ModelDir
 
 app = typer.Typer(
     add_completion=False,
@@ -18,9 +21,13 @@ app = typer.Typer(
 )
 
 
-def fail(msg: str, code: int = 2) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
+@app.callback()
+def _options(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail in the log (debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Errors only."),
+):
+    """Train and evaluate the busi masked ResNet50 (research software, not a medical device)."""
+    verbosity_callback(verbose, quiet)
 
 
 @app.command()
@@ -32,10 +39,7 @@ def phantoms(
     """Write synthetic B-mode breast ultrasound phantoms in the BUSI layout."""
     from .phantoms import write_phantoms
 
-    try:
-        counts = write_phantoms(out, per_class, seed)
-    except OSError as e:
-        fail(f"{out}: {e}", 1)
+    counts = write_phantoms(out, per_class, seed)
     typer.echo(f"wrote {sum(counts.values())} phantoms to {out} ({per_class} per class, seed {seed})", err=True)
 
 
@@ -48,10 +52,7 @@ def check_data(
     """Check a data folder: counts, multi-mask images, duplicates, conflicts, per-file problems."""
     from . import dataset as ds
 
-    try:
-        scan = ds.scan_folder(data)
-    except DataError as e:
-        fail(str(e))
+    scan = ds.scan_folder(data)
     ds.inspect(scan)
     ds.group_duplicates(scan, distance)
     s = ds.summary(scan)
@@ -71,7 +72,7 @@ def check_data(
         typer.echo("\n".join(out))
     if s["unusable"]:
         typer.echo(f"error: {s['unusable']}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1)  # the summary above is the answer; the verdict exits 1
 
 
 @app.command()
@@ -96,7 +97,6 @@ def fit(
     """Split the data (duplicate-aware), train the masked ResNet50, evaluate it on the test split."""
     from .fit import FitConfig
     from .fit import fit as run_fit
-    from .model import WeightsUnavailable
 
     cfg = FitConfig(
         data=str(data), out=str(out), weights=weights, freeze=freeze, mask_source=mask_source,
@@ -104,25 +104,15 @@ def fit(
         val_frac=val_frac, test_frac=test_frac, dup_distance=distance, keep_conflicts=keep_conflicts,
         augment=not no_augment,
     )
-    if mask_source not in ("box", "gt", "none"):
-        fail(f"--mask-source must be box, gt or none, not {mask_source!r}")
-    try:
-        path = run_fit(cfg)
-    except (DataError, WeightsUnavailable) as e:
-        fail(str(e))
-    except _input_errors() as e:
-        fail(str(e))
-    report = json.loads((path / "report.json").read_text())
+    if mask_source not in MASK_SOURCES:
+        raise UsageError(f"--mask-source must be {', '.join(MASK_SOURCES)}, not {mask_source!r}")
+    path = run_fit(cfg)
+    md = ModelDir(path)
+    report = json.loads(md.report_json.read_text())
     from .report import results_table
 
     typer.echo(results_table(report), err=True)
-    typer.echo(f"model: {path / 'model.keras'}\nreport: {path / 'report.md'}", err=True)
-
-
-def _input_errors():
-    from busi.runtime.errors import BusiError
-
-    return (BusiError,)
+    typer.echo(f"model: {md.keras}\nreport: {md.report_md}", err=True)
 
 
 @app.command()
@@ -140,23 +130,19 @@ def segmenter(
     no_augment: bool = typer.Option(False, "--no-augment", help="Switch augmentation off."),
 ):
     """Train the lesion segmenter for --mask auto (U-Net), report Dice/IoU, re-evaluate the classifier with auto."""
-    from .segmenter import SegConfig, train_segmenter
+    from .fit_segmenter import SegConfig, train_segmenter
 
     if image_size % 16:
-        fail(f"--image-size {image_size}: must be divisible by 16")
+        raise UsageError(f"--image-size {image_size}: must be divisible by 16")
     cfg = SegConfig(data=str(data), out=str(out), image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
                     patience=patience, seed=seed, threshold=threshold, min_area_frac=min_area, augment=not no_augment)
-    try:
-        path = train_segmenter(cfg)
-    except DataError as e:
-        fail(str(e))
-    except _input_errors() as e:
-        fail(str(e))
-    typer.echo(f"segmenter: {path / 'segmenter.keras'} (card {path / 'segmenter.json'})", err=True)
-    if (path / "report.json").is_file():
+    path = train_segmenter(cfg)
+    md = ModelDir(path)
+    typer.echo(f"segmenter: {md.segmenter_keras} (card {md.segmenter_card})", err=True)
+    if md.report_json.is_file():
         from .report import results_table
 
-        typer.echo(results_table(json.loads((path / "report.json").read_text())), err=True)
+        typer.echo(results_table(json.loads(md.report_json.read_text())), err=True)
 
 
 @app.command()
@@ -169,16 +155,11 @@ def evaluate(
     """Evaluate a trained model on every usable image of a BUSI-layout folder."""
     from .evaluate import evaluate_folder
 
-    try:
-        path = evaluate_folder(model_dir, data, out, seed)
-    except DataError as e:
-        fail(str(e))
-    except _input_errors() as e:
-        fail(str(e))
+    path = evaluate_folder(model_dir, data, out, seed)
     from .report import results_table
 
-    typer.echo(results_table(json.loads((path / "report.json").read_text())), err=True)
-    typer.echo(f"report: {path / 'report.md'}", err=True)
+    typer.echo(results_table(json.loads(ModelDir(path).report_json.read_text())), err=True)
+    typer.echo(f"report: {ModelDir(path).report_md}", err=True)
 
 
 @app.command()
@@ -189,13 +170,13 @@ def report(
     """Print the results table of a model folder (and write it into the README)."""
     from .report import results_table, segmenter_line, update_readme
 
-    rp = model_dir / "report.json"
+    rp = ModelDir(model_dir).report_json
     if not rp.is_file():
-        fail(f"{rp}: not found (train first: make train)")
+        raise DataError(f"{rp}: not found (train first: make train)")
     rep = json.loads(rp.read_text())
     typer.echo(results_table(rep) + "\n" + segmenter_line(rep))
     if readme is not None and not update_readme(readme, rep, str(model_dir)):
-        fail(f"{readme}: no results markers found")
+        raise UsageError(f"{readme}: no results markers found")
 
 
 def main() -> None:

@@ -16,17 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from busi.runtime.errors import InputError
+from busi.runtime.contract import CLASSES
+from busi.runtime.errors import DataError, InputError
 from busi.runtime.imageio import read_mask, read_rgb, resize_mask
 from busi.runtime.masks import mask_stem
 from busi.runtime.verify import sha256_file
 
-CLASSES = ("normal", "benign", "malignant")
 MANIFEST_FIELDS = ("path", "mask_paths", "label", "group", "split", "sha256")
-
-
-class DataError(Exception):
-    """The data folder cannot be used (exit 2): one line naming the folder or file."""
 
 
 @dataclass
@@ -156,14 +152,14 @@ def group_duplicates(scan: Scan, max_distance: int = 4) -> None:
 
 def unusable_reason(scan: Scan) -> str | None:
     """Why the data cannot be trained on, or None."""
-    usable = [s for s in scan.samples if not _blocking(s)]
+    usable = [s for s in scan.samples if not blocking(s)]
     labels = {s.label for s in usable}
     if len(labels) < 2:
         return f"{scan.root}: fewer than two classes have usable images"
     return None
 
 
-def _blocking(s: Sample) -> bool:
+def blocking(s: Sample) -> bool:
     return any(not p.startswith("warning") and p != "empty mask on a lesion class" for p in s.problems) or (
         s.phash is None
     )
@@ -201,7 +197,7 @@ def split(
         for i in g:
             group_of[i] = n + gi
     conflicting = {i for g in scan.conflicting_groups() for i in g}
-    usable = [i for i, s in enumerate(scan.samples) if not _blocking(s) and (s.masks or s.label == "normal")]
+    usable = [i for i, s in enumerate(scan.samples) if not blocking(s) and (s.masks or s.label == "normal")]
     assign: dict[int, str] = {}
     pool = []
     for i in usable:

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from busi.runtime.errors import DataError
+from busi.runtime.log import get as get_logger
+from busi.runtime.model_dir import ModelDir
+
 from . import dataset as ds
 from . import segmenter
-from .fit import evaluate_model, log
+from .evaluation import evaluate_model
+
+_LOG = get_logger(__name__)
 
 
 def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | None = None, seed: int = 0) -> Path:
-    model_dir = Path(model_dir)
-    for f in ("model.keras", "card.json"):
-        if not (model_dir / f).is_file():
-            raise ds.DataError(f"{model_dir / f}: not found (train first: busi-train fit)")
-    card = json.loads((model_dir / "card.json").read_text())
+    md = ModelDir(model_dir)
+    for f in (md.keras, md.card):
+        if not f.is_file():
+            raise DataError(f"{f}: not found (train first: busi-train fit)")
+    card = md.read_card()
+    info = card.info
     scan = ds.scan_folder(data)
     ds.inspect(scan)
     ds.group_duplicates(scan)
@@ -25,7 +31,7 @@ def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | N
     rows = []
     skipped = []
     for i, s in enumerate(scan.samples):
-        if i in conflicting or ds._blocking(s) or not (s.masks or s.label == "normal"):
+        if i in conflicting or ds.blocking(s) or not (s.masks or s.label == "normal"):
             skipped.append(s.path.relative_to(scan.root).as_posix())
             continue
         rows.append(
@@ -36,37 +42,35 @@ def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | N
             }
         )
     if not rows:
-        raise ds.DataError(f"{data}: no usable images to evaluate")
+        raise DataError(f"{data}: no usable images to evaluate")
     if skipped:
-        log(f"skipped {len(skipped)} images (label conflicts or problems): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
-    from ._tf import keras
-    from . import model as _m  # noqa: F401  (registers the custom layer)
+        _LOG.info(f"skipped {len(skipped)} images (label conflicts or problems): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+    from . import model as _model  # noqa: F401  (registers the custom layer)
+    from .backend import keras
     from .inputs import load_rows
     from .report import plots, write_report
 
-    size = card["architecture"]["input"]["size"]
-    arr = load_rows(data, rows, size)
-    sizes = np.array(card["training"].get("lesion_box_sizes") or [], np.int64).reshape(-1, 2)
-    model = keras.models.load_model(model_dir / "model.keras", compile=False)
-    op = card["operating_point"]
+    arr = load_rows(data, rows, info.input.size)
+    sizes = np.array(card.lesion_box_sizes, np.int64).reshape(-1, 2)
+    model = keras.models.load_model(md.keras, compile=False)
     extra, seg_metrics = {}, None
-    if (model_dir / segmenter.CARD_FILE).is_file():
-        seg_arr, probs, seg_card = segmenter.segment_split(model_dir, data, rows)
-        extra["auto"] = segmenter.auto_masks(arr, probs, card["architecture"]["mask"], seg_card)
-        seg_rows = segmenter.segmentation_rows(seg_arr, probs, "external", seg_card["threshold"], seg_card["min_area_frac"])
-        seg_metrics = segmenter.segmentation_metrics(seg_rows, seed) | {"file": segmenter.MODEL_FILE}
-    results, pred_rows = evaluate_model(model, arr, sizes, op["malignant_threshold"], seed, "external", extra_masks=extra)
+    if md.has_segmenter():
+        seg_arr, probs, seg_card = segmenter.segment_split(md, data, rows)
+        extra["auto"] = segmenter.auto_masks(arr, probs, info.mask, seg_card.info)
+        seg_rows = segmenter.segmentation_rows(seg_arr, probs, "external", seg_card.info.threshold, seg_card.info.min_area_frac)
+        seg_metrics = segmenter.segmentation_metrics(seg_rows, seed) | {"file": md.segmenter_keras.name}
+    results, pred_rows = evaluate_model(model, arr, sizes, info.malignant_threshold, seed, "external", extra_masks=extra)
     sha = {s.path.relative_to(scan.root).as_posix(): s.sha256 for s in scan.samples}
-    out = Path(out) if out else model_dir / f"eval-{Path(data).resolve().name}"
+    out = Path(out) if out else md.eval_dir(data)
     out.mkdir(parents=True, exist_ok=True)
     report = {
-        "model": model_dir.name,
+        "model": md.path.name,
         "data": str(data),
         "data_fingerprint": ds.fingerprint([{**r, "split": "external", "sha256": sha[r["path"]]} for r in rows]),
         "split": "external",
-        "weights": card["provenance"]["weights"],
-        "trained_mask_source": card["architecture"]["mask"]["source"],
-        "operating_point": op,
+        "weights": info.provenance.weights,
+        "trained_mask_source": info.mask.source,
+        "operating_point": info.operating_point.to_json(),
         "mask_sources": results,
         "skipped": skipped,
     }

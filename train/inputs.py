@@ -21,11 +21,11 @@ import numpy as np
 from busi.runtime.imageio import load_image, read_rgb, resize_mask, resize_rgb
 from busi.runtime.masks import bbox, box_mask, expand_box
 
-from .dataset import CLASSES, Sample, load_mask
+from busi.runtime.contract import BOX_MARGIN, CLASSES
 
-MASK_SOURCES = ("gt", "box", "none")
-EVAL_MARGIN = 0.10
-TRAIN_MARGIN = (0.0, 0.20)
+from .dataset import Sample, load_mask
+
+TRAIN_MARGIN = (0.0, 2 * BOX_MARGIN)
 
 
 @dataclass
@@ -113,7 +113,7 @@ def eval_masks(arr: Arrays, source: str, sizes: np.ndarray, seed: int = 0) -> np
     out = np.zeros(arr.gt.shape + (1,), np.float32)
     for i in range(len(arr)):
         rng = np.random.default_rng(_stable_seed(arr.paths[i], seed))
-        out[i, :, :, 0] = source_mask(source, arr.gt[i], rng, sizes, EVAL_MARGIN)
+        out[i, :, :, 0] = source_mask(source, arr.gt[i], rng, sizes, BOX_MARGIN)
     return out
 
 

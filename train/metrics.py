@@ -12,8 +12,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-CLASSES = ("normal", "benign", "malignant")
-MALIGNANT = CLASSES.index("malignant")
+from busi.runtime.contract import CLASSES, MALIGNANT
+
 TARGET_SENSITIVITY = 0.95
 ECE_BINS = 15
 BOOTSTRAP = 1000
@@ -86,22 +86,27 @@ def point_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict:
     }
 
 
-def bootstrap_ci(y: np.ndarray, proba: np.ndarray, threshold: float, seed: int, n: int = BOOTSTRAP) -> dict:
-    """95 % percentile bootstrap intervals (resampling cases, seeded)."""
+def bootstrap(stats, n_cases: int, seed: int, n: int = BOOTSTRAP) -> dict[str, list[float]]:
+    """95 % percentile bootstrap intervals (resampling cases, seeded) of every figure that
+    `stats(ix)` returns for a resample `ix` of the case indices; None figures are left out."""
+    import warnings
+
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {}
     for _ in range(n):
-        ix = rng.integers(0, len(y), len(y))
-        yb, pb = y[ix], proba[ix]
-        import warnings
-
+        ix = rng.integers(0, n_cases, n_cases)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            m = point_metrics(yb, pb, threshold)
+            m = stats(ix)
         for k, v in m.items():
             if v is not None:
                 draws.setdefault(k, []).append(v)
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in sorted(draws.items())}
+
+
+def bootstrap_ci(y: np.ndarray, proba: np.ndarray, threshold: float, seed: int, n: int = BOOTSTRAP) -> dict:
+    """95 % intervals of the point metrics of one mask source."""
+    return bootstrap(lambda ix: point_metrics(y[ix], proba[ix], threshold), len(y), seed, n)
 
 
 def evaluate(y: np.ndarray, proba: np.ndarray, threshold: float, seed: int = 0) -> dict:

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._tf import keras
+from busi.runtime.errors import WeightsUnavailable
+
+from .backend import keras
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
-CLASSES = ("normal", "benign", "malignant")
 LAST_CONV = "conv5_block3_out"
-
-
-class WeightsUnavailable(Exception):
-    pass
 
 
 @keras.saving.register_keras_serializable(package="busi")

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-CLASSES = ("normal", "benign", "malignant")
+from busi.runtime.contract import CLASSES
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._tf import keras, tf
+from .backend import keras, tf
 from .inputs import TRAIN_MARGIN, Arrays, source_mask
 
 

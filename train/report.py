@@ -40,7 +40,7 @@ def prediction_rows(paths: list[str], y: np.ndarray, proba: np.ndarray, split: s
     ]
 
 
-def _fmt(v, ci=None) -> str:
+def fmt(v, ci=None) -> str:
     if v is None:
         return "n/a"
     s = f"{v:.3f}"
@@ -69,7 +69,7 @@ def results_table(report: dict) -> str:
         for n in names:
             m = srcs[n]
             v = m.get(key)
-            cells.append(str(v) if key == "n" else _fmt(v, m["ci95"].get(key)))
+            cells.append(str(v) if key == "n" else fmt(v, m["ci95"].get(key)))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -81,9 +81,9 @@ def segmenter_line(report: dict) -> str:
         return ""
     ci = seg.get("ci95", {})
     return (
-        f"\nLesion segmenter on the same images: Dice {_fmt(seg['dice'], ci.get('dice'))}, IoU "
-        f"{_fmt(seg['iou'], ci.get('iou'))} over {seg['n_lesion']} lesion images; a lesion was found on "
-        f"{_fmt(seg['lesion_found_rate'])} of them and nothing on {_fmt(seg['normal_empty_rate'])} of the "
+        f"\nLesion segmenter on the same images: Dice {fmt(seg['dice'], ci.get('dice'))}, IoU "
+        f"{fmt(seg['iou'], ci.get('iou'))} over {seg['n_lesion']} lesion images; a lesion was found on "
+        f"{fmt(seg['lesion_found_rate'])} of them and nothing on {fmt(seg['normal_empty_rate'])} of the "
         f"{seg['n_normal']} normal images.\n"
     )
 
@@ -123,10 +123,10 @@ def report_markdown(report: dict) -> str:
             "",
             "| figure | value |",
             "|---|---|",
-            f"| Dice, mean over {seg['n_lesion']} lesion images | {_fmt(seg['dice'], ci.get('dice'))} |",
-            f"| IoU, mean over lesion images | {_fmt(seg['iou'], ci.get('iou'))} |",
-            f"| lesion images where a lesion was found | {_fmt(seg['lesion_found_rate'])} |",
-            f"| normal images where nothing was found ({seg['n_normal']}) | {_fmt(seg['normal_empty_rate'])} |",
+            f"| Dice, mean over {seg['n_lesion']} lesion images | {fmt(seg['dice'], ci.get('dice'))} |",
+            f"| IoU, mean over lesion images | {fmt(seg['iou'], ci.get('iou'))} |",
+            f"| lesion images where a lesion was found | {fmt(seg['lesion_found_rate'])} |",
+            f"| normal images where nothing was found ({seg['n_normal']}) | {fmt(seg['normal_empty_rate'])} |",
             "",
         ]
     lines += [
@@ -166,7 +166,8 @@ def plots(out: Path, report: dict, pred_rows: list[dict], history: list[dict]) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
+    from sklearn.calibration import CalibrationDisplay
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
     src = report["trained_mask_source"]
     rows = [r for r in pred_rows if r["split"] == report["split"] and r["mask_source"] == src]
@@ -179,24 +180,19 @@ def plots(out: Path, report: dict, pred_rows: list[dict], history: list[dict]) -
         plt.close(fig)
         atomic_write_bytes(out / name, buf.getvalue())
 
+    # scikit-learn's displays: the confusion matrix of the report itself, one-vs-rest ROC
+    # curves, and the top-label reliability diagram (whether the top class was right, against
+    # its probability: a binary question, which CalibrationDisplay answers)
     cm = np.array(report["mask_sources"][src]["confusion_matrix"])
     fig, ax = plt.subplots(figsize=(4, 3.6))
-    ax.imshow(cm, cmap="Blues")
-    for i in range(3):
-        for j in range(3):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black")
-    ax.set_xticks(range(3), CLASSES)
-    ax.set_yticks(range(3), CLASSES)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ConfusionMatrixDisplay(cm, display_labels=list(CLASSES)).plot(ax=ax, cmap="Blues", colorbar=False)
     ax.set_title(f"confusion matrix ({src} mask)")
     save(fig, "confusion_matrix.png")
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     for c, name in enumerate(CLASSES):
         if 0 < (y == c).sum() < len(y):
-            fpr, tpr, _ = roc_curve(y == c, P[:, c])
-            ax.plot(fpr, tpr, label=name)
+            RocCurveDisplay.from_predictions(y == c, P[:, c], ax=ax, name=name)
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
@@ -205,16 +201,7 @@ def plots(out: Path, report: dict, pred_rows: list[dict], history: list[dict]) -
     save(fig, "roc.png")
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    conf, correct = P.max(axis=1), P.argmax(axis=1) == y
-    edges = np.linspace(0, 1, 11)
-    mids, accs = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            mids.append(conf[sel].mean())
-            accs.append(correct[sel].mean())
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.plot(mids, accs, "o-")
+    CalibrationDisplay.from_predictions(P.argmax(axis=1) == y, P.max(axis=1), n_bins=10, ax=ax, name="top label")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability (ECE {report['mask_sources'][src]['ece']:.3f})")

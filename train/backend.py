@@ -8,13 +8,15 @@ that are not that chatter are passed on.
 
 import os
 import re
-import sys
 from contextlib import contextmanager
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from busi.runtime.log import get as get_logger  # noqa: E402
 from busi.runtime.session import captured_output  # noqa: E402
+
+_LOG = get_logger(__name__)
 
 _CHATTER = re.compile(r"^(WARNING: All log messages before absl|[IW]\d{4} |E\d{4} .*(cuInit|cuda|CUDA))")
 
@@ -30,7 +32,7 @@ def quiet():
     finally:
         for line in (out[0] if out else "").splitlines():
             if line.strip() and not _CHATTER.match(line):
-                print(line, file=sys.stderr)
+                _LOG.warning(line)
 
 
 with quiet():

@@ -1,0 +1,52 @@
+"""A Keras classifier on decoded arrays: predictions, metrics per mask source, the card's summary."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from busi.runtime.contract import MASK_SOURCES
+
+from .inputs import Arrays, eval_masks
+from .metrics import evaluate
+from .report import prediction_rows
+
+#: the figures of each mask source that the card (and the ONNX metadata) carries
+CARD_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_auc", "malignant_sensitivity", "malignant_specificity", "ece")
+SEGMENTER_CARD_KEYS = ("n_lesion", "dice", "iou", "lesion_found_rate", "normal_empty_rate")
+
+
+def predict(model, arr: Arrays, masks: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    from .pipeline import eval_inputs
+
+    return model.predict(eval_inputs(arr, masks), batch_size=batch_size, verbose=0).astype(np.float64)
+
+
+def evaluate_model(
+    model,
+    test: Arrays,
+    sizes: np.ndarray,
+    threshold: float,
+    seed: int,
+    split_name: str,
+    batch_size: int = 32,
+    extra_masks: dict[str, np.ndarray] | None = None,
+) -> tuple[dict, list[dict]]:
+    """Metrics for every mask source on the same images, plus their prediction rows.
+
+    `extra_masks` adds sources whose masks come from elsewhere (`auto`: the segmenter)."""
+    results, rows = {}, []
+    sources = {src: None for src in MASK_SOURCES} | dict(extra_masks or {})
+    for src, masks in sources.items():
+        masks = eval_masks(test, src, sizes, seed) if masks is None else masks
+        proba = predict(model, test, masks, batch_size)
+        results[src] = evaluate(test.labels, proba, threshold, seed)
+        rows += prediction_rows(test.paths, test.labels, proba, split_name, src)
+    return results, rows
+
+
+def card_metrics(report: dict) -> dict:
+    """The summary of report.json that the card (and the ONNX metadata) carries."""
+    out = {src: {k: m[k] for k in CARD_KEYS} for src, m in report["mask_sources"].items()}
+    if "segmenter" in report:
+        out["segmenter"] = {k: report["segmenter"][k] for k in SEGMENTER_CARD_KEYS}
+    return out

@@ -1,0 +1,142 @@
+"""`busi-train segmenter`: train the lesion segmenter for `--mask auto` on the classifier's split.
+
+`busi-train segmenter --data DIR --out MODEL_DIR` trains a small U-Net on the same manifest
+(and split) as the classifier in MODEL_DIR (normal images teach it to return an empty mask),
+measures Dice and IoU on the held-out split after the runtime's own post-processing, and then
+re-evaluates the classifier with mask source `auto` next to gt, box and none, so the report
+shows the two-stage pipeline end to end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from busi.runtime.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from busi.runtime.contract import SEGMENTER_MIN_AREA, SEGMENTER_THRESHOLD, DataInfo, InputSpec, Provenance, SegmenterCard, SegmenterInfo
+from busi.runtime.errors import DataError
+from busi.runtime.log import get as get_logger
+from busi.runtime.model_dir import ModelDir
+from busi.runtime.verify import sha256_file
+
+from . import dataset as ds
+from .callbacks import epoch_log
+from .inputs import load_rows
+from .provenance import git_commit, now
+from .report import fmt
+from .segmenter import build_segmenter, dice_bce_loss, predict_lesions, rows_csv, segmentation_metrics, segmentation_rows
+
+_LOG = get_logger(__name__)
+
+
+@dataclass
+class SegConfig:
+    data: str
+    out: str
+    image_size: int = 128
+    base_filters: int = 16
+    epochs: int = 60
+    batch_size: int = 16
+    lr: float = 1e-3
+    patience: int = 10
+    seed: int = 0
+    threshold: float = SEGMENTER_THRESHOLD
+    min_area_frac: float = SEGMENTER_MIN_AREA
+    augment: bool = True
+
+
+def _split_rows(cfg: SegConfig, md: ModelDir) -> list[dict]:
+    """The classifier's manifest when MODEL_DIR has one (checked against the files), else a
+    fresh duplicate-aware split written as MODEL_DIR/manifest.csv."""
+    mp = md.manifest
+    if mp.is_file():
+        rows = ds.read_manifest(mp)
+        root = Path(cfg.data)
+        for r in rows:
+            p = root / r["path"]
+            if not p.is_file() or sha256_file(p) != r["sha256"]:
+                raise DataError(f"{p}: missing or changed since {mp} was written; pass the classifier's --data")
+        _LOG.info("using the classifier's split from %s", mp)
+        return rows
+    from .fit import FitConfig, prepare_split
+
+    _, rows = prepare_split(FitConfig(data=cfg.data, out=cfg.out, seed=cfg.seed))
+    md.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(mp, ds.manifest_bytes(rows))
+    return rows
+
+
+def train_segmenter(cfg: SegConfig) -> Path:
+    md = ModelDir(cfg.out)
+    out = md.path
+    t0 = time.time()
+    rows = _split_rows(cfg, md)
+    size = cfg.image_size
+    part = {p: [r for r in rows if r["split"] == p] for p in ("train", "val", "test")}
+    _LOG.info("segmenter split: " + ", ".join(f"{p} {len(v)}" for p, v in part.items()) + f"; {size} px")
+
+    from .backend import keras, seed_everything
+    from .pipeline import train_dataset
+
+    seed_everything(cfg.seed)
+    arrays = {p: load_rows(cfg.data, v, size) for p, v in part.items()}
+    model = build_segmenter(size, cfg.base_filters)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr), loss=dice_bce_loss)
+    _LOG.info(f"segmenter: U-Net, {model.count_params():,} parameters")
+    # the classifier's tf.data pipeline with ground-truth masks: one joint geometry for both
+    train_ds = train_dataset(arrays["train"], "gt", np.zeros((0, 2)), cfg.batch_size, cfg.seed, cfg.augment)
+    train_ds = train_ds.map(lambda x, y: (x["image"], x["mask"]))
+    val = arrays["val"]
+    val_xy = (val.images.astype(np.float32), val.gt[..., None].astype(np.float32))
+    hist = model.fit(
+        train_ds,
+        validation_data=val_xy,
+        epochs=cfg.epochs,
+        callbacks=[
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
+            epoch_log(keras, cfg.epochs),
+        ],
+        shuffle=False,  # the tf.data pipeline shuffles (seeded) itself
+        verbose=0,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(md.segmenter_keras, suffix=".keras") as tmp:
+        model.save(tmp)
+
+    seg_rows = []
+    for split in ("val", "test"):
+        probs = predict_lesions(model, arrays[split].images, cfg.batch_size)
+        seg_rows += segmentation_rows(arrays[split], probs, split, cfg.threshold, cfg.min_area_frac)
+    metrics = {s: segmentation_metrics([r for r in seg_rows if r["split"] == s], cfg.seed) for s in ("val", "test")}
+    atomic_write_text(md.segmentation, rows_csv(seg_rows))
+    fingerprint = ds.fingerprint(rows)
+    card = SegmenterCard(
+        info=SegmenterInfo(
+            input=InputSpec(size),
+            threshold=cfg.threshold,
+            min_area_frac=cfg.min_area_frac,
+            metrics=metrics["test"],
+            provenance=Provenance(data_fingerprint=fingerprint, split_seed=cfg.seed, git_commit=git_commit(), trained=now()),
+        ),
+        name=out.name,
+        architecture={"type": "U-Net", "depth": 4, "base_filters": cfg.base_filters, "parameters": model.count_params(),
+                      "output": "lesion probability (sigmoid)"},
+        training={**{k: v for k, v in asdict(cfg).items() if k != "out"}, "epochs_run": len(hist.history["loss"]),
+                  "loss": "binary cross-entropy + soft Dice", "seconds": round(time.time() - t0, 1)},
+        data=DataInfo(root=str(cfg.data), fingerprint=fingerprint),
+        metrics_val=metrics["val"],
+    )
+    card.write(md.segmenter_card)
+    m = metrics["test"]
+    _LOG.info(
+        f"segmenter on the test split: Dice {fmt(m['dice'])} IoU {fmt(m['iou'])} over {m['n_lesion']} lesion images, "
+        f"lesion found on {fmt(m['lesion_found_rate'])}, nothing found on {fmt(m['normal_empty_rate'])} of {m['n_normal']} normal images"
+    )
+    if md.keras.is_file() and md.card.is_file() and md.report_json.is_file():
+        from .auto_eval import add_auto_to_report
+
+        add_auto_to_report(out)
+    return out
