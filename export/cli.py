@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from busi.runtime.log import verbosity_callback
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -17,30 +19,24 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="Also write model.int8.onnx (static QDQ, per-channel), if it passes its gate."),
     calibration_images: int = typer.Option(256, "--calibration-images", min=1, help="Training-split images (with their masks) used to calibrate INT8."),
     allow_int8_refusal: bool = typer.Option(False, "--allow-int8-refusal", help="Exit 0 when only the INT8 gate refuses (FP32 written, figures in the card)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail in the log (debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Errors only."),
 ):
     """Convert MODEL_DIR/model.keras to a self-describing ONNX file and prove parity.
 
     Exit 0 ok; 1 a gate failed (nothing written at the final path); 2 bad model folder.
     """
-    from .convert import ExportError, Int8GateRefused, export as run_export
+    from .convert import export as run_export
 
-    try:
-        facts = run_export(model_dir, opset=opset, tolerance=tolerance, int8=int8, calibration_images=calibration_images)
-    except ExportError as e:
-        if allow_int8_refusal and isinstance(e, Int8GateRefused):
-            typer.echo(f"note: {e}", err=True)
-            return
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(e.exit_code)
-    except OSError as e:
-        typer.echo(f"error: {model_dir}: {e}", err=True)
-        raise typer.Exit(1)
+    verbosity_callback(verbose, quiet)
+    facts = run_export(model_dir, opset=opset, tolerance=tolerance, int8=int8, calibration_images=calibration_images,
+                       int8_optional=allow_int8_refusal)
     p = facts["parity"]
-    msg = f"{model_dir / facts['onnx']}: parity max abs diff {p['max_abs_diff']:.2e}, argmax agreement {p['argmax_agreement']:.4f}"
-    if "int8" in facts:
+    msg = f"{model_dir / facts['file']}: parity max abs diff {p['max_abs_diff']:.2e}, argmax agreement {p['argmax_agreement']:.4f}"
+    if "file" in facts.get("int8", {}):
         msg += f"; {facts['int8']['file']}: argmax agreement {facts['int8']['argmax_agreement']:.4f}"
     if "segmenter" in facts:
-        msg += f"; {facts['segmenter']['onnx']}: parity max abs diff {facts['segmenter']['parity']['max_abs_diff']:.2e}"
+        msg += f"; {facts['segmenter']['file']}: parity max abs diff {facts['segmenter']['parity']['max_abs_diff']:.2e}"
     typer.echo(msg, err=True)
 
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from busi.runtime.atomic import atomic_path
-from busi.runtime.contract import OUTPUT_NAME
+from busi.runtime.contract import MALIGNANT, OUTPUT_NAME, ModelInfo
+from busi.runtime.errors import Int8GateRefused
+from busi.runtime.log import get as get_logger
 from busi.runtime.session import captured_output
 
-from .convert import Int8GateRefused, log, ort_session, set_metadata, write_sha256
+from .onnx_io import ort_session, remove_with_sidecar, write_model
+
+_LOG = get_logger(__name__)
 
 MIN_AGREEMENT = 0.99
 BACKBONE_OPS = ["Conv", "Add", "MaxPool"]
@@ -55,19 +59,19 @@ def _fmt(v: float | None) -> str:
 
 
 def _split_arrays(md, split: str, limit: int | None = None):
+    """A split of the model folder's manifest, decoded, with the masks of the trained source."""
     from busi.train.dataset import read_manifest
     from busi.train.inputs import eval_masks, lesion_sizes, load_rows
 
-    manifest = read_manifest(md.path / "manifest.csv")
-    root = md.card["data"]["root"]
+    manifest = read_manifest(md.dir.manifest)
+    root = md.card.data.root
     train = load_rows(root, [r for r in manifest if r["split"] == "train"][: limit or None], md.size)
     sizes = lesion_sizes(train.gt)
-    source = md.card["architecture"]["mask"]["source"]
     if split == "train":
         arr = train
     else:
         arr = load_rows(root, [r for r in manifest if r["split"] == split], md.size)
-    return arr, eval_masks(arr, source, sizes, md.card["training"]["seed"]).astype(np.float32)
+    return arr, eval_masks(arr, md.card.info.mask.source, sizes, md.card.seed).astype(np.float32)
 
 
 def _run(session, images, masks, batch: int = 16) -> np.ndarray:
@@ -79,14 +83,12 @@ def _run(session, images, masks, batch: int = 16) -> np.ndarray:
 
 
 def _sensitivity(y, p_mal, t) -> float | None:
-    pos = y == 2
+    pos = y == MALIGNANT
     return float((p_mal[pos] >= t).mean()) if pos.any() else None
 
 
-def quantize_gated(md, fp32_path: Path, props: dict[str, str], calibration_images: int, method: str | None = None) -> dict:
+def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int, method: str | None = None) -> dict:
     """Quantize, then gate on the held-out split. Writes model.int8.onnx only when it passes."""
-    import json
-
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -97,8 +99,8 @@ def quantize_gated(md, fp32_path: Path, props: dict[str, str], calibration_image
     fp32 = ort_session(str(fp32_path))
     p32 = _run(fp32, test_arr.images, test_masks)
     y = test_arr.labels
-    t = float(md.card["operating_point"]["malignant_threshold"])
-    sens32 = _sensitivity(y, p32[:, 2], t)
+    t = info.malignant_threshold
+    sens32 = _sensitivity(y, p32[:, MALIGNANT], t)
     methods = [method] if method else ["MinMax", "Percentile", "Entropy"]
     tried = []
     with tempfile.TemporaryDirectory() as td:
@@ -138,10 +140,10 @@ def quantize_gated(md, fp32_path: Path, props: dict[str, str], calibration_image
                 msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
                 tried.append({"calibration": name, "error": msg, "argmax_agreement": 0.0, "passed": False,
                               "malignant_sensitivity_fp32": sens32, "malignant_sensitivity_int8": None})
-                log(f"int8 ({name}): quantization failed ({msg}) -> fail")
+                _LOG.info(f"int8 ({name}): quantization failed ({msg}) -> fail")
                 continue
             agree = float((p8.argmax(1) == p32.argmax(1)).mean())
-            sens8 = _sensitivity(y, p8[:, 2], t)
+            sens8 = _sensitivity(y, p8[:, MALIGNANT], t)
             drop = (sens32 - sens8) if (sens32 is not None and sens8 is not None) else 0.0
             fig = {
                 "calibration": name,
@@ -154,23 +156,17 @@ def quantize_gated(md, fp32_path: Path, props: dict[str, str], calibration_image
             }
             fig["passed"] = bool(agree >= MIN_AGREEMENT and drop <= MAX_SENSITIVITY_DROP + 1e-12)
             tried.append(fig)
-            log(
+            _LOG.info(
                 f"int8 ({name}): argmax agreement {agree:.4f} (gate >= {MIN_AGREEMENT}), malignant sensitivity "
                 f"{_fmt(sens8)} vs fp32 {_fmt(sens32)} (max drop {MAX_SENSITIVITY_DROP}) -> {'pass' if fig['passed'] else 'fail'}"
             )
             if fig["passed"]:
-                m = onnx.load(str(q))
-                qprops = dict(props)
-                qprops["busi.quantization"] = json.dumps({**fig, "format": "QDQ", "per_channel": True, "type": "int8", "activations": "uint8", "weights": "int8", "quantized_ops": BACKBONE_OPS}, sort_keys=True)
-                set_metadata(m, qprops)
-                final = fp32_path.with_name("model.int8.onnx")
-                with atomic_path(final, suffix=".onnx") as tmp:
-                    onnx.save(m, tmp)
-                digest = write_sha256(final)
-                log(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB) in {time.time() - t0:.0f}s")
-                return {**fig, "file": final.name, "sha256": digest, "bytes": final.stat().st_size, "tried": tried}
-    for stale in (fp32_path.with_name("model.int8.onnx"), fp32_path.with_name("model.int8.onnx.sha256")):
-        stale.unlink(missing_ok=True)
+                quant = {**fig, "format": "QDQ", "per_channel": True, "type": "int8", "activations": "uint8",
+                         "weights": "int8", "quantized_ops": BACKBONE_OPS}
+                facts = write_model(onnx.load(str(q)), md.dir.int8, replace(info, quantization=quant).to_metadata())
+                _LOG.info("int8 model done in %.0fs", time.time() - t0)
+                return {**fig, **facts, "tried": tried}
+    remove_with_sidecar(md.dir.int8)
     best = max(tried, key=lambda f: f["argmax_agreement"])
     raise Int8GateRefused(
         f"INT8 gate failed for every calibration ({', '.join(m for m in methods)}): best argmax agreement "
