@@ -19,12 +19,13 @@ DEMO_ARGS ?= --weights none --image-size 96 --epochs 30
 SEG_ARGS  ?=
 DEMO_SEG_ARGS ?= --image-size 64
 
-.PHONY: install data train segmenter export demo test fuzz bench clean help
+.PHONY: install data train segmenter export demo test test-fast fuzz bench clean help
 FUZZ_EXAMPLES ?= 20000
 
 help:
 	@echo "make demo   - phantoms -> train -> report -> ONNX export -> busi-infer (minutes, CPU)"
 	@echo "make test   - the test suite"
+	@echo "make test-fast - the tests that need no trained model (-m 'not slow'; about 3 min)"
 	@echo "make fuzz   - property-based fuzzing of the decoders and the API (FUZZ_EXAMPLES=20000)"
 	@echo "make train DATA=/path/to/Dataset_BUSI_with_GT [WEIGHTS=imagenet|none|file.h5] [OUT=models/busi]"
 	@echo "make segmenter DATA=... OUT=...   (lesion segmenter for --mask auto, on the classifier's split)"
@@ -75,12 +76,16 @@ demo: $(BIN)/.installed $(DEMO_DATA)/.done
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
+# everything that does not need the trained model folder (tests marked slow are left out)
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
+
 # the property-based fuzz tests with many more (random) examples than the suite's fixed 300
 fuzz: $(BIN)/.installed
 	BUSI_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) BUSI_FUZZ_RANDOM=1 $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 bench: $(BIN)/.installed
-	$(BIN)/busi-bench $(OUT)
+	$(BIN)/python bench/run.py $(OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO_DATA) $(DEMO_DATA)-new models/demo .pytest_cache

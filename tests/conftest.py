@@ -8,28 +8,23 @@ floor on held-out phantoms.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = Path(__file__).resolve().parent / "data" / "busi-sample"
-BIN = Path(sys.executable).parent
-PER_CLASS = 16
+from helpers import PER_CLASS, SAMPLE, cli
 
 
-def cli(name: str, *args, check: bool = True, timeout: int = 900, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    """Run one of the project's console scripts as a user would."""
-    e = dict(os.environ)
-    e.update(env or {})
-    r = subprocess.run([str(BIN / name), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{name} {' '.join(map(str, args))} -> {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}")
-    return r
+SLOW_FIXTURES = {"trained", "exported", "model_copy", "predictor"}
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs the trained model folder (minutes to build) is `slow`: `make test-fast`
+    (`-m "not slow"`) runs the rest."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""`busi-bench --quick`: a smoke test that the table and bench.json are produced and
+"""`bench/run.py --quick` (what `make bench` runs): a smoke test that the table and bench.json are produced and
 well-formed. Speed is measured by `make bench`, never asserted here."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 
-from conftest import cli
+from helpers import bench
 
 ROWS = ["keras vs ort, batch 1", "keras vs ort, batch 8", "end to end", "folder", "cold start", "memory",
         "training input", "sizes"]
@@ -14,7 +14,7 @@ ROWS = ["keras vs ort, batch 1", "keras vs ort, batch 8", "end to end", "folder"
 
 def test_bench_quick_writes_a_table_and_json(exported, tmp_path):
     out = tmp_path / "bench.json"
-    r = cli("busi-bench", exported, "--quick", "--size", "0", "--out", out)
+    r = bench(exported, "--quick", "--size", "0", "--out", out)
     res = json.loads(out.read_text())
     assert res["quick"] is True and res["input_size"] == 64
     assert res["machine"]["cpu"] and res["machine"]["cores"] >= 1 and res["machine"]["onnxruntime"]

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from busi.train import dataset as ds
-from conftest import cli
+from helpers import bench, cli
 
 
 def test_check_data_on_the_real_sample(sample):
@@ -135,10 +135,10 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path):
         ("busi-infer", ["x.png", "--batch-size", "abc"], "--batch-size"),
         ("busi-infer", ["x.png", "--bogus"], "--bogus"),
         ("busi-export", [], "model_dir"),
-        ("busi-bench", [tmp_path, "--size", "x"], "--size"),
+        ("bench", [tmp_path, "--size", "x"], "--size"),
     ]
     for name, args, what in cases:
-        r = cli(name, *args, check=False)
+        r = bench(*args, check=False) if name == "bench" else cli(name, *args, check=False)
         assert r.returncode == 2 and r.stdout == "", (name, args, r.stderr)
         # one line, naming the option, no boxed panel, no traceback
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and what in r.stderr, (name, r.stderr)

@@ -12,7 +12,7 @@ from pydicom.uid import JPEG2000Lossless
 
 from busi.runtime.errors import InputError
 from busi.runtime.imageio import read_rgb
-from conftest import cli
+from helpers import cli
 from hostile import dicom as make_dicom
 
 

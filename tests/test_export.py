@@ -9,13 +9,14 @@ import zipfile
 import onnx
 import pytest
 
-from busi.runtime.contract import ModelInfo
-from conftest import cli
+from busi.runtime.contract import CONTRACT_VERSION, ModelCard, ModelInfo
+from helpers import cli
 
 
 def test_export_passes_the_gate_and_round_trips_metadata(exported):
     path = exported / "model.onnx"
-    card = json.loads((exported / "card.json").read_text())
+    card = ModelCard.load(exported / "card.json")
+    raw = json.loads((exported / "card.json").read_text())
     side = (exported / "model.onnx.sha256").read_text().split()
     assert side == [hashlib.sha256(path.read_bytes()).hexdigest(), "model.onnx"]
     m = onnx.load(str(path))
@@ -27,20 +28,22 @@ def test_export_passes_the_gate_and_round_trips_metadata(exported):
     assert m.producer_name == "busi" and "not a medical device" in m.doc_string
     meta = {p.key: p.value for p in m.metadata_props}
     info = ModelInfo.from_metadata(meta)
+    assert info == card.info  # the ONNX file carries the card's contract, field for field
+    assert json.loads(meta["busi.contract_version"]) == CONTRACT_VERSION == info.version
     assert info.classes == ("normal", "benign", "malignant")
     assert info.input.size == 64 and info.input.resize == "area" and info.input.range == (0, 255)
     assert info.mask.source == "box" and info.mask.mode == "multiply"
-    assert info.malignant_threshold == card["operating_point"]["malignant_threshold"]
-    assert info.metrics == card["metrics"]
-    assert info.provenance["data_fingerprint"] == card["data"]["fingerprint"]
-    assert set(info.provenance["versions"]) == {"tensorflow", "tf2onnx", "onnx"}
-    par = card["export"]["parity"]
+    assert info.malignant_threshold == raw["operating_point"]["malignant_threshold"]
+    assert info.metrics == raw["metrics"]
+    assert info.provenance.data_fingerprint == raw["data"]["fingerprint"] == card.data.fingerprint
+    assert {"tensorflow", "tf2onnx", "onnx"} <= set(info.provenance.versions) and info.provenance.exported
+    par = raw["export"]["parity"]
     assert par["passed"] and par["max_abs_diff"] <= 1e-4 and par["argmax_agreement"] == 1.0
     assert par["inputs"] >= 32 + 2 + 2 + 1 + 7
-    assert info.parity["max_abs_diff"] == par["max_abs_diff"]
-    assert par["gradcam_rel_diff"] <= 1e-4 and info.parity["gradcam_rel_diff"] == par["gradcam_rel_diff"]
-    assert info.mask.placeholder == tuple(card["architecture"]["mask"]["placeholder"])
-    assert card["export"]["sha256"] == side[0]
+    assert info.parity.max_abs_diff == par["max_abs_diff"]
+    assert par["gradcam_rel_diff"] <= 1e-4 and info.parity.gradcam_rel_diff == par["gradcam_rel_diff"]
+    assert info.mask.placeholder == tuple(raw["mask"]["placeholder"])
+    assert raw["export"]["sha256"] == side[0] and raw["export"]["file"] == "model.onnx"
 
 
 def test_int8_passes_or_refuses_with_figures(exported):
@@ -63,8 +66,8 @@ def _quant_setup(model_copy):
     from busi.export.convert import load_model_dir
 
     md = load_model_dir(model_copy)
-    props = {p.key: p.value for p in onnx.load(str(model_copy / "model.onnx")).metadata_props}
-    return md, props
+    info = ModelInfo.from_metadata({p.key: p.value for p in onnx.load(str(model_copy / "model.onnx")).metadata_props})
+    return md, info
 
 
 def test_int8_gate_refuses_and_keeps_only_fp32(model_copy, monkeypatch):
@@ -126,7 +129,7 @@ def test_bad_model_folders(tmp_path, trained):
     other = tmp_path / "other_inputs"
     other.mkdir()
     (other / "card.json").write_text((trained / "card.json").read_text())
-    from busi.train._tf import keras
+    from busi.train.backend import keras
 
     x = keras.Input((8, 8, 3), name="pixels")
     keras.Model(x, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(x))).save(other / "model.keras")

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from busi.runtime import Predictor
 from busi.runtime.errors import InputError, ModelError
 from busi.runtime.imageio import read_image, read_rgb
-from conftest import BIN, cli
+from helpers import BIN, cli
 from hostile import corpus, deflated_bomb, dicom, exif_jpeg, jpeg_bytes, jpeg_declaring, palette_dicom
 
 ROI = "10,10,50,50"

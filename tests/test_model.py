@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from busi.train._tf import keras
+from busi.train.backend import keras
 from busi.train.model import WeightsUnavailable, build_classifier, trainable_count
 
 

@@ -16,10 +16,10 @@ import onnx
 import pytest
 
 from busi.runtime import Predictor
-from busi.runtime.contract import SegmenterInfo
+from busi.runtime.contract import SegmenterCard, SegmenterInfo
 from busi.runtime.imageio import read_mask
 from busi.runtime.segmenter import Segmenter
-from conftest import SAMPLE, cli
+from helpers import SAMPLE, cli
 
 #: Dice floor for the segmenter on held-out phantoms. A segmenter that learned nothing finds
 #: no lesion (Dice 0) or marks the whole image (Dice about 0.05: phantom lesions cover 1-5 %
@@ -65,6 +65,7 @@ def test_segmenter_is_exported_with_its_own_contract(exported):
     seg_card = json.loads((exported / "segmenter.json").read_text())
     assert info.input.size == seg_card["input"]["size"] == 64 and info.threshold == seg_card["threshold"]
     assert info.metrics == seg_card["metrics"]
+    assert info == SegmenterCard.load(exported / "segmenter.json").info  # the file carries the card's contract
     par = card["export"]["segmenter"]["parity"]
     assert par["passed"] and par["max_abs_diff"] <= 1e-4 and par["pixel_flips"] == 0 and par["inputs"] >= 32 + 2 + 1 + 7
     # the classifier refuses to load a segmenter as a classifier, and the other way round
@@ -173,7 +174,7 @@ def test_report_auto_figures_are_what_the_runtime_computes(exported, phantoms, p
 
 def test_grad_cam_without_tensorflow_matches_gradient_tape(exported, phantoms, predictor):
     from busi.train import model as _m  # noqa: F401
-    from busi.train._tf import keras, tf
+    from busi.train.backend import keras, tf
 
     km = keras.models.load_model(exported / "model.keras", compile=False)
     feats = keras.Model(km.input, km.get_layer("conv5_block3_out").output)

@@ -19,7 +19,7 @@ import pytest
 
 from busi.runtime import Predictor, predict_breast_cancer
 from busi.runtime.errors import DeviceError, ModelError
-from conftest import PER_CLASS, ROOT, cli
+from helpers import PER_CLASS, ROOT, bench_module, cli
 
 
 def infer(*args, check=False, **kw):
@@ -36,7 +36,7 @@ def lesion_images(phantoms, n=3):
 
 
 def test_predict_breast_cancer_matches_keras(exported, phantoms, predictor):
-    from busi.train._tf import keras
+    from busi.train.backend import keras
     from busi.train import model as _m  # noqa: F401
     from busi.train.inputs import load_rows
 
@@ -340,9 +340,7 @@ def test_base_install_in_a_fresh_venv_runs_busi_infer(exported, phantoms, tmp_pa
     py = venv / "bin" / "python"
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
-    from busi.bench import dist_closure
-
-    closure = dist_closure()
+    closure = bench_module().dist_closure()
     names = sorted(d.metadata["Name"].lower() for d in closure)
     assert not {"tensorflow", "keras", "tf2onnx", "scikit-learn", "onnx"} & set(names), names
     for dist in closure:
@@ -380,3 +378,20 @@ def test_base_install_in_a_fresh_venv_runs_busi_infer(exported, phantoms, tmp_pa
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["class"] in ("normal", "benign", "malignant")
+
+
+def test_quiet_verbose_and_the_exit_code_of_a_device_that_cannot_run(exported, phantoms):
+    """-q leaves only the results (no notices, no summary); the default shows the summary
+    through the busi log; --device cuda without a working CUDA is DeviceError, exit 1."""
+    img = phantoms / "benign" / "benign (1).png"
+    base = [img, "--model", exported / "model.onnx", "--roi", "10,10,30,20"]
+    loud = infer(*base, "-v")
+    quiet = infer(*base, "-q")
+    assert loud.returncode == quiet.returncode == 0
+    assert quiet.stderr == "" and json.loads(quiet.stdout) == json.loads(loud.stdout)
+    assert "busi: 1/1 images classified" in loud.stderr
+    r = infer(*base, "--device", "cuda")
+    if r.returncode == 0:
+        pytest.skip("CUDA runs on this machine")
+    errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 1 and len(errs) == 1 and "--device cuda" in errs[0] and r.stdout == ""

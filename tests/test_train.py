@@ -11,11 +11,11 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
-from conftest import BIN
-
-CLASSES = ["normal", "benign", "malignant"]
+from busi.runtime.contract import BOX_MARGIN, CLASSES, CONTRACT_VERSION, ModelCard
+from helpers import BIN
 
 
 def read_predictions(model_dir):
@@ -37,10 +37,13 @@ def test_fit_writes_the_model_folder(trained):
         assert (trained / name).is_file() and (trained / name).stat().st_size > 0, name
     assert not (trained / ".backup").exists()
     assert not [p for p in trained.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
-    card = json.loads((trained / "card.json").read_text())
-    assert card["architecture"]["mask"]["source"] == "box"
-    assert card["training"]["weights"] == "none" and card["architecture"]["input"]["size"] == 64
-    assert "not a medical device" in " ".join(card["not_for"])
+    raw = json.loads((trained / "card.json").read_text())
+    assert raw["contract_version"] == CONTRACT_VERSION and raw["mask"]["source"] == "box"
+    card = ModelCard.load(trained / "card.json")
+    assert card.to_json() == raw  # the typed card is the whole file
+    assert card.info.mask.source == "box" and card.info.mask.box_margin == BOX_MARGIN
+    assert card.training["weights"] == "none" and card.info.input.size == 64
+    assert "not a medical device" in " ".join(card.not_for)
     history = list(csv.DictReader(open(trained / "history.csv")))
     assert [int(h["epoch"]) for h in history] == [0, 1]
     md = (trained / "report.md").read_text()
@@ -103,7 +106,7 @@ def test_every_report_figure_recomputes_from_predictions_csv(trained):
 
 
 def test_readme_table_comes_from_the_report(trained, tmp_path):
-    from conftest import cli
+    from helpers import cli
 
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\nend\n")
@@ -114,6 +117,7 @@ def test_readme_table_comes_from_the_report(trained, tmp_path):
     assert f"{acc:.3f}" in text
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes(phantoms, tmp_path):
     out = tmp_path / "resume"
     cmd = [str(BIN / "busi-train"), "fit", "--data", str(phantoms), "--out", str(out), "--weights", "none",

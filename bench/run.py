@@ -1,6 +1,8 @@
-"""`busi-bench MODEL_DIR`: speed, memory and size, side by side in one run, as ratios.
+"""`make bench` (`python bench/run.py MODEL_DIR`): speed, memory and size, side by side in one
+run, as ratios.
 
-Needs the `[train]` extra (it times Keras too). Every figure: median and spread (min, max)
+Not part of the runtime package a scanner installs: it lives beside the project, needs the
+`[train]` extra (it times Keras too) and a model folder from `make demo`. Every figure: median and spread (min, max)
 over N runs after warm-up. Writes a Markdown table to stdout and `bench.json`.
 """
 
@@ -16,12 +18,22 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import typer
+
+from busi.runtime.atomic import atomic_write_text
+from busi.runtime.contract import InputSpec, ModelCard
+from busi.runtime.errors import Int8GateRefused, UsageError, run_cli
+from busi.runtime.log import get as get_logger
+from busi.runtime.log import setup as log_setup
+from busi.runtime.model_dir import ModelDir
+
+_LOG = get_logger("busi.bench")
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -129,23 +141,23 @@ def model_at_size(model_dir: Path, size: int | None, work: Path) -> tuple[Path, 
     very same weights (conv and head weights do not depend on the input size), exported by
     the project's own exporter (parity gate, gated INT8). Speed depends on the input size,
     not on the weights: this is how the demo model (trained small) is timed at 224 px."""
-    card = json.loads((model_dir / "card.json").read_text())
-    trained = card["architecture"]["input"]["size"]
+    src_dir, dst_dir = ModelDir(model_dir), ModelDir(work)
+    card = src_dir.read_card()
+    trained = card.info.input.size
     if not size or size == trained:
         return model_dir, []
-    from busi.export.convert import Int8GateRefused, export
-    from busi.train import model as _m
-    from busi.train._tf import keras
+    from busi.export.convert import export
+    from busi.train.backend import keras
+    from busi.train.model import build_classifier
 
-    log(f"bench: rebuilding {model_dir / 'model.keras'} at {size} px (same weights) and exporting it ...")
-    src = keras.models.load_model(model_dir / "model.keras", compile=False)
-    dst = _m.build_classifier(size, weights="none", freeze=False)
+    log(f"bench: rebuilding {src_dir.keras} at {size} px (same weights) and exporting it ...")
+    src = keras.models.load_model(src_dir.keras, compile=False)
+    dst = build_classifier(size, weights="none", freeze=False)
     dst.set_weights(src.get_weights())
     work.mkdir(parents=True, exist_ok=True)
-    dst.save(work / "model.keras")
-    card["architecture"]["input"]["size"] = size
-    (work / "card.json").write_text(json.dumps(card, indent=2))
-    shutil.copy(model_dir / "manifest.csv", work / "manifest.csv")
+    dst.save(dst_dir.keras)
+    replace(card, info=replace(card.info, input=InputSpec(size))).write(dst_dir.card)
+    shutil.copy(src_dir.manifest, dst_dir.manifest)
     notes = [f"model: {model_dir.name}'s weights rebuilt at {size} px (trained at {trained} px)"]
     try:
         export(work, int8=True)
@@ -155,7 +167,7 @@ def model_at_size(model_dir: Path, size: int | None, work: Path) -> tuple[Path, 
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    _LOG.info(msg)
 
 
 def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
@@ -170,19 +182,20 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="busi-bench-model-"))
     source_dir = model_dir
     model_dir, notes = model_at_size(model_dir, size, work)
-    fp32_path, int8_path = model_dir / "model.onnx", model_dir / "model.int8.onnx"
-    card = json.loads((model_dir / "card.json").read_text())
-    S = card["architecture"]["input"]["size"]
+    md = ModelDir(model_dir)
+    fp32_path, int8_path = md.onnx, md.int8
+    card = md.read_card()
+    S = card.info.input.size
     rng = np.random.default_rng(0)
     x = {b: {"image": rng.uniform(0, 255, (b, S, S, 3)).astype(np.float32), "mask": np.ones((b, S, S, 1), np.float32)} for b in (1, 8)}
     sess = ort.InferenceSession(str(fp32_path), session_options(), providers=["CPUExecutionProvider"])
     rows = []
 
     # 1-2: Keras vs ORT
-    from busi.train import model as _m  # noqa: F401
-    from busi.train._tf import keras
+    from busi.train import model as _model  # noqa: F401  (registers the custom layer)
+    from busi.train.backend import keras
 
-    km = keras.models.load_model(model_dir / "model.keras", compile=False)
+    km = keras.models.load_model(md.keras, compile=False)
     run = {b: (lambda b=b: sess.run([OUTPUT_NAME], x[b])) for b in (1, 8)}
     for b in (1, 8):
         k, o, r = paired(lambda: km.predict_on_batch(x[b]), run[b], reps)
@@ -194,7 +207,7 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
     # 3: INT8 vs FP32
     if int8_path.is_file():
         s8 = ort.InferenceSession(str(int8_path), session_options(), providers=["CPUExecutionProvider"])
-        agree = card.get("export", {}).get("int8", {}).get("argmax_agreement")
+        agree = (card.export or {}).get("int8", {}).get("argmax_agreement")
         for b in (1, 8):
             o, q, r = paired(run[b], lambda: s8.run([OUTPUT_NAME], x[b]), reps)
             rows.append(row(f"int8 vs fp32, batch {b}", "ORT INT8 (QDQ) vs FP32 (timed alternately)", "fp32", per_image_ms(o, b),
@@ -298,16 +311,16 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
     }
 
 
-def training_input_row(card: dict, model_dir: Path, quick: bool) -> dict:
-    from busi.train._tf import keras
+def training_input_row(card: ModelCard, model_dir: Path, quick: bool) -> dict:
+    from busi.train.backend import keras
     from busi.train.dataset import read_manifest
     from busi.train.inputs import eval_masks, lesion_sizes, load_rows
     from busi.train.model import build_classifier
     from busi.train.pipeline import train_dataset
 
-    S = card["architecture"]["input"]["size"]
-    rows = [r for r in read_manifest(model_dir / "manifest.csv") if r["split"] == "train"][: 32 if quick else 64]
-    arr = load_rows(card["data"]["root"], rows, S)
+    S = card.info.input.size
+    rows = [r for r in read_manifest(ModelDir(model_dir).manifest) if r["split"] == "train"][: 32 if quick else 64]
+    arr = load_rows(card.data.root, rows, S)
     sizes = lesion_sizes(arr.gt)
     bs = 16
     m = build_classifier(S, "none", freeze=False)
@@ -359,12 +372,12 @@ def bench(
     size: Optional[int] = typer.Option(224, "--size", min=0, max=1024, help="Input size to time at (the model's weights rebuilt at this size if it was trained at another); 0 = the model's own."),
 ):
     """Benchmark Keras vs ONNX Runtime, INT8, end to end, folder, cold start, memory, sizes."""
-    for f in ("model.keras", "model.onnx", "card.json", "manifest.csv"):
-        if not (model_dir / f).is_file():
-            typer.echo(f"error: {model_dir / f}: not found (run make demo first)", err=True)
-            raise typer.Exit(2)
+    md = ModelDir(model_dir)
+    for f in (md.keras, md.onnx, md.card, md.manifest):
+        if not f.is_file():
+            raise UsageError(f"{f}: not found (run make demo first)")
+    log_setup(0)
     res = run_bench(model_dir, quick, size)
-    from busi.runtime.atomic import atomic_write_text
 
     out = out or model_dir / "bench.json"
     atomic_write_text(out, json.dumps(res, indent=2) + "\n")
@@ -373,6 +386,8 @@ def bench(
 
 
 def main() -> None:
-    from busi.runtime.errors import run_cli
-
     run_cli(app)
+
+
+if __name__ == "__main__":
+    main()

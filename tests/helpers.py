@@ -1,0 +1,42 @@
+"""What the tests share besides fixtures: where things are and how to run the console scripts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = Path(__file__).resolve().parent / "data" / "busi-sample"
+BIN = Path(sys.executable).parent
+PER_CLASS = 16
+
+
+def cli(name: str, *args, check: bool = True, timeout: int = 900, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run one of the project's console scripts as a user would."""
+    e = dict(os.environ)
+    e.update(env or {})
+    r = subprocess.run([str(BIN / name), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{name} {' '.join(map(str, args))} -> {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}")
+    return r
+
+
+def bench(*args, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`make bench`'s command: the bench script beside the project, not a console script."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"bench {' '.join(map(str, args))} -> {r.returncode}\nstderr:\n{r.stderr[-3000:]}")
+    return r
+
+
+def bench_module():
+    """bench/run.py as a module (it is a script beside the package, not part of it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("busi_bench_run", ROOT / "bench" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

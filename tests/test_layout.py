@@ -1,0 +1,120 @@
+"""The shape of the code: no import cycles between modules, no private names imported across
+modules, and the contract's keys read in one place. Walks the source with `ast` (nothing is
+imported, so it runs in a second)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+
+from helpers import ROOT
+
+#: where each package's files are (pyproject's package-dir), plus the bench beside the project
+PACKAGES = {"busi": "busi", "busi.runtime": "runtime", "busi.train": "train", "busi.export": "export", "bench": "bench"}
+
+
+def modules() -> dict[str, ast.Module]:
+    out = {}
+    for pkg, folder in PACKAGES.items():
+        for f in sorted((ROOT / folder).glob("*.py")):
+            name = pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"
+            out[name] = ast.parse(f.read_text(), str(f))
+    return out
+
+
+def imports(name: str, tree: ast.Module, known: set[str]):
+    """(imported module, imported name or None) for every import in the module, function-level
+    ones included (a lazy import still ties two modules together)."""
+    pkg = name if name in PACKAGES else name.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, None
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.rsplit(".", node.level - 1)[0] if node.level > 1 else pkg
+                src = f"{base}.{node.module}" if node.module else base
+            else:
+                src = node.module or ""
+            for a in node.names:
+                if f"{src}.{a.name}" in known:
+                    yield f"{src}.{a.name}", None  # a module, imported by name
+                else:
+                    yield src, a.name
+
+
+def graph():
+    mods = modules()
+    known = set(mods)
+    edges, private = {m: set() for m in mods}, []
+    for name, tree in mods.items():
+        for src, what in imports(name, tree, known):
+            if src in known and src != name:
+                edges[name].add(src)
+                if what and what.startswith("_") and not what.startswith("__"):
+                    private.append(f"{name} imports {what} from {src}")
+    return edges, private
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles_and_no_private_imports():
+    edges, private = graph()
+    assert len(edges) > 40 and edges["busi.train.fit"]  # the walk found the code
+    assert cycles(edges) == []
+    assert private == []
+
+
+def test_the_walk_finds_a_cycle_and_a_private_import():
+    """The checks can fail: a planted cycle and a planted private import are found."""
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(edges) == [["a", "b", "c"]]
+    tree = ast.parse("from .fit import _helper\nfrom . import model as _m\n")
+    got = list(imports("busi.train.x", tree, {"busi.train.fit", "busi.train.model"}))
+    assert got == [("busi.train.fit", "_helper"), ("busi.train.model", None)]
+
+
+def test_runtime_never_imports_training_code():
+    edges, _ = graph()
+    for m, deps in edges.items():
+        if m.startswith("busi.runtime"):
+            assert not [d for d in deps if not d.startswith("busi.runtime") and d != "busi"], m
+
+
+def test_the_contract_is_read_in_one_place():
+    """No raw reads of the card's nested layout outside the contract module."""
+    r = subprocess.run(["git", "grep", "-n", '\\["architecture"\\]', "--", "*.py", ":!runtime/contract.py"],
+                       cwd=ROOT, capture_output=True, text=True)
+    if r.returncode == 128:  # not a git checkout (an sdist): nothing to check
+        return
+    assert r.stdout == ""
