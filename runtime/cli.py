@@ -8,13 +8,13 @@ written, or --device cuda cannot run; 2: bad usage or model (see busi.runtime.er
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import sys
 import time
 import warnings
 from enum import Enum
+from itertools import chain
 from pathlib import Path
 from typing import List, Optional
 
@@ -22,16 +22,19 @@ import typer
 
 from .atomic import output_target
 from .errors import OutputError, UsageError, WriteError
-from .log import verbosity_callback
+from .log import verbosity_callback, write_stderr
 from .log import get as get_logger
-from .masks import mask_stem
+from .inputs import expand_inputs
 
 _LOG = get_logger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 DEFAULT_MODEL = Path("models/demo/model.onnx")
 CSV_FIELDS = ("path", "class", "confidence", "p_normal", "p_benign", "p_malignant", "malignant", "threshold",
-              "mask_source", "lesion_found", "lesion_box", "provider", "error")
+              "mask_source", "lesion_found", "lesion_box", "provider", "study_uid", "series_uid", "sop_uid", "frame",
+              "error")
+#: JSON `dicom` keys -> CSV columns
+DICOM_COLUMNS = {"StudyInstanceUID": "study_uid", "SeriesInstanceUID": "series_uid", "SOPInstanceUID": "sop_uid",
+                 "frame": "frame"}
 
 
 class Format(str, Enum):
@@ -41,28 +44,6 @@ class Format(str, Enum):
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-def expand_inputs(args: list[str]) -> list[str]:
-    """Files as given; folders searched recursively for images (mask files skipped); globs expanded.
-
-    A name that matches nothing, and a folder without images, is kept, so it is reported as a
-    failure record."""
-    out: list[str] = []
-    for a in args:
-        p = Path(a)
-        if p.is_dir():
-            found = sorted(
-                str(f) for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and mask_stem(f) is None
-            )
-            out.extend(found or [a])  # an empty folder stays, to be reported as a failure
-        elif not p.exists() and glob.has_magic(a):
-            # a pattern that matches nothing stays, to be reported as a failure record
-            out.extend(sorted(glob.glob(a, recursive=True)) or [a])
-        else:
-            out.append(a)
-    return out
 
 
 def _records_to_text(records: list[dict], fmt: Format, classes) -> str:
@@ -102,6 +83,7 @@ def _flat(r: dict) -> dict:
         "malignant": int(r["malignant"]), "threshold": f"{r['threshold']:.6f}", "mask_source": r["mask_source"],
         "lesion_found": "" if r.get("lesion_found") is None else int(r["lesion_found"]),
         "lesion_box": " ".join(map(str, r["lesion_box"])) if r["lesion_box"] else "", "provider": r["provider"], "error": "",
+        **{col: (r.get("dicom") or {}).get(key, "") for key, col in DICOM_COLUMNS.items()},
     }
 
 
@@ -163,8 +145,9 @@ def infer(
         from .predictor import parse_box
 
         mask_arg = parse_box(roi)
-    files = expand_inputs(paths)
-    if not files:
+    inputs = expand_inputs(paths)
+    files = inputs.files
+    if not files and not inputs.failures:
         raise UsageError("no images found in " + ", ".join(paths))
     # outputs never replace what is read: images, mask files, the models
     sources = [*files, model, *([mask] if mask not in (None, "auto", "none") else []),
@@ -177,14 +160,17 @@ def infer(
     records: list[dict] = []
     n_fail = 0
     show_bar = not quiet and sys.stderr.isatty() and len(files) > 1
-    it = pred.iter_predict(files, mask_arg, batch_size=batch_size, threshold=threshold, tta=tta, frame=frame,
-                           explain=views, keep_view=views)
+    from .predictor import Failure
+
+    it = chain((Failure(e.path, str(e)) for e in inputs.failures),
+               pred.iter_predict(files, mask_arg, batch_size=batch_size, threshold=threshold, tta=tta, frame=frame,
+                                 explain=views, keep_view=views))
     stream = out is None and fmt is Format.jsonl
     for i, r in enumerate(it, 1):
         d = r.to_dict()
         if "error" in d:
             n_fail += 1
-            sys.stderr.write(f"error: {d['error']}\n")
+            write_stderr(f"error: {d['error']}\n")
         records.append(d)
         if html is not None:
             html.add(r)
@@ -196,10 +182,9 @@ def infer(
         if stream:
             emit(json.dumps(d) + "\n")
         if show_bar:
-            sys.stderr.write(f"\r{i}/{len(files)} images")
-            sys.stderr.flush()
+            write_stderr(f"\r{i}/{len(files)} images")
     if show_bar:
-        sys.stderr.write("\n")
+        write_stderr("\n")
     text = _records_to_text(records, fmt, pred.info.classes)
     if out_final is not None:
         from .atomic import atomic_write_text
@@ -221,6 +206,7 @@ def infer(
         f"busi: {ok}/{len(records)} images classified in {dt:.2f}s on {pred.provider.replace('ExecutionProvider', '')}"
         + (f", {n_fail} failed" if n_fail else "") + (f"; output in {out}" if out else "")
         + (f"; Grad-CAM overlays in {explain}" if explain else "") + (f"; report {report}" if report else "")
+        + (f"; {inputs.summary()}" if inputs.summary() else "")
     )
     raise typer.Exit(1 if n_fail else 0)
 

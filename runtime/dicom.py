@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import io
 import zlib
+from contextlib import contextmanager
 
 import numpy as np
 
 from .errors import InputError
+from .log import native_stderr_captured
 from .pixels import check_pixel_limit, to_uint8
 
 #: a deflated dataset may inflate to at most this many bytes per allowed pixel (+ headroom):
@@ -66,6 +68,16 @@ def _read_dataset(path, data: bytes, max_pixels: int):
     from pydicom.filereader import read_dataset
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+    if data[128:132] != b"DICM":  # no preamble (a bare dataset, or file meta at offset 0)
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):  # the encoding it was read with
+            from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+            implicit, little = ds.original_encoding
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        return ds
     fp = io.BytesIO(data)
     fp.seek(132)
     meta = FileMetaDataset(read_dataset(fp, is_implicit_VR=False, is_little_endian=True,
@@ -103,6 +115,8 @@ def _check_declared_size(path, ds, rows: int, cols: int, frames: int) -> None:
     bits = _int(path, ds, "BitsAllocated", 8)
     if bits not in (1, 8, 16, 32, 64) or samples not in (1, 3, 4):
         raise InputError(path, f"unsupported pixel layout: BitsAllocated {bits}, SamplesPerPixel {samples}")
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
+        samples = 2  # chroma shared by pixel pairs: Y Y Cb Cr for every two pixels
     need = (rows * cols * frames * samples * bits + 7) // 8
     have = len(ds.PixelData)
     if have < need:
@@ -118,10 +132,54 @@ def _voi_window_ok(ds) -> bool:
         return False
 
 
+#: pydicom's decoder plugins, in the order busi tries them: GDCM (busi[dicom], BSD/Apache)
+#: decodes every JPEG family syntax but 12-bit JPEG Extended; pylibjpeg with libjpeg
+#: (busi[dicom-gpl], GPL-3) adds that; pyjpegls for JPEG-LS; Pillow (base install: 8-bit JPEG,
+#: JPEG 2000) only where nothing else is installed, because its OpenJPEG prints to the
+#: terminal on damaged JPEG 2000 data.
+PLUGIN_ORDER = ("gdcm", "pylibjpeg", "pyjpegls", "pydicom", "pillow")
+DECODER_EXTRA = "pip install 'busi[dicom]'"
+GPL_EXTRA = "pip install 'busi[dicom-gpl]'"
+#: the DICOM identifiers a result carries
+IDENTITY = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+class DicomImage:
+    """One parsed DICOM file: its frames decoded one at a time (a cine loop is not held in
+    memory at full size), its identity (study, series, instance UIDs). Every problem is one
+    InputError naming the file (and the tag, where one is at fault)."""
+
+    def __init__(self, path, data: bytes, *, max_pixels: int):
+        self.path = path
+        with _as_input_error(path):
+            ds = self.ds = _read_dataset(path, data, max_pixels)
+            if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+                raise InputError(path, "DICOM has no pixel data")
+            self.rows, self.cols = _int(path, ds, "Rows", 0), _int(path, ds, "Columns", 0)
+            if self.rows * self.cols == 0:
+                raise InputError(path, "DICOM has no image size (Rows/Columns)")
+            check_pixel_limit(path, self.cols, self.rows, max_pixels)
+            self.n_frames = max(1, _int(path, ds, "NumberOfFrames", 1))
+            _check_declared_size(path, ds, self.rows, self.cols, self.n_frames)
+            self.identity = {k: str(ds.get(k)) for k in IDENTITY if ds.get(k)}
+
+    def frame(self, index: int = 0) -> tuple[np.ndarray, list[str]]:
+        """(RGB uint8 array, notes) of one frame (0-based)."""
+        if not 0 <= index < self.n_frames:
+            raise InputError(self.path, f"frame {index} requested, the DICOM has {self.n_frames} frame(s) (0-based)")
+        with _as_input_error(self.path):
+            return _to_rgb(self.path, self.ds, _decode(self.path, self.ds, index if self.n_frames > 1 else None))
+
+
 def read_dicom_rgb(path, data: bytes, *, max_pixels: int, frame: int = 0) -> tuple[np.ndarray, list[str]]:
     """(RGB uint8 array, notes) of one frame; InputError with a one-line reason otherwise."""
+    return DicomImage(path, data, max_pixels=max_pixels).frame(frame)
+
+
+@contextmanager
+def _as_input_error(path):
     try:
-        return _read_dicom_rgb(path, data, max_pixels=max_pixels, frame=frame)
+        yield
     except InputError:
         raise
     except MemoryError:
@@ -131,30 +189,49 @@ def read_dicom_rgb(path, data: bytes, *, max_pixels: int, frame: int = 0) -> tup
         raise InputError(path, f"corrupt DICOM ({type(e).__name__}{': ' + msg if msg else ''})") from None
 
 
-def _read_dicom_rgb(path, data: bytes, *, max_pixels: int, frame: int) -> tuple[np.ndarray, list[str]]:
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+def _plugins(ts) -> list[str]:
+    """The decoder plugins installed for a compressed transfer syntax, in PLUGIN_ORDER."""
+    from pydicom.pixels import get_decoder
 
-    ds = _read_dataset(path, data, max_pixels)
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise InputError(path, "DICOM has no pixel data")
-    rows, cols = _int(path, ds, "Rows", 0), _int(path, ds, "Columns", 0)
-    if rows * cols == 0:
-        raise InputError(path, "DICOM has no image size (Rows/Columns)")
-    check_pixel_limit(path, cols, rows, max_pixels)
-    n_frames = max(1, _int(path, ds, "NumberOfFrames", 1))
-    if not 0 <= frame < n_frames:
-        raise InputError(path, f"frame {frame} requested, the DICOM has {n_frames} frame(s) (0-based)")
-    _check_declared_size(path, ds, rows, cols, n_frames)
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
-        arr = pixel_array(ds, index=frame if n_frames > 1 else None)
-    except Exception as e:  # missing decoder plugin, corrupt fragments
-        name = getattr(ts, "name", str(ts)) if ts is not None else "unknown"
-        if ts is not None and getattr(ts, "is_compressed", False):
-            raise InputError(
-                path, f"compressed transfer syntax '{name}' ({ts}) cannot be decoded here ({type(e).__name__})"
-            ) from None
-        raise InputError(path, f"cannot decode DICOM pixel data ({type(e).__name__}: {str(e)[:120]})") from None
+        available = set(get_decoder(ts).available_plugins)
+    except Exception:  # a syntax pydicom has no decoder for at all
+        return []
+    order = [p for p in PLUGIN_ORDER if p in available] + sorted(available - set(PLUGIN_ORDER))
+    return order if order == ["pillow"] else [p for p in order if p != "pillow"]
+
+
+def _decode(path, ds, index: int | None) -> np.ndarray:
+    from pydicom.pixels import pixel_array
+
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None or not getattr(ts, "is_compressed", False):
+        try:
+            return pixel_array(ds, index=index)
+        except Exception as e:
+            raise InputError(path, f"cannot decode DICOM pixel data ({type(e).__name__}: {str(e)[:120]})") from None
+    name = f"compressed transfer syntax '{getattr(ts, 'name', ts)}' ({ts})"
+    plugins = _plugins(ts)
+    errors = []
+    for plugin in plugins:
+        try:
+            with native_stderr_captured() as said:  # GDCM's OpenJPEG complains on the terminal
+                return pixel_array(ds, index=index, decoding_plugin=plugin)
+        except Exception as e:
+            native = said[0].strip().splitlines()[0][:100] if said and said[0].strip() else ""
+            errors.append(f"{plugin}: {native or (str(e).strip().splitlines()[-1][:100] if str(e).strip() else type(e).__name__)}")
+    bits = _int(path, ds, "BitsStored", 8)
+    if str(ts) in ("1.2.840.10008.1.2.4.51",) and bits > 8 and "pylibjpeg" not in plugins:
+        raise InputError(path, f"{name} with {bits}-bit samples needs the GPL-3 decoder: {GPL_EXTRA}")
+    if not plugins or (plugins == ["pillow"] and errors):
+        why = f" ({errors[0]})" if errors else ""
+        raise InputError(path, f"{name} cannot be decoded by this install{why}; {DECODER_EXTRA} adds the decoders")
+    raise InputError(path, f"{name}: corrupt or unsupported compressed data ({'; '.join(errors)[:200]})")
+
+
+def _to_rgb(path, ds, arr: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
     notes: list[str] = []
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper().strip()
     samples = _int(path, ds, "SamplesPerPixel", 1)

@@ -61,12 +61,15 @@ def regular_stat(path: str | os.PathLike, error: ErrorType = InputError, what: s
 
 
 def read_regular(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES, error: ErrorType = InputError,
-                 what: str = "an image file") -> bytes:
+                 what: str = "an image file", head: int = 0) -> bytes:
     """The bytes of a regular file of at most `max_bytes`; `error` (one line naming the file)
-    for anything else: missing, a directory, a FIFO or device, unreadable, empty, too large."""
+    for anything else: missing, a directory, a FIFO or device, unreadable, empty, too large.
+    With `head`, only the first `head` bytes (to tell what a file is), whatever its size."""
     p = Path(path)
     st = regular_stat(p, error, what)
-    if max_bytes and st.st_size > max_bytes:
+    if head:
+        max_bytes = 0
+    elif max_bytes and st.st_size > max_bytes:
         raise error(p, f"file is {st.st_size:,} bytes, above the limit of {max_bytes:,}")
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
@@ -77,7 +80,7 @@ def read_regular(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES, er
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped after the check
             raise error(p, "is not a regular file; refused")
-        limit = (max_bytes or st.st_size) + 1
+        limit = head or (max_bytes or st.st_size) + 1
         chunks, n = [], 0
         while n < limit:
             b = os.read(fd, min(1 << 24, limit - n))

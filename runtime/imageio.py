@@ -44,6 +44,10 @@ class Decoded:
 
     rgb: np.ndarray
     notes: tuple[str, ...] = ()
+    #: DICOM only: StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID (those present)
+    identity: dict[str, str] | None = None
+    #: DICOM only: the number of frames in the file
+    frames: int = 1
 
 
 def _short(e: Exception) -> str:
@@ -167,7 +171,20 @@ def _stored_to_rgb(arr: np.ndarray) -> np.ndarray:
 
 
 def is_dicom(data: bytes) -> bool:
-    return len(data) >= 132 and data[128:132] == b"DICM"
+    """DICOM by content: the DICM marker after the 128-byte preamble or at the very start, or a
+    bare dataset (no preamble, no file meta, as some PACS exports are) that begins with a
+    plausible group 0002 or 0008 element, little or big endian."""
+    if len(data) >= 132 and data[128:132] == b"DICM" or data[:4] == b"DICM":
+        return True
+    if len(data) < 8 or data[:2] not in (b"\x02\x00", b"\x08\x00", b"\x00\x08"):
+        return False
+    vr = data[4:6]
+    if vr.isalpha() and vr.isupper():  # explicit VR
+        return True
+    big = data[:2] == b"\x00\x08"
+    element = int.from_bytes(data[2:4], "big" if big else "little")
+    length = int.from_bytes(data[4:8], "big" if big else "little")  # implicit VR: a 4-byte length
+    return element < 0x1000 and length < 1 << 16
 
 
 def decode_image(data: bytes, path=None, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> Decoded:
@@ -175,10 +192,13 @@ def decode_image(data: bytes, path=None, *, max_pixels: int = DEFAULT_MAX_PIXELS
 
     Accepts every PNG mode (1-bit, grey, RGB, RGBA, palette, 16-bit). A truncated or corrupt
     image raises `InputError`; it is never decoded with grey fill and classified."""
+    identity, frames = None, 1
     if is_dicom(data):
-        from .dicom import read_dicom_rgb  # pydicom only when needed
+        from .dicom import DicomImage  # pydicom only when needed
 
-        rgb, notes = read_dicom_rgb(path, data, max_pixels=max_pixels, frame=frame)
+        dcm = DicomImage(path, data, max_pixels=max_pixels)
+        rgb, notes = dcm.frame(frame)
+        identity, frames = dict(dcm.identity), dcm.n_frames
     else:
         arr, notes = _decode_raster(path, data, max_pixels)
         try:
@@ -187,7 +207,7 @@ def decode_image(data: bytes, path=None, *, max_pixels: int = DEFAULT_MAX_PIXELS
             raise InputError(path, str(e)) from None
     h, w = rgb.shape[:2]
     check_min_side(path, w, h)
-    return Decoded(np.ascontiguousarray(rgb), tuple(notes))
+    return Decoded(np.ascontiguousarray(rgb), tuple(notes), identity, frames)
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0,

@@ -10,9 +10,16 @@ warnings, progress is info. A program that embeds busi and sets up nothing sees 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
+import threading
+from contextlib import contextmanager
 
 ROOT = "busi"
+#: held while a native library's stderr is captured (decoder threads) and while busi itself
+#: writes to stderr, so that no line of ours lands in a capture and none of theirs in the terminal
+STDERR_LOCK = threading.RLock()
 
 
 def get(name: str) -> logging.Logger:
@@ -31,6 +38,41 @@ class _Stderr(logging.StreamHandler):
     @stream.setter
     def stream(self, _value):
         pass
+
+    def emit(self, record):
+        with STDERR_LOCK:
+            super().emit(record)
+
+
+def write_stderr(text: str) -> None:
+    """busi's own stderr output (error lines, progress): never inside a native capture."""
+    with STDERR_LOCK:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+
+@contextmanager
+def native_stderr_captured():
+    """What native code writes to file descriptor 2 while the block runs (a decoder library's
+    complaints about damaged data) is kept off the terminal and handed back in the yielded
+    list, for the error message. busi's own stderr lines wait for the block (STDERR_LOCK)."""
+    out: list[str] = []
+    with STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no real descriptor (embedded interpreter)
+            yield out
+            return
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield out
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                out.append(tmp.read(1 << 16).decode("utf-8", "replace"))
 
 
 def setup(verbosity: int = 0) -> logging.Logger:

@@ -56,6 +56,8 @@ class Prediction:
     tta: bool = False
     lesion_found: bool | None = None  # mask source auto: did the segmenter find a lesion?
     notes: list[str] = field(default_factory=list)
+    #: DICOM inputs: StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, frame and frames
+    dicom: dict[str, Any] | None = None
     #: not serialized: "cam" (Grad-CAM map, feature-map size) with explain=True; "view"
     #: (thumbnail RGB), "mask" (what the classifier saw) and "lesion" (found/given lesion)
     #: with keep_view=True
@@ -67,6 +69,10 @@ class Prediction:
         d["notes"] = list(self.notes)
         d = {"class" if k == "label" else k: v for k, v in d.items()}
         d["lesion_box"] = list(self.lesion_box) if self.lesion_box else None
+        if self.dicom is None:
+            del d["dicom"]
+        else:
+            d["dicom"] = dict(self.dicom)
         return d
 
     def __getitem__(self, key: str):  # result["class"], result["confidence"] as in the seed
@@ -92,6 +98,7 @@ class Prepared:
     lesion_found: bool | None = None
     notes: list[str] = field(default_factory=list)
     view: dict[str, np.ndarray] | None = None
+    dicom: dict[str, Any] | None = None
 
 
 def parse_box(value: Any) -> Box:
@@ -235,7 +242,9 @@ class Predictor:
         self._notice_mismatch(source, trained)
         img = resize_rgb(rgb, S).astype(np.float32)
         view = _view(rgb, m, lesion) if keep_view else None
-        return Prepared(path, img, m.astype(np.float32)[:, :, None], source, lesion_box, found, notes, view)
+        dicom = None if decoded.identity is None else {
+            **(decoded.identity or {}), "frame": frame, "frames": decoded.frames}
+        return Prepared(path, img, m.astype(np.float32)[:, :, None], source, lesion_box, found, notes, view, dicom)
 
     def decode(self, image: ImageArg, frame: int = 0) -> Decoded:
         """An image path, encoded bytes (PNG, JPEG, DICOM) or an array -> `Decoded` RGB uint8."""
@@ -325,6 +334,7 @@ class Predictor:
             tta=tta,
             lesion_found=prep.lesion_found,
             notes=list(prep.notes),
+            dicom=prep.dicom,
             extras=extras,
         )
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
+import pydicom
 import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
@@ -74,3 +78,113 @@ def test_busi_infer_on_dicom_with_frame(exported, tmp_path, grey):
     path = make_dicom(tmp_path / "case.dcm", frames, frames=2)
     r = cli("busi-infer", path, "--model", exported / "model.onnx", "--roi", "40,40,80,60", "--frame", "1")
     assert json.loads(r.stdout)["class"] in ("normal", "benign", "malignant")
+
+
+# ---- DICOM as a PACS exports it: found by content, DICOMDIR, identity, pydicom's own corpus --
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+#: what busi-infer says about the images in pydicom's shipped test files that it cannot
+#: classify (pydicom 3.0.2, with busi[dicom]); every other image there is classified
+EXPECTED_FAILURES = {
+    "JPEG-lossy.dcm": "12-bit samples needs the GPL-3 decoder: pip install 'busi[dicom-gpl]'",
+    "JPGExtended.dcm": "12-bit samples needs the GPL-3 decoder: pip install 'busi[dicom-gpl]'",
+    "JPEG2000-embedded-sequence-delimiter.dcm": "corrupt or unsupported compressed data (gdcm: Invalid number of tiles",
+    "MR_truncated.dcm": "pixel data is truncated: 8,130 bytes, Rows x Columns x frames declare 8,192",
+    "SC_rgb_small_odd.dcm": "image is only 3x3 pixels",
+    "SC_rgb_small_odd_big_endian.dcm": "image is only 3x3 pixels",
+    "SC_rgb_small_odd_jpeg.dcm": "image is only 3x3 pixels",
+    "badVR.dcm": "(0028,0008) NumberOfFrames: invalid value '1A'",
+    "meta_missing_tsyntax.dcm": "DICOM has no image size (Rows/Columns)",
+    "nested_priv_SQ.dcm": "DICOM has no image size (Rows/Columns)",
+}
+
+
+def _sr(path: Path, study_uid: str) -> Path:
+    """A Basic Text SR (no pixel data), as a PACS folder holds next to the images."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = BasicTextSRStorage, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "SR", study_uid, generate_uid()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_pacs_folder_is_read_by_content_with_identity_and_skips_counted(exported, tmp_path, grey):
+    from pydicom.uid import generate_uid
+
+    study, series = generate_uid(), generate_uid()
+    root = tmp_path / "export" / "PAT1" / "STUDY1"
+    root.mkdir(parents=True)
+    uids = {}
+    for name in ("IM0001", "1.2.840.113619.2.55.3.1"):  # no extension, as a PACS writes them
+        sop = generate_uid()
+        make_dicom(root / name, grey, StudyInstanceUID=study, SeriesInstanceUID=series, SOPInstanceUID=sop)
+        uids[name] = sop
+    # a bare dataset: no preamble, no file meta
+    bare = pydicom.dcmread(root / "IM0001")
+    bare.SOPInstanceUID = uids["IM0003"] = generate_uid()
+    del bare.file_meta
+    bare.preamble = None
+    bare.save_as(root / "IM0003", enforce_file_format=False, implicit_vr=True, little_endian=True)
+    assert (root / "IM0003").read_bytes()[:4] == b"\x08\x00\x18\x00"  # starts with (0008,0018), no DICM
+    _sr(root / "SR0001", study)
+    (root / "README.txt").write_text("exported by a PACS\n")
+    r = cli("busi-infer", tmp_path / "export", "--model", exported / "model.onnx", "--roi", "40,40,80,60",
+            "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert sorted(Path(row["path"]).name for row in rows) == sorted(uids)
+    for row in rows:
+        assert row["class"] and not row["error"]
+        assert (row["study_uid"], row["series_uid"], row["sop_uid"]) == (study, series, uids[Path(row["path"]).name])
+    assert "skipped 2 files that are not images (1 DICOM objects without pixel data, 1 other files)" in r.stderr
+
+
+def test_a_dicomdir_names_its_images(exported, tmp_path, grey):
+    from pydicom.fileset import FileSet
+
+    src = [make_dicom(tmp_path / f"in{i}.dcm", grey, PatientID="P1", StudyInstanceUID="1.2.3", SeriesInstanceUID="1.2.3.4",
+                      StudyDate="20261125", StudyTime="120000", StudyID="1", AccessionNumber="A1", SeriesNumber=1,
+                      InstanceNumber=i + 1) for i in range(2)]
+    fs = FileSet()
+    for p in src:
+        fs.add(pydicom.dcmread(p))
+    fs.write(tmp_path / "media")
+    dicomdir = tmp_path / "media" / "DICOMDIR"
+    r = cli("busi-infer", dicomdir, "--model", exported / "model.onnx", "--mask", "none", "-f", "jsonl")
+    recs = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert len(recs) == 2 and all("error" not in x and x["dicom"]["StudyInstanceUID"] == "1.2.3" for x in recs)
+    # in a folder walk the DICOMDIR itself is skipped and counted, its images are found
+    r = cli("busi-infer", tmp_path / "media", "--model", exported / "model.onnx", "--mask", "none")
+    assert len(r.stdout.splitlines()) == 2 and "(1 DICOMDIR)" in r.stderr
+
+
+def test_pydicoms_shipped_files_each_classified_or_one_line(exported):
+    pytest.importorskip("gdcm", reason="the counts below are for the install make test uses (busi[dicom])")
+    r = cli("busi-infer", PYDICOM_FILES, "--model", exported / "model.onnx", "--mask", "none", check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    recs = [json.loads(ln) for ln in r.stdout.splitlines()]
+    failed = {Path(x["path"]).name: x["error"] for x in recs if "error" in x}
+    assert set(failed) == set(EXPECTED_FAILURES)
+    for name, problem in EXPECTED_FAILURES.items():
+        assert problem in failed[name] and failed[name].count("\n") == 0, failed[name]
+    errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    others = [ln for ln in r.stderr.splitlines() if not ln.startswith(("error:", "busi: "))]
+    assert len(errs) == len(failed) and others == []  # nothing native on the terminal
+    assert len(recs) - len(failed) == 85
+    assert ("skipped 81 files that are not images (69 DICOM objects without pixel data, 2 DICOMDIR, "
+            "10 other files)") in r.stderr
+
+
+def test_ybr_full_422_and_no_preamble_files_decode():
+    ybr = read_rgb(PYDICOM_FILES / "SC_ybr_full_422_uncompressed.dcm")
+    ref = read_rgb(PYDICOM_FILES / "SC_rgb_rle.dcm")  # the same colour pattern, lossless
+    assert ybr.shape == ref.shape and np.abs(ybr.astype(int) - ref.astype(int)).mean() < 8
+    for name in ("ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm"):  # no preamble, no file meta:
+        with pytest.raises(InputError, match="DICOM has no pixel data"):  # read as DICOM (they hold none)
+            read_rgb(PYDICOM_FILES / name)

@@ -1,0 +1,127 @@
+"""What busi-infer's arguments name: files, folders (searched recursively), globs and DICOMDIRs.
+
+A PACS export names its files `IM0001` or by UID, without an extension, so a folder's files
+are recognised by content (PNG and JPEG by suffix, DICOM by its marker or a readable dataset
+header), not by extension. What is not an image (mask files, a DICOMDIR, an SR or other DICOM
+object without pixel data, a text file) is skipped and counted, so it is neither silent nor an
+error; what is named explicitly is always tried, so its problem is reported.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+from .files import read_regular
+from .imageio import is_dicom
+from .masks import mask_stem
+
+RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
+#: how much of a file is read to tell whether it is DICOM and has pixel data
+SNIFF_BYTES = 1 << 20
+
+MASK, DICOMDIR, NO_PIXELS, OTHER = "mask files", "DICOMDIR", "DICOM objects without pixel data", "other files"
+
+
+@dataclass
+class Inputs:
+    files: list[str] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    failures: list[InputError] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """'skipped 3 files (2 mask files, 1 DICOMDIR)', or '' when nothing was skipped."""
+        n = sum(self.skipped.values())
+        if not n:
+            return ""
+        parts = ", ".join(f"{v} {k}" for k, v in sorted(self.skipped.items()))
+        return f"skipped {n} file{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} not images ({parts})"
+
+
+def kind_of(path: Path) -> str | None:
+    """None for an image to classify; else the kind of file it is, for the skip count."""
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        return MASK if mask_stem(path) is not None else None
+    if path.name.upper() == "DICOMDIR":
+        return DICOMDIR
+    try:
+        head = read_regular(path, what="a file", head=SNIFF_BYTES)
+    except InputError:
+        return None  # unreadable: tried, so the problem is reported
+    if not is_dicom(head):
+        return OTHER
+    return None if _has_pixels(head) else NO_PIXELS
+
+
+def _has_pixels(head: bytes) -> bool:
+    """Whether a DICOM file's first megabyte shows pixel data (or cannot be parsed, in which
+    case it is tried and its problem reported)."""
+    import io
+    import warnings
+
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(head), force=True, defer_size=256,
+                                 specific_tags=["PixelData", "FloatPixelData", "DoubleFloatPixelData", "Rows"])
+        return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")) or "Rows" in ds
+    except Exception:
+        return True
+
+
+def dicomdir_images(path: Path) -> list[str]:
+    """The image files a DICOMDIR references (records of type IMAGE), in its order."""
+    import warnings
+
+    import pydicom
+    from pydicom.fileset import FileSet
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fs = FileSet(pydicom.dcmread(path))
+            return [str(inst.path) for inst in fs if str(inst.DirectoryRecordType).upper() == "IMAGE"]
+    except Exception as e:
+        raise InputError(path, f"cannot read as a DICOMDIR ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def expand_inputs(args: list[str]) -> Inputs:
+    """Files as given; folders searched recursively (non-images skipped and counted); globs
+    expanded; a DICOMDIR (named, not found in a folder) replaced by the images it references.
+
+    A name that matches nothing, and a folder without images, is kept, so it is reported as a
+    failure record."""
+    res = Inputs()
+    for a in args:
+        p = Path(a)
+        if p.is_dir():
+            found = []
+            for f in sorted(p.rglob("*")):
+                if not f.is_file():
+                    continue
+                kind = kind_of(f)
+                if kind is None:
+                    found.append(str(f))
+                else:
+                    res.skipped[kind] += 1
+            res.files.extend(found or [a])  # an empty folder stays, to be reported as a failure
+        elif p.is_file() and p.name.upper() == "DICOMDIR":
+            try:
+                images = dicomdir_images(p)
+            except InputError as e:
+                res.failures.append(e)
+                continue
+            if not images:
+                res.failures.append(InputError(p, "DICOMDIR references no images"))
+            res.files.extend(images)
+        elif not p.exists() and glob.has_magic(a):
+            # a pattern that matches nothing stays, to be reported as a failure record
+            res.files.extend(sorted(glob.glob(a, recursive=True)) or [a])
+        else:
+            res.files.append(a)
+    return res
