@@ -59,7 +59,7 @@ demo: $(BIN)/.installed $(DEMO_DATA)/.done
 	$(BIN)/busi-train fit --data $(DEMO_DATA) --out $(DEMO_OUT) --seed $(SEED) $(DEMO_ARGS)
 	$(BIN)/busi-train segmenter --data $(DEMO_DATA) --out $(DEMO_OUT) --seed $(SEED) $(DEMO_SEG_ARGS)
 	$(BIN)/busi-export $(DEMO_OUT) --int8 --allow-int8-refusal
-	$(BIN)/busi-train phantoms --out $(DEMO_DATA)-new --per-class 2 --seed 2026
+	$(BIN)/busi-train phantoms --out $(DEMO_DATA)-new --per-class 2 --seed 2026 --dicom $(DEMO_DATA)-new-dicom
 	@echo "busi-infer on new phantoms (never seen in training): lesions with the box of their mask,"
 	@echo "normal images with a box drawn over the gland, as a user at the scanner would:"
 	$(BIN)/busi-infer $(DEMO_DATA)-new/benign $(DEMO_DATA)-new/malignant --mask $(DEMO_DATA)-new \
@@ -68,10 +68,15 @@ demo: $(BIN)/.installed $(DEMO_DATA)/.done
 	@echo "the same new phantoms with --mask auto (the lesion segmenter finds the lesion), with an HTML report:"
 	$(BIN)/busi-infer $(DEMO_DATA)-new --mask auto --model $(DEMO_OUT)/model.onnx --format table \
 		--report $(DEMO_OUT)/cases.html --explain $(DEMO_OUT)/gradcam
+	@echo "the same phantoms as a DICOM study from a PACS (files without extension): a Structured Report, an overlay"
+	@echo "(Secondary Capture) and a SEG of the found lesion per image, and one summary line for the study:"
+	$(BIN)/busi-infer $(DEMO_DATA)-new-dicom --mask auto --model $(DEMO_OUT)/model.onnx --format table --by study \
+		--dicom-out $(DEMO_OUT)/dicom-out
+	@echo "look at them: dsrdump $(DEMO_OUT)/dicom-out/*.sr.dcm (dcmtk), dcmdump ..., or highdicom: hd.sr.srread(path)"
 	@echo "held-out results (test split of the phantoms; mask sources side by side):"
 	@$(BIN)/busi-train report $(DEMO_OUT)
 	@echo "models: $$(cd $(DEMO_OUT) && ls *.onnx | tr '\n' ' ')(in $(DEMO_OUT), with card.json and segmenter.json)"
-	@echo "report: $(DEMO_OUT)/report.md   cases: $(DEMO_OUT)/cases.html   Grad-CAM: $(DEMO_OUT)/gradcam/"
+	@echo "report: $(DEMO_OUT)/report.md   cases: $(DEMO_OUT)/cases.html   Grad-CAM: $(DEMO_OUT)/gradcam/   DICOM: $(DEMO_OUT)/dicom-out/"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

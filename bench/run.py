@@ -27,7 +27,8 @@ import numpy as np
 import typer
 
 from busi.runtime.atomic import atomic_write_text
-from busi.runtime.contract import InputSpec, ModelCard
+from busi.runtime.card import ModelCard
+from busi.runtime.contract import InputSpec
 from busi.runtime.errors import Int8GateRefused, UsageError, run_cli
 from busi.runtime.log import get as get_logger
 from busi.runtime.log import setup as log_setup

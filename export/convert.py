@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from busi.runtime.card import ModelCard
 from busi.runtime.contract import (
     CAM_WEIGHTS_NAME,
     FEATURES_NAME,
@@ -19,7 +20,6 @@ from busi.runtime.contract import (
     OUTPUT_NAME,
     SEGMENTER_INPUT,
     SEGMENTER_OUTPUT,
-    ModelCard,
     Parity,
     Provenance,
 )

@@ -3,10 +3,12 @@
 Never imports TensorFlow. Research software, not a medical device.
 """
 
-from .contract import ModelCard, ModelInfo, SegmenterInfo
+from .card import ModelCard
+from .contract import ModelInfo, SegmenterInfo
 from .model_dir import ModelDir
 from .errors import BusiError, DeviceError, InputError, ModelError
-from .predictor import Failure, Prediction, Predictor, predict_breast_cancer
+from .predictor import Predictor, predict_breast_cancer
+from .results import Failure, Prediction
 
 __all__ = [
     "BusiError", "DeviceError", "Failure", "InputError", "ModelCard", "ModelDir", "ModelError", "ModelInfo", "SegmenterInfo",

@@ -7,84 +7,67 @@ written, or --device cuda cannot run; 2: bad usage or model (see busi.runtime.er
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 import time
 import warnings
 from enum import Enum
-from itertools import chain
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from .atomic import output_target
-from .errors import OutputError, UsageError, WriteError
+from .errors import InputError, OutputError, UsageError, WriteError
 from .log import verbosity_callback, write_stderr
 from .log import get as get_logger
 from .inputs import expand_inputs
+from .records import Format, render, study_summaries
 
 _LOG = get_logger(__name__)
 
 DEFAULT_MODEL = Path("models/demo/model.onnx")
-CSV_FIELDS = ("path", "class", "confidence", "p_normal", "p_benign", "p_malignant", "malignant", "threshold",
-              "mask_source", "lesion_found", "lesion_box", "provider", "study_uid", "series_uid", "sop_uid", "frame",
-              "error")
-#: JSON `dicom` keys -> CSV columns
-DICOM_COLUMNS = {"StudyInstanceUID": "study_uid", "SeriesInstanceUID": "series_uid", "SOPInstanceUID": "sop_uid",
-                 "frame": "frame"}
-
-
-class Format(str, Enum):
-    jsonl = "jsonl"
-    csv = "csv"
-    table = "table"
-
-
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def _records_to_text(records: list[dict], fmt: Format, classes) -> str:
-    if fmt is Format.jsonl:
-        return "".join(json.dumps(r) + "\n" for r in records)
-    if fmt is Format.csv:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-        w.writeheader()
-        for r in records:
-            w.writerow(_flat(r))
-        return buf.getvalue()
-    lines = [f"{'class':<10} {'conf':>6} {'P(mal)':>7} {'flag':<9} {'mask':<5} path"]
-    thresholds = sorted({r["threshold"] for r in records if "error" not in r})
-    if thresholds:
-        # The flag is set by the operating point, not by the top class: a 'benign' row can carry it.
-        lines.insert(0, "(flag MALIGNANT: P(mal) >= " + ", ".join(f"{t:.3g}" for t in thresholds)
-                     + "; set by this threshold, not by the top class)")
-    if any(r.get("lesion_found") is False for r in records):
-        lines.insert(0, "(mask 'auto-': the segmenter found no lesion)")
-    for r in records:
-        if "error" in r:
-            lines.append(f"{'FAILED':<10} {'':>6} {'':>7} {'':<9} {'':<5} {r['error']}")
-        else:
-            flag = "MALIGNANT" if r["malignant"] else "-"
-            src = r["mask_source"] + ("-" if r.get("lesion_found") is False else "")
-            lines.append(f"{r['class']:<10} {r['confidence']:6.3f} {r['probabilities']['malignant']:7.3f} {flag:<9} {src:<5} {r['path']}")
-    return "\n".join(lines) + "\n"
+class Frames(str, Enum):
+    all = "all"
 
 
-def _flat(r: dict) -> dict:
-    if "error" in r:
-        return {"path": r["path"], "error": r["error"]}
-    return {
-        "path": r["path"], "class": r["class"], "confidence": f"{r['confidence']:.6f}",
-        **{f"p_{k}": f"{v:.6f}" for k, v in r["probabilities"].items()},
-        "malignant": int(r["malignant"]), "threshold": f"{r['threshold']:.6f}", "mask_source": r["mask_source"],
-        "lesion_found": "" if r.get("lesion_found") is None else int(r["lesion_found"]),
-        "lesion_box": " ".join(map(str, r["lesion_box"])) if r["lesion_box"] else "", "provider": r["provider"], "error": "",
-        **{col: (r.get("dicom") or {}).get(key, "") for key, col in DICOM_COLUMNS.items()},
-    }
+class By(str, Enum):
+    study = "study"
+
+
+class DicomWriter:
+    """--dicom-out: SR, SC and SEG for each DICOM result (busi.runtime.dicom_out); PNG and JPEG
+    inputs get none, which is said once."""
+
+    def __init__(self, folder: Path, options: str):
+        self.folder, self.options = folder, options
+        self.written: list[Path] = []
+        self.not_dicom = 0
+
+    def add(self, r) -> str | None:
+        """Write the objects for one result; the error line when its source cannot have any."""
+        from .dicom_out import write
+
+        if r.dicom is None:
+            if not self.not_dicom:
+                _LOG.warning("busi: PNG and JPEG inputs get no DICOM output (--dicom-out): they carry no patient or study")
+            self.not_dicom += 1
+            return None
+        try:
+            self.written += write(r, r.path, self.folder, options=self.options)
+        except InputError as e:  # this source cannot have DICOM output; a full disk (WriteError) stops the run
+            return str(e)
+        return None
+
+    def summary(self) -> str:
+        kinds = {}
+        for p in self.written:
+            kinds[p.suffixes[-2][1:]] = kinds.get(p.suffixes[-2][1:], 0) + 1
+        what = ", ".join(f"{n} {k.upper()}" for k, n in kinds.items()) or "nothing"
+        return f"DICOM output in {self.folder}: {what}"
 
 
 @app.command()
@@ -102,6 +85,9 @@ def infer(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads (default: all cores)."),
     max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1, help="Refuse images with more pixels (before decoding)."),
     frame: int = typer.Option(0, "--frame", min=0, help="Frame of a multi-frame DICOM (0-based)."),
+    frames: Optional[Frames] = typer.Option(None, "--frames", help="'all': classify every frame of a cine loop (multi-frame DICOM), in batches of --batch-size; one result per loop, its malignant flag from the frame with the highest P(malignant)."),
+    by: Optional[By] = typer.Option(None, "--by", help="'study': add one summary record per DICOM study (image count, highest P(malignant) and its image)."),
+    dicom_out: Optional[Path] = typer.Option(None, "--dicom-out", help="Write a DICOM SR, an overlay (Secondary Capture) and, with --mask auto, a SEG for every DICOM input into this folder."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the .sha256 check of the model file."),
     require_sha256: bool = typer.Option(False, "--require-sha256", help="Refuse a model (or segmenter) without a .sha256 sidecar."),
     max_bytes: int = typer.Option(1 << 30, "--max-bytes", min=1, help="Refuse input files larger than this (bytes)."),
@@ -133,7 +119,9 @@ def infer(
             pred.segmenter  # load (and verify) it now: a missing segmenter is bad usage, not 100 failures
     if (explain or report) and not pred.explainable:
         raise UsageError(f"{model}: model has no Grad-CAM outputs (features, cam_weights); re-export it with busi-export")
-    views = explain is not None or report is not None
+    views = explain is not None or report is not None or dicom_out is not None
+    if frames is not None and frame:
+        raise UsageError("give either --frame N or --frames all, not both")
     html = None
     if report is not None:
         from .html_report import HtmlReport
@@ -142,15 +130,15 @@ def infer(
     written: set[str] = set()
     mask_arg = roi if roi is not None else mask
     if roi is not None:
-        from .predictor import parse_box
+        from .arrays import parse_box
 
         mask_arg = parse_box(roi)
     inputs = expand_inputs(paths)
     files = inputs.files
-    if not files and not inputs.failures:
+    if not files:
         raise UsageError("no images found in " + ", ".join(paths))
     # outputs never replace what is read: images, mask files, the models
-    sources = [*files, model, *([mask] if mask not in (None, "auto", "none") else []),
+    sources = [*(f for f in files if isinstance(f, str)), model, *([mask] if mask not in (None, "auto", "none") else []),
                *([pred._segmenter] if isinstance(pred._segmenter, (str, Path)) else [])]
     out_final = output_target(out, sources) if out is not None else None
     report_final = output_target(report, sources) if report is not None else None
@@ -160,11 +148,14 @@ def infer(
     records: list[dict] = []
     n_fail = 0
     show_bar = not quiet and sys.stderr.isatty() and len(files) > 1
-    from .predictor import Failure
+    from .results import Failure
 
-    it = chain((Failure(e.path, str(e)) for e in inputs.failures),
-               pred.iter_predict(files, mask_arg, batch_size=batch_size, threshold=threshold, tta=tta, frame=frame,
-                                 explain=views, keep_view=views))
+    items = [Failure(f.path, str(f)) if isinstance(f, InputError) else f for f in files]
+    it = pred.iter_predict(items, mask_arg, batch_size=batch_size, threshold=threshold, tta=tta,
+                           frame="all" if frames is not None else frame,
+                           explain=explain is not None or report is not None, keep_view=views)
+    dicom_writer = DicomWriter(dicom_out, f"mask={mask_arg} threshold={threshold} tta={tta} frames={frames or frame}") \
+        if dicom_out is not None else None
     stream = out is None and fmt is Format.jsonl
     for i, r in enumerate(it, 1):
         d = r.to_dict()
@@ -179,13 +170,24 @@ def infer(
                 _write_explanation(explain, r, written, sources)
             except OSError as e:
                 raise WriteError(explain, f"cannot write ({e.strerror or e})") from None
+        if dicom_writer is not None and "error" not in d:
+            problem = dicom_writer.add(r)
+            if problem:
+                n_fail += 1
+                write_stderr(f"error: {problem}\n")
         if stream:
             emit(json.dumps(d) + "\n")
         if show_bar:
             write_stderr(f"\r{i}/{len(files)} images")
     if show_bar:
         write_stderr("\n")
-    text = _records_to_text(records, fmt, pred.info.classes)
+    n_images = len(records)
+    if by is not None:
+        summaries = study_summaries(records)
+        records += summaries
+        if stream:
+            emit("".join(json.dumps(x) + "\n" for x in summaries))
+    text = render(records, fmt)
     if out_final is not None:
         from .atomic import atomic_write_text
 
@@ -201,12 +203,13 @@ def infer(
         except OSError as e:
             raise WriteError(report, f"cannot write ({e.strerror or e})") from None
     dt = time.time() - t0
-    ok = len(records) - n_fail
+    ok = n_images - n_fail
     _LOG.info(
-        f"busi: {ok}/{len(records)} images classified in {dt:.2f}s on {pred.provider.replace('ExecutionProvider', '')}"
+        f"busi: {ok}/{n_images} images classified in {dt:.2f}s on {pred.provider.replace('ExecutionProvider', '')}"
         + (f", {n_fail} failed" if n_fail else "") + (f"; output in {out}" if out else "")
         + (f"; Grad-CAM overlays in {explain}" if explain else "") + (f"; report {report}" if report else "")
         + (f"; {inputs.summary()}" if inputs.summary() else "")
+        + (f"; {dicom_writer.summary()}" if dicom_writer is not None else "")
     )
     raise typer.Exit(1 if n_fail else 0)
 

@@ -2,20 +2,17 @@
 
 `ModelInfo` is what a classifier's ONNX `metadata_props` carry (`busi.*` keys, JSON values);
 `to_metadata()` writes them and `from_metadata()` reads and validates them (the two are
-inverse: a round-trip test holds them to it). `ModelCard` is the same object plus what only the
-model folder needs (data, training, architecture, export facts), written by `write()` alone.
-`SegmenterInfo` / `SegmenterCard` are the lesion segmenter's. Files without
+inverse: a round-trip test holds them to it). `SegmenterInfo` is the lesion segmenter's. The
+model folder's cards (`busi.runtime.card`) are these objects plus what only the folder needs. Files without
 `busi.contract_version` are version 1 (the exporter before the key) and read the same.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .atomic import atomic_write_text
 from .errors import ModelError
 from .validate import (
     choice,
@@ -58,7 +55,7 @@ SEGMENTER_INPUT = "image"
 SEGMENTER_OUTPUT = "lesion"
 
 
-def _drop_none(d: dict) -> dict:
+def drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
@@ -133,7 +130,7 @@ class OperatingPoint:
     validation_n: int | None = None
 
     def to_json(self) -> dict:
-        return _drop_none(asdict(self))
+        return drop_none(asdict(self))
 
     @classmethod
     def from_json(cls, op, path: str | None = None) -> "OperatingPoint":
@@ -191,7 +188,7 @@ class Parity:
     passed: bool | None = None
 
     def to_json(self) -> dict:
-        return _drop_none(asdict(self))
+        return drop_none(asdict(self))
 
     @classmethod
     def from_json(cls, d, path: str | None = None) -> "Parity | None":
@@ -201,7 +198,7 @@ class Parity:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
-def _metrics(value, path: str | None) -> dict[str, dict[str, Any]]:
+def metrics_of(value, path: str | None) -> dict[str, dict[str, Any]]:
     """Held-out figures per mask source (and the segmenter's): a JSON object of objects."""
     m = mapping(value, "busi.metrics", path)
     for k, v in m.items():
@@ -268,18 +265,18 @@ class ModelInfo:
             quant = j.get("busi.quantization")
             return cls(
                 version=_version(j, path),
-                classes=_classes(j["busi.classes"], path),
+                classes=classes_of(j["busi.classes"], path),
                 input=InputSpec.from_json(j["busi.input"], path),
                 mask=MaskSpec.from_json(j["busi.mask"], path),
                 operating_point=OperatingPoint.from_json(j["busi.operating_point"], path),
                 provenance=Provenance.from_json(j.get("busi.provenance", {}), path),
-                metrics=_metrics(j.get("busi.metrics", {}), path),
+                metrics=metrics_of(j.get("busi.metrics", {}), path),
                 parity=Parity.from_json(j.get("busi.parity"), path),
                 quantization=None if quant is None else mapping(quant, "busi.quantization", path),
             )
 
 
-def _classes(raw, path: str | None) -> tuple[str, ...]:
+def classes_of(raw, path: str | None) -> tuple[str, ...]:
     if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
         raise ModelError(path, f"busi.classes is {raw!r}, expected a list of class names")
     classes = tuple(raw)
@@ -336,179 +333,3 @@ def check_graph_shape(path, what: str, shape, expect: tuple, key: str) -> None:
     if len(shape) != len(expect) or any(isinstance(d, int) and e is not None and d != e for d, e in zip(shape, expect)):
         want = ["N" if e is None else e for e in expect]
         raise ModelError(path, f"{key} does not match the graph: {what} is {list(shape)}, the metadata implies {want}")
-
-
-# ---- the model folder's cards: the contract plus what only the folder needs ------------------
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """The data a model was trained on: where, its fingerprint (manifest hash) and split counts."""
-
-    root: str
-    fingerprint: str
-    split_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    duplicate_groups: int | None = None
-    conflicting_groups_excluded: int | None = None
-
-    def to_json(self) -> dict:
-        return _drop_none(asdict(self))
-
-    @classmethod
-    def from_json(cls, d, path: str | None = None) -> "DataInfo":
-        d = mapping(d, "data", path)
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """card.json: the classifier's contract (`info`, the same object the ONNX file carries)
-    and the model folder's own facts. Update it with `dataclasses.replace`, write it with
-    `write()`."""
-
-    info: ModelInfo
-    name: str
-    data: DataInfo
-    training: dict[str, Any]  # the fit configuration and what the run did
-    architecture: dict[str, Any]  # backbone, head, parameter counts
-    task: str = "breast ultrasound classification: normal / benign / malignant"
-    intended_use: str = ""
-    not_for: tuple[str, ...] = ()
-    export: dict[str, Any] | None = None
-
-    @property
-    def seed(self) -> int:
-        return int(self.training.get("seed", 0))
-
-    @property
-    def lesion_box_sizes(self) -> list[list[int]]:
-        """(w, h) of the training split's lesion boxes, at the input size."""
-        return self.training.get("lesion_box_sizes") or []
-
-    def to_json(self) -> dict:
-        i = self.info
-        return _drop_none({
-            "contract_version": CONTRACT_VERSION,
-            "name": self.name,
-            "task": self.task,
-            "classes": list(i.classes),
-            "intended_use": self.intended_use,
-            "not_for": list(self.not_for),
-            "input": i.input.to_json(),
-            "mask": i.mask.to_json(),
-            "operating_point": i.operating_point.to_json(),
-            "metrics": i.metrics,
-            "provenance": i.provenance.to_json(),
-            "parity": None if i.parity is None else i.parity.to_json(),
-            "quantization": i.quantization,
-            "architecture": self.architecture,
-            "training": self.training,
-            "data": self.data.to_json(),
-            "export": self.export,
-        })
-
-    @classmethod
-    def from_json(cls, d: dict, path: str | None = None) -> "ModelCard":
-        with malformed(path, "card"):
-            d = mapping(d, "card", path)
-            data = DataInfo.from_json(d["data"], path)
-            training = mapping(d.get("training", {}), "training", path)
-            arch = dict(mapping(d.get("architecture", {}), "architecture", path))
-            legacy = "contract_version" not in d  # version 1: input and mask lived in the architecture
-            inp, msk = (arch.pop("input"), arch.pop("mask")) if legacy else (d["input"], d["mask"])
-            prov = Provenance.from_json(d.get("provenance", {}), path)
-            if legacy:
-                prov = replace(prov, data_fingerprint=data.fingerprint, split_seed=training.get("seed"))
-            info = ModelInfo(
-                version=1 if legacy else int(d["contract_version"]),
-                classes=_classes(d.get("classes", list(CLASSES)), path),
-                input=InputSpec.from_json(inp, path),
-                mask=MaskSpec.from_json(msk, path),
-                operating_point=OperatingPoint.from_json(d["operating_point"], path),
-                provenance=prov,
-                metrics=_metrics(d.get("metrics", {}), path),
-                parity=None if legacy else Parity.from_json(d.get("parity"), path),
-                quantization=d.get("quantization"),
-            )
-            return cls(info=info, name=d.get("name", ""), data=data, training=training, architecture=arch,
-                       task=d.get("task", cls.task), intended_use=d.get("intended_use", ""),
-                       not_for=tuple(d.get("not_for", ())), export=d.get("export"))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ModelCard":
-        return cls.from_json(_read_json(path), str(path))
-
-    def write(self, path: str | Path) -> None:
-        """The one writer of card.json (atomically)."""
-        atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
-
-
-@dataclass(frozen=True)
-class SegmenterCard:
-    """segmenter.json: the segmenter's contract plus its training facts."""
-
-    info: SegmenterInfo
-    name: str
-    data: DataInfo
-    training: dict[str, Any]
-    architecture: dict[str, Any]
-    metrics_val: dict[str, Any] = field(default_factory=dict)
-    task: str = "breast ultrasound lesion segmentation (for --mask auto)"
-
-    def to_json(self) -> dict:
-        i = self.info
-        return _drop_none({
-            "contract_version": CONTRACT_VERSION,
-            "name": self.name,
-            "role": "segmenter",
-            "task": self.task,
-            "architecture": self.architecture,
-            "input": i.input.to_json(),
-            "threshold": i.threshold,
-            "min_area_frac": i.min_area_frac,
-            "postprocess": SEGMENTER_POSTPROCESS,
-            "training": self.training,
-            "data": self.data.to_json(),
-            "metrics": i.metrics,
-            "metrics_val": self.metrics_val,
-            "provenance": i.provenance.to_json(),
-            "parity": None if i.parity is None else i.parity.to_json(),
-        })
-
-    @classmethod
-    def from_json(cls, d: dict, path: str | None = None) -> "SegmenterCard":
-        with malformed(path, "segmenter card"):
-            d = mapping(d, "segmenter card", path)
-            data = DataInfo.from_json(d["data"], path)
-            prov = Provenance.from_json(d.get("provenance", {}), path)
-            if "contract_version" not in d:
-                prov = replace(prov, data_fingerprint=data.fingerprint)
-            info = SegmenterInfo(
-                version=int(d.get("contract_version", 1)),
-                input=InputSpec.from_json(d["input"], path),
-                threshold=number(d.get("threshold", SEGMENTER_THRESHOLD), "threshold", path, 0.0, 1.0),
-                min_area_frac=number(d.get("min_area_frac", SEGMENTER_MIN_AREA), "min_area_frac", path, 0.0, 1.0),
-                provenance=prov,
-                metrics=mapping(d.get("metrics", {}), "metrics", path),
-                parity=Parity.from_json(d.get("parity"), path),
-            )
-            return cls(info=info, name=d.get("name", ""), data=data, training=dict(d.get("training", {})),
-                       architecture=dict(d.get("architecture", {})), metrics_val=dict(d.get("metrics_val", {})),
-                       task=d.get("task", cls.task))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "SegmenterCard":
-        return cls.from_json(_read_json(path), str(path))
-
-    def write(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
-
-
-def _read_json(path: str | Path) -> dict:
-    p = Path(path)
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ModelError(p, "not found (the model folder is incomplete)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ModelError(p, f"cannot read it as JSON ({type(e).__name__}: {e})") from None

@@ -229,6 +229,17 @@ def _decode(path, ds, index: int | None) -> np.ndarray:
     raise InputError(path, f"{name}: corrupt or unsupported compressed data ({'; '.join(errors)[:200]})")
 
 
+def _plain_8bit(path, ds, arr: np.ndarray) -> bool:
+    """Stored values 0..255 with an identity modality LUT (no rescale)."""
+    slope, intercept = ds.get("RescaleSlope", 1), ds.get("RescaleIntercept", 0)
+    try:
+        identity = float(slope) == 1 and float(intercept) == 0 and "ModalityLUTSequence" not in ds
+    except (TypeError, ValueError):
+        return False
+    return (identity and arr.dtype.kind == "u" and _int(path, ds, "BitsStored", 8) <= 8
+            and _int(path, ds, "PixelRepresentation", 0) == 0 and (arr.size == 0 or int(arr.max()) <= 255))
+
+
 def _to_rgb(path, ds, arr: np.ndarray) -> tuple[np.ndarray, list[str]]:
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
@@ -242,14 +253,20 @@ def _to_rgb(path, ds, arr: np.ndarray) -> tuple[np.ndarray, list[str]]:
         samples = 3
     if samples == 1:
         x = apply_modality_lut(arr, ds)
+        windowed = False
         if "VOILUTSequence" in ds:
-            x = apply_voi_lut(x, ds, index=0)
+            x, windowed = apply_voi_lut(x, ds, index=0), True
         elif "WindowCenter" in ds or "WindowWidth" in ds:
             if _voi_window_ok(ds):
-                x = apply_voi_lut(x, ds, index=0)
+                x, windowed = apply_voi_lut(x, ds, index=0), True
             else:
                 notes.append(f"DICOM window (center {_raw(ds, 'WindowCenter')}, width {_raw(ds, 'WindowWidth')}) "
                              "is invalid; ignored, the full pixel range is shown")
+        if not windowed and _plain_8bit(path, ds, arr):
+            # an 8-bit grey image without window or rescale (ultrasound, as scanners store it) is
+            # shown as stored, 0..255: the pixels its PNG export would have; no contrast stretch
+            grey = arr.astype(np.uint8)
+            return np.repeat((255 - grey if photometric == "MONOCHROME1" else grey)[:, :, None], 3, axis=2), notes
         x = np.asarray(x, dtype=np.float64)
         if not np.isfinite(x).all():
             raise InputError(path, "pixel values are NaN or infinite after the modality LUT (RescaleSlope/Intercept); not classified")

@@ -17,6 +17,7 @@ from pathlib import Path
 from .errors import InputError
 from .files import read_regular
 from .imageio import is_dicom
+from .dicom_out import MANUFACTURER as BUSI_MANUFACTURER
 from .masks import mask_stem
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -24,13 +25,15 @@ RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
 SNIFF_BYTES = 1 << 20
 
 MASK, DICOMDIR, NO_PIXELS, OTHER = "mask files", "DICOMDIR", "DICOM objects without pixel data", "other files"
+OWN = "busi's own DICOM outputs"
 
 
 @dataclass
 class Inputs:
-    files: list[str] = field(default_factory=list)
+    #: what to classify, in the order given: paths, and InputErrors for what named nothing usable
+    #: (a folder without images, an unreadable DICOMDIR), so they are reported in their place
+    files: list[str | InputError] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
-    failures: list[InputError] = field(default_factory=list)
 
     def summary(self) -> str:
         """'skipped 3 files (2 mask files, 1 DICOMDIR)', or '' when nothing was skipped."""
@@ -53,12 +56,12 @@ def kind_of(path: Path) -> str | None:
         return None  # unreadable: tried, so the problem is reported
     if not is_dicom(head):
         return OTHER
-    return None if _has_pixels(head) else NO_PIXELS
+    return _dicom_kind(head)
 
 
-def _has_pixels(head: bytes) -> bool:
-    """Whether a DICOM file's first megabyte shows pixel data (or cannot be parsed, in which
-    case it is tried and its problem reported)."""
+def _dicom_kind(head: bytes) -> str | None:
+    """None for a DICOM image (or one that cannot be parsed: it is tried and its problem
+    reported); else why it is skipped: no pixel data, or made by busi (--dicom-out)."""
     import io
     import warnings
 
@@ -68,10 +71,13 @@ def _has_pixels(head: bytes) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(io.BytesIO(head), force=True, defer_size=256,
-                                 specific_tags=["PixelData", "FloatPixelData", "DoubleFloatPixelData", "Rows"])
-        return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")) or "Rows" in ds
+                                 specific_tags=["PixelData", "FloatPixelData", "DoubleFloatPixelData", "Rows", "Manufacturer"])
     except Exception:
-        return True
+        return None
+    if str(ds.get("Manufacturer", "")).startswith(BUSI_MANUFACTURER):
+        return OWN
+    pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")) or "Rows" in ds
+    return None if pixels else NO_PIXELS
 
 
 def dicomdir_images(path: Path) -> list[str]:
@@ -94,13 +100,13 @@ def expand_inputs(args: list[str]) -> Inputs:
     """Files as given; folders searched recursively (non-images skipped and counted); globs
     expanded; a DICOMDIR (named, not found in a folder) replaced by the images it references.
 
-    A name that matches nothing, and a folder without images, is kept, so it is reported as a
-    failure record."""
+    A name that matches nothing is kept, so it is reported as a failure record; a folder
+    without images is an InputError in its place."""
     res = Inputs()
     for a in args:
         p = Path(a)
         if p.is_dir():
-            found = []
+            found, here = [], Counter()
             for f in sorted(p.rglob("*")):
                 if not f.is_file():
                     continue
@@ -108,17 +114,19 @@ def expand_inputs(args: list[str]) -> Inputs:
                 if kind is None:
                     found.append(str(f))
                 else:
-                    res.skipped[kind] += 1
-            res.files.extend(found or [a])  # an empty folder stays, to be reported as a failure
+                    here[kind] += 1
+            res.skipped.update(here)
+            res.files.extend(found)
+            if not found:  # reported as a failure: the user named it to have something classified
+                what = ", ".join(f"{v} {k}" for k, v in sorted(here.items()))
+                res.files.append(InputError(p, f"is a directory without images ({what})" if here
+                                            else "is a directory holding no files"))
         elif p.is_file() and p.name.upper() == "DICOMDIR":
             try:
                 images = dicomdir_images(p)
             except InputError as e:
-                res.failures.append(e)
-                continue
-            if not images:
-                res.failures.append(InputError(p, "DICOMDIR references no images"))
-            res.files.extend(images)
+                images = [e]
+            res.files.extend(images or [InputError(p, "DICOMDIR references no images")])
         elif not p.exists() and glob.has_magic(a):
             # a pattern that matches nothing stays, to be reported as a failure record
             res.files.extend(sorted(glob.glob(a, recursive=True)) or [a])

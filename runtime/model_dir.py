@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract import ModelCard, SegmenterCard
+from .card import ModelCard, SegmenterCard
 
 @dataclass(frozen=True)
 class ModelDir:

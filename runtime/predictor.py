@@ -9,24 +9,25 @@
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 
+from .arrays import check_array, frame_index, is_box, mask_array, parse_box
 from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, ModelInfo, check_graph_shape
+from .dicom import DicomImage
 from .errors import BusiError, InputError, ModelError
-from .files import DEFAULT_MAX_BYTES
+from .files import DEFAULT_MAX_BYTES, read_regular
+from .imageio import Decoded, decode_image, is_dicom, read_image, read_mask, resize_mask, resize_rgb
 from .log import get as get_logger
-from .imageio import Decoded, decode_image, read_image, read_mask, resize_mask, resize_rgb
-from .pixels import DEFAULT_MAX_PIXELS, check_min_side, check_pixel_limit, to_uint8
-from .masks import Box, box_mask, find_mask_files, model_mask
+from .masks import box_mask, find_mask_files, model_mask
+from .pixels import DEFAULT_MAX_PIXELS, check_min_side
+from .results import Failure, Prediction, Prepared, aggregate
 from .session import create_session
 from .verify import verified_sha256
 
@@ -39,81 +40,6 @@ MaskArg = Union[None, str, os.PathLike, np.ndarray, tuple, list]
 ImageArg = Union[str, os.PathLike, bytes, np.ndarray]
 #: the most images one session.run gets; a larger batch_size is capped to it
 MAX_BATCH = 256
-
-
-@dataclass
-class Prediction:
-    path: str | None
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-    malignant: bool
-    threshold: float
-    mask_source: str
-    lesion_box: Box | None
-    provider: str
-    model_sha256: str
-    tta: bool = False
-    lesion_found: bool | None = None  # mask source auto: did the segmenter find a lesion?
-    notes: list[str] = field(default_factory=list)
-    #: DICOM inputs: StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, frame and frames
-    dicom: dict[str, Any] | None = None
-    #: not serialized: "cam" (Grad-CAM map, feature-map size) with explain=True; "view"
-    #: (thumbnail RGB), "mask" (what the classifier saw) and "lesion" (found/given lesion)
-    #: with keep_view=True
-    extras: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "extras"}
-        d["probabilities"] = dict(self.probabilities)
-        d["notes"] = list(self.notes)
-        d = {"class" if k == "label" else k: v for k, v in d.items()}
-        d["lesion_box"] = list(self.lesion_box) if self.lesion_box else None
-        if self.dicom is None:
-            del d["dicom"]
-        else:
-            d["dicom"] = dict(self.dicom)
-        return d
-
-    def __getitem__(self, key: str):  # result["class"], result["confidence"] as in the seed
-        return self.to_dict()[key]
-
-
-@dataclass
-class Failure:
-    path: str | None
-    error: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "error": self.error}
-
-
-@dataclass
-class Prepared:
-    path: str | None
-    image: np.ndarray  # (S, S, 3) float32
-    mask: np.ndarray  # (S, S, 1) float32
-    mask_source: str
-    lesion_box: Box | None
-    lesion_found: bool | None = None
-    notes: list[str] = field(default_factory=list)
-    view: dict[str, np.ndarray] | None = None
-    dicom: dict[str, Any] | None = None
-
-
-def parse_box(value: Any) -> Box:
-    """(x, y, w, h) from a tuple/list or 'x,y,w,h' string; InputError when malformed."""
-    try:
-        parts = value.replace(" ", "").split(",") if isinstance(value, str) else list(np.ravel(value))
-        if len(parts) != 4:
-            raise ValueError
-        numbers = [float(p) for p in parts]
-    except (TypeError, ValueError):
-        raise InputError(None, f"ROI must be x,y,w,h (four numbers), got {value!r}") from None
-    if not all(math.isfinite(v) and abs(v) < 1e9 for v in numbers):
-        raise InputError(None, f"ROI must be four finite pixel coordinates, got {value!r}")
-    x, y, w, h = (int(round(v)) for v in numbers)
-    return x, y, w, h
 
 
 class Predictor:
@@ -191,9 +117,29 @@ class Predictor:
         or "x,y,w,h", a bool/0-1/0-255 array, a mask file, or a folder of `<stem>_mask*.png`.
         The lesion is turned into the mask the model was trained with (its box with the
         trained margin, the mask itself, or the whole image)."""
-        decoded = self.decode(image, frame)
-        rgb = decoded.rgb
         path = None if isinstance(image, (np.ndarray, bytes, bytearray, memoryview)) else str(image)
+        return self._prepare(self.decode(image, frame), path, mask, frame, keep_view)
+
+    def prepare_frames(self, image: ImageArg, mask: MaskArg = None, keep_view: bool = False) -> list[Prepared]:
+        """Every frame of a multi-frame DICOM (a cine loop), decoded from one read of the file
+        and prepared one by one; any other image is one item, as `prepare` gives it."""
+        if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+            is_path = isinstance(image, (str, os.PathLike))
+            path = str(image) if is_path else "<image bytes>"
+            data = read_regular(image, self.max_bytes) if is_path else bytes(image)
+            if data and is_dicom(data):
+                dcm = DicomImage(path, data, max_pixels=self.max_pixels)
+                out = []
+                for i in range(dcm.n_frames):
+                    rgb, notes = dcm.frame(i)
+                    check_min_side(path, rgb.shape[1], rgb.shape[0])
+                    decoded = Decoded(np.ascontiguousarray(rgb), tuple(notes), dict(dcm.identity), dcm.n_frames)
+                    out.append(self._prepare(decoded, path if is_path else None, mask, i, keep_view))
+                return out
+        return [self.prepare(image, mask, 0, keep_view)]
+
+    def _prepare(self, decoded: Decoded, path: str | None, mask: MaskArg, frame: int, keep_view: bool) -> Prepared:
+        rgb = decoded.rgb
         H, W = rgb.shape[:2]
         S = self.size
         spec = self.info.mask
@@ -224,7 +170,7 @@ class Predictor:
             source = "box"
         else:
             if isinstance(mask, np.ndarray):
-                lesion = _mask_array(mask, spec.threshold)
+                lesion = mask_array(mask, spec.threshold)
                 label = "mask array"
             else:
                 lesion = self._mask_from_path(Path(mask), path, (H, W))
@@ -249,7 +195,7 @@ class Predictor:
     def decode(self, image: ImageArg, frame: int = 0) -> Decoded:
         """An image path, encoded bytes (PNG, JPEG, DICOM) or an array -> `Decoded` RGB uint8."""
         if isinstance(image, np.ndarray):
-            return Decoded(_check_array(image, self.max_pixels))
+            return Decoded(check_array(image, self.max_pixels))
         if isinstance(image, (bytes, bytearray, memoryview)):
             data = bytes(image)
             if not data:
@@ -339,10 +285,21 @@ class Predictor:
         )
 
     def predict(
-        self, image, mask: MaskArg = None, *, threshold: float | None = None, tta: bool = False, frame: int = 0,
+        self, image, mask: MaskArg = None, *, threshold: float | None = None, tta: bool = False, frame: int | str = 0,
         explain: bool = False, keep_view: bool = False,
     ) -> Prediction:
-        prep = self.prepare(image, mask, frame, keep_view)
+        """One image; raises InputError for a bad one. `frame="all"`: every frame of a cine
+        loop, aggregated (see `aggregate`)."""
+        if frame == "all":
+            frames = self.prepare_frames(image, mask, keep_view)
+            res = {}
+            for i in range(0, len(frames), MAX_BATCH):
+                res.update(self._run_split(frames[i:i + MAX_BATCH], threshold, tta, explain))
+            out = self.aggregate([res[id(f)] for f in frames])
+            if isinstance(out, Failure):
+                raise InputError(out.path, out.error.split(": ", 1)[-1])
+            return out
+        prep = self.prepare(image, mask, frame_index(frame), keep_view)
         out = self.run(prep.image[None], prep.mask[None], tta, explain)
         if explain:
             return self._result(prep, out[0][0], threshold, tta, out[1][0])
@@ -357,7 +314,7 @@ class Predictor:
         workers: int = 2,
         threshold: float | None = None,
         tta: bool = False,
-        frame: int = 0,
+        frame: int | str = 0,
         explain: bool = False,
         keep_view: bool = False,
     ) -> Iterator[Prediction | Failure]:
@@ -367,14 +324,23 @@ class Predictor:
         Each item is an image (path, encoded bytes or array) or an (image, mask) pair. A single
         path or bytes object is one item, not a sequence of characters. `batch_size` is capped
         at MAX_BATCH; a batch that the session cannot run is split, down to the one image that
-        fails, which becomes a `Failure`."""
+        fails, which becomes a `Failure`. `frame="all"` classifies every frame of a cine loop
+        (multi-frame DICOM) and gives one aggregated result for it (`aggregate`)."""
         if isinstance(items, (str, os.PathLike, bytes, bytearray, memoryview)):
             items = [items]
         batch_size = max(1, min(int(batch_size), MAX_BATCH))
+        every_frame = frame == "all"
+        if not every_frame:
+            frame = frame_index(frame)
 
         def prep(item):
-            img, m = item if isinstance(item, tuple) and len(item) == 2 and not _is_box(item) else (item, mask)
+            if isinstance(item, Failure):  # already known to be unusable (busi-infer's folder walk)
+                return item
+            img, m = item if isinstance(item, tuple) and len(item) == 2 and not is_box(item) else (item, mask)
             try:
+                if every_frame:
+                    frames = self.prepare_frames(img, m, keep_view)
+                    return frames[0] if len(frames) == 1 else frames
                 return self.prepare(img, m, frame, keep_view)
             except BusiError as e:
                 return Failure(_label(img), str(e))
@@ -390,12 +356,14 @@ class Predictor:
             out_queue: list = []
 
             def flush():
-                if not batch:
-                    return
-                res = self._run_split(batch, threshold, tta, explain)
+                results = {}
+                for i in range(0, len(batch), batch_size):
+                    results.update(self._run_split(batch[i:i + batch_size], threshold, tta, explain))
                 for i, x in enumerate(out_queue):
                     if isinstance(x, Prepared):
-                        out_queue[i] = res[id(x)]
+                        out_queue[i] = results[id(x)]
+                    elif isinstance(x, list):  # the frames of one cine loop
+                        out_queue[i] = self.aggregate([results[id(f)] for f in x])
                 batch.clear()
 
             while True:
@@ -410,12 +378,18 @@ class Predictor:
                 out_queue.append(x)
                 if isinstance(x, Prepared):
                     batch.append(x)
+                elif isinstance(x, list):
+                    batch.extend(x)
                 if len(batch) >= batch_size or (exhausted and not pending):
                     flush()
                     yield from out_queue
                     out_queue.clear()
             flush()
             yield from out_queue
+
+    def aggregate(self, frames: list[Prediction | Failure]) -> Prediction | Failure:
+        """One result for a cine loop classified frame by frame (see `results.aggregate`)."""
+        return aggregate(frames, self.info.classes)
 
     def _run_split(self, batch: list[Prepared], threshold, tta: bool, explain: bool) -> dict[int, Prediction | Failure]:
         """Results of a batch keyed by id(Prepared); a batch the session cannot run (memory,
@@ -448,65 +422,13 @@ def _view(rgb: np.ndarray, model_mask_: np.ndarray, lesion: np.ndarray | None, m
     out = {"view": thumb, "mask": resize_mask(model_mask_, hw)}
     if lesion is not None:
         out["lesion"] = resize_mask(lesion, hw)
+        out["lesion_mask"] = lesion  # at the image's own size (a DICOM SEG needs it)
     return out
-
-
-def _is_box(item) -> bool:
-    return isinstance(item, (tuple, list)) and len(item) == 4 and all(isinstance(v, (int, float)) for v in item)
 
 
 def _label(img) -> str | None:
     """How a failure names its input: the path, or None for arrays and bytes."""
     return str(img) if isinstance(img, (str, os.PathLike)) else None
-
-
-def _numeric(a: np.ndarray, what: str) -> np.ndarray:
-    if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
-        raise InputError(None, f"{what} must be a numeric numpy array, got {getattr(a, 'dtype', type(a).__name__)}")
-    if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
-        raise InputError(None, f"{what} holds NaN or infinite values")
-    if a.dtype.kind in "if" and a.size and a.min() < 0:
-        raise InputError(None, f"{what} holds negative values")
-    return a
-
-
-def _check_array(a: np.ndarray, max_pixels: int = 0) -> np.ndarray:
-    """An image array -> RGB uint8 (H, W, 3), by the rules files follow: uint8 as is, uint16
-    like a 16-bit PNG (0..65535), bool as 0/255, floats in 0..1 or 0..255; NaN, inf, negative
-    values and images under 8x8 are refused."""
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
-        raise InputError(None, f"image array must be HxW, HxWx3 (RGB) or HxWx4, got shape {a.shape}")
-    check_min_side(None, a.shape[1], a.shape[0])
-    check_pixel_limit(None, a.shape[1], a.shape[0], max_pixels)
-    a = _numeric(a, "image array")[:, :, :3]
-    if a.dtype in (np.uint8, np.uint16, bool):
-        a = to_uint8(a)
-    elif a.dtype.kind == "f":
-        top = float(a.max())
-        if top > 255.0:
-            raise InputError(None, f"float image values must lie in 0..1 or 0..255, the maximum is {top:g}")
-        a = np.clip(a * 255.0 if top <= 1.0 else a, 0, 255).round().astype(np.uint8)
-    else:
-        top = int(a.max())
-        if top > 255:
-            raise InputError(None, f"integer image values must lie in 0..255 (uint16 arrays are read as 16-bit), the maximum is {top}")
-        a = a.astype(np.uint8)
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    return np.ascontiguousarray(a)
-
-
-def _mask_array(mask: np.ndarray, threshold: int) -> np.ndarray:
-    """A lesion mask array (H, W) or (H, W, C): bool, 0/1 or 0..255 -> bool (H, W)."""
-    m = _numeric(mask, "mask array")
-    if m.ndim not in (2, 3) or min(m.shape[:2]) == 0:
-        raise InputError(None, f"mask array must be HxW or HxWxC, got shape {m.shape}")
-    lesion = m.astype(bool) if m.dtype == bool else m > (threshold if m.max() > 1 else 0.5)
-    return lesion.any(axis=2) if lesion.ndim == 3 else lesion
 
 
 _CACHE: dict[str, Predictor] = {}

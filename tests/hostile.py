@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage, generate_uid
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
@@ -88,6 +88,8 @@ def dicom(path, pixels: np.ndarray | None, photometric="MONOCHROME2", frames=1, 
           **extra) -> Path:
     """A small US DICOM file (pydicom), pixel data written as given."""
     ds = us_dataset(ts)
+    if frames > 1:  # a cine loop is an Ultrasound Multi-frame Image
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
     if pixels is not None:
         shape = pixels.shape[1:] if frames > 1 else pixels.shape
         ds.Rows, ds.Columns = shape[0], shape[1]

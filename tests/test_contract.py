@@ -8,17 +8,16 @@ import re
 
 import pytest
 
+from busi.runtime.card import DataInfo, ModelCard
 from busi.runtime.contract import (
     CONTRACT_VERSION,
     InputSpec,
     MaskSpec,
-    ModelCard,
     ModelInfo,
     OperatingPoint,
     Parity,
     Provenance,
     SegmenterInfo,
-    DataInfo,
 )
 from busi.runtime.errors import ModelError
 

@@ -28,9 +28,12 @@ def grey(phantoms):
 
 def test_monochrome2_and_monochrome1_and_windowing(tmp_path, grey):
     a = read_rgb(make_dicom(tmp_path / "m2.dcm", grey))
-    g = grey.astype(float)
-    expect = ((g - g.min()) / (g.max() - g.min()) * 255 + 0.5).astype(np.uint8)
-    np.testing.assert_array_equal(a[..., 0], expect)
+    # 8-bit, no window, no rescale: as stored (what its PNG export holds), no contrast stretch
+    np.testing.assert_array_equal(a[..., 0], grey)
+    g = grey.astype(np.uint16) * 16 + 7  # 12-bit values without a window: the stored range, stretched
+    s = read_rgb(make_dicom(tmp_path / "m2-12bit.dcm", g))
+    x = g.astype(float)
+    np.testing.assert_array_equal(s[..., 0], ((x - x.min()) / (x.max() - x.min()) * 255 + 0.5).astype(np.uint8))
     b = read_rgb(make_dicom(tmp_path / "m1.dcm", (255 - grey).astype(np.uint8), "MONOCHROME1"))
     assert np.abs(b.astype(int) - a.astype(int)).max() <= 1  # inverted back
     sixteen = (grey.astype(np.uint16) * 16)
@@ -132,7 +135,8 @@ def test_a_pacs_folder_is_read_by_content_with_identity_and_skips_counted(export
     del bare.file_meta
     bare.preamble = None
     bare.save_as(root / "IM0003", enforce_file_format=False, implicit_vr=True, little_endian=True)
-    assert (root / "IM0003").read_bytes()[:4] == b"\x08\x00\x18\x00"  # starts with (0008,0018), no DICM
+    head = (root / "IM0003").read_bytes()[:132]
+    assert head[:2] == b"\x08\x00" and b"DICM" not in head  # starts with a group 0008 element
     _sr(root / "SR0001", study)
     (root / "README.txt").write_text("exported by a PACS\n")
     r = cli("busi-infer", tmp_path / "export", "--model", exported / "model.onnx", "--roi", "40,40,80,60",
@@ -188,3 +192,51 @@ def test_ybr_full_422_and_no_preamble_files_decode():
     for name in ("ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm"):  # no preamble, no file meta:
         with pytest.raises(InputError, match="DICOM has no pixel data"):  # read as DICOM (they hold none)
             read_rgb(PYDICOM_FILES / name)
+
+
+def _compressed_us(tmp_path, grey, syntax) -> Path:
+    """A US image compressed into `syntax` with pydicom's own encoders (RLE, JPEG-LS through
+    pyjpegls, deflate), or JPEG Baseline bytes from Pillow, encapsulated."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless, RLELossless
+
+    path = make_dicom(tmp_path / f"us-{syntax.name.replace(' ', '_')}", grey)
+    ds = pydicom.dcmread(path)
+    if syntax == JPEGBaseline8Bit:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(grey).save(buf, format="JPEG", quality=95)
+        ds.PixelData = encapsulate([buf.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.LossyImageCompression = "01"
+    elif syntax in (RLELossless, JPEGLSLossless):
+        ds.compress(syntax)
+    elif syntax == DeflatedExplicitVRLittleEndian:
+        ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("name, lossless", [
+    ("ImplicitVRLittleEndian", True), ("DeflatedExplicitVRLittleEndian", True), ("RLELossless", True),
+    ("JPEGLSLossless", True), ("JPEGBaseline8Bit", False),
+])
+def test_a_us_image_in_each_transfer_syntax_the_tests_can_encode(tmp_path, grey, name, lossless):
+    """Encoded here (pydicom's encoders, Pillow for JPEG), decoded by busi: the same pixels, or
+    within JPEG's loss. JPEG Lossless, 12-bit JPEG Extended and JPEG 2000 come from pydicom's
+    shipped files (the corpus test), which busi[dicom] decodes."""
+    import pydicom.uid
+
+    syntax = getattr(pydicom.uid, name)
+    if name == "ImplicitVRLittleEndian":
+        path = make_dicom(tmp_path / "implicit", grey, ts=syntax)
+    else:
+        path = _compressed_us(tmp_path, grey, syntax)
+    assert str(pydicom.dcmread(path).file_meta.TransferSyntaxUID) == str(syntax)
+    got = read_rgb(path)[..., 0].astype(int)
+    if lossless:
+        np.testing.assert_array_equal(got, grey)
+    else:
+        assert np.abs(got - grey.astype(int)).mean() < 3

@@ -9,7 +9,8 @@ import zipfile
 import onnx
 import pytest
 
-from busi.runtime.contract import CONTRACT_VERSION, ModelCard, ModelInfo
+from busi.runtime.card import ModelCard
+from busi.runtime.contract import CONTRACT_VERSION, ModelInfo
 from helpers import cli
 
 

@@ -16,7 +16,8 @@ import onnx
 import pytest
 
 from busi.runtime import Predictor
-from busi.runtime.contract import SegmenterCard, SegmenterInfo
+from busi.runtime.card import SegmenterCard
+from busi.runtime.contract import SegmenterInfo
 from busi.runtime.imageio import read_mask
 from busi.runtime.segmenter import Segmenter
 from helpers import SAMPLE, cli

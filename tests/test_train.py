@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
-from busi.runtime.contract import BOX_MARGIN, CLASSES, CONTRACT_VERSION, ModelCard
+from busi.runtime.card import ModelCard
+from busi.runtime.contract import BOX_MARGIN, CLASSES, CONTRACT_VERSION
 from helpers import BIN
 
 

@@ -35,12 +35,16 @@ def phantoms(
     out: Path = typer.Option(..., "--out", help="Folder to write <class>/<class> (N).png and masks into."),
     per_class: int = typer.Option(40, "--per-class", min=1, help="Images per class."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed = same images)."),
+    dicom: Optional[Path] = typer.Option(None, "--dicom", help="Also write them into this folder as one ultrasound study of a phantom patient, as a PACS exports it."),
 ):
     """Write synthetic B-mode breast ultrasound phantoms in the BUSI layout."""
-    from .phantoms import write_phantoms
+    from .phantoms import write_dicom_study, write_phantoms
 
     counts = write_phantoms(out, per_class, seed)
     typer.echo(f"wrote {sum(counts.values())} phantoms to {out} ({per_class} per class, seed {seed})", err=True)
+    if dicom is not None:
+        files = write_dicom_study(dicom, per_class, seed)
+        typer.echo(f"wrote them as a DICOM study: {len(files)} files in {files[0].parent}", err=True)
 
 
 @app.command("check-data")

@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from busi.runtime.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from busi.runtime.card import DataInfo, ModelCard
 from busi.runtime.contract import (
     CLASSES,
     MALIGNANT,
     MASK_SOURCES,
     PLACEHOLDER,
-    DataInfo,
     InputSpec,
     MaskSpec,
-    ModelCard,
     ModelInfo,
     OperatingPoint,
     Provenance,

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from busi.runtime.atomic import atomic_path, atomic_write_bytes, atomic_write_text
-from busi.runtime.contract import SEGMENTER_MIN_AREA, SEGMENTER_THRESHOLD, DataInfo, InputSpec, Provenance, SegmenterCard, SegmenterInfo
+from busi.runtime.card import DataInfo, SegmenterCard
+from busi.runtime.contract import SEGMENTER_MIN_AREA, SEGMENTER_THRESHOLD, InputSpec, Provenance, SegmenterInfo
 from busi.runtime.errors import DataError
 from busi.runtime.log import get as get_logger
 from busi.runtime.model_dir import ModelDir

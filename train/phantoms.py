@@ -169,3 +169,44 @@ def write_phantoms(out: str | Path, per_class: int, seed: int = 0) -> dict[str, 
                 _write_png(d / f"{stem}_mask.png", m8, bilevel=True)  # 1-bit, like BUSI lesion masks
         counts[label] = per_class
     return counts
+
+
+def write_dicom_study(out: str | Path, per_class: int, seed: int = 0) -> list[Path]:
+    """The same phantoms as `write_phantoms(..., per_class, seed)`, as one ultrasound study of a
+    phantom patient, the way a PACS exports it: `out/<patient>/STUDY1/IM0001...` (no extension,
+    Ultrasound Image Storage, explicit VR little endian), with UIDs derived from the seed, so the
+    same seed gives the same study."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+
+    def uid(*parts) -> str:
+        return generate_uid(entropy_srcs=["busi phantom", str(seed), *map(str, parts)])
+
+    folder = Path(out) / f"PHANTOM{seed:04d}" / "STUDY1"
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series = uid("study"), uid("series")
+    written = []
+    for ci, label in enumerate(CLASSES):
+        for i in range(1, per_class + 1):
+            grey, _ = make_phantom(np.random.default_rng([seed, ci, i]), label)
+            n = len(written) + 1
+            ds = Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+            ds.file_meta.MediaStorageSOPInstanceUID = uid("image", n)
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = f"Phantom^{seed}", f"PH{seed:04d}", "", "F"
+            ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20261125", "120000", "1", f"PHANTOM{seed}"
+            ds.ReferringPhysicianName, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "", "US", 1, n
+            ds.Manufacturer, ds.StudyDescription = "busi phantom generator", "Breast ultrasound (synthetic phantom)"
+            ds.ImageComments = f"phantom {label} ({i}): synthetic, for tests and the demo"
+            ds.Rows, ds.Columns = grey.shape
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+            ds.PixelData = np.ascontiguousarray(grey, np.uint8).tobytes()
+            path = folder / f"IM{n:04d}"
+            ds.save_as(path, enforce_file_format=True)
+            written.append(path)
+    return written

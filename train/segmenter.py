@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from busi.runtime.contract import CLASSES, MaskSpec, SegmenterCard, SegmenterInfo
+from busi.runtime.card import SegmenterCard
+from busi.runtime.contract import CLASSES, MaskSpec, SegmenterInfo
 from busi.runtime.masks import largest_component, model_mask
 from busi.runtime.model_dir import ModelDir
 

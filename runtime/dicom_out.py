@@ -1,0 +1,267 @@
+"""DICOM out, with highdicom: a Structured Report of the finding, a Secondary Capture of the
+overlay, and a SEG of the lesion that `--mask auto` found, beside the source in the PACS.
+
+`write(prediction, source, out_dir)` writes, for one DICOM source image:
+
+- `<SOPInstanceUID>.sr.dcm`: Comprehensive 3D SR, TID 1500 Measurement Report. A device
+  observer (busi, the model's sha256), procedure "Ultrasonography of breast", one measurement
+  group that references the source image: the ROI as a planar polyline in the source's pixel
+  coordinates (none for a whole-image classification), the finding, P(malignant) as
+  "Probability of cancer" and the three class probabilities, the malignant flag and its
+  threshold, the mask source, and the algorithm (busi, its version, the model's sha256, the
+  research-use statement).
+- `<SOPInstanceUID>.sc.dcm`: Secondary Capture of what the HTML report shows: the image with
+  what the classifier saw (green) and the lesion (yellow), the Grad-CAM heat map when the
+  prediction has one, class, P(malignant) and flag burned in under a research-use banner.
+- `<SOPInstanceUID>.seg.dcm`: binary SEG of the lesion, when the segmenter found one.
+
+Patient and study come from the source; each kind of output gets its own series. The UIDs
+are derived from the source SOP instance, the model's sha256, the busi version and the
+options that change the result (pydicom's `generate_uid(entropy_srcs=...)`), so running
+again into the same folder replaces the same files instead of adding new objects. Files are
+written to a temp file and renamed.
+
+Coded concepts (SNOMED CT and DICOM where they exist; `99BUSI` is busi's private scheme):
+Pathology (DCM 111042) = Normal (SCT 17621005) / Benign (SCT 30807003) / Malignant
+(SCT 21594007); Probability of cancer (DCM 111047) = P(malignant); finding type Lesion
+(SCT 52988006) with an ROI, Breast (SCT 76752008) without; 99BUSI P-NORMAL, P-BENIGN,
+P-MALIGNANT (class probabilities), MALIGNANT-FLAG (Yes/No, SCT 373066001/373067005),
+FLAG-THRESHOLD, MASK-SOURCE (BOX, FILE, AUTO, NONE).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import InputError, WriteError
+from .log import get as get_logger
+
+_LOG = get_logger(__name__)
+
+if TYPE_CHECKING:
+    from .results import Prediction
+
+SCHEME = "99BUSI"
+MANUFACTURER = "busi (research software, not a medical device)"
+RESEARCH = "Research software, not a medical device: not a diagnosis."
+SERIES_NUMBERS = {"sr": 9901, "sc": 9902, "seg": 9903}
+MASK_SOURCES = {"box": ("BOX", "Lesion box"), "gt": ("FILE", "Lesion mask file"), "auto": ("AUTO", "Lesion segmenter"),
+                "none": ("NONE", "Whole image")}
+
+
+def _busi(value: str, meaning: str):
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(value, SCHEME, meaning)
+
+
+def _uid(*parts) -> str:
+    """A UID that depends only on `parts` (and the busi version): the same input, model and
+    options give the same UID, so a re-run replaces instead of duplicating."""
+    from pydicom.uid import generate_uid
+
+    from busi import __version__
+
+    return generate_uid(entropy_srcs=["busi", __version__, *map(str, parts)])
+
+
+def read_source(source) -> "object":
+    """The source as a pydicom Dataset (a path is read with its pixel data: SEG needs it)."""
+    import pydicom
+
+    if isinstance(source, pydicom.Dataset):
+        return source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(source, force=True)
+    except Exception as e:
+        raise InputError(source, f"cannot read the DICOM source for the output ({type(e).__name__})") from None
+
+
+def write(prediction: "Prediction", source, out_dir: str | Path, *, options: str = "") -> list[Path]:
+    """SR, SC and (when a lesion was found) SEG for one prediction of a DICOM source image.
+    `options`: what else changed the result (mask, threshold, TTA, frame), for the UIDs."""
+    src = read_source(source)
+    for key in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not src.get(key):
+            raise InputError(getattr(prediction, "path", None), f"DICOM source lacks {key}; no DICOM output written")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(out, f"cannot create the output folder ({e.strerror or e})") from None
+    key = (src.SOPInstanceUID, prediction.model_sha256, options)
+    try:
+        objects = {"sr": structured_report(prediction, src, key), "sc": secondary_capture(prediction, src, key)}
+        lesion = prediction.extras.get("lesion_mask")
+        if prediction.mask_source == "auto" and lesion is not None and lesion.any():
+            if int(src.get("NumberOfFrames", 1) or 1) > 1 and "FrameOfReferenceUID" not in src:
+                _LOG.warning("busi: %s: no SEG for a cine loop without a Frame of Reference (highdicom segments one "
+                             "frame there); its SR carries the lesion box", prediction.path)
+            else:
+                objects["seg"] = segmentation(prediction, src, key, lesion)
+    except InputError:
+        raise
+    except Exception as e:  # highdicom refuses a source it cannot reference (an odd SOP class, bad values)
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise InputError(getattr(prediction, "path", None),
+                         f"cannot build the DICOM output ({type(e).__name__}{': ' + msg if msg else ''})") from None
+    written = []
+    for kind, ds in objects.items():
+        final = out / f"{src.SOPInstanceUID}.{kind}.dcm"
+        try:
+            with atomic_path(final, suffix=".dcm") as tmp:
+                ds.save_as(tmp, enforce_file_format=True)
+        except OSError as e:
+            raise WriteError(final, f"cannot write ({e.strerror or e})") from None
+        written.append(final)
+    return written
+
+
+def _series(src, kind: str, key) -> dict:
+    return {"series_instance_uid": _uid(src.SeriesInstanceUID, kind, *key[1:]), "series_number": SERIES_NUMBERS[kind],
+            "sop_instance_uid": _uid(*key, kind), "instance_number": 1}
+
+
+def _frame(prediction, src) -> list[int] | None:
+    """The 1-based frame of a multi-frame source that the finding refers to."""
+    n = int(src.get("NumberOfFrames", 1) or 1)
+    return [int((prediction.dicom or {}).get("frame", 0)) + 1] if n > 1 else None
+
+
+def structured_report(prediction: "Prediction", src, key):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from busi import __version__
+
+    no_units = hd.sr.CodedConcept("1", "UCUM", "no units")
+    sha = prediction.model_sha256
+    algorithm = hd.sr.AlgorithmIdentification(
+        name="busi", version=__version__, family=codes.DCM.ArtificialIntelligence,
+        parameters=[f"model sha256 {sha}", f"mask source {prediction.mask_source}", RESEARCH]
+        + ([f"cine loop of {prediction.cine['frames']} frames: class probabilities are the mean over the frames, "
+            f"Probability of cancer and the flag are those of frame {prediction.cine['max_malignant_frame']} (0-based), "
+            "the highest"] if prediction.cine else []))
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=_uid("device", sha), name="busi", manufacturer_name=MANUFACTURER,
+            model_name="busi masked ResNet50", serial_number=sha[:16]))
+    pathology = {"normal": codes.SCT.Normal, "benign": codes.SCT.Benign, "malignant": codes.SCT.Malignant}
+    src_code, src_meaning = MASK_SOURCES.get(prediction.mask_source, ("FILE", "Lesion mask file"))
+    qualitative = [
+        hd.sr.QualitativeEvaluation(name=hd.sr.CodedConcept("111042", "DCM", "Pathology"), value=pathology[prediction.label]),
+        hd.sr.QualitativeEvaluation(name=_busi("MALIGNANT-FLAG", "Malignant flag at the operating point"),
+                                    value=codes.SCT.Yes if prediction.malignant else codes.SCT.No),
+        hd.sr.QualitativeEvaluation(name=_busi("MASK-SOURCE", "Mask source"), value=_busi(src_code, src_meaning)),
+    ]
+    p = prediction.probabilities
+    # P(malignant) behind the flag (a cine loop's highest frame); the class probabilities as given (a cine's mean)
+    measurements = [hd.sr.Measurement(name=codes.DCM.ProbabilityOfCancer, value=prediction.flag_probability, unit=no_units)]
+    measurements += [hd.sr.Measurement(name=_busi(f"P-{c.upper()}", f"Probability of {c}"), value=float(v), unit=no_units)
+                     for c, v in p.items()]
+    measurements.append(hd.sr.Measurement(name=_busi("FLAG-THRESHOLD", "Malignant flag threshold (P(malignant))"),
+                                          value=float(prediction.threshold), unit=no_units))
+    tracking = hd.sr.TrackingIdentifier(uid=_uid(*key, "finding"), identifier="busi finding")
+    frames = _frame(prediction, src)
+    if prediction.lesion_box:
+        x, y, w, h = prediction.lesion_box
+        corners = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]], dtype=float)
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=corners,
+            source_image=hd.sr.SourceImageForRegion.from_source_image(src, referenced_frame_numbers=frames))
+        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, referenced_region=region, finding_type=codes.SCT.Lesion,
+            algorithm_id=algorithm, measurements=measurements, qualitative_evaluations=qualitative)
+    else:
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, finding_type=codes.SCT.Breast, algorithm_id=algorithm,
+            measurements=measurements, qualitative_evaluations=qualitative,
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src, referenced_frame_numbers=frames)])
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=codes.SCT.UltrasonographyOfBreast, imaging_measurements=[group],
+        title=codes.DCM.ImagingMeasurementReport)
+    return hd.sr.Comprehensive3DSR(
+        evidence=[src], content=report, manufacturer=MANUFACTURER, **_series(src, "sr", key),
+        series_description="busi finding (research use only, not a medical device)")
+
+
+def overlay_image(prediction: "Prediction") -> np.ndarray:
+    """What the HTML report shows, as one RGB image: the image with the classifier's mask
+    (green) and the lesion (yellow), the Grad-CAM heat map when there is one, and a banner with
+    the result and the research-use statement."""
+    import cv2
+
+    from .gradcam import outline, overlay
+
+    ex = prediction.extras
+    view = ex.get("view")
+    if view is None:
+        raise InputError(prediction.path, "the prediction kept no view of the image (keep_view=True) for the overlay")
+    shown = overlay(view, ex["cam"]) if ex.get("cam") is not None else view.copy()
+    shown = outline(shown, ex["mask"], (0, 255, 0))
+    if ex.get("lesion") is not None:
+        shown = outline(shown, ex["lesion"], (255, 255, 0), 1)
+    W = shown.shape[1]
+    scale = max(0.35, W / 900)
+    line = int(22 * scale / 0.5)
+    banner = np.zeros((line * 2 + 8, W, 3), np.uint8)
+    flag = "MALIGNANT FLAG" if prediction.malignant else "no malignant flag"
+    texts = [f"busi: {prediction.label} {prediction.confidence:.2f}  P(mal) {prediction.flag_probability:.3f}  "
+             f"{flag} (>= {prediction.threshold:.3f})", "RESEARCH USE ONLY - NOT A MEDICAL DEVICE - NOT A DIAGNOSIS"]
+    for i, t in enumerate(texts):
+        cv2.putText(banner, t, (4, line * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255) if i == 0 else (255, 200, 0),
+                    1, cv2.LINE_AA)
+    return np.ascontiguousarray(np.concatenate([banner, shown], axis=0))
+
+
+def secondary_capture(prediction: "Prediction", src, key):
+    import highdicom as hd
+
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=src, pixel_array=overlay_image(prediction), photometric_interpretation="RGB", bits_allocated=8,
+        coordinate_system="PATIENT", patient_orientation=("A", "F"), manufacturer=MANUFACTURER,
+        series_description="busi overlay (research use only, not a medical device)", **_series(src, "sc", key))
+    # an ultrasound image has no patient orientation to copy: left empty (type 2), not invented
+    sc.PatientOrientation = src.get("PatientOrientation", None)
+    sc.Laterality = src.get("Laterality", None)
+    sc.ImageComments = RESEARCH
+    return sc
+
+
+def segmentation(prediction: "Prediction", src, key, lesion: np.ndarray):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from busi import __version__
+
+    rows, cols = int(src.Rows), int(src.Columns)
+    if lesion.shape != (rows, cols):
+        raise InputError(prediction.path, f"lesion mask {lesion.shape} does not match the source {rows}x{cols}")
+    n = int(src.get("NumberOfFrames", 1) or 1)
+    if n > 1:  # the lesion belongs to one frame of the cine
+        stack = np.zeros((n, rows, cols), bool)
+        stack[_frame(prediction, src)[0] - 1] = lesion
+    else:
+        stack = lesion[None]
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="lesion (busi segmenter)",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure, segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="busi lesion segmenter", family=codes.DCM.ArtificialIntelligence, version=__version__))
+    seg = hd.seg.Segmentation(
+        source_images=[src], pixel_array=stack, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description], manufacturer=MANUFACTURER, manufacturer_model_name="busi",
+        software_versions=__version__, device_serial_number=prediction.model_sha256[:16],
+        series_description="busi lesion (research use only, not a medical device)", **_series(src, "seg", key))
+    seg.PatientOrientation = src.get("PatientOrientation", None)
+    return seg

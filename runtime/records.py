@@ -1,0 +1,111 @@
+"""busi-infer's output formats: JSON lines, CSV and a table; per-study summaries (`--by study`).
+
+A record is `Prediction.to_dict()` or `Failure.to_dict()`; a study summary has
+`"record": "study"`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from enum import Enum
+
+# the columns busi-infer always had first, in their order; what DICOM, cine and --by study add after them
+CSV_FIELDS = ("path", "class", "confidence", "p_normal", "p_benign", "p_malignant", "malignant", "threshold",
+              "mask_source", "lesion_found", "lesion_box", "provider", "error", "study_uid", "series_uid", "sop_uid",
+              "frame", "cine_frames", "cine_max_malignant", "cine_max_frame", "record", "images")
+#: JSON `dicom` keys -> CSV columns
+DICOM_COLUMNS = {"StudyInstanceUID": "study_uid", "SeriesInstanceUID": "series_uid", "SOPInstanceUID": "sop_uid",
+                 "frame": "frame"}
+CINE_COLUMNS = {"frames": "cine_frames", "max_malignant": "cine_max_malignant", "max_malignant_frame": "cine_max_frame"}
+
+
+class Format(str, Enum):
+    jsonl = "jsonl"
+    csv = "csv"
+    table = "table"
+
+
+def study_summaries(records: list[dict]) -> list[dict]:
+    """One record per DICOM study among the results: how many images were classified (and
+    failed), the highest P(malignant) with its image, and whether any image carries the flag."""
+    studies: dict[str, list[dict]] = {}
+    for r in records:
+        uid = (r.get("dicom") or {}).get("StudyInstanceUID")
+        if uid and "error" not in r:
+            studies.setdefault(uid, []).append(r)
+    out = []
+    for uid, rs in studies.items():
+        top = max(rs, key=_p_malignant)
+        out.append({
+            "record": "study", "study_uid": uid, "images": len(rs),
+            "max_malignant": _p_malignant(top), "max_malignant_path": top["path"],
+            "malignant": any(r["malignant"] for r in rs), "threshold": top["threshold"],
+        })
+    return out
+
+
+def _p_malignant(r: dict) -> float:
+    """The P(malignant) behind a record's flag: a cine's highest frame, else the image's."""
+    return float((r.get("cine") or {}).get("max_malignant", r["probabilities"]["malignant"]))
+
+
+def render(records: list[dict], fmt: Format) -> str:
+    if fmt is Format.jsonl:
+        return "".join(json.dumps(r) + "\n" for r in records)
+    if fmt is Format.csv:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        w.writeheader()
+        for r in records:
+            w.writerow(_flat(r))
+        return buf.getvalue()
+    return _table(records)
+
+
+def _table(records: list[dict]) -> str:
+    lines = [f"{'class':<10} {'conf':>6} {'P(mal)':>7} {'flag':<9} {'mask':<5} path"]
+    thresholds = sorted({r["threshold"] for r in records if "error" not in r})
+    if thresholds:
+        # The flag is set by the operating point, not by the top class: a 'benign' row can carry it.
+        lines.insert(0, "(flag MALIGNANT: P(mal) >= " + ", ".join(f"{t:.3g}" for t in thresholds)
+                     + "; set by this threshold, not by the top class)")
+    if any(r.get("lesion_found") is False for r in records):
+        lines.insert(0, "(mask 'auto-': the segmenter found no lesion)")
+    if any(r.get("cine") for r in records):
+        lines.insert(0, "(cine: class from the mean over the frames; P(mal) and flag from the frame with the highest P(mal))")
+    for r in records:
+        if r.get("record") == "study":
+            flag = "MALIGNANT" if r["malignant"] else "-"
+            lines.append(f"{'STUDY':<10} {'':>6} {r['max_malignant']:7.3f} {flag:<9} {'':<5} {r['study_uid']}: "
+                         f"{r['images']} image(s), highest P(mal) in {r['max_malignant_path']}")
+        elif "error" in r:
+            lines.append(f"{'FAILED':<10} {'':>6} {'':>7} {'':<9} {'':<5} {r['error']}")
+        else:
+            flag = "MALIGNANT" if r["malignant"] else "-"
+            src = r["mask_source"] + ("-" if r.get("lesion_found") is False else "")
+            where = r["path"]
+            if r.get("cine"):
+                c = r["cine"]
+                where += f" [cine: {c['frames']} frames, highest P(mal) in frame {c['max_malignant_frame']}]"
+            lines.append(f"{r['class']:<10} {r['confidence']:6.3f} {_p_malignant(r):7.3f} {flag:<9} {src:<5} {where}")
+    return "\n".join(lines) + "\n"
+
+
+def _flat(r: dict) -> dict:
+    if r.get("record") == "study":
+        return {"record": "study", "path": r["max_malignant_path"], "p_malignant": f"{r['max_malignant']:.6f}",
+                "malignant": int(r["malignant"]), "threshold": f"{r['threshold']:.6f}", "study_uid": r["study_uid"],
+                "images": r["images"]}
+    if "error" in r:
+        return {"record": "image", "path": r["path"], "error": r["error"]}
+    return {
+        "record": "image", "path": r["path"], "class": r["class"], "confidence": f"{r['confidence']:.6f}",
+        **{f"p_{k}": f"{v:.6f}" for k, v in r["probabilities"].items()},
+        "malignant": int(r["malignant"]), "threshold": f"{r['threshold']:.6f}", "mask_source": r["mask_source"],
+        "lesion_found": "" if r.get("lesion_found") is None else int(r["lesion_found"]),
+        "lesion_box": " ".join(map(str, r["lesion_box"])) if r["lesion_box"] else "", "provider": r["provider"], "error": "",
+        **{col: (r.get("dicom") or {}).get(key, "") for key, col in DICOM_COLUMNS.items()},
+        **{col: (r.get("cine") or {}).get(key, "") for key, col in CINE_COLUMNS.items()},
+    }

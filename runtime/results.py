@@ -1,0 +1,112 @@
+"""What the Predictor gives back: a Prediction, a Failure, and the Prepared inputs between."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .masks import Box
+
+
+@dataclass
+class Prediction:
+    path: str | None
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    malignant: bool
+    threshold: float
+    mask_source: str
+    lesion_box: Box | None
+    provider: str
+    model_sha256: str
+    tta: bool = False
+    lesion_found: bool | None = None  # mask source auto: did the segmenter find a lesion?
+    notes: list[str] = field(default_factory=list)
+    #: DICOM inputs: StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, frame and frames
+    dicom: dict[str, Any] | None = None
+    #: a cine loop classified frame by frame (frames="all"): see Predictor.aggregate
+    cine: dict[str, Any] | None = None
+    #: not serialized: "cam" (Grad-CAM map, feature-map size) with explain=True; "view"
+    #: (thumbnail RGB), "mask" (what the classifier saw) and "lesion" (found/given lesion)
+    #: with keep_view=True
+    extras: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "extras"}
+        d["probabilities"] = dict(self.probabilities)
+        d["notes"] = list(self.notes)
+        d = {"class" if k == "label" else k: v for k, v in d.items()}
+        d["lesion_box"] = list(self.lesion_box) if self.lesion_box else None
+        for key in ("dicom", "cine"):
+            if d[key] is None:
+                del d[key]
+            else:
+                d[key] = dict(d[key])
+        return d
+
+    @property
+    def flag_probability(self) -> float:
+        """The P(malignant) that set the malignant flag: a cine loop's highest frame, else the image's."""
+        return float((self.cine or {}).get("max_malignant", self.probabilities["malignant"]))
+
+    def __getitem__(self, key: str):  # result["class"], result["confidence"] as in the seed
+        return self.to_dict()[key]
+
+
+@dataclass
+class Failure:
+    path: str | None
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "error": self.error}
+
+
+@dataclass
+class Prepared:
+    path: str | None
+    image: np.ndarray  # (S, S, 3) float32
+    mask: np.ndarray  # (S, S, 1) float32
+    mask_source: str
+    lesion_box: Box | None
+    lesion_found: bool | None = None
+    notes: list[str] = field(default_factory=list)
+    view: dict[str, np.ndarray] | None = None
+    dicom: dict[str, Any] | None = None
+
+
+def aggregate(frames: list["Prediction | Failure"], classes: tuple[str, ...]) -> "Prediction | Failure":
+    """One result for a cine loop classified frame by frame. Class and confidence come from
+    the mean of the frames' probabilities; the malignant flag (and the ROI, Grad-CAM and
+    view) from the frame with the highest P(malignant): sensitivity comes first, a lesion
+    seen well in one frame is not averaged away. `cine` says so, with the figures."""
+    ok = [f for f in frames if isinstance(f, Prediction)]
+    if not ok:
+        return frames[0]
+    mal = classes.index("malignant")
+    P = np.array([[f.probabilities[c] for c in classes] for f in ok])
+    mean = P.mean(axis=0)
+    j = int(np.argmax(P[:, mal]))
+    top, k = ok[j], int(np.argmax(mean))
+    failed = [f for f in frames if isinstance(f, Failure)]
+    notes = list(dict.fromkeys(n for f in ok for n in f.notes))
+    if failed:
+        notes.append(f"{len(failed)} of {len(frames)} frames could not be classified: {failed[0].error}")
+    cine = {
+        "frames": len(ok),
+        "mean_probabilities": {c: float(v) for c, v in zip(classes, mean)},
+        "max_malignant_frame": int((top.dicom or {}).get("frame", j)),
+        "max_malignant": float(P[j, mal]),
+        "rule": "class and confidence from the mean probabilities over the frames; the malignant flag, ROI and "
+                "views from the frame with the highest P(malignant)",
+    }
+    return Prediction(
+        path=top.path, label=classes[k], confidence=float(mean[k]),
+        probabilities={c: float(v) for c, v in zip(classes, mean)},
+        malignant=bool(P[j, mal] >= top.threshold), threshold=top.threshold, mask_source=top.mask_source,
+        lesion_box=top.lesion_box, provider=top.provider, model_sha256=top.model_sha256, tta=top.tta,
+        lesion_found=top.lesion_found, notes=notes, dicom=top.dicom, cine=cine, extras=top.extras,
+    )

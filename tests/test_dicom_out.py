@@ -1,0 +1,164 @@
+"""DICOM out (--dicom-out) and cine/study handling, as a PACS user would check them: every object
+passes dciodvfy, the SR read back with highdicom says what the prediction says, re-running
+replaces instead of duplicating, and a cine loop's aggregate recomputes from its frames."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from helpers import BIN, cli
+from hostile import dicom as make_dicom
+
+hd = pytest.importorskip("highdicom")
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    exe = shutil.which("dciodvfy") or str(BIN / "dciodvfy")
+    r = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    return [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
+
+
+def study(folder: Path, images: dict[str, np.ndarray], **kw) -> dict[str, str]:
+    """US DICOM files of one study (patient attributes included); name -> SOPInstanceUID."""
+    base = dict(StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), PatientID="PH001",
+                PatientName="Phantom^One", PatientBirthDate="19700101", PatientSex="F", StudyDate="20261125",
+                StudyTime="120000", AccessionNumber="ACC1", StudyID="1", SeriesNumber=1, ReferringPhysicianName="")
+    base.update(kw)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for i, (name, px) in enumerate(images.items(), 1):
+        sop = generate_uid()
+        make_dicom(folder / name, px, frames=len(px) if px.ndim == 3 and px.shape[-1] != 3 else 1,
+                   SOPInstanceUID=sop, InstanceNumber=i, **base)
+        out[name] = sop
+    return out
+
+
+@pytest.fixture
+def lesion_grey(phantoms):
+    return cv2.imread(str(phantoms / "malignant" / "malignant (1).png"), cv2.IMREAD_GRAYSCALE)
+
+
+def test_sr_sc_seg_are_valid_and_say_what_the_prediction_says(exported, tmp_path, lesion_grey):
+    sops = study(tmp_path / "in", {"IM0001": lesion_grey})
+    out = tmp_path / "dicom-out"
+    args = [tmp_path / "in", "--model", exported / "model.onnx", "--mask", "auto", "--dicom-out", out, "--explain",
+            tmp_path / "cam"]
+    r = cli("busi-infer", *args)
+    rec = json.loads(r.stdout)
+    src = pydicom.dcmread(tmp_path / "in" / "IM0001")
+    kinds = ["sr", "sc"] + (["seg"] if rec["lesion_found"] else [])
+    files = sorted(out.iterdir())
+    assert sorted(p.name for p in files) == sorted(f"{sops['IM0001']}.{k}.dcm" for k in kinds)
+    for f in files:
+        assert dciodvfy_errors(f) == [], f
+        ds = pydicom.dcmread(f)
+        assert ds.PatientID == "PH001" and ds.StudyInstanceUID == src.StudyInstanceUID
+        assert ds.SeriesInstanceUID != src.SeriesInstanceUID and ds.SOPInstanceUID != src.SOPInstanceUID
+        assert ds.Manufacturer.startswith("busi")
+    sr = hd.sr.srread(out / f"{sops['IM0001']}.sr.dcm")
+    group = (sr.content.get_planar_roi_measurement_groups() or sr.content.get_image_measurement_groups())[0]
+    m = {x.name.meaning: x.value for x in group.get_measurements()}
+    q = {x.name.meaning: x.value.meaning for x in group.get_qualitative_evaluations()}
+    assert m["Probability of cancer"] == pytest.approx(rec["probabilities"]["malignant"], abs=1e-6)
+    for c, p in rec["probabilities"].items():
+        assert m[f"Probability of {c}"] == pytest.approx(p, abs=1e-6)
+    assert m["Malignant flag threshold (P(malignant))"] == pytest.approx(rec["threshold"], abs=1e-6)
+    assert q["Pathology"] == rec["class"].capitalize() and q["Mask source"] == "Lesion segmenter"
+    assert q["Malignant flag at the operating point"] == ("Yes" if rec["malignant"] else "No")
+    x, y, w, h = rec["lesion_box"]
+    assert group.roi.value.tolist() == [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
+    assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sops["IM0001"]
+    sc = pydicom.dcmread(out / f"{sops['IM0001']}.sc.dcm")
+    assert sc.pixel_array.ndim == 3 and sc.pixel_array.shape[2] == 3
+    if rec["lesion_found"]:
+        seg = pydicom.dcmread(out / f"{sops['IM0001']}.seg.dcm")
+        assert seg.pixel_array.shape == (src.Rows, src.Columns) and seg.pixel_array.any()
+        ys, xs = np.nonzero(seg.pixel_array)
+        assert x <= xs.min() and xs.max() < x + w and y <= ys.min() and ys.max() < y + h  # the lesion is inside its box
+    # the same input, model and options again: the same objects, replaced, not added
+    before = {p.name: pydicom.dcmread(p).SOPInstanceUID for p in files}
+    cli("busi-infer", *args)
+    assert {p.name: pydicom.dcmread(p).SOPInstanceUID for p in out.iterdir()} == before
+    # other options are other results: new objects beside them
+    cli("busi-infer", tmp_path / "in", "--model", exported / "model.onnx", "--mask", "none", "--dicom-out", tmp_path / "other")
+    other = {pydicom.dcmread(p).SOPInstanceUID for p in (tmp_path / "other").iterdir()}
+    assert other and not other & set(before.values())
+    # busi's own objects in a folder are skipped, not classified
+    shutil.copytree(out, tmp_path / "in" / "derived")
+    r = cli("busi-infer", tmp_path / "in", "--model", exported / "model.onnx", "--mask", "none")
+    assert len(r.stdout.splitlines()) == 1 and f"({len(files)} busi's own DICOM outputs)" in r.stderr
+    r = cli("busi-infer", out, "--model", exported / "model.onnx", check=False)
+    assert r.returncode == 1 and f"{out}: is a directory without images ({len(files)} busi's own DICOM outputs)" in r.stderr
+
+
+def test_a_whole_image_sr_and_png_inputs(exported, tmp_path, lesion_grey, phantoms):
+    sops = study(tmp_path / "in", {"IM0001": lesion_grey})
+    png = phantoms / "benign" / "benign (1).png"
+    r = cli("busi-infer", tmp_path / "in", png, "--model", exported / "model.onnx", "--mask", "none",
+            "--dicom-out", tmp_path / "out")
+    assert r.stderr.count("PNG and JPEG inputs get no DICOM output") == 1
+    sr_path = tmp_path / "out" / f"{sops['IM0001']}.sr.dcm"
+    assert dciodvfy_errors(sr_path) == []
+    sr = hd.sr.srread(sr_path)
+    assert not sr.content.get_planar_roi_measurement_groups()
+    group = sr.content.get_image_measurement_groups()[0]
+    assert {x.name.meaning: x.value.meaning for x in group.get_qualitative_evaluations()}["Mask source"] == "Whole image"
+    assert len(list((tmp_path / "out").iterdir())) == 2  # SR and SC for the DICOM; nothing for the PNG
+
+
+def test_a_cine_loop_and_a_study_summary(exported, tmp_path, lesion_grey):
+    g = lesion_grey
+    cine = np.stack([np.roll(g, 15 * i, axis=1) for i in range(4)]).astype(np.uint8)
+    sops = study(tmp_path / "in", {"IM0001": g, "CINE01": cine})
+    model = exported / "model.onnx"
+    r = cli("busi-infer", tmp_path / "in", "--model", model, "--roi", "120,100,90,70", "--frames", "all",
+            "--by", "study", "--batch-size", "3", "--dicom-out", tmp_path / "out")
+    recs = [json.loads(ln) for ln in r.stdout.splitlines()]
+    images = [x for x in recs if x.get("record") != "study"]
+    loop = next(x for x in images if x["path"].endswith("CINE01"))
+    frames = [json.loads(cli("busi-infer", tmp_path / "in" / "CINE01", "--model", model, "--roi", "120,100,90,70",
+                             "--frame", i).stdout) for i in range(4)]
+    p_mal = [f["probabilities"]["malignant"] for f in frames]
+    c = loop["cine"]
+    assert c["frames"] == 4 and c["max_malignant_frame"] == int(np.argmax(p_mal))
+    assert c["max_malignant"] == pytest.approx(max(p_mal), abs=1e-5)
+    for k in loop["probabilities"]:
+        assert loop["probabilities"][k] == pytest.approx(np.mean([f["probabilities"][k] for f in frames]), abs=1e-5)
+    assert loop["malignant"] == (max(p_mal) >= loop["threshold"]) and loop["dicom"]["frames"] == 4
+    assert loop["dicom"]["SOPInstanceUID"] == sops["CINE01"]
+    (summary,) = [x for x in recs if x.get("record") == "study"]
+    assert summary["images"] == 2 and summary["max_malignant"] == pytest.approx(
+        max(max(p_mal), next(x for x in images if x["path"].endswith("IM0001"))["probabilities"]["malignant"]), abs=1e-5)
+    sr = hd.sr.srread(tmp_path / "out" / f"{sops['CINE01']}.sr.dcm")
+    group = sr.content.get_planar_roi_measurement_groups()[0]
+    m = {x.name.meaning: x.value for x in group.get_measurements()}
+    assert m["Probability of cancer"] == pytest.approx(max(p_mal), abs=1e-5)  # the frame behind the flag
+    assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedFrameNumber == c["max_malignant_frame"] + 1
+    assert dciodvfy_errors(tmp_path / "out" / f"{sops['CINE01']}.sr.dcm") == []
+    table = cli("busi-infer", tmp_path / "in", "--model", model, "--roi", "120,100,90,70", "--frames", "all", "--by",
+                "study", "-f", "table").stdout
+    assert "[cine: 4 frames, highest P(mal) in frame" in table and table.count("STUDY ") == 1
+
+
+def test_a_dicom_study_gets_the_predictions_of_its_png_export(exported, tmp_path):
+    """busi-train phantoms --dicom writes the same phantoms as a PACS study: 8-bit ultrasound
+    DICOM is read as stored (no contrast stretch), so each file gets its PNG's prediction."""
+    cli("busi-train", "phantoms", "--out", tmp_path / "png", "--per-class", 2, "--seed", 7, "--dicom", tmp_path / "dcm")
+    model = exported / "model.onnx"
+    dcm = [json.loads(ln) for ln in cli("busi-infer", tmp_path / "dcm", "--model", model, "--mask", "none").stdout.splitlines()]
+    png = {json.loads(ln)["path"]: json.loads(ln) for ln in
+           cli("busi-infer", tmp_path / "png", "--model", model, "--mask", "none").stdout.splitlines()}
+    order = [str(tmp_path / "png" / c / f"{c} ({i}).png") for c in ("normal", "benign", "malignant") for i in (1, 2)]
+    assert len(dcm) == 6 and len({d["dicom"]["StudyInstanceUID"] for d in dcm}) == 1
+    for d, p in zip(sorted(dcm, key=lambda r: r["path"]), order):
+        assert d["probabilities"] == pytest.approx(png[p]["probabilities"], abs=1e-6), (d["path"], p)
