@@ -43,6 +43,10 @@ class DicomWriter:
     inputs get none, which is said once."""
 
     def __init__(self, folder: Path, options: str):
+        import importlib.util
+
+        if importlib.util.find_spec("highdicom") is None:
+            raise UsageError("--dicom-out needs highdicom: pip install 'busi[dicom]'")
         self.folder, self.options = folder, options
         self.written: list[Path] = []
         self.not_dicom = 0
