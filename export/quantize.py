@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from busi.runtime.calibration import apply_temperature
 from busi.runtime.contract import MALIGNANT, OUTPUT_NAME, ModelInfo
 from busi.runtime.errors import Int8GateRefused
 from busi.runtime.log import get as get_logger
@@ -82,6 +83,12 @@ def _run(session, images, masks, batch: int = 16) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _calibrated(p: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """What the runtime will report: the model's temperature applied (the flag's threshold is
+    on that scale)."""
+    return p if info.calibration is None else apply_temperature(p, info.calibration.temperature)
+
+
 def _sensitivity(y, p_mal, t) -> float | None:
     pos = y == MALIGNANT
     return float((p_mal[pos] >= t).mean()) if pos.any() else None
@@ -97,7 +104,7 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
     cal_arr, cal_masks = _split_arrays(md, "train", calibration_images)
     test_arr, test_masks = _split_arrays(md, "test")
     fp32 = ort_session(str(fp32_path))
-    p32 = _run(fp32, test_arr.images, test_masks)
+    p32 = _calibrated(_run(fp32, test_arr.images, test_masks), info)
     y = test_arr.labels
     t = info.malignant_threshold
     sens32 = _sensitivity(y, p32[:, MALIGNANT], t)
@@ -135,7 +142,7 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
                         op_types_to_quantize=BACKBONE_OPS,
                         extra_options=extra,
                     )
-                p8 = _run(ort_session(str(q)), test_arr.images, test_masks)
+                p8 = _calibrated(_run(ort_session(str(q)), test_arr.images, test_masks), info)
             except Exception as e:  # a calibration method that breaks is a failed try, not a crash
                 msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
                 tried.append({"calibration": name, "error": msg, "argmax_agreement": 0.0, "passed": False,

@@ -14,6 +14,8 @@ from .atomic import atomic_write_text
 from .contract import (
     CLASSES,
     CONTRACT_VERSION,
+    Calibration,
+    Conformal,
     SEGMENTER_MIN_AREA,
     SEGMENTER_POSTPROCESS,
     SEGMENTER_THRESHOLD,
@@ -27,6 +29,7 @@ from .contract import (
     classes_of,
     drop_none,
     metrics_of,
+    prevalence_of,
 )
 from .errors import ModelError
 from .validate import malformed, mapping, number
@@ -92,6 +95,9 @@ class ModelCard:
             "provenance": i.provenance.to_json(),
             "parity": None if i.parity is None else i.parity.to_json(),
             "quantization": i.quantization,
+            "calibration": None if i.calibration is None else i.calibration.to_json(),
+            "prevalence": i.prevalence,
+            "conformal": None if i.conformal is None else i.conformal.to_json(),
             "architecture": self.architecture,
             "training": self.training,
             "data": self.data.to_json(),
@@ -120,6 +126,9 @@ class ModelCard:
                 metrics=metrics_of(d.get("metrics", {}), path),
                 parity=None if legacy else Parity.from_json(d.get("parity"), path),
                 quantization=d.get("quantization"),
+                calibration=Calibration.from_json(d.get("calibration"), path),
+                prevalence=prevalence_of(d.get("prevalence"), path, "prevalence"),
+                conformal=Conformal.from_json(d.get("conformal"), path),
             )
             return cls(info=info, name=d.get("name", ""), data=data, training=training, architecture=arch,
                        task=d.get("task", cls.task), intended_use=d.get("intended_use", ""),

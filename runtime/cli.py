@@ -91,6 +91,8 @@ def infer(
     frame: int = typer.Option(0, "--frame", min=0, help="Frame of a multi-frame DICOM (0-based)."),
     frames: Optional[Frames] = typer.Option(None, "--frames", help="'all': classify every frame of a cine loop (multi-frame DICOM), in batches of --batch-size; one result per loop, its malignant flag from the frame with the highest P(malignant)."),
     by: Optional[By] = typer.Option(None, "--by", help="'study': add one summary record per DICOM study (image count, highest P(malignant) and its image)."),
+    prevalence: Optional[str] = typer.Option(None, "--prevalence", help="The site's case mix, e.g. 'malignant=0.02' (others share the rest as in training): adds probabilities adjusted by prior shift and bases the likelihood band on them; the malignant flag keeps the calibrated, unadjusted P(malignant)."),
+    coverage: Optional[float] = typer.Option(None, "--coverage", min=0.5, max=0.999, help="Coverage of the conformal prediction sets (default: the model's, 0.9)."),
     dicom_out: Optional[Path] = typer.Option(None, "--dicom-out", help="Write a DICOM SR, an overlay (Secondary Capture) and, with --mask auto, a SEG for every DICOM input into this folder."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the .sha256 check of the model file."),
     require_sha256: bool = typer.Option(False, "--require-sha256", help="Refuse a model (or segmenter) without a .sha256 sidecar."),
@@ -118,7 +120,7 @@ def infer(
     with low_peak_loading():
         pred = Predictor(model, device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels,
                          threshold=threshold, segmenter=segmenter, require_sha256=require_sha256,
-                         max_bytes=max_bytes)
+                         max_bytes=max_bytes, prevalence=prevalence, coverage=coverage)
         if mask == "auto":
             pred.segmenter  # load (and verify) it now: a missing segmenter is bad usage, not 100 failures
     if (explain or report) and not pred.explainable:

@@ -26,7 +26,10 @@ from .validate import (
     optional_text,
 )
 
-CONTRACT_VERSION = 2
+#: 3: busi.calibration (the operating point is on calibrated probabilities, so a runtime that
+#: does not apply it must refuse the file), busi.prevalence, busi.conformal;
+#: 2: busi.contract_version; 1: files before the key
+CONTRACT_VERSION = 3
 CLASSES = ("normal", "benign", "malignant")
 MALIGNANT = CLASSES.index("malignant")
 MASK_SOURCES = ("gt", "box", "none")  # the order of the report's columns
@@ -42,7 +45,7 @@ SEGMENTER_POSTPROCESS = "resize to image, threshold, largest 8-connected compone
 
 REQUIRED_KEYS = ("busi.classes", "busi.input", "busi.mask", "busi.operating_point")
 OPTIONAL_KEYS = ("busi.contract_version", "busi.provenance", "busi.metrics", "busi.parity", "busi.quantization",
-                 "busi.role")
+                 "busi.role", "busi.calibration", "busi.prevalence", "busi.conformal")
 SEGMENTER_KEYS = ("busi.role", "busi.input", "busi.segmentation")
 SEGMENTER_OPTIONAL_KEYS = ("busi.contract_version", "busi.provenance", "busi.metrics", "busi.parity")
 INPUT_NAMES = ("image", "mask")
@@ -198,6 +201,73 @@ class Parity:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling fitted on one half of the validation split (the other half is kept
+    for what must not see the same scores): probabilities = softmax(log p / temperature)."""
+
+    temperature: float
+    n: int  # validation images it was fitted on
+    nll_before: float | None = None
+    nll_after: float | None = None
+    method: str = "temperature"
+
+    def to_json(self) -> dict:
+        return drop_none(asdict(self))
+
+    @classmethod
+    def from_json(cls, d, path: str | None = None) -> "Calibration | None":
+        if d is None:
+            return None
+        d = mapping(d, "busi.calibration", path)
+        return cls(
+            method=choice(d.get("method", "temperature"), "busi.calibration.method", path, ("temperature",)),
+            temperature=number(d.get("temperature"), "busi.calibration.temperature", path, 0.01, 100.0),
+            n=integer(d.get("n", 0), "busi.calibration.n", path, 0, 10**9),
+            nll_before=optional_number(d.get("nll_before"), "busi.calibration.nll_before", path, 0.0),
+            nll_after=optional_number(d.get("nll_after"), "busi.calibration.nll_after", path, 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class Conformal:
+    """Split conformal prediction sets (LAC): the nonconformity scores 1 - p(true class) of the
+    validation images held back from calibration, sorted. A set at coverage 1 - a holds every
+    class whose score is at most the ceil((n + 1)(1 - a))-th smallest of them."""
+
+    scores: tuple[float, ...]
+    coverage: float = 0.9  # the default when the user asks for none
+    method: str = "lac"
+
+    def to_json(self) -> dict:
+        return {"scores": [round(float(v), 8) for v in self.scores], "coverage": self.coverage, "method": self.method}
+
+    @classmethod
+    def from_json(cls, d, path: str | None = None) -> "Conformal | None":
+        if d is None:
+            return None
+        d = mapping(d, "busi.conformal", path)
+        raw = d.get("scores")
+        if not isinstance(raw, list) or not raw:
+            raise ModelError(path, f"busi.conformal.scores is {raw!r:.60}, expected a list of numbers")
+        scores = tuple(sorted(number(v, "busi.conformal.scores", path, 0.0, 1.0) for v in raw))
+        return cls(scores=scores, coverage=number(d.get("coverage", 0.9), "busi.conformal.coverage", path, 0.0, 1.0),
+                   method=choice(d.get("method", "lac"), "busi.conformal.method", path, ("lac",)))
+
+
+def prevalence_of(value, path: str | None, key: str = "busi.prevalence") -> dict[str, float] | None:
+    """Class prevalences {class: fraction}, every class once, summing to 1."""
+    if value is None:
+        return None
+    d = mapping(value, key, path)
+    if set(d) != set(CLASSES):
+        raise ModelError(path, f"{key} names {sorted(d)}, expected {', '.join(CLASSES)}")
+    out = {c: number(d[c], f"{key}.{c}", path, 0.0, 1.0) for c in CLASSES}
+    if abs(sum(out.values()) - 1) > 1e-3 or min(out.values()) <= 0:
+        raise ModelError(path, f"{key} is {out}, expected fractions above 0 that sum to 1")
+    return out
+
+
 def metrics_of(value, path: str | None) -> dict[str, dict[str, Any]]:
     """Held-out figures per mask source (and the segmenter's): a JSON object of objects."""
     m = mapping(value, "busi.metrics", path)
@@ -229,6 +299,10 @@ class ModelInfo:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     parity: Parity | None = None
     quantization: dict[str, Any] | None = None
+    calibration: Calibration | None = None
+    #: the training split's class fractions (the prior the probabilities carry)
+    prevalence: dict[str, float] | None = None
+    conformal: Conformal | None = None
     role: str = "classifier"
     version: int = CONTRACT_VERSION
 
@@ -253,6 +327,9 @@ class ModelInfo:
             "busi.metrics": self.metrics,
             "busi.parity": None if self.parity is None else self.parity.to_json(),
             "busi.quantization": self.quantization,
+            "busi.calibration": None if self.calibration is None else self.calibration.to_json(),
+            "busi.prevalence": self.prevalence,
+            "busi.conformal": None if self.conformal is None else self.conformal.to_json(),
         })
 
     @classmethod
@@ -273,6 +350,9 @@ class ModelInfo:
                 metrics=metrics_of(j.get("busi.metrics", {}), path),
                 parity=Parity.from_json(j.get("busi.parity"), path),
                 quantization=None if quant is None else mapping(quant, "busi.quantization", path),
+                calibration=Calibration.from_json(j.get("busi.calibration"), path),
+                prevalence=prevalence_of(j.get("busi.prevalence"), path),
+                conformal=Conformal.from_json(j.get("busi.conformal"), path),
             )
 
 

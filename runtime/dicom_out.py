@@ -26,7 +26,8 @@ Pathology (DCM 111042) = Normal (SCT 17621005) / Benign (SCT 30807003) / Maligna
 (SCT 21594007); Probability of cancer (DCM 111047) = P(malignant); finding type Lesion
 (SCT 52988006) with an ROI, Breast (SCT 76752008) without; 99BUSI P-NORMAL, P-BENIGN,
 P-MALIGNANT (class probabilities), MALIGNANT-FLAG (Yes/No, SCT 373066001/373067005),
-FLAG-THRESHOLD, MASK-SOURCE (BOX, FILE, AUTO, NONE).
+FLAG-THRESHOLD, MASK-SOURCE (BOX, FILE, AUTO, NONE), LIKELIHOOD-BAND (BAND-3 ... BAND-5),
+PREDICTION-SET (one item per class in the conformal set, valued Normal/Benign/Malignant).
 """
 
 from __future__ import annotations
@@ -162,6 +163,15 @@ def structured_report(prediction: "Prediction", src, key):
                                     value=codes.SCT.Yes if prediction.malignant else codes.SCT.No),
         hd.sr.QualitativeEvaluation(name=_busi("MASK-SOURCE", "Mask source"), value=_busi(src_code, src_meaning)),
     ]
+    if prediction.likelihood:
+        band = prediction.likelihood["band"]
+        qualitative.append(hd.sr.QualitativeEvaluation(
+            name=_busi("LIKELIHOOD-BAND", "Likelihood band aligned with BI-RADS (not an assessment)"),
+            value=_busi(f"BAND-{band}", f"P(malignant) {prediction.likelihood['range']}")))
+    for c in prediction.prediction_set or []:
+        qualitative.append(hd.sr.QualitativeEvaluation(
+            name=_busi("PREDICTION-SET", f"In the {prediction.coverage:.0%} conformal prediction set"),
+            value=pathology[c]))
     p = prediction.probabilities
     # P(malignant) behind the flag (a cine loop's highest frame); the class probabilities as given (a cine's mean)
     measurements = [hd.sr.Measurement(name=codes.DCM.ProbabilityOfCancer, value=prediction.flag_probability, unit=no_units)]

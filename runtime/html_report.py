@@ -83,6 +83,13 @@ class HtmlReport:
             mask += " (no lesion found)"
         box = f"<br>lesion box {html.escape(' '.join(map(str, d['lesion_box'])))}" if d.get("lesion_box") else ""
         notes = "".join(f'<div class="note">{html.escape(n)}</div>' for n in d.get("notes", []))
+        lk = d.get("likelihood")
+        if lk:
+            box += (f"<br>likelihood band <b>{html.escape(lk['band'])}</b> ({html.escape(lk['range'])}), aligned with "
+                    f"BI-RADS, not an assessment; prevalence: {html.escape(lk['prevalence'])}")
+        if d.get("prediction_set") is not None:
+            box += (f"<br>{d['coverage']:.0%} prediction set: "
+                    f"{html.escape(', '.join(d['prediction_set']) or 'empty (no class is plausible enough)')}")
         self.rows.append(
             f'<tr class="case"><td class="path">{html.escape(str(d["path"]))}</td><td>{pics[0]}</td><td>{pics[1]}</td>'
             f'<td><b>{html.escape(d["class"])}</b> ({d["confidence"]:.3f}){bars}</td>'

@@ -13,15 +13,17 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 
 from .arrays import check_array, frame_index, is_box, mask_array, parse_box
+from .calibration import apply_temperature
 from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, ModelInfo, check_graph_shape
 from .dicom import DicomImage
-from .errors import BusiError, InputError, ModelError
+from .errors import BusiError, InputError, ModelError, UsageError
 from .files import DEFAULT_MAX_BYTES, read_regular
 from .imageio import Decoded, decode_image, is_dicom, read_image, read_mask, resize_mask, resize_rgb
 from .log import get as get_logger
@@ -29,6 +31,7 @@ from .masks import box_mask, find_mask_files, model_mask
 from .pixels import DEFAULT_MAX_PIXELS, check_min_side
 from .results import Failure, Prediction, Prepared, aggregate
 from .session import create_session
+from .trust import BAND_LABEL, conformal_threshold, likelihood_band, parse_prevalence, prediction_set, prior_shift
 from .verify import verified_sha256
 
 _LOG = get_logger(__name__)
@@ -57,7 +60,13 @@ class Predictor:
         segmenter: "str | os.PathLike | Segmenter | None" = None,
         require_sha256: bool = False,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        prevalence: "str | dict[str, float] | None" = None,
+        coverage: float | None = None,
     ):
+        """`prevalence`: the site's case mix ('malignant=0.02' or {class: fraction}), for
+        probabilities adjusted by prior shift and the likelihood band; the flag keeps the
+        calibrated, unadjusted P(malignant). `coverage`: of the conformal prediction sets
+        (default: the model's, 0.9)."""
         self.path = Path(model_path)
         self._notice = notice or _LOG.warning  # the "busi" log, unless the caller takes the notices
         self._noticed: set[str] = set()
@@ -80,6 +89,21 @@ class Predictor:
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.threshold = float(self.info.malignant_threshold if threshold is None else threshold)
+        missing = [what for what, have in (("calibration", self.info.calibration), ("training prevalence",
+                   self.info.prevalence), ("conformal scores", self.info.conformal)) if have is None]
+        if missing:
+            self._notice(f"busi: {self.path}: this model carries no {', '.join(missing)} (exported before contract "
+                         "version 3): its probabilities are the network's own, and what needs the missing parts is left out")
+        self.site_prevalence = None
+        if prevalence is not None:
+            if self.info.prevalence is None:
+                raise UsageError(f"{self.path}: the model does not record its training prevalence; --prevalence needs it")
+            self.site_prevalence = (parse_prevalence(prevalence, self.info.prevalence) if isinstance(prevalence, str)
+                                    else parse_prevalence(",".join(f"{k}={v}" for k, v in prevalence.items())))
+        self.coverage = None if self.info.conformal is None else float(coverage or self.info.conformal.coverage)
+        if coverage is not None and not 0 < coverage < 1:
+            raise UsageError(f"coverage must lie strictly between 0 and 1, got {coverage}")
+        self.qhat = None if self.coverage is None else conformal_threshold(self.info.conformal.scores, self.coverage)
         self.size = self.info.input.size
 
     # ---- notices -------------------------------------------------------------------------
@@ -238,7 +262,8 @@ class Predictor:
 
     # ---- inference ------------------------------------------------------------------------
     def run(self, images: np.ndarray, masks: np.ndarray, tta: bool = False, explain: bool = False):
-        """Raw batch inference: (N,S,S,3) float32, (N,S,S,1) float32 -> (N, classes).
+        """Batch inference: (N,S,S,3) float32, (N,S,S,1) float32 -> (N, classes) probabilities,
+        calibrated with the model's temperature when it carries one (after TTA's average).
 
         With `explain`, returns (probabilities, Grad-CAM maps (N, h, w) of each image's
         predicted class) from the unflipped pass."""
@@ -252,6 +277,8 @@ class Predictor:
         if tta:
             p2 = self.session.run([OUTPUT_NAME], {"image": images[:, :, ::-1].copy(), "mask": masks[:, :, ::-1].copy()})[0]
             p = (p + p2) / 2
+        if self.info.calibration is not None:
+            p = apply_temperature(p, self.info.calibration.temperature).astype(np.float32)
         if not explain:
             return p
         from .gradcam import grad_cam
@@ -266,7 +293,7 @@ class Predictor:
         extras = dict(prep.view or {})
         if cam is not None:
             extras["cam"] = cam
-        return Prediction(
+        return self._trust(Prediction(
             path=prep.path,
             label=classes[k],
             confidence=float(proba[k]),
@@ -277,12 +304,13 @@ class Predictor:
             lesion_box=prep.lesion_box,
             provider=self.provider,
             model_sha256=self.sha256,
+            calibrated=self.info.calibration is not None,
             tta=tta,
             lesion_found=prep.lesion_found,
             notes=list(prep.notes),
             dicom=prep.dicom,
             extras=extras,
-        )
+        ))
 
     def predict(
         self, image, mask: MaskArg = None, *, threshold: float | None = None, tta: bool = False, frame: int | str = 0,
@@ -389,7 +417,31 @@ class Predictor:
 
     def aggregate(self, frames: list[Prediction | Failure]) -> Prediction | Failure:
         """One result for a cine loop classified frame by frame (see `results.aggregate`)."""
-        return aggregate(frames, self.info.classes)
+        out = aggregate(frames, self.info.classes)
+        return self._trust(out) if isinstance(out, Prediction) else out
+
+    def _trust(self, pred: Prediction) -> Prediction:
+        """The likelihood band, the site-adjusted probabilities and the prediction set."""
+        p_flag = pred.flag_probability
+        adjusted = None
+        if self.site_prevalence is not None:
+            adjusted = prior_shift(pred.probabilities, self.info.prevalence, self.site_prevalence)
+            if pred.cine:  # the band follows the frame behind the flag
+                top = dict(pred.cine.get("max_frame_probabilities") or pred.probabilities)
+                p_flag = prior_shift(top, self.info.prevalence, self.site_prevalence)["malignant"]
+            else:
+                p_flag = adjusted["malignant"]
+        band, text = likelihood_band(p_flag)
+        if self.site_prevalence is not None:
+            basis = "the site prevalence given (" + ", ".join(f"{c} {v:.3g}" for c, v in self.site_prevalence.items()) + ")"
+        elif self.info.prevalence is not None:
+            basis = f"the training prevalence ({self.info.prevalence['malignant']:.0%} malignant; give --prevalence for a site)"
+        else:
+            basis = "the network's own probabilities"
+        likelihood = {"band": band, "range": text, "p_malignant": float(p_flag), "prevalence": basis, "label": BAND_LABEL}
+        return replace(pred, likelihood=likelihood, adjusted_probabilities=adjusted,
+                       prediction_set=None if self.qhat is None else prediction_set(pred.probabilities, self.qhat),
+                       coverage=self.coverage)
 
     def _run_split(self, batch: list[Prepared], threshold, tta: bool, explain: bool) -> dict[int, Prediction | Failure]:
         """Results of a batch keyed by id(Prepared); a batch the session cannot run (memory,

@@ -14,7 +14,8 @@ from enum import Enum
 # the columns busi-infer always had first, in their order; what DICOM, cine and --by study add after them
 CSV_FIELDS = ("path", "class", "confidence", "p_normal", "p_benign", "p_malignant", "malignant", "threshold",
               "mask_source", "lesion_found", "lesion_box", "provider", "error", "study_uid", "series_uid", "sop_uid",
-              "frame", "cine_frames", "cine_max_malignant", "cine_max_frame", "record", "images")
+              "frame", "cine_frames", "cine_max_malignant", "cine_max_frame", "record", "images", "band", "prediction_set",
+              "coverage", "p_malignant_adjusted")
 #: JSON `dicom` keys -> CSV columns
 DICOM_COLUMNS = {"StudyInstanceUID": "study_uid", "SeriesInstanceUID": "series_uid", "SOPInstanceUID": "sop_uid",
                  "frame": "frame"}
@@ -65,7 +66,7 @@ def render(records: list[dict], fmt: Format) -> str:
 
 
 def _table(records: list[dict]) -> str:
-    lines = [f"{'class':<10} {'conf':>6} {'P(mal)':>7} {'flag':<9} {'mask':<5} path"]
+    lines = [f"{'class':<10} {'conf':>6} {'P(mal)':>7} {'flag':<9} {'band':<4} {'set':<5} {'mask':<5} path"]
     thresholds = sorted({r["threshold"] for r in records if "error" not in r})
     if thresholds:
         # The flag is set by the operating point, not by the top class: a 'benign' row can carry it.
@@ -73,15 +74,19 @@ def _table(records: list[dict]) -> str:
                      + "; set by this threshold, not by the top class)")
     if any(r.get("lesion_found") is False for r in records):
         lines.insert(0, "(mask 'auto-': the segmenter found no lesion)")
+    if any(r.get("prediction_set") is not None for r in records):
+        cov = sorted({r["coverage"] for r in records if r.get("coverage")})
+        lines.insert(0, "(band: likelihood band aligned with BI-RADS, a probability range, not an assessment; set: the "
+                     + "/".join(f"{c:.0%}" for c in cov) + " conformal prediction set, N/B/M)")
     if any(r.get("cine") for r in records):
         lines.insert(0, "(cine: class from the mean over the frames; P(mal) and flag from the frame with the highest P(mal))")
     for r in records:
         if r.get("record") == "study":
             flag = "MALIGNANT" if r["malignant"] else "-"
-            lines.append(f"{'STUDY':<10} {'':>6} {r['max_malignant']:7.3f} {flag:<9} {'':<5} {r['study_uid']}: "
+            lines.append(f"{'STUDY':<10} {'':>6} {r['max_malignant']:7.3f} {flag:<9} {'':<4} {'':<5} {'':<5} {r['study_uid']}: "
                          f"{r['images']} image(s), highest P(mal) in {r['max_malignant_path']}")
         elif "error" in r:
-            lines.append(f"{'FAILED':<10} {'':>6} {'':>7} {'':<9} {'':<5} {r['error']}")
+            lines.append(f"{'FAILED':<10} {'':>6} {'':>7} {'':<9} {'':<4} {'':<5} {'':<5} {r['error']}")
         else:
             flag = "MALIGNANT" if r["malignant"] else "-"
             src = r["mask_source"] + ("-" if r.get("lesion_found") is False else "")
@@ -89,7 +94,10 @@ def _table(records: list[dict]) -> str:
             if r.get("cine"):
                 c = r["cine"]
                 where += f" [cine: {c['frames']} frames, highest P(mal) in frame {c['max_malignant_frame']}]"
-            lines.append(f"{r['class']:<10} {r['confidence']:6.3f} {_p_malignant(r):7.3f} {flag:<9} {src:<5} {where}")
+            band = (r.get("likelihood") or {}).get("band", "")
+            cset = "".join(c[0].upper() for c in r["prediction_set"]) if r.get("prediction_set") is not None else ""
+            lines.append(f"{r['class']:<10} {r['confidence']:6.3f} {_p_malignant(r):7.3f} {flag:<9} {band:<4} {cset or '-':<5} "
+                         f"{src:<5} {where}")
     return "\n".join(lines) + "\n"
 
 
@@ -108,4 +116,8 @@ def _flat(r: dict) -> dict:
         "lesion_box": " ".join(map(str, r["lesion_box"])) if r["lesion_box"] else "", "provider": r["provider"], "error": "",
         **{col: (r.get("dicom") or {}).get(key, "") for key, col in DICOM_COLUMNS.items()},
         **{col: (r.get("cine") or {}).get(key, "") for key, col in CINE_COLUMNS.items()},
+        "band": (r.get("likelihood") or {}).get("band", ""),
+        "prediction_set": ";".join(r["prediction_set"]) if r.get("prediction_set") is not None else "",
+        "coverage": r.get("coverage") or "",
+        "p_malignant_adjusted": f"{r['adjusted_probabilities']['malignant']:.6f}" if r.get("adjusted_probabilities") else "",
     }

@@ -23,12 +23,21 @@ class Prediction:
     provider: str
     model_sha256: str
     tta: bool = False
+    #: probabilities calibrated with the model's temperature (False: a model without one)
+    calibrated: bool = False
     lesion_found: bool | None = None  # mask source auto: did the segmenter find a lesion?
     notes: list[str] = field(default_factory=list)
     #: DICOM inputs: StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, frame and frames
     dicom: dict[str, Any] | None = None
     #: a cine loop classified frame by frame (frames="all"): see Predictor.aggregate
     cine: dict[str, Any] | None = None
+    #: the likelihood band aligned with BI-RADS of the P(malignant) behind the flag (runtime.trust)
+    likelihood: dict[str, Any] | None = None
+    #: probabilities adjusted to the site prevalence given (prior shift); the flag does not use them
+    adjusted_probabilities: dict[str, float] | None = None
+    #: the conformal prediction set at `coverage`, most probable class first
+    prediction_set: list[str] | None = None
+    coverage: float | None = None
     #: not serialized: "cam" (Grad-CAM map, feature-map size) with explain=True; "view"
     #: (thumbnail RGB), "mask" (what the classifier saw) and "lesion" (found/given lesion)
     #: with keep_view=True
@@ -40,11 +49,13 @@ class Prediction:
         d["notes"] = list(self.notes)
         d = {"class" if k == "label" else k: v for k, v in d.items()}
         d["lesion_box"] = list(self.lesion_box) if self.lesion_box else None
-        for key in ("dicom", "cine"):
+        for key in ("dicom", "cine", "likelihood", "adjusted_probabilities", "prediction_set", "coverage"):
             if d[key] is None:
                 del d[key]
-            else:
+            elif isinstance(d[key], dict):
                 d[key] = dict(d[key])
+            elif isinstance(d[key], list):
+                d[key] = list(d[key])
         return d
 
     @property
@@ -100,6 +111,7 @@ def aggregate(frames: list["Prediction | Failure"], classes: tuple[str, ...]) ->
         "mean_probabilities": {c: float(v) for c, v in zip(classes, mean)},
         "max_malignant_frame": int((top.dicom or {}).get("frame", j)),
         "max_malignant": float(P[j, mal]),
+        "max_frame_probabilities": dict(top.probabilities),
         "rule": "class and confidence from the mean probabilities over the frames; the malignant flag, ROI and "
                 "views from the frame with the highest P(malignant)",
     }
@@ -108,5 +120,6 @@ def aggregate(frames: list["Prediction | Failure"], classes: tuple[str, ...]) ->
         probabilities={c: float(v) for c, v in zip(classes, mean)},
         malignant=bool(P[j, mal] >= top.threshold), threshold=top.threshold, mask_source=top.mask_source,
         lesion_box=top.lesion_box, provider=top.provider, model_sha256=top.model_sha256, tta=top.tta,
+        calibrated=top.calibrated,
         lesion_found=top.lesion_found, notes=notes, dicom=top.dicom, cine=cine, extras=top.extras,
     )

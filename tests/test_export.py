@@ -142,3 +142,25 @@ def test_bad_model_folders(tmp_path, trained):
         assert len(errs) == 1 and str(d) in errs[0] and "Traceback" not in r.stderr, (what, r.stderr[-800:])
         assert not (d / "model.onnx").exists() if d.exists() else True
     assert zipfile.is_zipfile(trained / "model.keras")
+
+
+def test_a_model_exported_before_calibration_still_loads_and_says_what_it_lacks(model_copy, phantoms):
+    """A contract-version-2 file (no calibration, prevalence or conformal scores): it loads,
+    one notice names what is missing, and the results leave those parts out."""
+    path = model_copy / "model.onnx"
+    m = onnx.load(str(path))
+    keep = [p for p in m.metadata_props if p.key not in ("busi.calibration", "busi.prevalence", "busi.conformal")]
+    del m.metadata_props[:]
+    for p in keep:
+        e = m.metadata_props.add()
+        e.key, e.value = p.key, ('2' if p.key == "busi.contract_version" else p.value)
+    onnx.save(m, str(path))
+    (model_copy / "model.onnx.sha256").unlink()
+    img = phantoms / "benign" / "benign (1).png"
+    r = cli("busi-infer", img, img, "--model", path, "--roi", "10,10,40,40")
+    notes = [ln for ln in r.stderr.splitlines() if "carries no calibration, training prevalence, conformal scores" in ln]
+    assert len(notes) == 1
+    for rec in map(json.loads, r.stdout.splitlines()):
+        assert rec["calibrated"] is False and "prediction_set" not in rec and rec["likelihood"]["prevalence"].startswith("the network")
+    r = cli("busi-infer", img, "--model", path, "--roi", "10,10,40,40", "--prevalence", "malignant=0.02", check=False)
+    assert r.returncode == 2 and "does not record its training prevalence" in r.stderr

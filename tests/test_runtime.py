@@ -41,6 +41,7 @@ def test_predict_breast_cancer_matches_keras(exported, phantoms, predictor):
     from busi.train.inputs import load_rows
 
     keras_model = keras.models.load_model(exported / "model.keras", compile=False)
+    T = json.loads((exported / "card.json").read_text())["calibration"]["temperature"]
     for stem in lesion_images(phantoms, 2):
         img_path = stem.with_suffix(".png")
         mask_path = stem.parent / (stem.name + "_mask.png")
@@ -48,6 +49,9 @@ def test_predict_breast_cancer_matches_keras(exported, phantoms, predictor):
         arr = load_rows(phantoms, [{"path": img_path.relative_to(phantoms).as_posix(), "mask_paths": "", "label": "benign"}], 64)
         np.testing.assert_array_equal(arr.images[0].astype(np.float32), prep.image)  # one decode path
         k = keras_model.predict({"image": arr.images.astype(np.float32), "mask": prep.mask[None]}, verbose=0)[0]
+        # the runtime reports calibrated probabilities: Keras' with the card's temperature applied
+        z = np.log(np.clip(k.astype(np.float64), 1e-30, 1)) / T
+        k = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
         r = predict_breast_cancer(str(img_path), str(exported / "model.onnx"), mask=mask_path)
         assert r["class"] == ("normal", "benign", "malignant")[int(k.argmax())]
         assert abs(r["confidence"] - float(k.max())) <= 1e-5

@@ -59,6 +59,26 @@ def test_every_report_figure_recomputes_from_predictions_csv(trained):
     val = [r for r in rows if r["split"] == "val"]
     assert val and all(manifest[r["path"]]["split"] == "val" for r in val)
     yv, Pv = arrays(val)
+    # calibration: calibrated = softmax(log raw / T) on every row; T no worse than a grid search
+    # over the validation images it was fitted on; the operating point on calibrated values
+    T = report["calibration"]["temperature"]
+    for r in rows:
+        z = np.log(np.clip([float(r[f"p_{c}_raw"]) for c in CLASSES], 1e-30, 1)) / T
+        expect = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        assert np.allclose([float(r[f"p_{c}"]) for c in CLASSES], expect, atol=1e-9)
+    fit = [r for r in val if r["calibration"] == "fit"]
+    assert len(fit) == report["calibration"]["n"] and len(val) - len(fit) == report["calibration"]["validation_held_back"]
+    yf = np.array([CLASSES.index(r["label"]) for r in fit])
+    Rf = np.array([[float(r[f"p_{c}_raw"]) for c in CLASSES] for r in fit])
+
+    def nll_at(t):
+        z = np.log(np.clip(Rf, 1e-30, 1)) / t
+        z -= z.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return -logp[np.arange(len(yf)), yf].mean()
+
+    grid = min(nll_at(t) for t in np.exp(np.linspace(np.log(0.05), np.log(20), 4001)))
+    assert nll_at(T) <= grid + 1e-6 and np.isclose(report["calibration"]["nll_after"], nll_at(T), atol=1e-9)
     op = report["operating_point"]
     if op["estimated"]:
         fpr, tpr, thr = roc_curve(yv == 2, Pv[:, 2], drop_intermediate=False)
@@ -96,6 +116,12 @@ def test_every_report_figure_recomputes_from_predictions_csv(trained):
             if sel.any():
                 ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
         assert np.isclose(m["ece"], ece)
+        onehot = np.eye(3)[y]
+        assert np.isclose(m["brier"], np.mean(np.sum((P - onehot) ** 2, 1)))
+        assert np.isclose(m["nll"], -np.mean(np.log(np.clip(P[np.arange(len(y)), y] / P.sum(1), 1e-15, 1))), atol=1e-6)
+        R = np.array([[float(r[f"p_{c}_raw"]) for c in CLASSES] for r in test])
+        assert np.isclose(m["brier_raw"], np.mean(np.sum((R - onehot) ** 2, 1)))
+        assert (R.argmax(1) == pred).all()  # temperature scaling never changes the class
         # bootstrap: 1000 case resamples from default_rng(seed), percentile interval
         rng = np.random.default_rng(0)
         accs = []

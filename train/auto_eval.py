@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from busi.runtime.calibration import apply_temperature
 from busi.runtime.log import get as get_logger
+from busi.runtime.trust import conformal_threshold
 from busi.runtime.model_dir import ModelDir
 
 from . import dataset as ds
+from .calibrate import split_validation
 from .evaluation import card_metrics, evaluate_model, predict
 from .inputs import eval_masks, load_rows
 from .report import plots, prediction_rows, write_report
@@ -44,9 +47,15 @@ def add_auto_to_report(model_dir: str | Path) -> dict:
     auto = auto_masks(test, probs, info.mask, seg_card.info)
     model = keras.models.load_model(md.keras, compile=False)
     t = report["operating_point"]["malignant_threshold"]
-    results, pred_rows = evaluate_model(model, test, sizes, t, seed, "test", extra_masks={"auto": auto})
-    p_val = predict(model, val, eval_masks(val, source, sizes, seed))
-    pred_rows = prediction_rows(val.paths, val.labels, p_val, "val", source) + pred_rows
+    T = info.calibration.temperature if info.calibration is not None else None
+    qhat = None if info.conformal is None else conformal_threshold(info.conformal.scores, info.conformal.coverage)
+    results, pred_rows = evaluate_model(model, test, sizes, t, seed, "test", extra_masks={"auto": auto}, temperature=T,
+                                        qhat=qhat)
+    p_val_raw = predict(model, val, eval_masks(val, source, sizes, seed))
+    p_val = p_val_raw if T is None else apply_temperature(p_val_raw, T)
+    cal_ix = set(split_validation(val.labels, seed)[0].tolist()) if T is not None else set()
+    roles = ["fit" if i in cal_ix else "held_back" for i in range(len(val))] if T is not None else None
+    pred_rows = prediction_rows(val.paths, val.labels, p_val, "val", source, p_val_raw, roles) + pred_rows
     seg_rows = segmentation_rows(seg_arr, probs, "test", seg_card.info.threshold, seg_card.info.min_area_frac)
     report["mask_sources"] = results
     report["segmenter"] = segmentation_metrics(seg_rows, seed) | {"file": md.segmenter_keras.name}

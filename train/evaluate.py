@@ -8,6 +8,7 @@ import numpy as np
 
 from busi.runtime.errors import DataError
 from busi.runtime.log import get as get_logger
+from busi.runtime.trust import conformal_threshold
 from busi.runtime.model_dir import ModelDir
 
 from . import dataset as ds
@@ -59,7 +60,10 @@ def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | N
         extra["auto"] = segmenter.auto_masks(arr, probs, info.mask, seg_card.info)
         seg_rows = segmenter.segmentation_rows(seg_arr, probs, "external", seg_card.info.threshold, seg_card.info.min_area_frac)
         seg_metrics = segmenter.segmentation_metrics(seg_rows, seed) | {"file": md.segmenter_keras.name}
-    results, pred_rows = evaluate_model(model, arr, sizes, info.malignant_threshold, seed, "external", extra_masks=extra)
+    T = info.calibration.temperature if info.calibration is not None else None
+    qhat = None if info.conformal is None else conformal_threshold(info.conformal.scores, info.conformal.coverage)
+    results, pred_rows = evaluate_model(model, arr, sizes, info.malignant_threshold, seed, "external", extra_masks=extra,
+                                        temperature=T, qhat=qhat)
     sha = {s.path.relative_to(scan.root).as_posix(): s.sha256 for s in scan.samples}
     out = Path(out) if out else md.eval_dir(data)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,6 +75,7 @@ def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | N
         "weights": info.provenance.weights,
         "trained_mask_source": info.mask.source,
         "operating_point": info.operating_point.to_json(),
+        **({"calibration": info.calibration.to_json()} if info.calibration is not None else {}),
         "mask_sources": results,
         "skipped": skipped,
     }

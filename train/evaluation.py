@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from busi.runtime.calibration import apply_temperature
 from busi.runtime.contract import MASK_SOURCES
 
 from .inputs import Arrays, eval_masks
@@ -11,7 +12,8 @@ from .metrics import evaluate
 from .report import prediction_rows
 
 #: the figures of each mask source that the card (and the ONNX metadata) carries
-CARD_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_auc", "malignant_sensitivity", "malignant_specificity", "ece")
+CARD_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_auc", "malignant_sensitivity", "malignant_specificity", "ece",
+             "nll", "brier", "ece_raw", "coverage", "set_size")
 SEGMENTER_CARD_KEYS = ("n_lesion", "dice", "iou", "lesion_found_rate", "normal_empty_rate")
 
 
@@ -30,23 +32,27 @@ def evaluate_model(
     split_name: str,
     batch_size: int = 32,
     extra_masks: dict[str, np.ndarray] | None = None,
+    temperature: float | None = None,
+    qhat: float | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Metrics for every mask source on the same images, plus their prediction rows.
+    """Metrics for every mask source on the same images, plus their prediction rows; with a
+    `temperature`, on calibrated probabilities (and ECE/NLL/Brier before calibration too).
 
     `extra_masks` adds sources whose masks come from elsewhere (`auto`: the segmenter)."""
     results, rows = {}, []
     sources = {src: None for src in MASK_SOURCES} | dict(extra_masks or {})
     for src, masks in sources.items():
         masks = eval_masks(test, src, sizes, seed) if masks is None else masks
-        proba = predict(model, test, masks, batch_size)
-        results[src] = evaluate(test.labels, proba, threshold, seed)
-        rows += prediction_rows(test.paths, test.labels, proba, split_name, src)
+        raw = predict(model, test, masks, batch_size)
+        proba = raw if temperature is None else apply_temperature(raw, temperature)
+        results[src] = evaluate(test.labels, proba, threshold, seed, raw=None if temperature is None else raw, qhat=qhat)
+        rows += prediction_rows(test.paths, test.labels, proba, split_name, src, raw)
     return results, rows
 
 
 def card_metrics(report: dict) -> dict:
     """The summary of report.json that the card (and the ONNX metadata) carries."""
-    out = {src: {k: m[k] for k in CARD_KEYS} for src, m in report["mask_sources"].items()}
+    out = {src: {k: m[k] for k in CARD_KEYS if k in m} for src, m in report["mask_sources"].items()}
     if "segmenter" in report:
         out["segmenter"] = {k: report["segmenter"][k] for k in SEGMENTER_CARD_KEYS}
     return out

@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from busi.runtime.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from busi.runtime.calibration import apply_temperature
+from busi.runtime.trust import conformal_threshold
 from busi.runtime.card import DataInfo, ModelCard
 from busi.runtime.contract import (
     CLASSES,
     MALIGNANT,
     MASK_SOURCES,
     PLACEHOLDER,
+    Conformal,
     InputSpec,
     MaskSpec,
     ModelInfo,
@@ -29,6 +32,7 @@ from busi.runtime.log import get as get_logger
 from busi.runtime.model_dir import ModelDir
 
 from . import dataset as ds
+from .calibrate import fit_temperature, split_validation
 from .callbacks import best_weights, epoch_log
 from .evaluation import card_metrics, evaluate_model, predict
 from .inputs import eval_masks, lesion_sizes, load_rows
@@ -168,13 +172,24 @@ def fit(cfg: FitConfig) -> Path:
     with atomic_path(md.keras, suffix=".keras") as tmp:
         model.save(tmp)
 
-    # operating point on validation (trained mask source), then the test split, every source
-    p_val = predict(model, val, val_x["mask"], cfg.batch_size)
+    # calibration on one half of validation, the operating point on all of it (calibrated
+    # probabilities, trained mask source), then the test split, every mask source
+    p_val_raw = predict(model, val, val_x["mask"], cfg.batch_size)
+    cal_ix, held_ix = split_validation(val.labels, cfg.seed)
+    calibration = fit_temperature(val.labels[cal_ix], p_val_raw[cal_ix])
+    _LOG.info(f"calibration: temperature {calibration.temperature:.3f} fitted on {len(cal_ix)} validation images "
+              f"(NLL {calibration.nll_before:.3f} -> {calibration.nll_after:.3f}); {len(held_ix)} held back")
+    p_val = apply_temperature(p_val_raw, calibration.temperature)
     op = operating_point(val.labels, p_val[:, MALIGNANT])
+    # conformal scores: the calibrated validation images the temperature was not fitted on
+    conformal = Conformal(scores=tuple(sorted(float(1 - p_val[i, val.labels[i]]) for i in held_ix)))
+    qhat = conformal_threshold(conformal.scores, conformal.coverage)
     results, pred_rows = evaluate_model(
-        model, arrays["test"], sizes, op["malignant_threshold"], cfg.seed, "test", cfg.batch_size
+        model, arrays["test"], sizes, op["malignant_threshold"], cfg.seed, "test", cfg.batch_size,
+        temperature=calibration.temperature, qhat=qhat,
     )
-    pred_rows = prediction_rows(val.paths, val.labels, p_val, "val", cfg.mask_source) + pred_rows
+    roles = ["fit" if i in set(cal_ix.tolist()) else "held_back" for i in range(len(val))]
+    pred_rows = prediction_rows(val.paths, val.labels, p_val, "val", cfg.mask_source, p_val_raw, roles) + pred_rows
     report = {
         "model": out.name,
         "data": str(cfg.data),
@@ -183,12 +198,15 @@ def fit(cfg: FitConfig) -> Path:
         "weights": cfg.weights,
         "trained_mask_source": cfg.mask_source,
         "operating_point": op,
+        "calibration": {**calibration.to_json(), "validation_held_back": int(len(held_ix))},
+        "conformal": {"coverage": conformal.coverage, "n": len(conformal.scores), "qhat": qhat, "method": conformal.method},
         "mask_sources": results,
     }
     write_report(out, report, pred_rows)
     atomic_write_text(md.history, (backup / "history.csv").read_text())
     plots(out, report, pred_rows, history)
-    card = make_card(cfg, report, rows, s, n_trainable, model.count_params(), len(history), time.time() - t_start, sizes)
+    card = make_card(cfg, report, rows, s, n_trainable, model.count_params(), len(history), time.time() - t_start, sizes,
+                     calibration, conformal)
     card.write(md.card)
     shutil.rmtree(backup, ignore_errors=True)
     if md.has_segmenter():  # a segmenter trained on this very split: report auto next to the others
@@ -209,7 +227,8 @@ def placeholder_frac(sizes: np.ndarray, size: int) -> list[float]:
     return [round(float(np.median(sizes[:, 0])) / size, 4), round(float(np.median(sizes[:, 1])) / size, 4)]
 
 
-def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, sizes) -> ModelCard:
+def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, sizes, calibration=None,
+              conformal=None) -> ModelCard:
     """The card of a freshly trained classifier: its contract (export copies it into the ONNX
     file) and the training facts."""
     counts = {p: {c: sum(r["split"] == p and r["label"] == c for r in rows) for c in CLASSES} for p in ("train", "val", "test")}
@@ -218,6 +237,9 @@ def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, 
         mask=MaskSpec(source=cfg.mask_source, placeholder=tuple(placeholder_frac(sizes, cfg.image_size))),
         operating_point=OperatingPoint.from_json(report["operating_point"]),
         metrics=card_metrics(report),
+        calibration=calibration,
+        conformal=conformal,
+        prevalence={c: counts["train"][c] / max(1, sum(counts["train"].values())) for c in CLASSES},
         provenance=Provenance(
             weights=cfg.weights, data_fingerprint=report["data_fingerprint"], split_seed=cfg.seed, git_commit=git_commit(),
             trained=now(), versions=versions("tensorflow", "keras", "sklearn"),

@@ -8,11 +8,13 @@ from sklearn.metrics import (
     balanced_accuracy_score,
     confusion_matrix,
     precision_recall_fscore_support,
+    log_loss,
     roc_auc_score,
     roc_curve,
 )
 
 from busi.runtime.contract import CLASSES, MALIGNANT
+from busi.runtime.trust import BANDS, likelihood_band, prediction_set
 
 TARGET_SENSITIVITY = 0.95
 ECE_BINS = 15
@@ -54,6 +56,17 @@ def ece(y: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> float:
         if sel.any():
             total += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
     return float(total)
+
+
+def nll(y: np.ndarray, proba: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (scikit-learn's log_loss)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    return float(log_loss(y, proba / proba.sum(axis=1, keepdims=True), labels=list(range(proba.shape[1]))))
+
+
+def brier(y: np.ndarray, proba: np.ndarray) -> float:
+    """Multi-class Brier score: mean over images of the squared distance to the one-hot label."""
+    return float(np.mean(np.sum((proba - np.eye(proba.shape[1])[y]) ** 2, axis=1)))
 
 
 def macro_auc(y: np.ndarray, proba: np.ndarray) -> float | None:
@@ -109,8 +122,39 @@ def bootstrap_ci(y: np.ndarray, proba: np.ndarray, threshold: float, seed: int, 
     return bootstrap(lambda ix: point_metrics(y[ix], proba[ix], threshold), len(y), seed, n)
 
 
-def evaluate(y: np.ndarray, proba: np.ndarray, threshold: float, seed: int = 0) -> dict:
-    """Every figure the report prints for one mask source."""
+def band_table(y: np.ndarray, p_malignant: np.ndarray) -> list[dict]:
+    """Per likelihood band (aligned with BI-RADS): how many images fall in it and how many of
+    them are malignant, with an exact (Clopper-Pearson) 95 % interval of that rate."""
+    from scipy.stats import binomtest
+
+    cats = [likelihood_band(p)[0] for p in p_malignant]
+    out = []
+    for _, cat, text in BANDS:
+        sel = np.array([c == cat for c in cats], bool)
+        n, k = int(sel.sum()), int((y[sel] == MALIGNANT).sum())
+        ci = list(binomtest(k, n).proportion_ci(0.95, method="exact")) if n else [None, None]
+        out.append({"band": cat, "range": text, "n": n, "malignant": k, "rate": k / n if n else None,
+                    "ci95": [None if v is None else float(v) for v in ci]})
+    return out
+
+
+def set_figures(y: np.ndarray, proba: np.ndarray, qhat: float) -> dict:
+    """Empirical coverage of the conformal prediction sets (overall and per class) and their
+    mean size."""
+    sets = [prediction_set(dict(zip(CLASSES, map(float, p))), qhat) for p in proba]
+    covered = np.array([CLASSES[int(t)] in s for t, s in zip(y, sets)])
+    return {
+        "coverage": float(covered.mean()),
+        "set_size": float(np.mean([len(s) for s in sets])),
+        "coverage_per_class": {c: float(covered[y == i].mean()) if (y == i).any() else None for i, c in enumerate(CLASSES)},
+    }
+
+
+def evaluate(y: np.ndarray, proba: np.ndarray, threshold: float, seed: int = 0, raw: np.ndarray | None = None,
+             qhat: float | None = None) -> dict:
+    """Every figure the report prints for one mask source; with `raw` (the probabilities
+    before calibration) also ECE, NLL and Brier score before it; with `qhat`, the conformal
+    sets' coverage and size; always the likelihood bands."""
     y = np.asarray(y)
     proba = np.asarray(proba, dtype=np.float64)
     pred = proba.argmax(axis=1)
@@ -127,7 +171,15 @@ def evaluate(y: np.ndarray, proba: np.ndarray, threshold: float, seed: int = 0) 
             },
             "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
             "ece": ece(y, proba),
+            "nll": nll(y, proba),
+            "brier": brier(y, proba),
             "ci95": bootstrap_ci(y, proba, threshold, seed),
         }
     )
+    if raw is not None:
+        raw = np.asarray(raw, dtype=np.float64)
+        out.update({"ece_raw": ece(y, raw), "nll_raw": nll(y, raw), "brier_raw": brier(y, raw)})
+    if qhat is not None:
+        out.update(set_figures(y, proba, qhat))
+    out["bands"] = band_table(y, proba[:, MALIGNANT])
     return out

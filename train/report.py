@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from busi.runtime.atomic import atomic_write_bytes, atomic_write_text
+from busi.runtime.contract import CLASSES, MALIGNANT
 
 from .dataset import csv_text
-from .metrics import CLASSES
 
-PRED_FIELDS = ("path", "label", "split", "mask_source", "p_normal", "p_benign", "p_malignant")
+PRED_FIELDS = ("path", "label", "split", "mask_source", "p_normal", "p_benign", "p_malignant",
+               "p_normal_raw", "p_benign_raw", "p_malignant_raw", "calibration")
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 
@@ -25,18 +26,18 @@ def predictions_csv(rows: list[dict]) -> str:
     return csv_text(rows, PRED_FIELDS)
 
 
-def prediction_rows(paths: list[str], y: np.ndarray, proba: np.ndarray, split: str, source: str) -> list[dict]:
+def prediction_rows(paths: list[str], y: np.ndarray, proba: np.ndarray, split: str, source: str,
+                    raw: np.ndarray | None = None, roles: list[str] | None = None) -> list[dict]:
+    """One row per image: the probabilities the figures use (calibrated), the network's own
+    (`_raw`) they came from, and for validation images whether the temperature was fitted on
+    them (`calibration`: fit / held_back)."""
+    raw = proba if raw is None else raw
+    roles = roles or [""] * len(paths)
     return [
-        {
-            "path": p,
-            "label": CLASSES[int(t)],
-            "split": split,
-            "mask_source": source,
-            "p_normal": float(pr[0]),
-            "p_benign": float(pr[1]),
-            "p_malignant": float(pr[2]),
-        }
-        for p, t, pr in zip(paths, y, proba)
+        {"path": p, "label": CLASSES[int(t)], "split": split, "mask_source": source,
+         **{f"p_{c}": float(pr[i]) for i, c in enumerate(CLASSES)},
+         **{f"p_{c}_raw": float(rr[i]) for i, c in enumerate(CLASSES)}, "calibration": role}
+        for p, t, pr, rr, role in zip(paths, y, proba, raw, roles)
     ]
 
 
@@ -63,7 +64,12 @@ def results_table(report: dict) -> str:
         ("macro_auc", "macro AUC (one-vs-rest)"),
         ("malignant_sensitivity", "malignant sensitivity @ op. point"),
         ("malignant_specificity", "malignant specificity @ op. point"),
-        ("ece", "expected calibration error"),
+        ("ece", "expected calibration error (calibrated)"),
+        ("ece_raw", "ECE before calibration"),
+        ("nll", "negative log-likelihood"),
+        ("brier", "Brier score"),
+        ("coverage", f"coverage of the {report.get('conformal', {}).get('coverage', 0.9):.0%} prediction sets"),
+        ("set_size", "mean prediction-set size"),
     ):
         cells = []
         for n in names:
@@ -88,6 +94,33 @@ def segmenter_line(report: dict) -> str:
     )
 
 
+def _target_lines(report: dict) -> list[str]:
+    """Whether the sensitivity the operating point was chosen for holds on this split: said
+    plainly when it does not."""
+    op, src = report["operating_point"], report.get("trained_mask_source")
+    m = report["mask_sources"].get(src, {})
+    sens, target = m.get("malignant_sensitivity"), op.get("target_sensitivity")
+    if sens is None or target is None:
+        return []
+    ci = m.get("ci95", {}).get("malignant_sensitivity")
+    verdict = "met" if sens >= target else "**NOT met**: do not rely on the stated sensitivity"
+    return [f"Malignant sensitivity on this {report['split']} split ({src} masks): {fmt(sens, ci)} against the target "
+            f"{target:.2f} chosen on validation: {verdict}.", ""]
+
+
+def _calibration_lines(report: dict) -> list[str]:
+    cal = report.get("calibration")
+    if not cal:
+        return []
+    return [
+        f"Probabilities calibrated by temperature scaling: T = {cal['temperature']:.3f}, fitted on {cal['n']} "
+        f"validation images (NLL {cal['nll_before']:.3f} -> {cal['nll_after']:.3f}); "
+        f"{cal.get('validation_held_back', 0)} validation images held back. The operating point and every figure "
+        "use calibrated probabilities; the rows 'before calibration' use the network's own.",
+        "",
+    ]
+
+
 def report_markdown(report: dict) -> str:
     op = report["operating_point"]
     lines = [
@@ -100,6 +133,8 @@ def report_markdown(report: dict) -> str:
         f"Operating point: P(malignant) >= {op['malignant_threshold']:.4f}, chosen on the validation split "
         f"for sensitivity >= {op['target_sensitivity']:.2f}" + ("" if op.get("estimated") else f" ({op.get('note')})") + ".",
         "",
+        *_target_lines(report),
+        *_calibration_lines(report),
         "95 % bootstrap intervals in brackets (1000 resamples of the test cases, seeded).",
         "",
         results_table(report),
@@ -112,6 +147,17 @@ def report_markdown(report: dict) -> str:
         lines += ["", "Confusion matrix (rows true, columns predicted: " + ", ".join(CLASSES) + "):", "", "```"]
         lines += ["  ".join(f"{v:4d}" for v in row) for row in m["confusion_matrix"]]
         lines += ["```", ""]
+        if m.get("bands"):
+            lines += ["Likelihood bands aligned with BI-RADS (calibrated P(malignant), training prevalence): images in "
+                      "each band and the malignant fraction observed, exact 95 % interval:", "",
+                      "| band | P(malignant) | images | malignant | observed rate |", "|---|---|---|---|---|"]
+            for b in m["bands"]:
+                rate = "n/a" if b["rate"] is None else f"{b['rate']:.2f} [{b['ci95'][0]:.2f}, {b['ci95'][1]:.2f}]"
+                lines.append(f"| {b['band']} | {b['range']} | {b['n']} | {b['malignant']} | {rate} |")
+            lines.append("")
+        if m.get("coverage_per_class"):
+            lines += ["Prediction-set coverage per class: " + ", ".join(
+                f"{c} {'n/a' if v is None else f'{v:.2f}'}" for c, v in m["coverage_per_class"].items()) + ".", ""]
     seg = report.get("segmenter")
     if seg:
         ci = seg.get("ci95", {})
@@ -200,11 +246,21 @@ def plots(out: Path, report: dict, pred_rows: list[dict], history: list[dict]) -
     ax.legend(loc="lower right")
     save(fig, "roc.png")
 
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    CalibrationDisplay.from_predictions(P.argmax(axis=1) == y, P.max(axis=1), n_bins=10, ax=ax, name="top label")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability (ECE {report['mask_sources'][src]['ece']:.3f})")
+    # before (the network's own probabilities) and after calibration: the top label (right or
+    # not, against its probability) and malignant one-vs-rest
+    R = np.array([[r.get(f"p_{c}_raw", r[f"p_{c}"]) for c in CLASSES] for r in rows])
+    m = report["mask_sources"][src]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for probs, name in ((R, "before calibration"), (P, "calibrated")):
+        CalibrationDisplay.from_predictions(probs.argmax(axis=1) == y, probs.max(axis=1), n_bins=10, ax=axes[0], name=name)
+        if 0 < (y == MALIGNANT).sum() < len(y):
+            CalibrationDisplay.from_predictions(y == MALIGNANT, probs[:, MALIGNANT], n_bins=10, ax=axes[1], name=name)
+    axes[0].set_xlabel("top-label probability")
+    axes[0].set_ylabel("fraction correct")
+    axes[0].set_title(f"top label (ECE {m.get('ece_raw', m['ece']):.3f} -> {m['ece']:.3f})")
+    axes[1].set_xlabel("P(malignant)")
+    axes[1].set_ylabel("fraction malignant")
+    axes[1].set_title("malignant, one-vs-rest")
     save(fig, "reliability.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
