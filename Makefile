@@ -25,7 +25,7 @@ FUZZ_EXAMPLES ?= 20000
 help:
 	@echo "make demo   - phantoms -> train -> report -> ONNX export -> busi-infer (minutes, CPU)"
 	@echo "make test   - the test suite"
-	@echo "make test-fast - the tests that need no trained model (-m 'not slow'; about 3 min)"
+	@echo "make test-fast - the tests that need no trained model (-m 'not slow')"
 	@echo "make fuzz   - property-based fuzzing of the decoders and the API (FUZZ_EXAMPLES=20000)"
 	@echo "make train DATA=/path/to/Dataset_BUSI_with_GT [WEIGHTS=imagenet|none|file.h5] [OUT=models/busi]"
 	@echo "make segmenter DATA=... OUT=...   (lesion segmenter for --mask auto, on the classifier's split)"
