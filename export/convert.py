@@ -23,7 +23,7 @@ from busi.runtime.contract import (
     Parity,
     Provenance,
 )
-from busi.runtime.errors import ExportError, ExportUsageError, Int8GateRefused
+from busi.runtime.errors import ExportError, ExportUsageError, Int8GateRefused, describe
 from busi.runtime.log import get as get_logger
 from busi.runtime.model_dir import ModelDir
 
@@ -63,7 +63,7 @@ def load_model_dir(model_dir: str | Path) -> Loaded:
     try:
         model = keras.models.load_model(kp, compile=False)
     except Exception as e:  # corrupt zip, wrong format, unknown layers
-        raise ExportUsageError(f"{kp}: cannot load Keras model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ExportUsageError(f"{kp}: cannot load Keras model ({describe(e, 200)})") from None
     names = sorted(t.name.split(":")[0] for t in model.inputs)
     if names != sorted(INPUT_NAMES):
         raise ExportUsageError(f"{kp}: model inputs are {names}, expected {list(INPUT_NAMES)}")
@@ -280,7 +280,7 @@ def export_segmenter(md: ModelDir, opset: int, tolerance: float, provenance: Pro
     try:
         model = keras.models.load_model(src, compile=False)
     except Exception as e:
-        raise ExportUsageError(f"{src}: cannot load the segmenter ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ExportUsageError(f"{src}: cannot load the segmenter ({describe(e, 200)})") from None
     S, thr = sc.info.input.size, sc.info.threshold
     _LOG.info("converting %s (opset %d) ...", src, opset)
     spec = [tf.TensorSpec((None, S, S, 3), tf.float32, name=SEGMENTER_INPUT)]

@@ -11,7 +11,7 @@ import numpy as np
 
 from busi.runtime.calibration import apply_temperature
 from busi.runtime.contract import MALIGNANT, OUTPUT_NAME, ModelInfo
-from busi.runtime.errors import Int8GateRefused
+from busi.runtime.errors import Int8GateRefused, describe
 from busi.runtime.log import get as get_logger
 from busi.runtime.session import captured_output
 
@@ -144,7 +144,7 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
                     )
                 p8 = _calibrated(_run(ort_session(str(q)), test_arr.images, test_masks), info)
             except Exception as e:  # a calibration method that breaks is a failed try, not a crash
-                msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
+                msg = describe(e)
                 tried.append({"calibration": name, "error": msg, "argmax_agreement": 0.0, "passed": False,
                               "malignant_sensitivity_fp32": sens32, "malignant_sensitivity_int8": None})
                 _LOG.info(f"int8 ({name}): quantization failed ({msg}) -> fail")

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, describe
 from .log import native_stderr_captured
 from .pixels import check_pixel_limit, to_uint8
 
@@ -185,8 +185,7 @@ def _as_input_error(path):
     except MemoryError:
         raise InputError(path, "DICOM needs more memory than is available to decode") from None
     except Exception as e:  # pydicom raises a zoo of types on hostile files
-        msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise InputError(path, f"corrupt DICOM ({type(e).__name__}{': ' + msg if msg else ''})") from None
+        raise InputError(path, f"corrupt DICOM ({describe(e, 120)})") from None
 
 
 def _plugins(ts) -> list[str]:

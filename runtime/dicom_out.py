@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .atomic import atomic_path
-from .errors import InputError, WriteError
+from .errors import InputError, WriteError, describe
 from .log import get as get_logger
 
 _LOG = get_logger(__name__)
@@ -110,9 +110,7 @@ def write(prediction: "Prediction", source, out_dir: str | Path, *, options: str
     except InputError:
         raise
     except Exception as e:  # highdicom refuses a source it cannot reference (an odd SOP class, bad values)
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        raise InputError(getattr(prediction, "path", None),
-                         f"cannot build the DICOM output ({type(e).__name__}{': ' + msg if msg else ''})") from None
+        raise InputError(getattr(prediction, "path", None), f"cannot build the DICOM output ({describe(e)})") from None
     written = []
     for kind, ds in objects.items():
         final = out / f"{src.SOPInstanceUID}.{kind}.dcm"

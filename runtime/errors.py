@@ -23,6 +23,18 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (at most `limit` characters); '' when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
+def describe(e: BaseException, limit: int = 160) -> str:
+    """How busi names a library's exception in one line: 'TypeName: first line', or the type alone."""
+    msg = first_line(e, limit)
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
 class BusiError(Exception):
     """Base class for errors that the CLI turns into one line and an exit code."""
 

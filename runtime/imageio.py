@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .files import DEFAULT_MAX_BYTES, read_regular
 from .pixels import DEFAULT_MAX_PIXELS, check_min_side, check_pixel_limit, to_uint8
 
@@ -51,8 +51,7 @@ class Decoded:
 
 
 def _short(e: Exception) -> str:
-    msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-    return msg
+    return first_line(e) or type(e).__name__
 
 
 def _exif_orientation(im) -> int:

@@ -23,7 +23,7 @@ from .arrays import check_array, frame_index, is_box, mask_array, parse_box
 from .calibration import apply_temperature
 from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, ModelInfo, check_graph_shape
 from .dicom import DicomImage
-from .errors import BusiError, InputError, ModelError, UsageError
+from .errors import BusiError, InputError, ModelError, UsageError, describe
 from .files import DEFAULT_MAX_BYTES, read_regular
 from .imageio import Decoded, decode_image, is_dicom, read_image, read_mask, resize_mask, resize_rgb
 from .log import get as get_logger
@@ -31,7 +31,7 @@ from .masks import box_mask, find_mask_files, model_mask
 from .pixels import DEFAULT_MAX_PIXELS, check_min_side
 from .results import Failure, Prediction, Prepared, aggregate
 from .session import create_session
-from .trust import BAND_LABEL, conformal_threshold, likelihood_band, parse_prevalence, prediction_set, prior_shift
+from .trust import BAND_LABEL, likelihood_band, model_qhat, parse_prevalence, prediction_set, prior_shift
 from .verify import verified_sha256
 
 _LOG = get_logger(__name__)
@@ -103,7 +103,7 @@ class Predictor:
         self.coverage = None if self.info.conformal is None else float(coverage or self.info.conformal.coverage)
         if coverage is not None and not 0 < coverage < 1:
             raise UsageError(f"coverage must lie strictly between 0 and 1, got {coverage}")
-        self.qhat = None if self.coverage is None else conformal_threshold(self.info.conformal.scores, self.coverage)
+        self.qhat = model_qhat(self.info.conformal, self.coverage)
         self.size = self.info.input.size
 
     # ---- notices -------------------------------------------------------------------------
@@ -455,9 +455,7 @@ class Predictor:
                 half = len(batch) // 2
                 return {**self._run_split(batch[:half], threshold, tta, explain),
                         **self._run_split(batch[half:], threshold, tta, explain)}
-            msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-            return {id(batch[0]): Failure(batch[0].path, f"{batch[0].path or 'image'}: inference failed "
-                                                          f"({type(e).__name__}{': ' + msg if msg else ''})")}
+            return {id(batch[0]): Failure(batch[0].path, f"{batch[0].path or 'image'}: inference failed ({describe(e)})")}
         probs, cams = out if explain else (out, [None] * len(batch))
         return {id(b): self._result(b, p, threshold, tta, c) for b, p, c in zip(batch, probs, cams)}
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 
 import onnxruntime as ort
 
-from .errors import DeviceError, ModelError
+from .errors import DeviceError, ModelError, describe
 from .log import get as get_logger
 
 _LOG = get_logger(__name__)
@@ -154,17 +154,14 @@ def create_session(
         if sess is not None and sess.get_providers() and sess.get_providers()[0] == CUDA:
             return sess, CUDA
         if exc is not None and _looks_like_model_error(exc):
-            raise ModelError(model if isinstance(model, str) else None, f"cannot load ONNX model ({_short(exc)})")
-        detail = _first_error_line(err[0] if err else "") or (_short(exc) if exc else "")
+            raise ModelError(model if isinstance(model, str) else None, f"cannot load ONNX model ({describe(exc)})")
+        detail = _first_error_line(err[0] if err else "") or (describe(exc) if exc else "")
         reason = "CUDA provider is listed but cannot run here" + (f" ({detail})" if detail else "")
     if device == "cuda":
         raise DeviceError(f"--device cuda: {reason}")
     notice(f"busi: running on CPU: {reason}")
     return _load(model, so, [CPU]), CPU
 
-
-def _short(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}" if str(e).strip() else type(e).__name__
 
 
 def _looks_like_model_error(e: Exception) -> bool:
@@ -176,4 +173,4 @@ def _load(model, so, providers) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(model, so, providers=providers)
     except Exception as e:
-        raise ModelError(model if isinstance(model, str) else None, f"cannot load ONNX model ({_short(e)})") from None
+        raise ModelError(model if isinstance(model, str) else None, f"cannot load ONNX model ({describe(e)})") from None

@@ -69,6 +69,14 @@ def conformal_threshold(scores: Sequence[float], coverage: float) -> float:
     return 1.0 if k > n else float(sorted(scores)[k - 1])
 
 
+def model_qhat(conformal, coverage: float | None = None) -> float | None:
+    """The set threshold of a model's stored conformal scores, at `coverage` (default: the
+    model's own); None for a model without them."""
+    if conformal is None:
+        return None
+    return conformal_threshold(conformal.scores, conformal.coverage if coverage is None else coverage)
+
+
 def prediction_set(p: dict[str, float], qhat: float) -> list[str]:
     """Every class whose nonconformity 1 - p(class) is at most qhat, most probable first."""
     return [c for c in sorted(p, key=p.get, reverse=True) if 1.0 - p[c] <= qhat + 1e-12]

@@ -10,7 +10,7 @@ import numpy as np
 
 from busi.runtime.calibration import apply_temperature
 from busi.runtime.log import get as get_logger
-from busi.runtime.trust import conformal_threshold
+from busi.runtime.trust import model_qhat
 from busi.runtime.model_dir import ModelDir
 
 from . import dataset as ds
@@ -48,7 +48,7 @@ def add_auto_to_report(model_dir: str | Path) -> dict:
     model = keras.models.load_model(md.keras, compile=False)
     t = report["operating_point"]["malignant_threshold"]
     T = info.calibration.temperature if info.calibration is not None else None
-    qhat = None if info.conformal is None else conformal_threshold(info.conformal.scores, info.conformal.coverage)
+    qhat = model_qhat(info.conformal)
     results, pred_rows = evaluate_model(model, test, sizes, t, seed, "test", extra_masks={"auto": auto}, temperature=T,
                                         qhat=qhat)
     p_val_raw = predict(model, val, eval_masks(val, source, sizes, seed))

@@ -8,7 +8,7 @@ import numpy as np
 
 from busi.runtime.errors import DataError
 from busi.runtime.log import get as get_logger
-from busi.runtime.trust import conformal_threshold
+from busi.runtime.trust import model_qhat
 from busi.runtime.model_dir import ModelDir
 
 from . import dataset as ds
@@ -61,7 +61,7 @@ def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | N
         seg_rows = segmenter.segmentation_rows(seg_arr, probs, "external", seg_card.info.threshold, seg_card.info.min_area_frac)
         seg_metrics = segmenter.segmentation_metrics(seg_rows, seed) | {"file": md.segmenter_keras.name}
     T = info.calibration.temperature if info.calibration is not None else None
-    qhat = None if info.conformal is None else conformal_threshold(info.conformal.scores, info.conformal.coverage)
+    qhat = model_qhat(info.conformal)
     results, pred_rows = evaluate_model(model, arr, sizes, info.malignant_threshold, seed, "external", extra_masks=extra,
                                         temperature=T, qhat=qhat)
     sha = {s.path.relative_to(scan.root).as_posix(): s.sha256 for s in scan.samples}

@@ -13,7 +13,7 @@ import numpy as np
 
 from busi.runtime.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from busi.runtime.calibration import apply_temperature
-from busi.runtime.trust import conformal_threshold
+from busi.runtime.trust import model_qhat
 from busi.runtime.card import DataInfo, ModelCard
 from busi.runtime.contract import (
     CLASSES,
@@ -183,7 +183,7 @@ def fit(cfg: FitConfig) -> Path:
     op = operating_point(val.labels, p_val[:, MALIGNANT])
     # conformal scores: the calibrated validation images the temperature was not fitted on
     conformal = Conformal(scores=tuple(sorted(float(1 - p_val[i, val.labels[i]]) for i in held_ix)))
-    qhat = conformal_threshold(conformal.scores, conformal.coverage)
+    qhat = model_qhat(conformal)
     results, pred_rows = evaluate_model(
         model, arrays["test"], sizes, op["malignant_threshold"], cfg.seed, "test", cfg.batch_size,
         temperature=calibration.temperature, qhat=qhat,
