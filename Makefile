@@ -15,9 +15,10 @@ TRAIN_ARGS ?=
 # the demo: phantoms, trained from scratch at a small size so it runs in minutes on 2 cores
 DEMO_DATA ?= data/phantoms
 DEMO_OUT  ?= models/demo
-DEMO_ARGS ?= --weights none --image-size 96 --epochs 30
+DEMO_ARGS ?= --weights none --image-size 96 --epochs 30 --near-ood tests/data/busi-sample
 SEG_ARGS  ?=
 DEMO_SEG_ARGS ?= --image-size 64
+PYDICOM_TESTS = $$($(BIN)/python -c 'import pathlib, pydicom.data; print(pathlib.Path(pydicom.data.__file__).parent / "test_files")')
 
 .PHONY: install data train segmenter export demo test test-fast fuzz bench clean help
 FUZZ_EXAMPLES ?= 20000
@@ -72,6 +73,8 @@ demo: $(BIN)/.installed $(DEMO_DATA)/.done
 	@echo "(Secondary Capture) and a SEG of the found lesion per image, and one summary line for the study:"
 	$(BIN)/busi-infer $(DEMO_DATA)-new-dicom --mask auto --model $(DEMO_OUT)/model.onnx --format table --by study \
 		--dicom-out $(DEMO_OUT)/dicom-out
+	@echo "images that are not breast ultrasound (pydicom's CT and MR test files): the out-of-distribution guard flags them (ood OOD):"
+	-$(BIN)/busi-infer $(PYDICOM_TESTS)/CT_small.dcm $(PYDICOM_TESTS)/MR_small.dcm --mask none --model $(DEMO_OUT)/model.onnx --format table
 	@echo "look at them: dsrdump $(DEMO_OUT)/dicom-out/*.sr.dcm (dcmtk), dcmdump ..., or highdicom: hd.sr.srread(path)"
 	@echo "held-out results (test split of the phantoms; mask sources side by side):"
 	@$(BIN)/busi-train report $(DEMO_OUT)

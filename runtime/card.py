@@ -22,6 +22,7 @@ from .contract import (
     InputSpec,
     MaskSpec,
     ModelInfo,
+    OodGuard,
     OperatingPoint,
     Parity,
     Provenance,
@@ -98,6 +99,7 @@ class ModelCard:
             "calibration": None if i.calibration is None else i.calibration.to_json(),
             "prevalence": i.prevalence,
             "conformal": None if i.conformal is None else i.conformal.to_json(),
+            "ood": None if i.ood is None else i.ood.to_json(),
             "architecture": self.architecture,
             "training": self.training,
             "data": self.data.to_json(),
@@ -129,6 +131,7 @@ class ModelCard:
                 calibration=Calibration.from_json(d.get("calibration"), path),
                 prevalence=prevalence_of(d.get("prevalence"), path, "prevalence"),
                 conformal=Conformal.from_json(d.get("conformal"), path),
+                ood=OodGuard.from_json(d.get("ood"), path),
             )
             return cls(info=info, name=d.get("name", ""), data=data, training=training, architecture=arch,
                        task=d.get("task", cls.task), intended_use=d.get("intended_use", ""),

@@ -24,12 +24,15 @@ from .validate import (
     number,
     optional_number,
     optional_text,
+    packed_floats,
+    unpack_floats,
 )
 
+#: 4: busi.ood (the out-of-distribution guard's statistics and thresholds);
 #: 3: busi.calibration (the operating point is on calibrated probabilities, so a runtime that
 #: does not apply it must refuse the file), busi.prevalence, busi.conformal;
 #: 2: busi.contract_version; 1: files before the key
-CONTRACT_VERSION = 3
+CONTRACT_VERSION = 4
 CLASSES = ("normal", "benign", "malignant")
 MALIGNANT = CLASSES.index("malignant")
 MASK_SOURCES = ("gt", "box", "none")  # the order of the report's columns
@@ -45,7 +48,7 @@ SEGMENTER_POSTPROCESS = "resize to image, threshold, largest 8-connected compone
 
 REQUIRED_KEYS = ("busi.classes", "busi.input", "busi.mask", "busi.operating_point")
 OPTIONAL_KEYS = ("busi.contract_version", "busi.provenance", "busi.metrics", "busi.parity", "busi.quantization",
-                 "busi.role", "busi.calibration", "busi.prevalence", "busi.conformal")
+                 "busi.role", "busi.calibration", "busi.prevalence", "busi.conformal", "busi.ood")
 SEGMENTER_KEYS = ("busi.role", "busi.input", "busi.segmentation")
 SEGMENTER_OPTIONAL_KEYS = ("busi.contract_version", "busi.provenance", "busi.metrics", "busi.parity")
 INPUT_NAMES = ("image", "mask")
@@ -255,6 +258,83 @@ class Conformal:
                    method=choice(d.get("method", "lac"), "busi.conformal.method", path, ("lac",)))
 
 
+@dataclass(frozen=True)
+class OodGuard:
+    """The out-of-distribution guard: a Mahalanobis distance of the classifier's pooled
+    features (the `features` output averaged over space, D values) to the class means of the
+    training images, with one covariance shared by the classes (Ledoit-Wolf shrinkage). The
+    distance is exact in the k leading principal directions and pooled (one variance) in the
+    rest, so the file carries D x k numbers instead of D x D. An image whose distance exceeds
+    the threshold of its mask source (the `quantile` of the validation images' distances) is
+    flagged; the flag never changes the class.
+
+    The arrays are float32, little-endian, base64 (`means` C x D, `components` D x k with
+    orthonormal columns, `variances` k); properties give them as numpy arrays."""
+
+    dim: int
+    rank: int
+    means: str
+    components: str
+    variances: str
+    residual_variance: float
+    thresholds: dict[str, float]
+    quantile: float = 0.99
+    n_fit: int = 0
+    n_validation: int = 0
+    method: str = "mahalanobis"
+    features: str = "features output, mean over space"
+
+    @property
+    def mean_array(self):
+        return unpack_floats(self.means, (-1, self.dim))
+
+    @property
+    def component_array(self):
+        return unpack_floats(self.components, (self.dim, self.rank))
+
+    @property
+    def variance_array(self):
+        return unpack_floats(self.variances, (self.rank,))
+
+    def threshold(self, mask_source: str, trained: str) -> float:
+        """The threshold of a mask source; `auto` (and any source without its own) uses the
+        trained source's: the segmenter's lesion becomes the same kind of mask."""
+        return self.thresholds.get(mask_source, self.thresholds.get(trained, max(self.thresholds.values())))
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "features": self.features, "dim": self.dim, "rank": self.rank, "means": self.means,
+                "components": self.components, "variances": self.variances,
+                "residual_variance": self.residual_variance, "thresholds": dict(self.thresholds),
+                "quantile": self.quantile, "n_fit": self.n_fit, "n_validation": self.n_validation}
+
+    @classmethod
+    def from_json(cls, d, path: str | None = None) -> "OodGuard | None":
+        if d is None:
+            return None
+        d = mapping(d, "busi.ood", path)
+        dim = integer(d.get("dim"), "busi.ood.dim", path, 1, 1 << 16)
+        rank = integer(d.get("rank"), "busi.ood.rank", path, 1, dim)
+        thresholds = mapping(d.get("thresholds"), "busi.ood.thresholds", path)
+        if not thresholds or not set(thresholds) <= set(MASK_SOURCES) | {"auto"}:
+            raise ModelError(path, f"busi.ood.thresholds is {thresholds!r:.80}, expected a threshold per mask source")
+        guard = cls(
+            method=choice(d.get("method"), "busi.ood.method", path, ("mahalanobis",)),
+            features=optional_text(d.get("features", cls.features), "busi.ood.features", path),
+            dim=dim, rank=rank,
+            means=packed_floats(d.get("means"), "busi.ood.means", path, None, dim),
+            components=packed_floats(d.get("components"), "busi.ood.components", path, dim * rank),
+            variances=packed_floats(d.get("variances"), "busi.ood.variances", path, rank, positive=True),
+            residual_variance=number(d.get("residual_variance"), "busi.ood.residual_variance", path, 1e-30),
+            thresholds={k: number(v, f"busi.ood.thresholds.{k}", path, 0.0) for k, v in thresholds.items()},
+            quantile=number(d.get("quantile", 0.99), "busi.ood.quantile", path, 0.0, 1.0),
+            n_fit=integer(d.get("n_fit", 0), "busi.ood.n_fit", path, 0, 10**9),
+            n_validation=integer(d.get("n_validation", 0), "busi.ood.n_validation", path, 0, 10**9),
+        )
+        if guard.mean_array.shape[0] < 1:
+            raise ModelError(path, "busi.ood.means holds no class mean")
+        return guard
+
+
 def prevalence_of(value, path: str | None, key: str = "busi.prevalence") -> dict[str, float] | None:
     """Class prevalences {class: fraction}, every class once, summing to 1."""
     if value is None:
@@ -303,6 +383,7 @@ class ModelInfo:
     #: the training split's class fractions (the prior the probabilities carry)
     prevalence: dict[str, float] | None = None
     conformal: Conformal | None = None
+    ood: OodGuard | None = None
     role: str = "classifier"
     version: int = CONTRACT_VERSION
 
@@ -330,6 +411,7 @@ class ModelInfo:
             "busi.calibration": None if self.calibration is None else self.calibration.to_json(),
             "busi.prevalence": self.prevalence,
             "busi.conformal": None if self.conformal is None else self.conformal.to_json(),
+            "busi.ood": None if self.ood is None else self.ood.to_json(),
         })
 
     @classmethod
@@ -353,6 +435,7 @@ class ModelInfo:
                 calibration=Calibration.from_json(j.get("busi.calibration"), path),
                 prevalence=prevalence_of(j.get("busi.prevalence"), path),
                 conformal=Conformal.from_json(j.get("busi.conformal"), path),
+                ood=OodGuard.from_json(j.get("busi.ood"), path),
             )
 
 

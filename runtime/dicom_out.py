@@ -27,7 +27,8 @@ Pathology (DCM 111042) = Normal (SCT 17621005) / Benign (SCT 30807003) / Maligna
 (SCT 52988006) with an ROI, Breast (SCT 76752008) without; 99BUSI P-NORMAL, P-BENIGN,
 P-MALIGNANT (class probabilities), MALIGNANT-FLAG (Yes/No, SCT 373066001/373067005),
 FLAG-THRESHOLD, MASK-SOURCE (BOX, FILE, AUTO, NONE), LIKELIHOOD-BAND (BAND-3 ... BAND-5),
-PREDICTION-SET (one item per class in the conformal set, valued Normal/Benign/Malignant).
+PREDICTION-SET (one item per class in the conformal set, valued Normal/Benign/Malignant), OOD
+(Yes/No: the out-of-distribution guard) with OOD-SCORE and OOD-THRESHOLD.
 """
 
 from __future__ import annotations
@@ -166,6 +167,10 @@ def structured_report(prediction: "Prediction", src, key):
         qualitative.append(hd.sr.QualitativeEvaluation(
             name=_busi("LIKELIHOOD-BAND", "Likelihood band aligned with BI-RADS (not an assessment)"),
             value=_busi(f"BAND-{band}", f"P(malignant) {prediction.likelihood['range']}")))
+    if prediction.out_of_distribution is not None:
+        qualitative.append(hd.sr.QualitativeEvaluation(
+            name=_busi("OOD", "Image unlike the training images (do not trust the class)"),
+            value=codes.SCT.Yes if prediction.out_of_distribution else codes.SCT.No))
     for c in prediction.prediction_set or []:
         qualitative.append(hd.sr.QualitativeEvaluation(
             name=_busi("PREDICTION-SET", f"In the {prediction.coverage:.0%} conformal prediction set"),
@@ -177,6 +182,11 @@ def structured_report(prediction: "Prediction", src, key):
                      for c, v in p.items()]
     measurements.append(hd.sr.Measurement(name=_busi("FLAG-THRESHOLD", "Malignant flag threshold (P(malignant))"),
                                           value=float(prediction.threshold), unit=no_units))
+    if prediction.ood_score is not None:
+        measurements.append(hd.sr.Measurement(name=_busi("OOD-SCORE", "Out-of-distribution score"),
+                                              value=float(prediction.ood_score), unit=no_units))
+        measurements.append(hd.sr.Measurement(name=_busi("OOD-THRESHOLD", "Out-of-distribution threshold"),
+                                              value=float(prediction.ood_threshold), unit=no_units))
     tracking = hd.sr.TrackingIdentifier(uid=_uid(*key, "finding"), identifier="busi finding")
     frames = _frame(prediction, src)
     if prediction.lesion_box:

@@ -90,6 +90,10 @@ class HtmlReport:
         if d.get("prediction_set") is not None:
             box += (f"<br>{d['coverage']:.0%} prediction set: "
                     f"{html.escape(', '.join(d['prediction_set']) or 'empty (no class is plausible enough)')}")
+        if d.get("out_of_distribution") is not None:
+            box += ("<br><span class=\"flag\">OUT OF DISTRIBUTION</span>: unlike the training images, do not trust the class"
+                    if d["out_of_distribution"] else "<br>like the training images (out-of-distribution guard)")
+            box += f" (score {d['ood_score']:.3g}, threshold {d['ood_threshold']:.3g})"
         self.rows.append(
             f'<tr class="case"><td class="path">{html.escape(str(d["path"]))}</td><td>{pics[0]}</td><td>{pics[1]}</td>'
             f'<td><b>{html.escape(d["class"])}</b> ({d["confidence"]:.3f}){bars}</td>'

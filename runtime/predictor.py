@@ -27,6 +27,7 @@ from .errors import BusiError, InputError, ModelError, UsageError, describe
 from .files import DEFAULT_MAX_BYTES, read_regular
 from .imageio import Decoded, decode_image, is_dicom, read_image, read_mask, resize_mask, resize_rgb
 from .log import get as get_logger
+from .ood import NOTE as OOD_NOTE, ood_scores, pooled
 from .masks import box_mask, find_mask_files, model_mask
 from .pixels import DEFAULT_MAX_PIXELS, check_min_side
 from .results import Failure, Prediction, Prepared, aggregate
@@ -89,11 +90,15 @@ class Predictor:
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.threshold = float(self.info.malignant_threshold if threshold is None else threshold)
+        #: the out-of-distribution guard, where the model carries one and the pooled features it needs
+        self.guard = self.info.ood if FEATURES_NAME in outs else None
         missing = [what for what, have in (("calibration", self.info.calibration), ("training prevalence",
-                   self.info.prevalence), ("conformal scores", self.info.conformal)) if have is None]
+                   self.info.prevalence), ("conformal scores", self.info.conformal),
+                   ("out-of-distribution guard", self.guard)) if have is None]
         if missing:
-            self._notice(f"busi: {self.path}: this model carries no {', '.join(missing)} (exported before contract "
-                         "version 3): its probabilities are the network's own, and what needs the missing parts is left out")
+            self._notice(f"busi: {self.path}: this model carries no {', '.join(missing)} (exported by an older busi): "
+                         + ("its probabilities are the network's own, and " if self.info.calibration is None else "")
+                         + "what needs the missing parts is left out")
         self.site_prevalence = None
         if prevalence is not None:
             if self.info.prevalence is None:
@@ -267,11 +272,17 @@ class Predictor:
 
         With `explain`, returns (probabilities, Grad-CAM maps (N, h, w) of each image's
         predicted class) from the unflipped pass."""
+        p, cams, _ = self.infer(images, masks, tta, explain)
+        return (p, cams) if explain else p
+
+    def infer(self, images: np.ndarray, masks: np.ndarray, tta: bool = False, explain: bool = False):
+        """(calibrated probabilities, Grad-CAM maps or None, out-of-distribution scores or None)
+        of a batch; the scores come from the unflipped pass, as the maps do."""
         if explain and not self.explainable:
             raise ModelError(self.path, "model has no Grad-CAM outputs (features, cam_weights); re-export it with busi-export")
-        names = [OUTPUT_NAME, FEATURES_NAME, CAM_WEIGHTS_NAME] if explain else [OUTPUT_NAME]
-        outs = self.session.run(names, {"image": images, "mask": masks})
-        p = outs[0]
+        names = [OUTPUT_NAME] + ([FEATURES_NAME] if explain or self.guard else []) + ([CAM_WEIGHTS_NAME] if explain else [])
+        outs = dict(zip(names, self.session.run(names, {"image": images, "mask": masks})))
+        p = outs[OUTPUT_NAME]
         if p.ndim != 2 or p.shape != (len(images), len(self.info.classes)):  # a symbolic width that lied
             raise ModelError(self.path, f"output probabilities has shape {p.shape}, expected ({len(images)}, {len(self.info.classes)})")
         if tta:
@@ -279,20 +290,30 @@ class Predictor:
             p = (p + p2) / 2
         if self.info.calibration is not None:
             p = apply_temperature(p, self.info.calibration.temperature).astype(np.float32)
+        scores = ood_scores(self.guard, pooled(outs[FEATURES_NAME])) if self.guard else None
         if not explain:
-            return p
+            return p, None, scores
         from .gradcam import grad_cam
 
-        cams = np.stack([grad_cam(outs[1][i], outs[2][i], int(np.argmax(p[i]))) for i in range(len(p))])
-        return p, cams
+        cams = np.stack([grad_cam(outs[FEATURES_NAME][i], outs[CAM_WEIGHTS_NAME][i], int(np.argmax(p[i])))
+                         for i in range(len(p))])
+        return p, cams, scores
 
-    def _result(self, prep: Prepared, proba: np.ndarray, threshold: float | None, tta: bool, cam=None) -> Prediction:
+    def _result(self, prep: Prepared, proba: np.ndarray, threshold: float | None, tta: bool, cam=None,
+                score: float | None = None) -> Prediction:
         t = self.threshold if threshold is None else float(threshold)
         classes = self.info.classes
         k = int(np.argmax(proba))
         extras = dict(prep.view or {})
         if cam is not None:
             extras["cam"] = cam
+        ood = {}
+        notes = list(prep.notes)
+        if score is not None:
+            limit = self.guard.threshold(prep.mask_source, self.info.mask.source)
+            ood = {"out_of_distribution": bool(score > limit), "ood_score": float(score), "ood_threshold": float(limit)}
+            if score > limit:
+                notes.append(OOD_NOTE.format(score=float(score), threshold=limit))
         return self._trust(Prediction(
             path=prep.path,
             label=classes[k],
@@ -307,9 +328,10 @@ class Predictor:
             calibrated=self.info.calibration is not None,
             tta=tta,
             lesion_found=prep.lesion_found,
-            notes=list(prep.notes),
+            notes=notes,
             dicom=prep.dicom,
             extras=extras,
+            **ood,
         ))
 
     def predict(
@@ -328,10 +350,9 @@ class Predictor:
                 raise InputError(out.path, out.error.split(": ", 1)[-1])
             return out
         prep = self.prepare(image, mask, frame_index(frame), keep_view)
-        out = self.run(prep.image[None], prep.mask[None], tta, explain)
-        if explain:
-            return self._result(prep, out[0][0], threshold, tta, out[1][0])
-        return self._result(prep, out[0], threshold, tta)
+        p, cams, scores = self.infer(prep.image[None], prep.mask[None], tta, explain)
+        return self._result(prep, p[0], threshold, tta, None if cams is None else cams[0],
+                            None if scores is None else scores[0])
 
     def iter_predict(
         self,
@@ -447,7 +468,7 @@ class Predictor:
         """Results of a batch keyed by id(Prepared); a batch the session cannot run (memory,
         a graph that refuses this input) is halved until the failing image is alone."""
         try:
-            out = self.run(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta, explain)
+            probs, cams, scores = self.infer(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta, explain)
         except BusiError:
             raise
         except Exception as e:
@@ -456,8 +477,9 @@ class Predictor:
                 return {**self._run_split(batch[:half], threshold, tta, explain),
                         **self._run_split(batch[half:], threshold, tta, explain)}
             return {id(batch[0]): Failure(batch[0].path, f"{batch[0].path or 'image'}: inference failed ({describe(e)})")}
-        probs, cams = out if explain else (out, [None] * len(batch))
-        return {id(b): self._result(b, p, threshold, tta, c) for b, p, c in zip(batch, probs, cams)}
+        cams = [None] * len(batch) if cams is None else cams
+        scores = [None] * len(batch) if scores is None else scores
+        return {id(b): self._result(b, p, threshold, tta, c, s) for b, p, c, s in zip(batch, probs, cams, scores)}
 
     def predict_many(self, items: Iterable[Any], mask: MaskArg = None, **kw) -> list[Prediction | Failure]:
         return list(self.iter_predict(items, mask, **kw))

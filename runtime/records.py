@@ -15,7 +15,7 @@ from enum import Enum
 CSV_FIELDS = ("path", "class", "confidence", "p_normal", "p_benign", "p_malignant", "malignant", "threshold",
               "mask_source", "lesion_found", "lesion_box", "provider", "error", "study_uid", "series_uid", "sop_uid",
               "frame", "cine_frames", "cine_max_malignant", "cine_max_frame", "record", "images", "band", "prediction_set",
-              "coverage", "p_malignant_adjusted")
+              "coverage", "p_malignant_adjusted", "out_of_distribution", "ood_score")
 #: JSON `dicom` keys -> CSV columns
 DICOM_COLUMNS = {"StudyInstanceUID": "study_uid", "SeriesInstanceUID": "series_uid", "SOPInstanceUID": "sop_uid",
                  "frame": "frame"}
@@ -66,7 +66,7 @@ def render(records: list[dict], fmt: Format) -> str:
 
 
 def _table(records: list[dict]) -> str:
-    lines = [f"{'class':<10} {'conf':>6} {'P(mal)':>7} {'flag':<9} {'band':<4} {'set':<5} {'mask':<5} path"]
+    lines = [f"{'class':<10} {'conf':>6} {'P(mal)':>7} {'flag':<9} {'band':<4} {'set':<5} {'ood':<3} {'mask':<5} path"]
     thresholds = sorted({r["threshold"] for r in records if "error" not in r})
     if thresholds:
         # The flag is set by the operating point, not by the top class: a 'benign' row can carry it.
@@ -78,15 +78,17 @@ def _table(records: list[dict]) -> str:
         cov = sorted({r["coverage"] for r in records if r.get("coverage")})
         lines.insert(0, "(band: likelihood band aligned with BI-RADS, a probability range, not an assessment; set: the "
                      + "/".join(f"{c:.0%}" for c in cov) + " conformal prediction set, N/B/M)")
+    if any(r.get("out_of_distribution") for r in records):
+        lines.insert(0, "(ood 'OOD': the image is unlike the training images; do not trust its class)")
     if any(r.get("cine") for r in records):
         lines.insert(0, "(cine: class from the mean over the frames; P(mal) and flag from the frame with the highest P(mal))")
     for r in records:
         if r.get("record") == "study":
             flag = "MALIGNANT" if r["malignant"] else "-"
-            lines.append(f"{'STUDY':<10} {'':>6} {r['max_malignant']:7.3f} {flag:<9} {'':<4} {'':<5} {'':<5} {r['study_uid']}: "
+            lines.append(f"{'STUDY':<10} {'':>6} {r['max_malignant']:7.3f} {flag:<9} {'':<4} {'':<5} {'':<3} {'':<5} {r['study_uid']}: "
                          f"{r['images']} image(s), highest P(mal) in {r['max_malignant_path']}")
         elif "error" in r:
-            lines.append(f"{'FAILED':<10} {'':>6} {'':>7} {'':<9} {'':<4} {'':<5} {'':<5} {r['error']}")
+            lines.append(f"{'FAILED':<10} {'':>6} {'':>7} {'':<9} {'':<4} {'':<5} {'':<3} {'':<5} {r['error']}")
         else:
             flag = "MALIGNANT" if r["malignant"] else "-"
             src = r["mask_source"] + ("-" if r.get("lesion_found") is False else "")
@@ -96,8 +98,9 @@ def _table(records: list[dict]) -> str:
                 where += f" [cine: {c['frames']} frames, highest P(mal) in frame {c['max_malignant_frame']}]"
             band = (r.get("likelihood") or {}).get("band", "")
             cset = "".join(c[0].upper() for c in r["prediction_set"]) if r.get("prediction_set") is not None else ""
+            ood = {True: "OOD", False: "-", None: ""}[r.get("out_of_distribution")]
             lines.append(f"{r['class']:<10} {r['confidence']:6.3f} {_p_malignant(r):7.3f} {flag:<9} {band:<4} {cset or '-':<5} "
-                         f"{src:<5} {where}")
+                         f"{ood:<3} {src:<5} {where}")
     return "\n".join(lines) + "\n"
 
 
@@ -120,4 +123,6 @@ def _flat(r: dict) -> dict:
         "prediction_set": ";".join(r["prediction_set"]) if r.get("prediction_set") is not None else "",
         "coverage": r.get("coverage") or "",
         "p_malignant_adjusted": f"{r['adjusted_probabilities']['malignant']:.6f}" if r.get("adjusted_probabilities") else "",
+        "out_of_distribution": "" if r.get("out_of_distribution") is None else int(r["out_of_distribution"]),
+        "ood_score": f"{r['ood_score']:.6g}" if r.get("ood_score") is not None else "",
     }

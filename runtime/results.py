@@ -38,6 +38,11 @@ class Prediction:
     #: the conformal prediction set at `coverage`, most probable class first
     prediction_set: list[str] | None = None
     coverage: float | None = None
+    #: the out-of-distribution guard: True when the image is unlike the training images (the
+    #: class is then not to be trusted; it is never changed), with its score and threshold
+    out_of_distribution: bool | None = None
+    ood_score: float | None = None
+    ood_threshold: float | None = None
     #: not serialized: "cam" (Grad-CAM map, feature-map size) with explain=True; "view"
     #: (thumbnail RGB), "mask" (what the classifier saw) and "lesion" (found/given lesion)
     #: with keep_view=True
@@ -49,7 +54,8 @@ class Prediction:
         d["notes"] = list(self.notes)
         d = {"class" if k == "label" else k: v for k, v in d.items()}
         d["lesion_box"] = list(self.lesion_box) if self.lesion_box else None
-        for key in ("dicom", "cine", "likelihood", "adjusted_probabilities", "prediction_set", "coverage"):
+        for key in ("dicom", "cine", "likelihood", "adjusted_probabilities", "prediction_set", "coverage",
+                    "out_of_distribution", "ood_score", "ood_threshold"):
             if d[key] is None:
                 del d[key]
             elif isinstance(d[key], dict):
@@ -104,6 +110,8 @@ def aggregate(frames: list["Prediction | Failure"], classes: tuple[str, ...]) ->
     top, k = ok[j], int(np.argmax(mean))
     failed = [f for f in frames if isinstance(f, Failure)]
     notes = list(dict.fromkeys(n for f in ok for n in f.notes))
+    guarded = [f for f in ok if f.ood_score is not None]
+    worst = max(guarded, key=lambda f: f.ood_score / f.ood_threshold) if guarded else None
     if failed:
         notes.append(f"{len(failed)} of {len(frames)} frames could not be classified: {failed[0].error}")
     cine = {
@@ -122,4 +130,7 @@ def aggregate(frames: list["Prediction | Failure"], classes: tuple[str, ...]) ->
         lesion_box=top.lesion_box, provider=top.provider, model_sha256=top.model_sha256, tta=top.tta,
         calibrated=top.calibrated,
         lesion_found=top.lesion_found, notes=notes, dicom=top.dicom, cine=cine, extras=top.extras,
+        # a loop is out of distribution when any frame is: the frame furthest above its threshold speaks
+        out_of_distribution=None if worst is None else any(f.out_of_distribution for f in guarded),
+        ood_score=None if worst is None else worst.ood_score, ood_threshold=None if worst is None else worst.ood_threshold,
     )

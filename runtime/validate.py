@@ -4,9 +4,13 @@ reason instead of being run with a wrong threshold or class order."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from contextlib import contextmanager
+
+import numpy as np
 
 from .errors import ModelError
 
@@ -74,3 +78,32 @@ def decode_json(meta: dict[str, str], required: tuple[str, ...], optional: tuple
         raise ModelError(path, f"not a busi {what}: metadata lacks {', '.join(missing)}")
     with malformed(path):
         return {k: json.loads(meta[k]) for k in required + optional if k in meta}
+
+
+def unpack_floats(text: str, shape: tuple[int, ...]) -> np.ndarray:
+    """float32 little-endian base64 -> a float64 array of `shape`."""
+    return np.frombuffer(base64.b64decode(text), "<f4").astype(np.float64).reshape(shape)
+
+
+def pack_floats(array) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, "<f4").tobytes()).decode("ascii")
+
+
+def packed_floats(value, key: str, path: str | None, count: int | None, multiple_of: int = 1,
+                  positive: bool = False) -> str:
+    """A base64 text of float32 values: `count` of them (or a whole multiple of `multiple_of`),
+    every one finite (and above 0 with `positive`)."""
+    if not isinstance(value, str):
+        raise ModelError(path, f"{key} is {value!r:.60}, expected base64 float32 values")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ModelError(path, f"{key} is not valid base64") from None
+    n = len(raw) // 4
+    if len(raw) % 4 or (count is not None and n != count) or (count is None and (n == 0 or n % multiple_of)):
+        want = count if count is not None else f"a multiple of {multiple_of}"
+        raise ModelError(path, f"{key} holds {len(raw) / 4:g} float32 values, expected {want}")
+    a = np.frombuffer(raw, "<f4")
+    if not np.isfinite(a).all() or (positive and not (a > 0).all()):
+        raise ModelError(path, f"{key} holds values that are not finite{' and above 0' if positive else ''}")
+    return value

@@ -17,6 +17,7 @@ from . import dataset as ds
 from .calibrate import split_validation
 from .evaluation import card_metrics, evaluate_model, predict
 from .inputs import eval_masks, load_rows
+from .ood import ood_sets
 from .report import plots, prediction_rows, write_report
 from .segmenter import auto_masks, segment_split, segmentation_metrics, segmentation_rows
 
@@ -49,8 +50,9 @@ def add_auto_to_report(model_dir: str | Path) -> dict:
     t = report["operating_point"]["malignant_threshold"]
     T = info.calibration.temperature if info.calibration is not None else None
     qhat = model_qhat(info.conformal)
+    sets = ood_sets(card.training.get("near_ood", "phantoms"), root, S)[0] if info.ood is not None else None
     results, pred_rows = evaluate_model(model, test, sizes, t, seed, "test", extra_masks={"auto": auto}, temperature=T,
-                                        qhat=qhat)
+                                        qhat=qhat, guard=info.ood, trained=source, ood_sets=sets)
     p_val_raw = predict(model, val, eval_masks(val, source, sizes, seed))
     p_val = p_val_raw if T is None else apply_temperature(p_val_raw, T)
     cal_ix = set(split_validation(val.labels, seed)[0].tolist()) if T is not None else set()

@@ -97,6 +97,9 @@ def fit(
     distance: int = typer.Option(4, "--distance", min=0, max=64, help="Duplicate grouping distance (bits)."),
     keep_conflicts: bool = typer.Option(False, "--keep-conflicts", help="Keep label-conflicting duplicate groups in train."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Switch augmentation off."),
+    near_ood: str = typer.Option("phantoms", "--near-ood", help="Near-OOD set for the out-of-distribution guard's "
+                                 "report: a BUSI-layout folder, 'phantoms' (generated; skipped when training on "
+                                 "phantoms) or 'none'."),
 ):
     """Split the data (duplicate-aware), train the masked ResNet50, evaluate it on the test split."""
     from .fit import FitConfig
@@ -106,8 +109,10 @@ def fit(
         data=str(data), out=str(out), weights=weights, freeze=freeze, mask_source=mask_source,
         image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
         val_frac=val_frac, test_frac=test_frac, dup_distance=distance, keep_conflicts=keep_conflicts,
-        augment=not no_augment,
+        augment=not no_augment, near_ood=near_ood,
     )
+    if near_ood not in ("phantoms", "none") and not Path(near_ood).is_dir():
+        raise UsageError(f"--near-ood {near_ood}: not a folder (or 'phantoms', 'none')")
     if mask_source not in MASK_SOURCES:
         raise UsageError(f"--mask-source must be {', '.join(MASK_SOURCES)}, not {mask_source!r}")
     path = run_fit(cfg)

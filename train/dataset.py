@@ -19,8 +19,11 @@ import numpy as np
 from busi.runtime.contract import CLASSES
 from busi.runtime.errors import DataError, InputError
 from busi.runtime.imageio import read_mask, read_rgb, resize_mask
+from busi.runtime.log import get as get_logger
 from busi.runtime.masks import mask_stem
 from busi.runtime.verify import sha256_file
+
+_LOG = get_logger(__name__)
 
 MANIFEST_FIELDS = ("path", "mask_paths", "label", "group", "split", "sha256")
 
@@ -271,3 +274,30 @@ def fingerprint(rows: list[dict]) -> str:
 def read_manifest(path: str | Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def usable_rows(data: str | Path) -> tuple[list[dict], list[str], Scan]:
+    """(manifest-like rows of every usable image of a BUSI-layout folder, the paths skipped, the scan):
+    label-conflicting duplicates, unreadable files and lesion images without a mask are skipped."""
+    scan = scan_folder(data)
+    inspect(scan)
+    group_duplicates(scan)
+    conflicting = {i for g in scan.conflicting_groups() for i in g}
+    rows = []
+    skipped = []
+    for i, s in enumerate(scan.samples):
+        if i in conflicting or blocking(s) or not (s.masks or s.label == "normal"):
+            skipped.append(s.path.relative_to(scan.root).as_posix())
+            continue
+        rows.append(
+            {
+                "path": s.path.relative_to(scan.root).as_posix(),
+                "mask_paths": ";".join(m.relative_to(scan.root).as_posix() for m in s.masks),
+                "label": s.label,
+            }
+        )
+    if not rows:
+        raise DataError(f"{data}: no usable images to evaluate")
+    if skipped:
+        _LOG.info(f"skipped {len(skipped)} images (label conflicts or problems): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+    return rows, skipped, scan

@@ -7,16 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from busi.runtime.errors import DataError
-from busi.runtime.log import get as get_logger
 from busi.runtime.trust import model_qhat
 from busi.runtime.model_dir import ModelDir
 
 from . import dataset as ds
 from . import segmenter
 from .evaluation import evaluate_model
-
-_LOG = get_logger(__name__)
-
+from .ood import far_set
 
 def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | None = None, seed: int = 0) -> Path:
     md = ModelDir(model_dir)
@@ -25,27 +22,7 @@ def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | N
             raise DataError(f"{f}: not found (train first: busi-train fit)")
     card = md.read_card()
     info = card.info
-    scan = ds.scan_folder(data)
-    ds.inspect(scan)
-    ds.group_duplicates(scan)
-    conflicting = {i for g in scan.conflicting_groups() for i in g}
-    rows = []
-    skipped = []
-    for i, s in enumerate(scan.samples):
-        if i in conflicting or ds.blocking(s) or not (s.masks or s.label == "normal"):
-            skipped.append(s.path.relative_to(scan.root).as_posix())
-            continue
-        rows.append(
-            {
-                "path": s.path.relative_to(scan.root).as_posix(),
-                "mask_paths": ";".join(m.relative_to(scan.root).as_posix() for m in s.masks),
-                "label": s.label,
-            }
-        )
-    if not rows:
-        raise DataError(f"{data}: no usable images to evaluate")
-    if skipped:
-        _LOG.info(f"skipped {len(skipped)} images (label conflicts or problems): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+    rows, skipped, scan = ds.usable_rows(data)
     from . import model as _model  # noqa: F401  (registers the custom layer)
     from .backend import keras
     from .inputs import load_rows
@@ -62,8 +39,9 @@ def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | N
         seg_metrics = segmenter.segmentation_metrics(seg_rows, seed) | {"file": md.segmenter_keras.name}
     T = info.calibration.temperature if info.calibration is not None else None
     qhat = model_qhat(info.conformal)
+    far = {"far": (far_set(info.input.size), False)} if info.ood is not None else None
     results, pred_rows = evaluate_model(model, arr, sizes, info.malignant_threshold, seed, "external", extra_masks=extra,
-                                        temperature=T, qhat=qhat)
+                                        temperature=T, qhat=qhat, guard=info.ood, trained=info.mask.source, ood_sets=far)
     sha = {s.path.relative_to(scan.root).as_posix(): s.sha256 for s in scan.samples}
     out = Path(out) if out else md.eval_dir(data)
     out.mkdir(parents=True, exist_ok=True)

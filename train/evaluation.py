@@ -9,11 +9,13 @@ from busi.runtime.contract import MASK_SOURCES
 
 from .inputs import Arrays, eval_masks
 from .metrics import evaluate
+from .ood import guard_metrics, set_masks
 from .report import prediction_rows
 
 #: the figures of each mask source that the card (and the ONNX metadata) carries
 CARD_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_auc", "malignant_sensitivity", "malignant_specificity", "ece",
-             "nll", "brier", "ece_raw", "coverage", "set_size")
+             "nll", "brier", "ece_raw", "coverage", "set_size", "ood_flagged", "ood_auroc_far", "ood_auroc_near")
+POOLED_LAYER = "avg_pool"
 SEGMENTER_CARD_KEYS = ("n_lesion", "dice", "iou", "lesion_found_rate", "normal_empty_rate")
 
 
@@ -21,6 +23,17 @@ def predict(model, arr: Arrays, masks: np.ndarray, batch_size: int = 32) -> np.n
     from .pipeline import eval_inputs
 
     return model.predict(eval_inputs(arr, masks), batch_size=batch_size, verbose=0).astype(np.float64)
+
+
+def predict_with_features(model, arr: Arrays, masks: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, pooled features): the `avg_pool` layer is the mean over space of the
+    exported `features` output, which the runtime's out-of-distribution guard pools."""
+    from .backend import keras
+    from .pipeline import eval_inputs
+
+    both = keras.Model(model.input, [model.output, model.get_layer(POOLED_LAYER).output])
+    p, f = both.predict(eval_inputs(arr, masks), batch_size=batch_size, verbose=0)
+    return np.asarray(p, np.float64), np.asarray(f, np.float64)
 
 
 def evaluate_model(
@@ -34,18 +47,29 @@ def evaluate_model(
     extra_masks: dict[str, np.ndarray] | None = None,
     temperature: float | None = None,
     qhat: float | None = None,
+    guard=None,
+    trained: str | None = None,
+    ood_sets: dict[str, tuple[Arrays, bool] | None] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Metrics for every mask source on the same images, plus their prediction rows; with a
     `temperature`, on calibrated probabilities (and ECE/NLL/Brier before calibration too).
+    With an out-of-distribution `guard`, its figures too: the fraction of these images flagged
+    and, for each of `ood_sets` ({name: (images, whether they have lesion masks)}), the AUROC.
 
     `extra_masks` adds sources whose masks come from elsewhere (`auto`: the segmenter)."""
     results, rows = {}, []
     sources = {src: None for src in MASK_SOURCES} | dict(extra_masks or {})
     for src, masks in sources.items():
         masks = eval_masks(test, src, sizes, seed) if masks is None else masks
-        raw = predict(model, test, masks, batch_size)
+        raw, feats = predict_with_features(model, test, masks, batch_size)
         proba = raw if temperature is None else apply_temperature(raw, temperature)
         results[src] = evaluate(test.labels, proba, threshold, seed, raw=None if temperature is None else raw, qhat=qhat)
+        if guard is not None:
+            sets = {}
+            for name, entry in (ood_sets or {}).items():
+                m = None if entry is None or src not in MASK_SOURCES else set_masks(entry[0], src, sizes, seed, entry[1])
+                sets[name] = None if m is None else predict_with_features(model, entry[0], m, batch_size)[1]
+            results[src].update(guard_metrics(guard, src, trained or src, feats, sets))
         rows += prediction_rows(test.paths, test.labels, proba, split_name, src, raw)
     return results, rows
 

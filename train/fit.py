@@ -24,6 +24,7 @@ from busi.runtime.contract import (
     InputSpec,
     MaskSpec,
     ModelInfo,
+    OodGuard,
     OperatingPoint,
     Provenance,
 )
@@ -34,9 +35,10 @@ from busi.runtime.model_dir import ModelDir
 from . import dataset as ds
 from .calibrate import fit_temperature, split_validation
 from .callbacks import best_weights, epoch_log
-from .evaluation import card_metrics, evaluate_model, predict
-from .inputs import eval_masks, lesion_sizes, load_rows
+from .evaluation import card_metrics, evaluate_model, predict, predict_with_features
+from .inputs import Arrays, eval_masks, lesion_sizes, load_rows
 from .metrics import operating_point
+from .ood import fit_statistics, guard_summary, ood_sets, with_thresholds
 from .provenance import git_commit, now, versions
 from .report import plots, prediction_rows, write_report
 
@@ -62,6 +64,9 @@ class FitConfig:
     keep_conflicts: bool = False
     augment: bool = True
     bn_momentum: float | None = None
+    #: the near-OOD set of the out-of-distribution guard's evaluation: a BUSI-layout folder,
+    #: "phantoms" (generated; skipped when the training data are phantoms) or "none"
+    near_ood: str = "phantoms"
 
     def resolved(self) -> "FitConfig":
         """Fill defaults: the seed recipe for pretrained weights; its own for scratch training.
@@ -175,6 +180,7 @@ def fit(cfg: FitConfig) -> Path:
     # calibration on one half of validation, the operating point on all of it (calibrated
     # probabilities, trained mask source), then the test split, every mask source
     p_val_raw = predict(model, val, val_x["mask"], cfg.batch_size)
+    guard = fit_guard(model, arrays["train"], val, sizes, cfg)
     cal_ix, held_ix = split_validation(val.labels, cfg.seed)
     calibration = fit_temperature(val.labels[cal_ix], p_val_raw[cal_ix])
     _LOG.info(f"calibration: temperature {calibration.temperature:.3f} fitted on {len(cal_ix)} validation images "
@@ -184,9 +190,10 @@ def fit(cfg: FitConfig) -> Path:
     # conformal scores: the calibrated validation images the temperature was not fitted on
     conformal = Conformal(scores=tuple(sorted(float(1 - p_val[i, val.labels[i]]) for i in held_ix)))
     qhat = model_qhat(conformal)
+    sets, sets_what = ood_sets(cfg.near_ood, cfg.data, cfg.image_size)
     results, pred_rows = evaluate_model(
         model, arrays["test"], sizes, op["malignant_threshold"], cfg.seed, "test", cfg.batch_size,
-        temperature=calibration.temperature, qhat=qhat,
+        temperature=calibration.temperature, qhat=qhat, guard=guard, trained=cfg.mask_source, ood_sets=sets,
     )
     roles = ["fit" if i in set(cal_ix.tolist()) else "held_back" for i in range(len(val))]
     pred_rows = prediction_rows(val.paths, val.labels, p_val, "val", cfg.mask_source, p_val_raw, roles) + pred_rows
@@ -200,13 +207,14 @@ def fit(cfg: FitConfig) -> Path:
         "operating_point": op,
         "calibration": {**calibration.to_json(), "validation_held_back": int(len(held_ix))},
         "conformal": {"coverage": conformal.coverage, "n": len(conformal.scores), "qhat": qhat, "method": conformal.method},
+        "ood": guard_summary(guard, sets_what),
         "mask_sources": results,
     }
     write_report(out, report, pred_rows)
     atomic_write_text(md.history, (backup / "history.csv").read_text())
     plots(out, report, pred_rows, history)
     card = make_card(cfg, report, rows, s, n_trainable, model.count_params(), len(history), time.time() - t_start, sizes,
-                     calibration, conformal)
+                     calibration, conformal, guard)
     card.write(md.card)
     shutil.rmtree(backup, ignore_errors=True)
     if md.has_segmenter():  # a segmenter trained on this very split: report auto next to the others
@@ -227,8 +235,22 @@ def placeholder_frac(sizes: np.ndarray, size: int) -> list[float]:
     return [round(float(np.median(sizes[:, 0])) / size, 4), round(float(np.median(sizes[:, 1])) / size, 4)]
 
 
+def fit_guard(model, train: Arrays, val: Arrays, sizes: np.ndarray, cfg: FitConfig) -> OodGuard:
+    """The out-of-distribution guard: statistics of the training images' pooled features
+    (trained mask source, no augmentation), thresholds from the validation images per mask source."""
+    _, f_train = predict_with_features(model, train, eval_masks(train, cfg.mask_source, sizes, cfg.seed), cfg.batch_size)
+    stats = fit_statistics(f_train, train.labels)
+    val_feats = {src: predict_with_features(model, val, eval_masks(val, src, sizes, cfg.seed), cfg.batch_size)[1]
+                 for src in MASK_SOURCES}
+    guard = with_thresholds(stats, val_feats)
+    _LOG.info(f"out-of-distribution guard: {guard.dim} pooled features of {guard.n_fit} training images, "
+              f"{guard.rank} leading directions; thresholds ({guard.quantile:.0%} of {guard.n_validation} validation images) "
+              + ", ".join(f"{k} {v:.4g}" for k, v in guard.thresholds.items()))
+    return guard
+
+
 def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, sizes, calibration=None,
-              conformal=None) -> ModelCard:
+              conformal=None, guard=None) -> ModelCard:
     """The card of a freshly trained classifier: its contract (export copies it into the ONNX
     file) and the training facts."""
     counts = {p: {c: sum(r["split"] == p and r["label"] == c for r in rows) for c in CLASSES} for p in ("train", "val", "test")}
@@ -239,6 +261,7 @@ def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, 
         metrics=card_metrics(report),
         calibration=calibration,
         conformal=conformal,
+        ood=guard,
         prevalence={c: counts["train"][c] / max(1, sum(counts["train"].values())) for c in CLASSES},
         provenance=Provenance(
             weights=cfg.weights, data_fingerprint=report["data_fingerprint"], split_seed=cfg.seed, git_commit=git_commit(),

@@ -13,6 +13,8 @@ masks RGBA or 1-bit, some split into `_mask` + `_mask_1` parts (to be OR-merged)
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import cv2
@@ -168,6 +170,12 @@ def write_phantoms(out: str | Path, per_class: int, seed: int = 0) -> dict[str, 
             else:
                 _write_png(d / f"{stem}_mask.png", m8, bilevel=True)  # 1-bit, like BUSI lesion masks
         counts[label] = per_class
+    from busi.runtime.atomic import atomic_write_text
+
+    from .ood import PHANTOM_MARKER
+
+    atomic_write_text(out / PHANTOM_MARKER, json.dumps({"generator": "busi-train phantoms", "per_class": per_class,
+                                                        "seed": seed}) + "\n")
     return counts
 
 

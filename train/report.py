@@ -70,6 +70,9 @@ def results_table(report: dict) -> str:
         ("brier", "Brier score"),
         ("coverage", f"coverage of the {report.get('conformal', {}).get('coverage', 0.9):.0%} prediction sets"),
         ("set_size", "mean prediction-set size"),
+        ("ood_flagged", "flagged out-of-distribution (these images)"),
+        ("ood_auroc_far", "OOD AUROC, far (CT, MR, non-images)"),
+        ("ood_auroc_near", f"OOD AUROC, near ({_near_name(report)})"),
     ):
         cells = []
         for n in names:
@@ -78,6 +81,26 @@ def results_table(report: dict) -> str:
             cells.append(str(v) if key == "n" else fmt(v, m["ci95"].get(key)))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _near_name(report: dict) -> str:
+    what = (report.get("ood") or {}).get("sets", {}).get("near", "none")
+    return "none given" if what.startswith("none") else what
+
+
+def _ood_lines(report: dict) -> list[str]:
+    ood = report.get("ood")
+    if not ood:
+        return []
+    th = ", ".join(f"{k} {v:.4g}" for k, v in ood["thresholds"].items())
+    return [
+        f"Out-of-distribution guard: {ood['method']}; fitted on {ood['n_fit']} training images. An image is flagged "
+        f"when its score exceeds the {ood['quantile']:.0%} quantile of the {ood['n_validation']} validation images' "
+        f"scores with the same mask source ({th}); the flag never changes the class. AUROC against far-OOD images "
+        f"({ood['sets']['far']}) and near-OOD images ({ood['sets']['near']}); with gt masks far-OOD images are n/a (no "
+        "lesion to outline), and with box masks the guard sees only the box.",
+        "",
+    ]
 
 
 def segmenter_line(report: dict) -> str:
@@ -135,6 +158,7 @@ def report_markdown(report: dict) -> str:
         "",
         *_target_lines(report),
         *_calibration_lines(report),
+        *_ood_lines(report),
         "95 % bootstrap intervals in brackets (1000 resamples of the test cases, seeded).",
         "",
         results_table(report),
