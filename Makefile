@@ -74,7 +74,7 @@ demo: $(BIN)/.installed $(DEMO_DATA)/.done
 	$(BIN)/busi-infer $(DEMO_DATA)-new-dicom --mask auto --model $(DEMO_OUT)/model.onnx --format table --by study \
 		--dicom-out $(DEMO_OUT)/dicom-out
 	@echo "images that are not breast ultrasound (pydicom's CT and MR test files): the out-of-distribution guard flags them (ood OOD):"
-	-$(BIN)/busi-infer $(PYDICOM_TESTS)/CT_small.dcm $(PYDICOM_TESTS)/MR_small.dcm --mask none --model $(DEMO_OUT)/model.onnx --format table
+	$(BIN)/busi-infer $(PYDICOM_TESTS)/CT_small.dcm $(PYDICOM_TESTS)/MR_small.dcm --mask none --model $(DEMO_OUT)/model.onnx --format table
 	@echo "look at them: dsrdump $(DEMO_OUT)/dicom-out/*.sr.dcm (dcmtk), dcmdump ..., or highdicom: hd.sr.srread(path)"
 	@echo "held-out results (test split of the phantoms; mask sources side by side):"
 	@$(BIN)/busi-train report $(DEMO_OUT)

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from busi.runtime.calibration import apply_temperature
-from busi.runtime.contract import MALIGNANT, OUTPUT_NAME, ModelInfo
+from busi.runtime.contract import FEATURES_NAME, MALIGNANT, OUTPUT_NAME, ModelInfo
 from busi.runtime.errors import Int8GateRefused, describe
 from busi.runtime.log import get as get_logger
+from busi.runtime.ood import ood_scores, pooled
 from busi.runtime.session import captured_output
 
 from .onnx_io import ort_session, remove_with_sidecar, write_model
@@ -83,6 +84,17 @@ def _run(session, images, masks, batch: int = 16) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _ood_flags(session, images, masks, info: ModelInfo, batch: int = 16) -> np.ndarray | None:
+    """The out-of-distribution flags the runtime would raise on these images (None without a guard)."""
+    if info.ood is None:
+        return None
+    feats = np.concatenate([
+        pooled(session.run([FEATURES_NAME], {"image": images[i : i + batch].astype(np.float32), "mask": masks[i : i + batch]})[0])
+        for i in range(0, len(images), batch)])
+    stats = info.ood.stats(info.mask.source, info.mask.source)
+    return ood_scores(stats, feats) > stats.threshold
+
+
 def _calibrated(p: np.ndarray, info: ModelInfo) -> np.ndarray:
     """What the runtime will report: the model's temperature applied (the flag's threshold is
     on that scale)."""
@@ -105,6 +117,7 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
     test_arr, test_masks = _split_arrays(md, "test")
     fp32 = ort_session(str(fp32_path))
     p32 = _calibrated(_run(fp32, test_arr.images, test_masks), info)
+    ood32 = _ood_flags(fp32, test_arr.images, test_masks, info)
     y = test_arr.labels
     t = info.malignant_threshold
     sens32 = _sensitivity(y, p32[:, MALIGNANT], t)
@@ -142,7 +155,9 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
                         op_types_to_quantize=BACKBONE_OPS,
                         extra_options=extra,
                     )
-                p8 = _calibrated(_run(ort_session(str(q)), test_arr.images, test_masks), info)
+                s8 = ort_session(str(q))
+                p8 = _calibrated(_run(s8, test_arr.images, test_masks), info)
+                ood8 = _ood_flags(s8, test_arr.images, test_masks, info)
             except Exception as e:  # a calibration method that breaks is a failed try, not a crash
                 msg = describe(e)
                 tried.append({"calibration": name, "error": msg, "argmax_agreement": 0.0, "passed": False,
@@ -160,12 +175,15 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
                 "malignant_sensitivity_int8": sens8,
                 "heldout_images": int(len(y)),
                 "calibration_images": int(len(cal_arr)),
+                # reported, not gated: the guard's thresholds were set on FP32 features
+                "ood_flag_agreement": None if ood32 is None else float((ood8 == ood32).mean()),
             }
             fig["passed"] = bool(agree >= MIN_AGREEMENT and drop <= MAX_SENSITIVITY_DROP + 1e-12)
             tried.append(fig)
             _LOG.info(
                 f"int8 ({name}): argmax agreement {agree:.4f} (gate >= {MIN_AGREEMENT}), malignant sensitivity "
                 f"{_fmt(sens8)} vs fp32 {_fmt(sens32)} (max drop {MAX_SENSITIVITY_DROP}) -> {'pass' if fig['passed'] else 'fail'}"
+                + ("" if ood32 is None else f"; out-of-distribution flags agree on {fig['ood_flag_agreement']:.4f}")
             )
             if fig["passed"]:
                 quant = {**fig, "format": "QDQ", "per_channel": True, "type": "int8", "activations": "uint8",

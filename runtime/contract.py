@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 from .errors import ModelError
@@ -134,6 +135,9 @@ class OperatingPoint:
     validation_sensitivity: float | None = None
     validation_specificity: float | None = None
     validation_n: int | None = None
+    #: where the threshold was chosen: None (the validation split) or "K-fold cross-validation
+    #: on train + validation (out-of-fold predictions)"; the validation_* figures are then out-of-fold
+    method: str | None = None
 
     def to_json(self) -> dict:
         return drop_none(asdict(self))
@@ -151,6 +155,7 @@ class OperatingPoint:
             validation_sensitivity=optional_number(op.get("validation_sensitivity"), key + "validation_sensitivity", path, 0.0, 1.0),
             validation_specificity=optional_number(op.get("validation_specificity"), key + "validation_specificity", path, 0.0, 1.0),
             validation_n=None if n is None else integer(n, key + "validation_n", path, 0, 10**9),
+            method=optional_text(op.get("method"), key + "method", path),
         )
 
 
@@ -259,14 +264,13 @@ class Conformal:
 
 
 @dataclass(frozen=True)
-class OodGuard:
-    """The out-of-distribution guard: a Mahalanobis distance of the classifier's pooled
-    features (the `features` output averaged over space, D values) to the class means of the
-    training images, with one covariance shared by the classes (Ledoit-Wolf shrinkage). The
-    distance is exact in the k leading principal directions and pooled (one variance) in the
-    rest, so the file carries D x k numbers instead of D x D. An image whose distance exceeds
-    the threshold of its mask source (the `quantile` of the validation images' distances) is
-    flagged; the flag never changes the class.
+class OodStats:
+    """The training statistics of one mask source: class means of the pooled features (the
+    `features` output averaged over space, D values) of the training images with that mask
+    source, and one covariance shared by the classes (Ledoit-Wolf shrinkage), exact in its k
+    leading principal directions and one pooled variance in the rest, so the file carries
+    D x k numbers instead of D x D; and the threshold: the `quantile` of the validation images'
+    scores with the same mask source.
 
     The arrays are float32, little-endian, base64 (`means` C x D, `components` D x k with
     orthonormal columns, `variances` k); properties give them as numpy arrays."""
@@ -277,62 +281,83 @@ class OodGuard:
     components: str
     variances: str
     residual_variance: float
-    thresholds: dict[str, float]
+    threshold: float = float("inf")
+
+    @cached_property
+    def mean_array(self):
+        return unpack_floats(self.means, (-1, self.dim))
+
+    @cached_property
+    def component_array(self):
+        return unpack_floats(self.components, (self.dim, self.rank))
+
+    @cached_property
+    def variance_array(self):
+        return unpack_floats(self.variances, (self.rank,))
+
+    def to_json(self) -> dict:
+        return {"dim": self.dim, "rank": self.rank, "means": self.means, "components": self.components,
+                "variances": self.variances, "residual_variance": self.residual_variance, "threshold": self.threshold}
+
+    @classmethod
+    def from_json(cls, d, key: str, path: str | None = None) -> "OodStats":
+        d = mapping(d, key, path)
+        dim = integer(d.get("dim"), f"{key}.dim", path, 1, 1 << 16)
+        rank = integer(d.get("rank"), f"{key}.rank", path, 1, dim)
+        stats = cls(
+            dim=dim, rank=rank,
+            means=packed_floats(d.get("means"), f"{key}.means", path, None, dim),
+            components=packed_floats(d.get("components"), f"{key}.components", path, dim * rank),
+            variances=packed_floats(d.get("variances"), f"{key}.variances", path, rank, positive=True),
+            residual_variance=number(d.get("residual_variance"), f"{key}.residual_variance", path, 1e-30),
+            threshold=number(d.get("threshold"), f"{key}.threshold", path, 0.0),
+        )
+        return stats
+
+
+@dataclass(frozen=True)
+class OodGuard:
+    """The out-of-distribution guard: the squared Mahalanobis distance of an image's pooled
+    features to the nearest class mean of the training images with the same mask source
+    (`sources`: one `OodStats` each). An image whose distance exceeds its source's threshold is
+    flagged; the flag never changes the class."""
+
+    sources: dict[str, OodStats]
     quantile: float = 0.99
     n_fit: int = 0
     n_validation: int = 0
     method: str = "mahalanobis"
     features: str = "features output, mean over space"
 
-    @property
-    def mean_array(self):
-        return unpack_floats(self.means, (-1, self.dim))
-
-    @property
-    def component_array(self):
-        return unpack_floats(self.components, (self.dim, self.rank))
-
-    @property
-    def variance_array(self):
-        return unpack_floats(self.variances, (self.rank,))
-
-    def threshold(self, mask_source: str, trained: str) -> float:
-        """The threshold of a mask source; `auto` (and any source without its own) uses the
+    def stats(self, mask_source: str, trained: str) -> OodStats:
+        """The statistics of a mask source; `auto` (and any source without its own) uses the
         trained source's: the segmenter's lesion becomes the same kind of mask."""
-        return self.thresholds.get(mask_source, self.thresholds.get(trained, max(self.thresholds.values())))
+        return self.sources.get(mask_source) or self.sources.get(trained) or next(iter(self.sources.values()))
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {k: v.threshold for k, v in self.sources.items()}
 
     def to_json(self) -> dict:
-        return {"method": self.method, "features": self.features, "dim": self.dim, "rank": self.rank, "means": self.means,
-                "components": self.components, "variances": self.variances,
-                "residual_variance": self.residual_variance, "thresholds": dict(self.thresholds),
-                "quantile": self.quantile, "n_fit": self.n_fit, "n_validation": self.n_validation}
+        return {"method": self.method, "features": self.features, "quantile": self.quantile, "n_fit": self.n_fit,
+                "n_validation": self.n_validation, "sources": {k: v.to_json() for k, v in self.sources.items()}}
 
     @classmethod
     def from_json(cls, d, path: str | None = None) -> "OodGuard | None":
         if d is None:
             return None
         d = mapping(d, "busi.ood", path)
-        dim = integer(d.get("dim"), "busi.ood.dim", path, 1, 1 << 16)
-        rank = integer(d.get("rank"), "busi.ood.rank", path, 1, dim)
-        thresholds = mapping(d.get("thresholds"), "busi.ood.thresholds", path)
-        if not thresholds or not set(thresholds) <= set(MASK_SOURCES) | {"auto"}:
-            raise ModelError(path, f"busi.ood.thresholds is {thresholds!r:.80}, expected a threshold per mask source")
-        guard = cls(
+        sources = mapping(d.get("sources"), "busi.ood.sources", path)
+        if not sources or not set(sources) <= set(MASK_SOURCES) | {"auto"}:
+            raise ModelError(path, f"busi.ood.sources names {sorted(sources)!r:.80}, expected mask sources")
+        return cls(
+            sources={k: OodStats.from_json(v, f"busi.ood.sources.{k}", path) for k, v in sources.items()},
             method=choice(d.get("method"), "busi.ood.method", path, ("mahalanobis",)),
             features=optional_text(d.get("features", cls.features), "busi.ood.features", path),
-            dim=dim, rank=rank,
-            means=packed_floats(d.get("means"), "busi.ood.means", path, None, dim),
-            components=packed_floats(d.get("components"), "busi.ood.components", path, dim * rank),
-            variances=packed_floats(d.get("variances"), "busi.ood.variances", path, rank, positive=True),
-            residual_variance=number(d.get("residual_variance"), "busi.ood.residual_variance", path, 1e-30),
-            thresholds={k: number(v, f"busi.ood.thresholds.{k}", path, 0.0) for k, v in thresholds.items()},
             quantile=number(d.get("quantile", 0.99), "busi.ood.quantile", path, 0.0, 1.0),
             n_fit=integer(d.get("n_fit", 0), "busi.ood.n_fit", path, 0, 10**9),
             n_validation=integer(d.get("n_validation", 0), "busi.ood.n_validation", path, 0, 10**9),
         )
-        if guard.mean_array.shape[0] < 1:
-            raise ModelError(path, "busi.ood.means holds no class mean")
-        return guard
 
 
 def prevalence_of(value, path: str | None, key: str = "busi.prevalence") -> dict[str, float] | None:

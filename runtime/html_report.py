@@ -51,6 +51,7 @@ class HtmlReport:
         self.rows: list[str] = []
         self.failures: list[str] = []
         self.n_ok = 0
+        self.n_ood = 0
 
     def add(self, result) -> None:
         d = result.to_dict()
@@ -90,6 +91,7 @@ class HtmlReport:
         if d.get("prediction_set") is not None:
             box += (f"<br>{d['coverage']:.0%} prediction set: "
                     f"{html.escape(', '.join(d['prediction_set']) or 'empty (no class is plausible enough)')}")
+        self.n_ood += bool(d.get("out_of_distribution"))
         if d.get("out_of_distribution") is not None:
             box += ("<br><span class=\"flag\">OUT OF DISTRIBUTION</span>: unlike the training images, do not trust the class"
                     if d["out_of_distribution"] else "<br>like the training images (out-of-distribution guard)")
@@ -115,7 +117,7 @@ class HtmlReport:
 <html lang="en"><head><meta charset="utf-8"><title>busi case report</title><style>{CSS}</style></head>
 <body>
 <h1>busi case report</h1>
-<p class="sub">{self.n_ok} case(s) classified, {len(self.failures)} failed &middot; model <code>{html.escape(self.model_path)}</code>
+<p class="sub">{self.n_ok} case(s) classified{f" ({self.n_ood} flagged out of distribution: do not trust their class)" if self.n_ood else ""}, {len(self.failures)} failed &middot; model <code>{html.escape(self.model_path)}</code>
 &middot; trained mask source <b>{html.escape(info.mask.source)}</b> &middot; malignant flag at P(malignant) &ge; {self.threshold:.3f}
 &middot; {html.escape(self.provider.replace("ExecutionProvider", ""))} &middot; {when}</p>
 <p class="warn"><b>Research software, not a medical device.</b> These outputs are not a diagnosis and must not guide the

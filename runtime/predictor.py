@@ -276,8 +276,9 @@ class Predictor:
         return (p, cams) if explain else p
 
     def infer(self, images: np.ndarray, masks: np.ndarray, tta: bool = False, explain: bool = False):
-        """(calibrated probabilities, Grad-CAM maps or None, out-of-distribution scores or None)
-        of a batch; the scores come from the unflipped pass, as the maps do."""
+        """(calibrated probabilities, Grad-CAM maps or None, pooled features (N, D) for the
+        out-of-distribution guard or None) of a batch; maps and features come from the
+        unflipped pass."""
         if explain and not self.explainable:
             raise ModelError(self.path, "model has no Grad-CAM outputs (features, cam_weights); re-export it with busi-export")
         names = [OUTPUT_NAME] + ([FEATURES_NAME] if explain or self.guard else []) + ([CAM_WEIGHTS_NAME] if explain else [])
@@ -290,17 +291,17 @@ class Predictor:
             p = (p + p2) / 2
         if self.info.calibration is not None:
             p = apply_temperature(p, self.info.calibration.temperature).astype(np.float32)
-        scores = ood_scores(self.guard, pooled(outs[FEATURES_NAME])) if self.guard else None
+        feats = pooled(outs[FEATURES_NAME]) if self.guard else None
         if not explain:
-            return p, None, scores
+            return p, None, feats
         from .gradcam import grad_cam
 
         cams = np.stack([grad_cam(outs[FEATURES_NAME][i], outs[CAM_WEIGHTS_NAME][i], int(np.argmax(p[i])))
                          for i in range(len(p))])
-        return p, cams, scores
+        return p, cams, feats
 
     def _result(self, prep: Prepared, proba: np.ndarray, threshold: float | None, tta: bool, cam=None,
-                score: float | None = None) -> Prediction:
+                feats: np.ndarray | None = None) -> Prediction:
         t = self.threshold if threshold is None else float(threshold)
         classes = self.info.classes
         k = int(np.argmax(proba))
@@ -309,11 +310,12 @@ class Predictor:
             extras["cam"] = cam
         ood = {}
         notes = list(prep.notes)
-        if score is not None:
-            limit = self.guard.threshold(prep.mask_source, self.info.mask.source)
-            ood = {"out_of_distribution": bool(score > limit), "ood_score": float(score), "ood_threshold": float(limit)}
+        if feats is not None:  # each image against the statistics of its own mask source
+            stats = self.guard.stats(prep.mask_source, self.info.mask.source)
+            score, limit = float(ood_scores(stats, feats[None])[0]), stats.threshold
+            ood = {"out_of_distribution": bool(score > limit), "ood_score": score, "ood_threshold": float(limit)}
             if score > limit:
-                notes.append(OOD_NOTE.format(score=float(score), threshold=limit))
+                notes.append(OOD_NOTE.format(score=score, threshold=limit))
         return self._trust(Prediction(
             path=prep.path,
             label=classes[k],
@@ -350,9 +352,9 @@ class Predictor:
                 raise InputError(out.path, out.error.split(": ", 1)[-1])
             return out
         prep = self.prepare(image, mask, frame_index(frame), keep_view)
-        p, cams, scores = self.infer(prep.image[None], prep.mask[None], tta, explain)
+        p, cams, feats = self.infer(prep.image[None], prep.mask[None], tta, explain)
         return self._result(prep, p[0], threshold, tta, None if cams is None else cams[0],
-                            None if scores is None else scores[0])
+                            None if feats is None else feats[0])
 
     def iter_predict(
         self,
@@ -468,7 +470,7 @@ class Predictor:
         """Results of a batch keyed by id(Prepared); a batch the session cannot run (memory,
         a graph that refuses this input) is halved until the failing image is alone."""
         try:
-            probs, cams, scores = self.infer(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta, explain)
+            probs, cams, feats = self.infer(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta, explain)
         except BusiError:
             raise
         except Exception as e:
@@ -478,8 +480,8 @@ class Predictor:
                         **self._run_split(batch[half:], threshold, tta, explain)}
             return {id(batch[0]): Failure(batch[0].path, f"{batch[0].path or 'image'}: inference failed ({describe(e)})")}
         cams = [None] * len(batch) if cams is None else cams
-        scores = [None] * len(batch) if scores is None else scores
-        return {id(b): self._result(b, p, threshold, tta, c, s) for b, p, c, s in zip(batch, probs, cams, scores)}
+        feats = [None] * len(batch) if feats is None else feats
+        return {id(b): self._result(b, p, threshold, tta, c, f) for b, p, c, f in zip(batch, probs, cams, feats)}
 
     def predict_many(self, items: Iterable[Any], mask: MaskArg = None, **kw) -> list[Prediction | Failure]:
         return list(self.iter_predict(items, mask, **kw))

@@ -20,7 +20,9 @@ def number(value, key: str, path: str | None, lo: float | None = None, hi: float
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ModelError(path, f"{key} is {value!r}, expected a finite number")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ModelError(path, f"{key} is {value!r}, outside [{lo:g}, {hi:g}]")
+        where = (f"outside [{lo:g}, {hi:g}]" if lo is not None and hi is not None
+                 else f"below {lo:g}" if lo is not None else f"above {hi:g}")
+        raise ModelError(path, f"{key} is {value!r}, {where}")
     return float(value)
 
 

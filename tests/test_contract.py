@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from busi.runtime.card import DataInfo, ModelCard
@@ -14,12 +15,15 @@ from busi.runtime.contract import (
     InputSpec,
     MaskSpec,
     ModelInfo,
+    OodGuard,
+    OodStats,
     OperatingPoint,
     Parity,
     Provenance,
     SegmenterInfo,
 )
 from busi.runtime.errors import ModelError
+from busi.runtime.validate import pack_floats
 
 INFO = ModelInfo(
     input=InputSpec(96),
@@ -32,6 +36,10 @@ INFO = ModelInfo(
     parity=Parity(tolerance=1e-4, max_abs_diff=5.9e-7, worst_input="heldout_gt", inputs=79, argmax_agreement=1.0,
                   gradcam_rel_diff=1.4e-6),
     quantization={"type": "int8", "argmax_agreement": 1.0},
+    ood=OodGuard(sources={src: OodStats(dim=4, rank=2, means=pack_floats(np.arange(12.0).reshape(3, 4)),
+                                        components=pack_floats(np.eye(4)[:, :2]), variances=pack_floats([2.0, 1.0]),
+                                        residual_variance=0.5, threshold=t) for src, t in (("box", 9.5), ("none", 30.25))},
+                 n_fit=128, n_validation=26),
 )
 
 #: what the exporter wrote before the contract had a version (busi 0.1.0, stop 10)
@@ -83,9 +91,9 @@ def test_metadata_round_trip():
 def test_version_1_metadata_still_loads_and_writes_back_as_the_current_version():
     info = ModelInfo.from_metadata(V1_METADATA, "old.onnx")
     assert info.version == 1
-    assert info == ModelInfo(**{**INFO.__dict__, "version": 1})
+    assert info == ModelInfo(**{**INFO.__dict__, "version": 1, "ood": None})
     again = ModelInfo.from_metadata(info.to_metadata())
-    assert again.version == CONTRACT_VERSION and again == INFO
+    assert again.version == CONTRACT_VERSION and again == ModelInfo(**{**INFO.__dict__, "ood": None})
 
 
 def test_a_newer_contract_is_refused_with_its_version():

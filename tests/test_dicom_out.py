@@ -75,6 +75,9 @@ def test_sr_sc_seg_are_valid_and_say_what_the_prediction_says(exported, tmp_path
     assert m["Malignant flag threshold (P(malignant))"] == pytest.approx(rec["threshold"], abs=1e-6)
     assert q["Pathology"] == rec["class"].capitalize() and q["Mask source"] == "Lesion segmenter"
     assert q["Malignant flag at the operating point"] == ("Yes" if rec["malignant"] else "No")
+    assert q["Image unlike the training images (do not trust the class)"] == ("Yes" if rec["out_of_distribution"] else "No")
+    assert m["Out-of-distribution score"] == pytest.approx(rec["ood_score"], rel=1e-5)
+    assert m["Out-of-distribution threshold"] == pytest.approx(rec["ood_threshold"], rel=1e-5)
     x, y, w, h = rec["lesion_box"]
     assert group.roi.value.tolist() == [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
     assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sops["IM0001"]

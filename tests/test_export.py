@@ -6,6 +6,8 @@ import hashlib
 import json
 import zipfile
 
+import cv2
+import numpy as np
 import onnx
 import pytest
 
@@ -149,7 +151,7 @@ def test_a_model_exported_before_calibration_still_loads_and_says_what_it_lacks(
     one notice names what is missing, and the results leave those parts out."""
     path = model_copy / "model.onnx"
     m = onnx.load(str(path))
-    keep = [p for p in m.metadata_props if p.key not in ("busi.calibration", "busi.prevalence", "busi.conformal")]
+    keep = [p for p in m.metadata_props if p.key not in ("busi.calibration", "busi.prevalence", "busi.conformal", "busi.ood")]
     del m.metadata_props[:]
     for p in keep:
         e = m.metadata_props.add()
@@ -158,9 +160,59 @@ def test_a_model_exported_before_calibration_still_loads_and_says_what_it_lacks(
     (model_copy / "model.onnx.sha256").unlink()
     img = phantoms / "benign" / "benign (1).png"
     r = cli("busi-infer", img, img, "--model", path, "--roi", "10,10,40,40")
-    notes = [ln for ln in r.stderr.splitlines() if "carries no calibration, training prevalence, conformal scores" in ln]
+    notes = [ln for ln in r.stderr.splitlines() if "carries no calibration, training prevalence, conformal scores, out-of-distribution guard" in ln]
     assert len(notes) == 1
     for rec in map(json.loads, r.stdout.splitlines()):
         assert rec["calibrated"] is False and "prediction_set" not in rec and rec["likelihood"]["prevalence"].startswith("the network")
+        assert "out_of_distribution" not in rec and "ood_score" not in rec
     r = cli("busi-infer", img, "--model", path, "--roi", "10,10,40,40", "--prevalence", "malignant=0.02", check=False)
     assert r.returncode == 2 and "does not record its training prevalence" in r.stderr
+
+
+def test_the_ood_guard_scores_as_training_did_and_never_changes_the_class(model_copy, phantoms, tmp_path):
+    """The runtime's out-of-distribution score of an image equals the training side's (Keras
+    pooled features, the same numbers); the flag is score > the threshold of the mask source;
+    every output carries it; and without the guard the same image gets the same class."""
+    import csv
+    import io
+
+    from busi.runtime.imageio import load_image
+    from busi.runtime.ood import ood_scores
+    from busi.train import model as _model  # noqa: F401
+    from busi.train.backend import keras
+    from busi.train.ood import synthetic_non_images
+
+    path = model_copy / "model.onnx"
+    card = ModelCard.load(model_copy / "card.json")
+    guard, S = card.info.ood, card.info.input.size
+    assert guard is not None and set(guard.thresholds) == {"gt", "box", "none"}
+    noise = tmp_path / "noise.png"
+    cv2.imwrite(str(noise), cv2.resize(synthetic_non_images(S)[0][1], (200, 160)))
+    imgs = [phantoms / "benign" / "benign (1).png", phantoms / "normal" / "normal (2).png", noise]
+    r = cli("busi-infer", *imgs, "--model", path, "--mask", "none")
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    model = keras.models.load_model(model_copy / "model.keras", compile=False)
+    pooled = keras.Model(model.input, model.get_layer("avg_pool").output)
+    x = np.stack([load_image(p, S) for p in imgs]).astype(np.float32)
+    expect = ood_scores(guard.sources["none"], pooled.predict({"image": x, "mask": np.ones(x.shape[:3] + (1,), np.float32)},
+                                                              verbose=0))
+    for rec, e in zip(recs, expect):
+        assert rec["ood_score"] == pytest.approx(e, rel=1e-3)
+        assert rec["ood_threshold"] == guard.thresholds["none"]
+        assert rec["out_of_distribution"] == (rec["ood_score"] > rec["ood_threshold"])
+        assert any("out-of-distribution" in n for n in rec["notes"]) == rec["out_of_distribution"]
+    rows = list(csv.DictReader(io.StringIO(cli("busi-infer", *imgs, "--model", path, "--mask", "none", "--format", "csv").stdout)))
+    assert [int(r["out_of_distribution"]) for r in rows] == [int(r["out_of_distribution"]) for r in recs]
+    table = cli("busi-infer", *imgs, "--model", path, "--mask", "none", "--format", "table").stdout.splitlines()
+    lines = [ln for ln in table if ln.split() and ln.split()[0] in ("normal", "benign", "malignant")]
+    assert [(" OOD " in ln) for ln in lines] == [r["out_of_distribution"] for r in recs]
+    # the guard removed: the same classes and probabilities, no flag
+    m = onnx.load(str(path))
+    keep = [p for p in m.metadata_props if p.key != "busi.ood"]
+    del m.metadata_props[:]
+    m.metadata_props.extend(keep)
+    onnx.save(m, str(path))
+    (model_copy / "model.onnx.sha256").unlink()
+    bare = [json.loads(x) for x in cli("busi-infer", *imgs, "--model", path, "--mask", "none").stdout.splitlines()]
+    assert [(b["class"], b["probabilities"]) for b in bare] == [(r["class"], r["probabilities"]) for r in recs]
+    assert all("out_of_distribution" not in b for b in bare)

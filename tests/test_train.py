@@ -16,7 +16,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
 from busi.runtime.card import ModelCard
 from busi.runtime.contract import BOX_MARGIN, CLASSES, CONTRACT_VERSION
-from helpers import BIN
+from helpers import BIN, cli
 
 
 def read_predictions(model_dir):
@@ -133,8 +133,6 @@ def test_every_report_figure_recomputes_from_predictions_csv(trained):
 
 
 def test_readme_table_comes_from_the_report(trained, tmp_path):
-    from helpers import cli
-
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\nend\n")
     r = cli("busi-train", "report", trained, "--readme", readme)
@@ -169,3 +167,29 @@ def test_a_killed_run_resumes(phantoms, tmp_path):
     history = list(csv.DictReader(open(out / "history.csv")))
     assert [int(h["epoch"]) for h in history] == [0, 1, 2]
     assert (out / "model.keras").is_file() and not (out / ".backup").exists()
+
+
+def test_cross_validated_operating_point_recomputes_from_its_out_of_fold_predictions(phantoms, tmp_path):
+    """`--cv 2`: every train + validation image gets one out-of-fold prediction (in
+    predictions.csv, split cv), and the threshold is the one sklearn's ROC curve gives on them
+    for the target sensitivity; the report says how it was chosen and what validation alone gave."""
+    out = tmp_path / "cv"
+    cli("busi-train", "fit", "--data", phantoms, "--out", out, "--weights", "none", "--image-size", 32, "--epochs", 1,
+        "--batch-size", 8, "--cv", 2, "--near-ood", "none")
+    rep = json.loads((out / "report.json").read_text())
+    op, cv = rep["operating_point"], rep["cross_validation"]
+    manifest = list(csv.DictReader((out / "manifest.csv").open()))
+    pool = sorted(r["path"] for r in manifest if r["split"] in ("train", "val"))
+    rows = [r for r in csv.DictReader((out / "predictions.csv").open()) if r["split"] == "cv"]
+    assert sorted(r["path"] for r in rows) == pool and cv["n"] == len(pool) and cv["folds"] == 2
+    y = np.array([r["label"] == "malignant" for r in rows])
+    p = np.array([float(r["p_malignant"]) for r in rows])
+    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
+    assert op["malignant_threshold"] == pytest.approx(min(1.0, thr[np.flatnonzero(tpr >= 0.95)[0]]))
+    assert cv["n_malignant"] == int(y.sum()) and op["method"].startswith("2-fold cross-validation")
+    assert "validation_operating_point" in cv and "2-fold cross-validation" in (out / "report.md").read_text()
+    card = json.loads((out / "card.json").read_text())
+    assert card["operating_point"]["malignant_threshold"] == op["malignant_threshold"]
+    assert card["operating_point"]["method"] == op["method"]
+    r = cli("busi-train", "fit", "--data", phantoms, "--out", tmp_path / "x", "--cv", 1, check=False)
+    assert r.returncode == 2 and "--cv 1" in r.stderr

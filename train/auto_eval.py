@@ -57,7 +57,10 @@ def add_auto_to_report(model_dir: str | Path) -> dict:
     p_val = p_val_raw if T is None else apply_temperature(p_val_raw, T)
     cal_ix = set(split_validation(val.labels, seed)[0].tolist()) if T is not None else set()
     roles = ["fit" if i in cal_ix else "held_back" for i in range(len(val))] if T is not None else None
-    pred_rows = prediction_rows(val.paths, val.labels, p_val, "val", source, p_val_raw, roles) + pred_rows
+    # the out-of-fold rows of a --cv run stay: the operating point was chosen on them
+    cv_rows = [r for r in csv.DictReader(md.predictions.read_text().splitlines()) if r["split"] == "cv"] \
+        if md.predictions.is_file() else []
+    pred_rows = prediction_rows(val.paths, val.labels, p_val, "val", source, p_val_raw, roles) + cv_rows + pred_rows
     seg_rows = segmentation_rows(seg_arr, probs, "test", seg_card.info.threshold, seg_card.info.min_area_frac)
     report["mask_sources"] = results
     report["segmenter"] = segmentation_metrics(seg_rows, seed) | {"file": md.segmenter_keras.name}

@@ -100,6 +100,8 @@ def fit(
     near_ood: str = typer.Option("phantoms", "--near-ood", help="Near-OOD set for the out-of-distribution guard's "
                                  "report: a BUSI-layout folder, 'phantoms' (generated; skipped when training on "
                                  "phantoms) or 'none'."),
+    cv: int = typer.Option(0, "--cv", min=0, max=20, help="Choose the operating point on K-fold out-of-fold "
+                           "predictions over train + validation (K more fits; recommended for real data, e.g. 5)."),
 ):
     """Split the data (duplicate-aware), train the masked ResNet50, evaluate it on the test split."""
     from .fit import FitConfig
@@ -109,8 +111,10 @@ def fit(
         data=str(data), out=str(out), weights=weights, freeze=freeze, mask_source=mask_source,
         image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
         val_frac=val_frac, test_frac=test_frac, dup_distance=distance, keep_conflicts=keep_conflicts,
-        augment=not no_augment, near_ood=near_ood,
+        augment=not no_augment, near_ood=near_ood, cv=cv,
     )
+    if cv == 1:
+        raise UsageError("--cv 1: give 0 (the validation split) or at least 2 folds")
     if near_ood not in ("phantoms", "none") and not Path(near_ood).is_dir():
         raise UsageError(f"--near-ood {near_ood}: not a folder (or 'phantoms', 'none')")
     if mask_source not in MASK_SOURCES:

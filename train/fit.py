@@ -38,7 +38,7 @@ from .callbacks import best_weights, epoch_log
 from .evaluation import card_metrics, evaluate_model, predict, predict_with_features
 from .inputs import Arrays, eval_masks, lesion_sizes, load_rows
 from .metrics import operating_point
-from .ood import fit_statistics, guard_summary, ood_sets, with_thresholds
+from .ood import fit_guard_from_features, guard_summary, ood_sets
 from .provenance import git_commit, now, versions
 from .report import plots, prediction_rows, write_report
 
@@ -67,6 +67,9 @@ class FitConfig:
     #: the near-OOD set of the out-of-distribution guard's evaluation: a BUSI-layout folder,
     #: "phantoms" (generated; skipped when the training data are phantoms) or "none"
     near_ood: str = "phantoms"
+    #: K > 1: the operating point from K-fold out-of-fold predictions over train + validation
+    #: (K more fits; busi.train.cv); 0: from the validation split
+    cv: int = 0
 
     def resolved(self) -> "FitConfig":
         """Fill defaults: the seed recipe for pretrained weights; its own for scratch training.
@@ -187,6 +190,18 @@ def fit(cfg: FitConfig) -> Path:
               f"(NLL {calibration.nll_before:.3f} -> {calibration.nll_after:.3f}); {len(held_ix)} held back")
     p_val = apply_temperature(p_val_raw, calibration.temperature)
     op = operating_point(val.labels, p_val[:, MALIGNANT])
+    cv_facts, cv_rows = None, []
+    if cfg.cv:
+        from .cv import cross_validated_operating_point, join
+
+        groups = [r["group"] for r in part["train"] + part["val"]]
+        best = int(np.argmin([float(h["val_loss"]) for h in history])) + 1
+        op_val = op
+        op, cv_facts, cv_rows = cross_validated_operating_point(cfg, join(arrays["train"], val), groups, sizes, best,
+                                                       calibration.temperature)
+        cv_facts["validation_operating_point"] = op_val
+        _LOG.info(f"operating point from {cfg.cv}-fold cross-validation: P(malignant) >= {op['malignant_threshold']:.4f} "
+                  f"(validation alone: {op_val['malignant_threshold']:.4f}); {cv_facts['seconds']:.0f}s for {cfg.cv} fits")
     # conformal scores: the calibrated validation images the temperature was not fitted on
     conformal = Conformal(scores=tuple(sorted(float(1 - p_val[i, val.labels[i]]) for i in held_ix)))
     qhat = model_qhat(conformal)
@@ -196,7 +211,7 @@ def fit(cfg: FitConfig) -> Path:
         temperature=calibration.temperature, qhat=qhat, guard=guard, trained=cfg.mask_source, ood_sets=sets,
     )
     roles = ["fit" if i in set(cal_ix.tolist()) else "held_back" for i in range(len(val))]
-    pred_rows = prediction_rows(val.paths, val.labels, p_val, "val", cfg.mask_source, p_val_raw, roles) + pred_rows
+    pred_rows = prediction_rows(val.paths, val.labels, p_val, "val", cfg.mask_source, p_val_raw, roles) + cv_rows + pred_rows
     report = {
         "model": out.name,
         "data": str(cfg.data),
@@ -208,6 +223,7 @@ def fit(cfg: FitConfig) -> Path:
         "calibration": {**calibration.to_json(), "validation_held_back": int(len(held_ix))},
         "conformal": {"coverage": conformal.coverage, "n": len(conformal.scores), "qhat": qhat, "method": conformal.method},
         "ood": guard_summary(guard, sets_what),
+        **({"cross_validation": cv_facts} if cv_facts else {}),
         "mask_sources": results,
     }
     write_report(out, report, pred_rows)
@@ -236,15 +252,15 @@ def placeholder_frac(sizes: np.ndarray, size: int) -> list[float]:
 
 
 def fit_guard(model, train: Arrays, val: Arrays, sizes: np.ndarray, cfg: FitConfig) -> OodGuard:
-    """The out-of-distribution guard: statistics of the training images' pooled features
-    (trained mask source, no augmentation), thresholds from the validation images per mask source."""
-    _, f_train = predict_with_features(model, train, eval_masks(train, cfg.mask_source, sizes, cfg.seed), cfg.batch_size)
-    stats = fit_statistics(f_train, train.labels)
-    val_feats = {src: predict_with_features(model, val, eval_masks(val, src, sizes, cfg.seed), cfg.batch_size)[1]
-                 for src in MASK_SOURCES}
-    guard = with_thresholds(stats, val_feats)
-    _LOG.info(f"out-of-distribution guard: {guard.dim} pooled features of {guard.n_fit} training images, "
-              f"{guard.rank} leading directions; thresholds ({guard.quantile:.0%} of {guard.n_validation} validation images) "
+    """The out-of-distribution guard: per mask source, statistics of the training images' pooled
+    features (no augmentation) and a threshold from the validation images with that source."""
+    def feats(arr: Arrays, src: str) -> np.ndarray:
+        return predict_with_features(model, arr, eval_masks(arr, src, sizes, cfg.seed), cfg.batch_size)[1]
+
+    guard = fit_guard_from_features({s: feats(train, s) for s in MASK_SOURCES}, train.labels,
+                                    {s: feats(val, s) for s in MASK_SOURCES})
+    _LOG.info(f"out-of-distribution guard: pooled features of {guard.n_fit} training images per mask source; thresholds "
+              f"({guard.quantile:.0%} of {guard.n_validation} validation images) "
               + ", ".join(f"{k} {v:.4g}" for k, v in guard.thresholds.items()))
     return guard
 

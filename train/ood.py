@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from busi.runtime.contract import OodGuard
+from busi.runtime.contract import OodGuard, OodStats
 from busi.runtime.log import get as get_logger
 from busi.runtime.ood import ood_scores
 from busi.runtime.validate import pack_floats
@@ -38,8 +38,8 @@ QUANTILE = 0.99
 PHANTOM_MARKER = "phantoms.json"  # written by busi-train phantoms: the data are synthetic
 
 
-def fit_statistics(features: np.ndarray, labels: np.ndarray, rank: int = RANK) -> OodGuard:
-    """Class means and the shrunk shared covariance of (N, D) training features (no thresholds yet)."""
+def fit_statistics(features: np.ndarray, labels: np.ndarray, rank: int = RANK) -> OodStats:
+    """Class means and the shrunk shared covariance of (N, D) training features (threshold not yet set)."""
     from sklearn.covariance import LedoitWolf
 
     x = np.asarray(features, np.float64)
@@ -51,16 +51,21 @@ def fit_statistics(features: np.ndarray, labels: np.ndarray, rank: int = RANK) -
     order = np.argsort(values)[::-1]
     k = int(min(rank, x.shape[1] - 1))
     lead, rest = order[:k], order[k:]
-    return OodGuard(dim=x.shape[1], rank=k, means=pack_floats(means), components=pack_floats(vectors[:, lead]),
-                    variances=pack_floats(values[lead]), residual_variance=float(values[rest].mean()), thresholds={},
-                    quantile=QUANTILE, n_fit=int(len(x)))
+    return OodStats(dim=x.shape[1], rank=k, means=pack_floats(means), components=pack_floats(vectors[:, lead]),
+                    variances=pack_floats(values[lead]), residual_variance=float(values[rest].mean()))
 
 
-def with_thresholds(guard: OodGuard, validation: dict[str, np.ndarray], quantile: float = QUANTILE) -> OodGuard:
-    """The guard with one threshold per mask source: the `quantile` of that source's validation scores."""
-    thresholds = {src: float(np.quantile(ood_scores(guard, f), quantile)) for src, f in validation.items()}
-    n = len(next(iter(validation.values())))
-    return replace(guard, thresholds=thresholds, quantile=quantile, n_validation=int(n))
+def with_threshold(stats: OodStats, validation: np.ndarray, quantile: float = QUANTILE) -> OodStats:
+    """The statistics with their threshold: the `quantile` of the validation features' scores."""
+    return replace(stats, threshold=float(np.quantile(ood_scores(stats, validation), quantile)))
+
+
+def fit_guard_from_features(train: dict[str, np.ndarray], labels: np.ndarray, val: dict[str, np.ndarray],
+                            rank: int = RANK, quantile: float = QUANTILE) -> OodGuard:
+    """One guard from {mask source: (N, D) pooled features} of the training and validation images."""
+    sources = {src: with_threshold(fit_statistics(f, labels, rank), val[src], quantile) for src, f in train.items()}
+    return OodGuard(sources=sources, quantile=quantile, n_fit=int(len(labels)),
+                    n_validation=int(len(next(iter(val.values())))))
 
 
 # ---- the OOD sets --------------------------------------------------------------------------
@@ -148,14 +153,15 @@ def guard_metrics(guard: OodGuard, source: str, trained: str, test_features: np.
     0, OOD 1) and the fraction flagged; None where a set is missing for this source."""
     from sklearn.metrics import roc_auc_score
 
-    limit = guard.threshold(source, trained)
-    s_in = ood_scores(guard, test_features)
+    stats = guard.stats(source, trained)
+    limit = stats.threshold
+    s_in = ood_scores(stats, test_features)
     out = {"ood_flagged": float(np.mean(s_in > limit)), "ood_threshold": limit}
     for name, feats in sets.items():
         if feats is None or not len(feats):
             out[f"ood_auroc_{name}"] = out[f"ood_flagged_{name}"] = None
             continue
-        s_out = ood_scores(guard, feats)
+        s_out = ood_scores(stats, feats)
         y = np.r_[np.zeros(len(s_in)), np.ones(len(s_out))]
         out[f"ood_auroc_{name}"] = float(roc_auc_score(y, np.r_[s_in, s_out]))
         out[f"ood_flagged_{name}"] = float(np.mean(s_out > limit))
@@ -182,7 +188,9 @@ def ood_sets(near_spec: str | None, data: str | Path, size: int) -> tuple[dict, 
 
 def guard_summary(guard: OodGuard, sets_what: dict[str, str]) -> dict:
     """What report.json says about the guard (its figures per mask source sit with the others)."""
-    return {"method": f"{guard.method} distance of the pooled features ({guard.dim}) to the class means, "
-                      f"{guard.rank} leading directions exact, the rest pooled; Ledoit-Wolf shrinkage",
+    one = next(iter(guard.sources.values()))
+    return {"method": f"{guard.method} distance of the pooled features ({one.dim}) to the class means of the training "
+                      f"images with the same mask source, {one.rank} leading directions exact, the rest pooled; "
+                      "Ledoit-Wolf shrinkage",
             "n_fit": guard.n_fit, "quantile": guard.quantile, "n_validation": guard.n_validation,
             "thresholds": dict(guard.thresholds), "sets": sets_what}

@@ -88,6 +88,15 @@ def _near_name(report: dict) -> str:
     return "none given" if what.startswith("none") else what
 
 
+def _cv_sentence(report: dict) -> str:
+    cv = report.get("cross_validation")
+    if not cv:
+        return ""
+    val = cv["validation_operating_point"]["malignant_threshold"]
+    return (f" The out-of-fold predictions cover {cv['n']} images, {cv['n_malignant']} of them malignant; the "
+            f"{cv['folds']} extra fits took {cv['seconds']:.0f} s. The validation split alone would have chosen {val:.4f}.")
+
+
 def _ood_lines(report: dict) -> list[str]:
     ood = report.get("ood")
     if not ood:
@@ -153,8 +162,10 @@ def report_markdown(report: dict) -> str:
         f"fingerprint `{report['data_fingerprint'][:12]}`). Model trained with mask source "
         f"**{report['trained_mask_source']}**, backbone weights `{report['weights']}`.",
         "",
-        f"Operating point: P(malignant) >= {op['malignant_threshold']:.4f}, chosen on the validation split "
-        f"for sensitivity >= {op['target_sensitivity']:.2f}" + ("" if op.get("estimated") else f" ({op.get('note')})") + ".",
+        f"Operating point: P(malignant) >= {op['malignant_threshold']:.4f}, chosen on "
+        + (op["method"] if op.get("method") else "the validation split")
+        + f" for sensitivity >= {op['target_sensitivity']:.2f}" + ("" if op.get("estimated") else f" ({op.get('note')})") + "."
+        + _cv_sentence(report),
         "",
         *_target_lines(report),
         *_calibration_lines(report),
