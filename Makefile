@@ -18,7 +18,7 @@ DEMO_OUT  ?= models/demo
 DEMO_ARGS ?= --weights none --image-size 96 --epochs 30 --near-ood tests/data/busi-sample
 SEG_ARGS  ?=
 DEMO_SEG_ARGS ?= --image-size 64
-PYDICOM_TESTS = $$($(BIN)/python -c 'import pathlib, pydicom.data; print(pathlib.Path(pydicom.data.__file__).parent / "test_files")')
+PYDICOM_TESTS = $(shell $(BIN)/python -c 'import pathlib, pydicom.data; print(pathlib.Path(pydicom.data.__file__).parent / "test_files")')
 
 .PHONY: install data train segmenter export demo test test-fast fuzz bench clean help
 FUZZ_EXAMPLES ?= 20000

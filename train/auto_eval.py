@@ -19,7 +19,7 @@ from .evaluation import card_metrics, evaluate_model, predict
 from .inputs import eval_masks, load_rows
 from .ood import ood_sets
 from .report import plots, prediction_rows, write_report
-from .segmenter import auto_masks, segment_split, segmentation_metrics, segmentation_rows
+from .segmenter import auto_masks, load_segmenter, predict_lesions, segment_split, segmentation_metrics, segmentation_rows
 
 _LOG = get_logger(__name__)
 
@@ -50,7 +50,16 @@ def add_auto_to_report(model_dir: str | Path) -> dict:
     t = report["operating_point"]["malignant_threshold"]
     T = info.calibration.temperature if info.calibration is not None else None
     qhat = model_qhat(info.conformal)
-    sets = ood_sets(card.training.get("near_ood", "phantoms"), root, S)[0] if info.ood is not None else None
+    sets = None
+    if info.ood is not None:  # the OOD sets with auto masks too: the segmenter's lesion on each of them
+        near = card.training.get("near_ood", "phantoms")
+        sets = ood_sets(near, root, S)[0]
+        at_seg_size = ood_sets(near, root, seg_card.info.input.size)[0]
+        seg_model = load_segmenter(md)
+        for name, entry in sets.items():
+            if entry is not None:
+                found = predict_lesions(seg_model, at_seg_size[name].arrays.images)
+                entry.extra_masks["auto"] = auto_masks(entry.arrays, found, info.mask, seg_card.info)
     results, pred_rows = evaluate_model(model, test, sizes, t, seed, "test", extra_masks={"auto": auto}, temperature=T,
                                         qhat=qhat, guard=info.ood, trained=source, ood_sets=sets)
     p_val_raw = predict(model, val, eval_masks(val, source, sizes, seed))

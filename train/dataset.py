@@ -299,5 +299,5 @@ def usable_rows(data: str | Path) -> tuple[list[dict], list[str], Scan]:
     if not rows:
         raise DataError(f"{data}: no usable images to evaluate")
     if skipped:
-        _LOG.info(f"skipped {len(skipped)} images (label conflicts or problems): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+        _LOG.info(f"{data}: skipped {len(skipped)} images (label conflicts or problems): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
     return rows, skipped, scan

@@ -13,7 +13,7 @@ from busi.runtime.model_dir import ModelDir
 from . import dataset as ds
 from . import segmenter
 from .evaluation import evaluate_model
-from .ood import far_set
+from .ood import OodSet, far_set
 
 def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | None = None, seed: int = 0) -> Path:
     md = ModelDir(model_dir)
@@ -39,7 +39,7 @@ def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | N
         seg_metrics = segmenter.segmentation_metrics(seg_rows, seed) | {"file": md.segmenter_keras.name}
     T = info.calibration.temperature if info.calibration is not None else None
     qhat = model_qhat(info.conformal)
-    far = {"far": (far_set(info.input.size), False)} if info.ood is not None else None
+    far = {"far": OodSet(far_set(info.input.size), False)} if info.ood is not None else None
     results, pred_rows = evaluate_model(model, arr, sizes, info.malignant_threshold, seed, "external", extra_masks=extra,
                                         temperature=T, qhat=qhat, guard=info.ood, trained=info.mask.source, ood_sets=far)
     sha = {s.path.relative_to(scan.root).as_posix(): s.sha256 for s in scan.samples}

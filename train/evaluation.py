@@ -9,7 +9,7 @@ from busi.runtime.contract import MASK_SOURCES
 
 from .inputs import Arrays, eval_masks
 from .metrics import evaluate
-from .ood import guard_metrics, set_masks
+from .ood import guard_metrics
 from .report import prediction_rows
 
 #: the figures of each mask source that the card (and the ONNX metadata) carries
@@ -49,12 +49,12 @@ def evaluate_model(
     qhat: float | None = None,
     guard=None,
     trained: str | None = None,
-    ood_sets: dict[str, tuple[Arrays, bool] | None] | None = None,
+    ood_sets: dict | None = None,
 ) -> tuple[dict, list[dict]]:
     """Metrics for every mask source on the same images, plus their prediction rows; with a
     `temperature`, on calibrated probabilities (and ECE/NLL/Brier before calibration too).
     With an out-of-distribution `guard`, its figures too: the fraction of these images flagged
-    and, for each of `ood_sets` ({name: (images, whether they have lesion masks)}), the AUROC.
+    and, for each of `ood_sets` ({name: train.ood.OodSet or None}), the AUROC.
 
     `extra_masks` adds sources whose masks come from elsewhere (`auto`: the segmenter)."""
     results, rows = {}, []
@@ -67,8 +67,8 @@ def evaluate_model(
         if guard is not None:
             sets = {}
             for name, entry in (ood_sets or {}).items():
-                m = None if entry is None or src not in MASK_SOURCES else set_masks(entry[0], src, sizes, seed, entry[1])
-                sets[name] = None if m is None else predict_with_features(model, entry[0], m, batch_size)[1]
+                m = None if entry is None else entry.masks(src, sizes, seed)
+                sets[name] = None if m is None else predict_with_features(model, entry.arrays, m, batch_size)[1]
             results[src].update(guard_metrics(guard, src, trained or src, feats, sets))
         rows += prediction_rows(test.paths, test.labels, proba, split_name, src, raw)
     return results, rows

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from busi.runtime.contract import OodGuard, OodStats
+from busi.runtime.contract import MASK_SOURCES, OodGuard, OodStats
 from busi.runtime.log import get as get_logger
 from busi.runtime.ood import ood_scores
 from busi.runtime.validate import pack_floats
@@ -169,21 +169,32 @@ def guard_metrics(guard: OodGuard, source: str, trained: str, test_features: np.
     return out
 
 
-def set_masks(arr: Arrays, source: str, sizes: np.ndarray, seed: int, has_lesions: bool) -> np.ndarray | None:
-    """The masks an OOD set gets with a mask source; None where it has none (gt of a set without lesions)."""
-    if source == "gt" and not has_lesions:
-        return None
-    return eval_masks(arr, source, sizes, seed)
+@dataclass
+class OodSet:
+    """Images to evaluate the guard on: whether they have lesion masks (gt), and masks of
+    sources that come from elsewhere (`auto`: the segmenter's)."""
+
+    arrays: Arrays
+    has_lesions: bool
+    extra_masks: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def masks(self, source: str, sizes: np.ndarray, seed: int) -> np.ndarray | None:
+        """The masks with a mask source; None where there are none (gt of images without lesions)."""
+        if source in self.extra_masks:
+            return self.extra_masks[source]
+        if source not in MASK_SOURCES or (source == "gt" and not self.has_lesions):
+            return None
+        return eval_masks(self.arrays, source, sizes, seed)
 
 
-def ood_sets(near_spec: str | None, data: str | Path, size: int) -> tuple[dict, dict[str, str]]:
-    """({"far": (images, False), "near": (images, True) or None}, what each set is) for evaluate_model."""
+def ood_sets(near_spec: str | None, data: str | Path, size: int) -> tuple[dict[str, OodSet | None], dict[str, str]]:
+    """({"far": ..., "near": ... or None}, what each set is) for evaluate_model."""
     far = far_set(size)
     n_dicom = sum(p.startswith("pydicom ") for p in far.paths)
     near, near_what = near_set(near_spec, data, size)
     what = {"far": f"{n_dicom} non-ultrasound DICOM images from pydicom's test files and {len(far) - n_dicom} synthetic "
                    "non-images", "near": near_what}
-    return {"far": (far, False), "near": None if near is None else (near, True)}, what
+    return {"far": OodSet(far, False), "near": None if near is None else OodSet(near, True)}, what
 
 
 def guard_summary(guard: OodGuard, sets_what: dict[str, str]) -> dict:
