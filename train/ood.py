@@ -35,7 +35,6 @@ _LOG = get_logger(__name__)
 
 RANK = 32
 QUANTILE = 0.99
-PHANTOM_MARKER = "phantoms.json"  # written by busi-train phantoms: the data are synthetic
 
 
 def fit_statistics(features: np.ndarray, labels: np.ndarray, rank: int = RANK) -> OodStats:
@@ -130,7 +129,7 @@ def near_set(spec: str | None, data: str | Path, size: int) -> tuple[Arrays | No
     """(images, what they are) of the near-OOD set: `spec` a BUSI-layout folder, `phantoms`
     (generated now, unless the training data are phantoms themselves) or `none`."""
     from .dataset import usable_rows
-    from .phantoms import write_phantoms
+    from .phantoms import PHANTOM_MARKER, write_phantoms
 
     if spec in (None, "", "none"):
         return None, "none"

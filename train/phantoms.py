@@ -22,6 +22,10 @@ import numpy as np
 
 from busi.runtime.contract import CLASSES
 
+#: written beside the class folders: the data are synthetic (the OOD guard's evaluation then
+#: does not take phantoms as its near-OOD set)
+PHANTOM_MARKER = "phantoms.json"
+
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
     """Low-frequency noise in [-1, 1] (random field upsampled from a coarse grid)."""
@@ -171,8 +175,6 @@ def write_phantoms(out: str | Path, per_class: int, seed: int = 0) -> dict[str, 
                 _write_png(d / f"{stem}_mask.png", m8, bilevel=True)  # 1-bit, like BUSI lesion masks
         counts[label] = per_class
     from busi.runtime.atomic import atomic_write_text
-
-    from .ood import PHANTOM_MARKER
 
     atomic_write_text(out / PHANTOM_MARKER, json.dumps({"generator": "busi-train phantoms", "per_class": per_class,
                                                         "seed": seed}) + "\n")
