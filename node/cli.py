@@ -1,0 +1,77 @@
+"""`busi-node`: run busi as a DICOM node beside the PACS (see README, "Running as a DICOM node")."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from busi.runtime.errors import UsageError
+from busi.runtime.log import verbosity_callback
+
+from .config import NodeConfig
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def node(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with the settings below (the command line wins)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="busi .onnx classifier."),
+    spool: Optional[Path] = typer.Option(None, "--spool", help="Folder for received images and pending results (survives restarts)."),
+    dest: Optional[str] = typer.Option(None, "--dest", help="Where results go: AE@host:port (the PACS)."),
+    ae: Optional[str] = typer.Option(None, "--ae", help="This node's AE title (default BUSI)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on (default 0.0.0.0; 127.0.0.1 for this machine only)."),
+    port: Optional[int] = typer.Option(None, "--port", help="DICOM port (default 11112)."),
+    allow: Optional[List[str]] = typer.Option(None, "--allow", help="Calling AE title allowed to send (repeat); default: any."),
+    allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", help="Sender address allowed (repeat); default: any."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="auto (default when segmenter.onnx is beside the model) or none."),
+    segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Segmenter .onnx for mask auto."),
+    queue: Optional[int] = typer.Option(None, "--queue", min=1, help="Images waiting before C-STOREs are answered 'out of resources' (256)."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="Refuse instances with more pixels (rows x columns x frames)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime threads."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate: DICOM over TLS."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM key of --tls-cert."),
+    tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="CA bundle: require client certificates signed by it."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Receive ultrasound images over DICOM (C-STORE), classify them, store SR + overlay (+ SEG) to --dest.
+
+    One JSON line per instance event on stdout; a status line on stderr. SIGTERM or Ctrl-C stops
+    it cleanly; what is in the spool is resumed at the next start. Research software, not a
+    medical device.
+    """
+    verbosity_callback(verbose, quiet)
+    from .service import Node
+
+    cfg = NodeConfig.from_sources(
+        config, model=model, spool=spool, dest=dest, ae=ae, host=host, port=port, allow=tuple(allow or ()),
+        allow_hosts=tuple(allow_host or ()), mask=mask, segmenter=segmenter, queue=queue, max_pixels=max_pixels,
+        threads=threads, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+    if not Path(cfg.model).is_file():
+        raise UsageError(f"{cfg.model}: model not found")
+    n = Node(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    n.start()
+    while not stop.wait(0.5):
+        pass
+    n.shutdown()
+
+
+def main() -> None:
+    import importlib.util
+
+    from busi.runtime.errors import run_cli
+
+    if importlib.util.find_spec("pynetdicom") is None or importlib.util.find_spec("highdicom") is None:
+        import sys
+
+        sys.stderr.write("error: busi-node needs pynetdicom and highdicom: pip install 'busi[node]'\n")
+        raise SystemExit(2)
+    run_cli(app)

@@ -1,0 +1,279 @@
+"""busi-node against a real PACS: Orthanc (Debian `orthanc`) and dcmtk's storescu/echoscu as the
+scanner, on loopback ports, each test starting and stopping its own. Skipped, with the reason,
+where they are not installed (`make test-deps` installs them as root)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from helpers import BIN, cli
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("Orthanc") and shutil.which("storescu") and shutil.which("echoscu")),
+    reason="needs Orthanc and dcmtk (storescu, echoscu): run `make test-deps` as root (apt-get install orthanc dcmtk)",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float = 60.0, what: str = "condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Orthanc:
+    """A real Orthanc on loopback ports with its own storage folder (kept across restarts)."""
+
+    def __init__(self, root: Path, node_port: int):
+        self.root, self.dicom, self.http = root, free_port(), free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = root / "orthanc.json"
+        self.config.write_text(json.dumps({
+            "Name": "busi-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+            "DicomAet": "ORTHANC", "DicomPort": self.dicom, "HttpPort": self.http, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
+            "DicomModalities": {"busi": ["BUSI", "127.0.0.1", node_port]},
+        }))
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(["Orthanc", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._up, 30, "Orthanc to start")
+
+    def _up(self):
+        try:
+            return self.get("/system")
+        except OSError:
+            return None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=10) as r:
+            body = r.read()
+            return json.loads(body) if r.headers.get_content_type() == "application/json" else body
+
+    def post(self, path: str, data) -> object:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", data=json.dumps(data).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return json.loads(r.read() or b"null")
+
+    def series(self, modality: str) -> list[dict]:
+        return self.post("/tools/find", {"Level": "Instance", "Query": {"Modality": modality}, "Expand": True})
+
+
+class Node:
+    """busi-node as a user starts it (a subprocess), with its JSON-lines log."""
+
+    def __init__(self, model: Path, spool: Path, port: int, dest: str, log: Path, extra=(), fsize: int | None = None):
+        self.args = [str(BIN / "busi-node"), "--model", str(model), "--spool", str(spool), "--dest", dest,
+                     "--host", "127.0.0.1", "--port", str(port), "--allow", "SCANNER", "--allow", "ORTHANC", *extra]
+        self.port, self.log, self.fsize = port, log, fsize
+        self.start()
+
+    def start(self):
+        def limit():  # a spool that cannot take another byte, as a full disk would be
+            if self.fsize is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (self.fsize, self.fsize))
+
+        self.out = open(self.log, "a")
+        self.proc = subprocess.Popen(self.args, stdout=self.out, stderr=open(str(self.log) + ".err", "a"), preexec_fn=limit)
+        wait_for(lambda: echo(self.port, "SCANNER") == 0 or self.proc.poll() is not None, 60, "busi-node to listen")
+        assert self.proc.poll() is None, Path(str(self.log) + ".err").read_text()[-2000:]
+
+    def events(self) -> list[dict]:
+        return [json.loads(x) for x in self.log.read_text().splitlines() if x.strip()]
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(60)
+        self.out.close()
+        return rc
+
+
+def echo(port: int, aet: str) -> int:
+    return subprocess.run(["echoscu", "-aet", aet, "-aec", "BUSI", "127.0.0.1", str(port)], capture_output=True).returncode
+
+
+def storescu(port: int, files, aet: str = "SCANNER", aec: str = "BUSI") -> subprocess.CompletedProcess:
+    return subprocess.run(["storescu", "-aet", aet, "-aec", aec, "127.0.0.1", str(port), *map(str, files)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> list[Path]:
+    """Six phantom ultrasound images as one DICOM study from a scanner (files without extension)."""
+    d = tmp_path_factory.mktemp("scanner")
+    cli("busi-train", "phantoms", "--out", d / "png", "--per-class", 2, "--seed", 11, "--dicom", d / "dicom")
+    return sorted(p for p in (d / "dicom").rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def pacs(tmp_path):
+    port = free_port()
+    o = Orthanc(tmp_path / "orthanc", port)
+    o.node_port = port
+    yield o
+    o.stop()
+
+
+def start_node(exported, tmp_path, pacs, **kw) -> Node:
+    return Node(exported / "model.onnx", tmp_path / "spool", pacs.node_port, f"ORTHANC@127.0.0.1:{pacs.dicom}",
+                tmp_path / "node.jsonl", **kw)
+
+
+def results_in(pacs, n: int) -> tuple[list, list]:
+    sr = wait_for(lambda: (lambda x: x if len(x) >= n else None)(pacs.series("SR")), 90, f"{n} SR in Orthanc")
+    sc = wait_for(lambda: (lambda x: x if len(x) >= n else None)(pacs.series("OT")), 90, f"{n} SC in Orthanc")
+    return sr, sc
+
+
+def test_scanner_to_node_to_pacs(exported, tmp_path, pacs, study):
+    """storescu -> busi-node -> Orthanc: in the same study a new SR and SC series, and in each SR
+    the finding and P(malignant) that the Predictor gives for its image."""
+    import highdicom as hd
+
+    from busi.runtime.predictor import Predictor
+
+    node = start_node(exported, tmp_path, pacs)
+    try:
+        assert echo(node.port, "SCANNER") == 0  # C-ECHO: "verify" works
+        r = storescu(node.port, study)
+        assert r.returncode == 0, r.stderr
+        sr, sc = results_in(pacs, len(study))
+        time.sleep(1)
+        assert len(pacs.series("SR")) == len(study) and len(pacs.series("OT")) == len(study)
+        pred = Predictor(exported / "model.onnx", device="cpu")
+        mask = "auto" if (exported / "segmenter.onnx").is_file() else "none"
+        by_ref = {}
+        for inst in sr:
+            ds = hd.sr.srread(__import__("io").BytesIO(pacs.get(f"/instances/{inst['ID']}/file")))
+            ref = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+            group = (ds.content.get_planar_roi_measurement_groups() or ds.content.get_image_measurement_groups())[0]
+            m = {x.name.meaning: x.value for x in group.get_measurements()}
+            by_ref[ref.ReferencedSOPInstanceUID] = (m["Probability of cancer"], ds.StudyInstanceUID)
+        for f in study:
+            src = pydicom.dcmread(f, stop_before_pixels=True)
+            p_mal, study_uid = by_ref[src.SOPInstanceUID]
+            assert study_uid == src.StudyInstanceUID
+            assert p_mal == pytest.approx(pred.predict(f, mask=mask).flag_probability, abs=1e-5)
+        kinds = [e["event"] for e in node.events()]
+        assert kinds.count("received") == kinds.count("classified") == len(study)
+        assert kinds.count("sent") == len(sr) + len(sc) + sum(1 for _ in pacs.series("SEG"))
+        # security: an unknown calling AE is rejected; a SOP class busi does not take is refused
+        assert echo(node.port, "INTRUDER") != 0
+        ct = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+        r = storescu(node.port, [ct])
+        assert r.returncode != 0 or "no presentation context" in (r.stdout + r.stderr).lower(), r.stderr
+        assert not any(e.get("modality") == "CT" for e in node.events())
+        refused = [e["reason"] for e in node.events() if e["event"] == "refused"]
+        assert any("calling AE 'INTRUDER' is not allowed" in x for x in refused), refused
+
+    finally:
+        assert node.stop() == 0  # SIGTERM: a clean stop
+
+
+def test_the_pacs_routes_a_study_to_the_node(exported, tmp_path, pacs, study):
+    """Orthanc knows busi-node as modality `busi` and pushes a whole study to it; the results come back."""
+    node = start_node(exported, tmp_path, pacs)
+    try:
+        assert storescu(pacs.dicom, study, aec="ORTHANC").returncode == 0
+        studies = pacs.get("/studies")
+        assert len(studies) == 1
+        pacs.post("/modalities/busi/store", {"Resources": studies, "Synchronous": True})
+        results_in(pacs, len(study))
+        assert len(pacs.get(f"/studies/{studies[0]}/series")) >= 3  # the US series, SR, SC (+ SEG)
+    finally:
+        node.stop()
+
+
+def test_results_wait_for_a_pacs_that_is_down(exported, tmp_path, pacs, study):
+    node = start_node(exported, tmp_path, pacs, extra=("--queue", "64"))
+    try:
+        pacs.stop()
+        assert storescu(node.port, study).returncode == 0
+        wait_for(lambda: sum(e["event"] == "classified" for e in node.events()) == len(study), 90, "classification")
+        assert list((tmp_path / "spool" / "outgoing").glob("*.dcm"))  # waiting, not lost
+        pacs.start()
+        results_in(pacs, len(study))
+        wait_for(lambda: not list((tmp_path / "spool" / "outgoing").glob("*.dcm")), 60, "an empty outgoing spool")
+    finally:
+        node.stop()
+
+
+def test_a_killed_node_resumes_and_stores_everything_exactly_once(exported, tmp_path, pacs, study):
+    node = start_node(exported, tmp_path, pacs)
+    assert storescu(node.port, study).returncode == 0  # acknowledged: now on disk
+    node.stop(signal.SIGKILL)
+    node.start()
+    try:
+        results_in(pacs, len(study))
+        wait_for(lambda: not list((tmp_path / "spool" / "outgoing").glob("*.dcm")), 60, "an empty outgoing spool")
+        time.sleep(2)
+        assert len(pacs.series("SR")) == len(study) and len(pacs.series("OT")) == len(study)
+        assert not list((tmp_path / "spool" / "incoming").glob("*.dcm"))
+    finally:
+        node.stop()
+
+
+def test_a_full_spool_answers_out_of_resources_and_a_bad_image_fails_alone(exported, tmp_path, pacs, study):
+    """A spool that cannot be written (file-size limit, as a full disk) gives the sender a
+    failure status, not a lost image; a corrupt pixel stream is classified as failed with its
+    reason, and the node goes on."""
+    full = Node(exported / "model.onnx", tmp_path / "full-spool", pacs.node_port, f"ORTHANC@127.0.0.1:{pacs.dicom}",
+                tmp_path / "full.jsonl", fsize=1024)
+    try:
+        r = storescu(full.port, study[:1])
+        assert "0xa700" in (r.stdout + r.stderr).lower() or r.returncode != 0, r.stdout + r.stderr
+        refused = [e for e in full.events() if e["event"] == "refused"]
+        assert refused and "cannot spool" in refused[0]["reason"]
+    finally:
+        full.stop()
+    bad = tmp_path / "bad"
+    ds = pydicom.dcmread(study[0])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]  # truncated pixel stream
+    ds.save_as(bad, enforce_file_format=True)
+    node = start_node(exported, tmp_path, pacs)
+    try:
+        assert storescu(node.port, [bad, study[1]]).returncode == 0
+        wait_for(lambda: any(e["event"] == "classified" for e in node.events()), 90, "the good image")
+        failed = [e for e in node.events() if e["event"] == "failed"]
+        assert len(failed) == 1 and failed[0]["sop"] == ds.SOPInstanceUID and "pixel" in failed[0]["reason"].lower()
+        assert (tmp_path / "spool" / "failed" / f"{ds.SOPInstanceUID}.dcm").is_file()
+    finally:
+        node.stop()
+
+
+def test_node_settings_are_checked(tmp_path, exported):
+    r = cli("busi-node", "--model", exported / "model.onnx", "--spool", tmp_path / "s", "--dest", "nonsense", check=False)
+    assert r.returncode == 2 and "AE@host:port" in r.stderr
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'model = "{exported / "model.onnx"}"\nspool = "{tmp_path / "s"}"\nport = 11112\ncolour = "red"\n')
+    r = cli("busi-node", "--config", cfg, check=False)
+    assert r.returncode == 2 and "unknown setting(s) colour" in r.stderr
