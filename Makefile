@@ -20,13 +20,14 @@ SEG_ARGS  ?=
 DEMO_SEG_ARGS ?= --image-size 64
 PYDICOM_TESTS = $(shell $(BIN)/python -c 'import pathlib, pydicom.data; print(pathlib.Path(pydicom.data.__file__).parent / "test_files")')
 
-.PHONY: install data train segmenter export demo test test-fast fuzz bench clean help
+.PHONY: install data train segmenter export demo test test-fast test-deps fuzz bench clean help
 FUZZ_EXAMPLES ?= 20000
 
 help:
 	@echo "make demo   - phantoms -> train -> report -> ONNX export -> busi-infer (minutes, CPU)"
 	@echo "make test   - the test suite"
 	@echo "make test-fast - the tests that need no trained model (-m 'not slow')"
+	@echo "make test-deps - Orthanc and dcmtk for the busi-node tests (apt-get, as root)"
 	@echo "make fuzz   - property-based fuzzing of the decoders and the API (FUZZ_EXAMPLES=20000)"
 	@echo "make train DATA=/path/to/Dataset_BUSI_with_GT [WEIGHTS=imagenet|none|file.h5] [OUT=models/busi]"
 	@echo "make segmenter DATA=... OUT=...   (lesion segmenter for --mask auto, on the classifier's split)"
@@ -83,6 +84,18 @@ demo: $(BIN)/.installed $(DEMO_DATA)/.done
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+# the system packages the DICOM-node tests use: a real PACS (Orthanc) and dcmtk (storescu,
+# echoscu as the scanner). Installed with apt-get when run as root; otherwise it says what to
+# run, and those tests are skipped with the same words.
+test-deps:
+	@if command -v Orthanc >/dev/null && command -v storescu >/dev/null; then \
+		echo "test-deps: $$(Orthanc --version | head -1), dcmtk $$(storescu --version | head -1 | awk '{print $$3}')"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends orthanc dcmtk >/dev/null; \
+	else \
+		echo "test-deps: Orthanc and dcmtk are missing; as root: apt-get install orthanc dcmtk (the busi-node tests are skipped without them)"; \
+	fi
 
 # everything that does not need the trained model folder (tests marked slow are left out)
 test-fast: $(BIN)/.installed

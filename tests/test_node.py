@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from helpers import BIN, cli
+from helpers import BIN, ROOT, cli
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("Orthanc") and shutil.which("storescu") and shutil.which("echoscu")),
@@ -44,7 +44,7 @@ def wait_for(check, timeout: float = 60.0, what: str = "condition"):
 class Orthanc:
     """A real Orthanc on loopback ports with its own storage folder (kept across restarts)."""
 
-    def __init__(self, root: Path, node_port: int):
+    def __init__(self, root: Path, node_port: int, **extra):
         self.root, self.dicom, self.http = root, free_port(), free_port()
         root.mkdir(parents=True, exist_ok=True)
         self.config = root / "orthanc.json"
@@ -52,7 +52,7 @@ class Orthanc:
             "Name": "busi-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
             "DicomAet": "ORTHANC", "DicomPort": self.dicom, "HttpPort": self.http, "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-            "DicomModalities": {"busi": ["BUSI", "127.0.0.1", node_port]},
+            "DicomModalities": {"busi": ["BUSI", "127.0.0.1", node_port]}, **extra,
         }))
         self.proc = None
         self.start()
@@ -89,10 +89,12 @@ class Orthanc:
 class Node:
     """busi-node as a user starts it (a subprocess), with its JSON-lines log."""
 
-    def __init__(self, model: Path, spool: Path, port: int, dest: str, log: Path, extra=(), fsize: int | None = None):
+    def __init__(self, model: Path, spool: Path, port: int, dest: str, log: Path, extra=(), fsize: int | None = None,
+                 ready=None):
         self.args = [str(BIN / "busi-node"), "--model", str(model), "--spool", str(spool), "--dest", dest,
                      "--host", "127.0.0.1", "--port", str(port), "--allow", "SCANNER", "--allow", "ORTHANC", *extra]
         self.port, self.log, self.fsize = port, log, fsize
+        self.ready = ready or (lambda: echo(self.port, "SCANNER") == 0)
         self.start()
 
     def start(self):
@@ -102,7 +104,7 @@ class Node:
 
         self.out = open(self.log, "a")
         self.proc = subprocess.Popen(self.args, stdout=self.out, stderr=open(str(self.log) + ".err", "a"), preexec_fn=limit)
-        wait_for(lambda: echo(self.port, "SCANNER") == 0 or self.proc.poll() is not None, 60, "busi-node to listen")
+        wait_for(lambda: self.ready() or self.proc.poll() is not None, 60, "busi-node to listen")
         assert self.proc.poll() is None, Path(str(self.log) + ".err").read_text()[-2000:]
 
     def events(self) -> list[dict]:
@@ -212,6 +214,30 @@ def test_the_pacs_routes_a_study_to_the_node(exported, tmp_path, pacs, study):
         node.stop()
 
 
+def test_the_example_lua_script_routes_new_ultrasound_to_the_node(exported, tmp_path, study):
+    """examples/route-us-to-busi.lua: every ultrasound instance stored in Orthanc goes to
+    busi-node, and its results (not ultrasound) are not routed again."""
+    port = free_port()
+    pacs = Orthanc(tmp_path / "orthanc", port, LuaScripts=[str(ROOT / "examples" / "route-us-to-busi.lua")])
+    pacs.node_port = port
+    node = start_node(exported, tmp_path, pacs)
+    try:
+        assert storescu(pacs.dicom, study, aec="ORTHANC").returncode == 0
+        results_in(pacs, len(study))
+        time.sleep(3)
+        assert sum(e["event"] == "received" for e in node.events()) == len(study)
+    finally:
+        node.stop()
+        pacs.stop()
+
+
+def test_the_example_config_reads(tmp_path):
+    from busi.node.config import NodeConfig
+
+    cfg = NodeConfig.from_sources(ROOT / "examples" / "busi-node.toml", port=11113)
+    assert cfg.port == 11113 and cfg.dest.ae == "ORTHANC" and cfg.dest.port == 4242 and "ORTHANC" in cfg.allow
+
+
 def test_results_wait_for_a_pacs_that_is_down(exported, tmp_path, pacs, study):
     node = start_node(exported, tmp_path, pacs, extra=("--queue", "64"))
     try:
@@ -266,6 +292,72 @@ def test_a_full_spool_answers_out_of_resources_and_a_bad_image_fails_alone(expor
         failed = [e for e in node.events() if e["event"] == "failed"]
         assert len(failed) == 1 and failed[0]["sop"] == ds.SOPInstanceUID and "pixel" in failed[0]["reason"].lower()
         assert (tmp_path / "spool" / "failed" / f"{ds.SOPInstanceUID}.dcm").is_file()
+    finally:
+        node.stop()
+
+
+def test_dicom_over_tls_with_a_certificate_made_here(exported, tmp_path, pacs):
+    """--tls-cert/--tls-key: a TLS client (pynetdicom) verifies the node's certificate and gets
+    its C-ECHO answered; a client without TLS gets nothing."""
+    import ssl
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    cert, key = tmp_path / "node.pem", tmp_path / "node.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+                    "-subj", "/CN=busi-node", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+
+    def tls_echo():
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(Verification)
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        assoc = ae.associate("127.0.0.1", pacs.node_port, ae_title="BUSI", tls_args=(ctx, "127.0.0.1"))
+        if not assoc.is_established:
+            return None
+        status = assoc.send_c_echo()
+        assoc.release()
+        return status.Status == 0
+
+    node = start_node(exported, tmp_path, pacs, extra=("--tls-cert", cert, "--tls-key", key), ready=tls_echo)
+    try:
+        assert tls_echo() is True
+        assert echo(node.port, "SCANNER") != 0
+    finally:
+        assert node.stop() == 0
+
+
+def many_instances(study: list[Path], folder: Path, n: int) -> list[Path]:
+    """`n` instances of the study's images, each with its own SOP Instance UID."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        ds = pydicom.dcmread(study[i % len(study)])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[str(i), "load"])
+        ds.InstanceNumber = i + 1
+        ds.save_as(folder / f"IM{i:04d}", enforce_file_format=True)
+        out.append(folder / f"IM{i:04d}")
+    return out
+
+
+def test_load_200_instances_over_4_associations(exported, tmp_path, pacs, study):
+    """All acknowledged, classified and stored; the node's peak RSS stays bounded (no timing asserted:
+    make bench measures throughput)."""
+    files = many_instances(study, tmp_path / "load", 200)
+    node = start_node(exported, tmp_path, pacs)
+    try:
+        senders = [subprocess.Popen(["storescu", "-aet", "SCANNER", "-aec", "BUSI", "127.0.0.1", str(node.port),
+                                     *map(str, files[i::4])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                   for i in range(4)]
+        assert [p.wait(300) for p in senders] == [0, 0, 0, 0]
+        results_in(pacs, 200)
+        wait_for(lambda: not list((tmp_path / "spool" / "outgoing").glob("*.dcm")), 120, "an empty outgoing spool")
+        kinds = [e["event"] for e in node.events()]
+        assert kinds.count("received") == kinds.count("classified") == 200 and "failed" not in kinds
+        assert len(pacs.series("SR")) == 200 and len(pacs.series("OT")) == 200
+        peak_kb = int(next(ln.split()[1] for ln in Path(f"/proc/{node.proc.pid}/status").read_text().splitlines()
+                           if ln.startswith("VmHWM")))
+        assert peak_kb < 2 * 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
     finally:
         node.stop()
 
