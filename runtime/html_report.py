@@ -93,9 +93,9 @@ class HtmlReport:
                     f"{html.escape(', '.join(d['prediction_set']) or 'empty (no class is plausible enough)')}")
         self.n_ood += bool(d.get("out_of_distribution"))
         if d.get("out_of_distribution") is not None:
-            box += ("<br><span class=\"flag\">OUT OF DISTRIBUTION</span>: unlike the training images, do not trust the class"
-                    if d["out_of_distribution"] else "<br>like the training images (out-of-distribution guard)")
-            box += f" (score {d['ood_score']:.3g}, threshold {d['ood_threshold']:.3g})"
+            box += (f"<br><span class=\"flag\">OUT OF DISTRIBUTION</span> (score {d['ood_score']:.3g} &gt; "
+                    f"{d['ood_threshold']:.3g})" if d["out_of_distribution"] else
+                    f"<br>like the training images (out-of-distribution score {d['ood_score']:.3g} &le; {d['ood_threshold']:.3g})")
         self.rows.append(
             f'<tr class="case"><td class="path">{html.escape(str(d["path"]))}</td><td>{pics[0]}</td><td>{pics[1]}</td>'
             f'<td><b>{html.escape(d["class"])}</b> ({d["confidence"]:.3f}){bars}</td>'
