@@ -33,6 +33,7 @@ def node(
     queue: Optional[int] = typer.Option(None, "--queue", min=1, help="Images waiting before C-STOREs are answered 'out of resources' (256)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="Refuse instances with more pixels (rows x columns x frames)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime threads."),
+    study_idle: Optional[float] = typer.Option(None, "--study-idle", min=0.0, help="Seconds without a new image after which a study gets its summary SR (30; 0: none)."),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate: DICOM over TLS."),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM key of --tls-cert."),
     tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="CA bundle: require client certificates signed by it."),
@@ -51,7 +52,7 @@ def node(
     cfg = NodeConfig.from_sources(
         config, model=model, spool=spool, dest=dest, ae=ae, host=host, port=port, allow=tuple(allow or ()),
         allow_hosts=tuple(allow_host or ()), mask=mask, segmenter=segmenter, queue=queue, max_pixels=max_pixels,
-        threads=threads, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+        threads=threads, study_idle=study_idle, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
     if not Path(cfg.model).is_file():
         raise UsageError(f"{cfg.model}: model not found")
     n = Node(cfg)

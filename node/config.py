@@ -60,6 +60,8 @@ class NodeConfig:
     retry: float = 2.0
     retry_max: float = 60.0
     threads: int | None = None
+    #: a study with no new instance for this many seconds gets a study summary SR (0: none)
+    study_idle: float = 30.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None

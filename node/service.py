@@ -20,7 +20,7 @@ from busi.runtime.errors import BusiError, UsageError, describe
 from busi.runtime.log import get as get_logger, write_stderr
 
 from .config import NodeConfig
-from .spool import Spool, safe_name
+from .spool import Spool, durable_write, safe_name
 
 _LOG = get_logger(__name__)
 
@@ -53,13 +53,15 @@ class Node:
         self.mask = cfg.mask or ("auto" if Path(seg).is_file() else "none")
         #: the option string busi-infer uses for the same settings: the same deterministic UIDs
         self.options = f"mask={self.mask} threshold=None tta=False frames=all"
-        self.counts = {k: 0 for k in ("received", "refused", "classified", "skipped", "failed", "sent")}
+        self.counts = {k: 0 for k in ("received", "refused", "classified", "skipped", "failed", "sent", "summarised")}
         self._stop = threading.Event()
         self._work = threading.Event()
         self._send = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server = None
         self._waiting = len(self.spool.waiting())
+        #: study UID -> when it last got a classified image (studies waiting for their summary)
+        self._studies = {uid: time.monotonic() for uid in self.spool.unsummarised()} if cfg.study_idle else {}
 
     # ---- log -------------------------------------------------------------------------------
     def event(self, kind: str, **fields) -> None:
@@ -147,6 +149,7 @@ class Node:
             files = self.spool.waiting()
             self._waiting = len(files)
             if not files:
+                self.summarise_idle()
                 self._work.wait(1.0)
                 self._work.clear()
                 continue
@@ -197,8 +200,52 @@ class Node:
         record = {**base, "event": "classified", "class": pred.label, "p_malignant": pred.flag_probability,
                   "malignant": pred.malignant, "threshold": pred.threshold, "mask_source": pred.mask_source,
                   "out_of_distribution": pred.out_of_distribution, "outputs": [p.name for p in written]}
+        if self.cfg.study_idle and base["study"]:
+            import io
+
+            buf = io.BytesIO()
+            head.save_as(buf, enforce_file_format=True)
+            self.spool.keep_header(base["study"], sop, buf.getvalue())
         self.spool.finish(path, record)
         self.event("classified", **{k: v for k, v in record.items() if k != "event"})
+        if self.cfg.study_idle and base["study"]:
+            self._studies[base["study"]] = time.monotonic()
+        self._send.set()
+
+    # ---- study summaries --------------------------------------------------------------------
+    def summarise_idle(self) -> None:
+        now = time.monotonic()
+        for study, last in list(self._studies.items()):
+            if now - last >= self.cfg.study_idle:
+                del self._studies[study]
+                try:
+                    self.summarise(study)
+                except Exception as e:  # a summary that cannot be made never stops the node
+                    self.event("failed", study=study, reason=f"study summary: {describe(e)}")
+
+    def summarise(self, study: str) -> None:
+        """A study SR over every image of the study classified so far; a new one (same series,
+        next instance number) when images came after the last summary."""
+        import io
+
+        import pydicom
+
+        from busi.runtime import dicom_out
+
+        heads = {p.stem: p for p in self.spool.study_headers(study)}
+        state = self.spool.summary_state(study)
+        if not heads or sorted(heads) == state["sops"]:
+            return
+        sources = [pydicom.dcmread(p) for p in heads.values()]
+        p_mal = {sop: json.loads((self.spool.done / f"{sop}.json").read_text())["p_malignant"] for sop in heads}
+        version = int(state["version"]) + 1
+        ds = dicom_out.study_report(sources, p_mal, self.predictor.threshold, self.predictor.sha256, self.options, version)
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        durable_write(self.spool.outgoing / f"{ds.SOPInstanceUID}.study.dcm", buf.getvalue())
+        self.spool.set_summary_state(study, {"sops": sorted(heads), "version": version, "sop": ds.SOPInstanceUID})
+        self.event("summarised", study=study, images=len(heads), version=version, sop=ds.SOPInstanceUID,
+                   p_malignant=max(p_mal.values()), supersedes=state.get("sop"))
         self._send.set()
 
     def _fail(self, path: Path, sop: str, reason: str, base: dict | None = None) -> None:

@@ -4,6 +4,8 @@
     SPOOL/outgoing/<SOPInstanceUID>.<sr|sc|seg>.dcm   results waiting for the destination
     SPOOL/done/<SOPInstanceUID>.json      what became of an instance (classified, skipped, failed)
     SPOOL/failed/<SOPInstanceUID>.dcm     instances that could not be classified, kept for a person
+    SPOOL/studies/<StudyInstanceUID>/     the headers of its classified images and summary.json:
+                                          what its last study summary covered
 
 Every file is written to a temporary name in the same folder, flushed to disk and renamed, so
 a reader sees a whole file or none. An instance is removed from incoming only after its
@@ -52,7 +54,8 @@ class Spool:
         self.root = Path(root)
         self.incoming, self.outgoing = self.root / "incoming", self.root / "outgoing"
         self.done, self.failed = self.root / "done", self.root / "failed"
-        for d in (self.incoming, self.outgoing, self.done, self.failed):
+        self.studies = self.root / "studies"
+        for d in (self.incoming, self.outgoing, self.done, self.failed, self.studies):
             d.mkdir(parents=True, exist_ok=True)
         for d in (self.incoming, self.outgoing, self.done):  # temp files of a crash mid-write
             for t in d.glob(".*"):
@@ -82,3 +85,27 @@ class Spool:
             os.replace(incoming, self.failed / incoming.name)
         else:
             incoming.unlink(missing_ok=True)
+
+    # ---- studies --------------------------------------------------------------------------
+    def keep_header(self, study_uid: str, sop_uid: str, data: bytes) -> None:
+        d = self.studies / safe_name(study_uid)
+        d.mkdir(exist_ok=True)
+        durable_write(d / f"{safe_name(sop_uid)}.dcm", data)
+
+    def study_headers(self, study_uid: str) -> list[Path]:
+        return sorted(p for p in (self.studies / safe_name(study_uid)).glob("*.dcm") if not p.name.startswith("."))
+
+    def summary_state(self, study_uid: str) -> dict:
+        p = self.studies / safe_name(study_uid) / "summary.json"
+        return json.loads(p.read_text()) if p.is_file() else {"sops": [], "version": 0}
+
+    def set_summary_state(self, study_uid: str, state: dict) -> None:
+        durable_write(self.studies / safe_name(study_uid) / "summary.json", (json.dumps(state) + "\n").encode())
+
+    def unsummarised(self) -> list[str]:
+        """Studies with classified images that their last summary does not cover (after a restart)."""
+        out = []
+        for d in self.studies.iterdir():
+            if d.is_dir() and sorted(p.stem for p in self.study_headers(d.name)) != self.summary_state(d.name)["sops"]:
+                out.append(d.name)
+        return out

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 SCHEME = "99BUSI"
 MANUFACTURER = "busi (research software, not a medical device)"
 RESEARCH = "Research software, not a medical device: not a diagnosis."
-SERIES_NUMBERS = {"sr": 9901, "sc": 9902, "seg": 9903}
+SERIES_NUMBERS = {"sr": 9901, "sc": 9902, "seg": 9903, "study": 9904}
 MASK_SOURCES = {"box": ("BOX", "Lesion box"), "gt": ("FILE", "Lesion mask file"), "auto": ("AUTO", "Lesion segmenter"),
                 "none": ("NONE", "Whole image")}
 
@@ -149,11 +149,7 @@ def structured_report(prediction: "Prediction", src, key):
         + ([f"cine loop of {prediction.cine['frames']} frames: class probabilities are the mean over the frames, "
             f"Probability of cancer and the flag are those of frame {prediction.cine['max_malignant_frame']} (0-based), "
             "the highest"] if prediction.cine else []))
-    device = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=_uid("device", sha), name="busi", manufacturer_name=MANUFACTURER,
-            model_name="busi masked ResNet50", serial_number=sha[:16]))
+    device = _device(sha)
     pathology = {"normal": codes.SCT.Normal, "benign": codes.SCT.Benign, "malignant": codes.SCT.Malignant}
     src_code, src_meaning = MASK_SOURCES.get(prediction.mask_source, ("FILE", "Lesion mask file"))
     qualitative = [
@@ -210,6 +206,65 @@ def structured_report(prediction: "Prediction", src, key):
     return hd.sr.Comprehensive3DSR(
         evidence=[src], content=report, manufacturer=MANUFACTURER, **_series(src, "sr", key),
         series_description="busi finding (research use only, not a medical device)")
+
+
+def _device(sha: str):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=_uid("device", sha), name="busi", manufacturer_name=MANUFACTURER,
+            model_name="busi masked ResNet50", serial_number=sha[:16]))
+
+
+def study_report(sources: list, p_malignant: dict[str, float], threshold: float, sha: str, options: str = "",
+                 version: int = 1):
+    """One SR for a whole study (busi-node): how many images were classified, the highest
+    P(malignant) with the image it came from, and whether any image carries the malignant flag.
+    `sources`: the classified images' datasets (headers suffice), `p_malignant`: SOP Instance
+    UID -> the P(malignant) behind its flag. Its series is fixed for the study, model and
+    options; its SOP instance depends on the images it covers, so a study summarised again
+    after a later image gets a new SR in the same series (instance number `version`), which
+    supersedes the old one."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from busi import __version__
+
+    no_units = hd.sr.CodedConcept("1", "UCUM", "no units")
+    study = sources[0].StudyInstanceUID
+    top = max(sources, key=lambda d: p_malignant[d.SOPInstanceUID])
+    p_top = float(p_malignant[top.SOPInstanceUID])
+    flagged = sum(p_malignant[d.SOPInstanceUID] >= threshold for d in sources)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name="busi", version=__version__, family=codes.DCM.ArtificialIntelligence,
+        parameters=[f"model sha256 {sha}", f"study summary of {len(sources)} classified images", RESEARCH])
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(study, sha, options, "study-finding"),
+                                                     identifier="busi study summary"),
+        finding_type=codes.SCT.Breast, algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(name=codes.DCM.ProbabilityOfCancer, value=p_top, unit=no_units),
+            hd.sr.Measurement(name=_busi("IMAGES", "Images classified in the study"), value=len(sources), unit=no_units),
+            hd.sr.Measurement(name=_busi("IMAGES-FLAGGED", "Images with the malignant flag"), value=int(flagged), unit=no_units),
+            hd.sr.Measurement(name=_busi("FLAG-THRESHOLD", "Malignant flag threshold (P(malignant))"), value=float(threshold),
+                              unit=no_units)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            name=_busi("MALIGNANT-FLAG", "Malignant flag at the operating point"),
+            value=codes.SCT.Yes if flagged else codes.SCT.No)],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(top)])
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=_device(sha)),
+        procedure_reported=codes.SCT.UltrasonographyOfBreast, imaging_measurements=[group],
+        title=codes.DCM.ImagingMeasurementReport)
+    covered = sorted(d.SOPInstanceUID for d in sources)
+    return hd.sr.Comprehensive3DSR(
+        evidence=sources, content=report, manufacturer=MANUFACTURER,
+        series_instance_uid=_uid(study, "study", sha, options), series_number=SERIES_NUMBERS["study"],
+        sop_instance_uid=_uid(study, "study", sha, options, *covered), instance_number=version,
+        series_description="busi study summary (research use only, not a medical device)")
 
 
 def overlay_image(prediction: "Prediction") -> np.ndarray:

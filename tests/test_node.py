@@ -144,9 +144,11 @@ def pacs(tmp_path):
     o.stop()
 
 
-def start_node(exported, tmp_path, pacs, **kw) -> Node:
+def start_node(exported, tmp_path, pacs, extra=(), **kw) -> Node:
+    """busi-node for `pacs`; without study summaries unless `extra` asks (they would add SRs to count)."""
+    extra = tuple(map(str, extra)) + (() if "--study-idle" in extra else ("--study-idle", "0"))
     return Node(exported / "model.onnx", tmp_path / "spool", pacs.node_port, f"ORTHANC@127.0.0.1:{pacs.dicom}",
-                tmp_path / "node.jsonl", **kw)
+                tmp_path / "node.jsonl", extra=extra, **kw)
 
 
 def results_in(pacs, n: int) -> tuple[list, list]:
@@ -198,6 +200,41 @@ def test_scanner_to_node_to_pacs(exported, tmp_path, pacs, study):
 
     finally:
         assert node.stop() == 0  # SIGTERM: a clean stop
+
+
+def test_a_study_gets_a_summary_and_a_later_image_supersedes_it(exported, tmp_path, pacs, study):
+    """--study-idle: a study quiet for that long gets one study SR (highest P(malignant), images,
+    flag); an image arriving later gives a new study SR in the same series that supersedes it."""
+    import io
+
+    import highdicom as hd
+
+    node = start_node(exported, tmp_path, pacs, extra=("--study-idle", "2"))
+
+    def summaries():
+        return [e for e in node.events() if e["event"] == "summarised"]
+
+    def in_pacs(sop):
+        found = pacs.post("/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": sop}})
+        return found[0] if found else None
+
+    try:
+        assert storescu(node.port, study[:5]).returncode == 0
+        first = wait_for(lambda: summaries(), 90, "a study summary")[0]
+        p_first = [e["p_malignant"] for e in node.events() if e["event"] == "classified"]
+        assert first["images"] == 5 and first["version"] == 1 and first["p_malignant"] == max(p_first)
+        sr = hd.sr.srread(io.BytesIO(pacs.get(f"/instances/{wait_for(lambda: in_pacs(first['sop']), 60, 'the SR')}/file")))
+        group = sr.content.get_image_measurement_groups()[0]
+        m = {x.name.meaning: x.value for x in group.get_measurements()}
+        assert m["Images classified in the study"] == 5 and m["Probability of cancer"] == pytest.approx(max(p_first), abs=1e-6)
+        assert storescu(node.port, study[5:]).returncode == 0
+        second = wait_for(lambda: summaries()[1:], 90, "a second study summary")[0]
+        assert second["images"] == 6 and second["version"] == 2 and second["supersedes"] == first["sop"]
+        new = pydicom.dcmread(io.BytesIO(pacs.get(f"/instances/{wait_for(lambda: in_pacs(second['sop']), 60, 'the SR')}/file")))
+        assert new.SeriesInstanceUID == sr.SeriesInstanceUID and new.SOPInstanceUID != sr.SOPInstanceUID
+        assert new.InstanceNumber == 2 and new.StudyInstanceUID == sr.StudyInstanceUID
+    finally:
+        node.stop()
 
 
 def test_the_pacs_routes_a_study_to_the_node(exported, tmp_path, pacs, study):
