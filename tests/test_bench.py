@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from helpers import bench
 
-ROWS = ["keras vs ort, batch 1", "keras vs ort, batch 8", "end to end", "folder", "cold start", "memory",
+ROWS = ["peak", "keras vs ort, batch 1", "keras vs ort, batch 8", "fp32 vs peak, batch 8", "end to end", "folder", "cold start", "memory",
         "training input", "node", "sizes"]
 
 
@@ -22,6 +24,15 @@ def test_bench_quick_writes_a_table_and_json(exported, tmp_path):
     for name in ROWS:
         assert name in names, names
     assert any(n.startswith("int8 vs fp32") for n in names)  # timed, or skipped with a reason
+    m = res["machine"]
+    assert set(m["flags"]) >= {"avx512_vnni", "amx_int8", "avx512_bf16"} and m["fp32_gemm_gflops"] > 0 and m["u8s8_gemm_gops"] > 0
+    assert m["model_gflop_per_image"] > 0
+    by = {row["row"]: row for row in res["rows"]}
+    assert by["fp32 vs peak, batch 8"]["ratio"] == pytest.approx(
+        by["fp32 vs peak, batch 8"]["b"]["gflops_per_s"] / m["fp32_gemm_gflops"])
+    for name in ("int8 vs fp32, batch 1", "int8 vs fp32, batch 8"):
+        if name in by:
+            assert 0 < by[name]["b"]["fraction_of_u8s8_peak"]
     for row in res["rows"]:
         if "skipped" in row:
             assert row["skipped"]
