@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
+from busi.runtime.errors import UsageError
 from busi.runtime.log import verbosity_callback
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -19,6 +21,10 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="Also write model.int8.onnx (static QDQ, per-channel), if it passes its gate."),
     calibration_images: int = typer.Option(256, "--calibration-images", min=1, help="Training-split images (with their masks) used to calibrate INT8."),
     allow_int8_refusal: bool = typer.Option(False, "--allow-int8-refusal", help="Exit 0 when only the INT8 gate refuses (FP32 written, figures in the card)."),
+    triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository here (busi_classifier, busi_segmenter)."),
+    triton_only: bool = typer.Option(False, "--triton-only", help="With --triton: write the repository from the exported files, without converting again."),
+    triton_max_batch: int = typer.Option(32, "--triton-max-batch", min=1, max=1024, help="max_batch_size in the Triton configs."),
+    tensorrt: bool = typer.Option(False, "--tensorrt", help="With --triton: a TensorRT FP16 accelerator block in the GPU config."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail in the log (debug)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Errors only."),
 ):
@@ -29,6 +35,14 @@ def export(
     from .convert import export as run_export
 
     verbosity_callback(verbose, quiet)
+    if triton_only:
+        if triton is None:
+            raise UsageError("--triton-only needs --triton REPO")
+        from .triton import write_repository
+
+        for d in write_repository(model_dir, triton, triton_max_batch, tensorrt):
+            typer.echo(f"{d}: Triton model (tritonserver --model-repository {triton})", err=True)
+        return
     facts = run_export(model_dir, opset=opset, tolerance=tolerance, int8=int8, calibration_images=calibration_images,
                        int8_optional=allow_int8_refusal)
     p = facts["parity"]
@@ -38,6 +52,11 @@ def export(
     if "segmenter" in facts:
         msg += f"; {facts['segmenter']['file']}: parity max abs diff {facts['segmenter']['parity']['max_abs_diff']:.2e}"
     typer.echo(msg, err=True)
+    if triton is not None:
+        from .triton import write_repository
+
+        for d in write_repository(model_dir, triton, triton_max_batch, tensorrt):
+            typer.echo(f"{d}: Triton model (tritonserver --model-repository {triton})", err=True)
 
 
 def main() -> None:
