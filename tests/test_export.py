@@ -9,6 +9,7 @@ import zipfile
 import cv2
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from busi.runtime.card import ModelCard
@@ -59,6 +60,24 @@ def test_int8_passes_or_refuses_with_figures(exported):
         meta = {p.key: p.value for p in onnx.load(str(q)).metadata_props}
         assert json.loads(meta["busi.quantization"])["argmax_agreement"] == f["argmax_agreement"]
         assert ModelInfo.from_metadata(meta).classes == ("normal", "benign", "malignant")
+        # the gate again, computed here: FP32 and INT8 on the held-out split with the trained masks
+        from busi.runtime.calibration import apply_temperature
+        from busi.train.dataset import read_manifest
+        from busi.train.inputs import eval_masks, lesion_sizes, load_rows
+
+        c = ModelCard.load(exported / "card.json")
+        rows = read_manifest(exported / "manifest.csv")
+        test = load_rows(c.data.root, [r for r in rows if r["split"] == "test"], c.info.input.size)
+        train = load_rows(c.data.root, [r for r in rows if r["split"] == "train"], c.info.input.size)
+        masks = eval_masks(test, c.info.mask.source, lesion_sizes(train.gt), c.seed)
+        x = {"image": test.images.astype(np.float32), "mask": masks}
+        p32, p8 = (apply_temperature(ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]).run(
+            ["probabilities"], x)[0], c.info.calibration.temperature) for m in (exported / "model.onnx", q))
+        agree = float((p32.argmax(1) == p8.argmax(1)).mean())
+        assert agree == pytest.approx(f["argmax_agreement"]) and agree >= 0.99
+        mal, t = test.labels == 2, c.info.malignant_threshold
+        if mal.any():
+            assert (p32[mal, 2] >= t).mean() - (p8[mal, 2] >= t).mean() <= 0.01 + 1e-12
     else:
         refused = card["export"]["int8"]
         assert not q.exists() and refused["refused"].startswith("INT8 gate failed")
