@@ -165,8 +165,10 @@ class Node:
         from busi.runtime import dicom_out
 
         sop = path.stem
-        if self.spool.is_done(sop):  # finished before a crash took it out of incoming
+        if self.spool.is_done(sop):  # sent again, or finished just before a crash took it out of incoming
             path.unlink(missing_ok=True)
+            self.event("skipped", sop=sop, reason="already processed (this SOP Instance UID was seen before; its results "
+                                                  "were sent then)")
             return
         try:
             with warnings.catch_warnings():
