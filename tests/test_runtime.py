@@ -363,7 +363,7 @@ def test_base_install_in_a_fresh_venv_runs_busi_infer(exported, phantoms, tmp_pa
     src.mkdir()
     for part in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / part, src / part)
-    for part in ("busi", "runtime", "train", "export"):
+    for part in ("busi", "runtime", "train", "export", "node"):
         shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
                        capture_output=True, text=True, timeout=600)
@@ -382,6 +382,9 @@ def test_base_install_in_a_fresh_venv_runs_busi_infer(exported, phantoms, tmp_pa
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["class"] in ("normal", "benign", "malignant")
+    # busi-node needs its extra: one line that says which, not a traceback
+    r = subprocess.run([str(venv / "bin" / "busi-node"), "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "pip install 'busi[node]'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_quiet_verbose_and_the_exit_code_of_a_device_that_cannot_run(exported, phantoms):
