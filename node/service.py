@@ -183,8 +183,6 @@ class Node:
             reason = "busi's own output"
         elif str(head.get("Modality", "")).upper() != "US":
             reason = f"modality {head.get('Modality', 'missing')!s}, not ultrasound"
-        elif "PixelData" not in pydicom.dcmread(path, force=True, specific_tags=["PixelData"]):
-            reason = "no pixel data"
         if reason:
             self.spool.finish(path, {**base, "event": "skipped", "reason": reason})
             self.event("skipped", **base, reason=reason)
