@@ -348,24 +348,15 @@ def node_row(model: Path, tmp: Path, quick: bool) -> dict:
     import socket
     import threading
 
-    import pydicom
-
     if importlib.util.find_spec("pynetdicom") is None:
         return {"row": "node", "skipped": "pynetdicom not installed (pip install 'busi[node]')"}
     from pynetdicom import AE
     from pynetdicom.sop_class import UltrasoundImageStorage, Verification
 
-    from busi.train.phantoms import write_dicom_study
+    from busi.train.phantoms import copy_instances, write_dicom_study
 
     n = 40 if quick else 200
-    base = write_dicom_study(tmp / "node-study", per_class=2, seed=77)
-    files = []
-    (tmp / "node-in").mkdir()
-    for i in range(n):
-        ds = pydicom.dcmread(base[i % len(base)])
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["bench", str(i)])
-        ds.save_as(tmp / "node-in" / f"IM{i:04d}", enforce_file_format=True)
-        files.append(tmp / "node-in" / f"IM{i:04d}")
+    files = copy_instances(write_dicom_study(tmp / "node-study", per_class=2, seed=77), tmp / "node-in", n, "bench")
     bindir = Path(sys.executable).parent
     r = subprocess.run([str(bindir / "busi-infer"), str(tmp / "node-in"), "--model", str(model), "--mask", "none",
                         "--device", "cpu", "--dicom-out", str(tmp / "node-infer-out"), "--format", "csv"],

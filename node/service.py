@@ -38,6 +38,15 @@ STORAGE_CLASSES = (
 )
 
 
+def encoded(ds) -> bytes:
+    """A dataset as the bytes of a DICOM file (preamble, file meta, dataset)."""
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 class Node:
     def __init__(self, cfg: NodeConfig, out=None):
         from busi.runtime.model_dir import ModelDir
@@ -201,11 +210,7 @@ class Node:
                   "malignant": pred.malignant, "threshold": pred.threshold, "mask_source": pred.mask_source,
                   "out_of_distribution": pred.out_of_distribution, "outputs": [p.name for p in written]}
         if self.cfg.study_idle and base["study"]:
-            import io
-
-            buf = io.BytesIO()
-            head.save_as(buf, enforce_file_format=True)
-            self.spool.keep_header(base["study"], sop, buf.getvalue())
+            self.spool.keep_header(base["study"], sop, encoded(head))
         self.spool.finish(path, record)
         self.event("classified", **{k: v for k, v in record.items() if k != "event"})
         if self.cfg.study_idle and base["study"]:
@@ -226,8 +231,6 @@ class Node:
     def summarise(self, study: str) -> None:
         """A study SR over every image of the study classified so far; a new one (same series,
         next instance number) when images came after the last summary."""
-        import io
-
         import pydicom
 
         from busi.runtime import dicom_out
@@ -240,9 +243,7 @@ class Node:
         p_mal = {sop: json.loads((self.spool.done / f"{sop}.json").read_text())["p_malignant"] for sop in heads}
         version = int(state["version"]) + 1
         ds = dicom_out.study_report(sources, p_mal, self.predictor.threshold, self.predictor.sha256, self.options, version)
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        durable_write(self.spool.outgoing / f"{ds.SOPInstanceUID}.study.dcm", buf.getvalue())
+        durable_write(self.spool.outgoing / f"{ds.SOPInstanceUID}.study.dcm", encoded(ds))
         self.spool.set_summary_state(study, {"sops": sorted(heads), "version": version, "sop": ds.SOPInstanceUID})
         self.event("summarised", study=study, images=len(heads), version=version, sop=ds.SOPInstanceUID,
                    p_malignant=max(p_mal.values()), supersedes=state.get("sop"))

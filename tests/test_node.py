@@ -17,6 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from busi.train.phantoms import copy_instances
 from helpers import BIN, ROOT, cli
 
 pytestmark = pytest.mark.skipif(
@@ -364,23 +365,10 @@ def test_dicom_over_tls_with_a_certificate_made_here(exported, tmp_path, pacs):
         assert node.stop() == 0
 
 
-def many_instances(study: list[Path], folder: Path, n: int) -> list[Path]:
-    """`n` instances of the study's images, each with its own SOP Instance UID."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        ds = pydicom.dcmread(study[i % len(study)])
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[str(i), "load"])
-        ds.InstanceNumber = i + 1
-        ds.save_as(folder / f"IM{i:04d}", enforce_file_format=True)
-        out.append(folder / f"IM{i:04d}")
-    return out
-
-
 def test_load_200_instances_over_4_associations(exported, tmp_path, pacs, study):
     """All acknowledged, classified and stored; the node's peak RSS stays bounded (no timing asserted:
     make bench measures throughput)."""
-    files = many_instances(study, tmp_path / "load", 200)
+    files = copy_instances(study, tmp_path / "load", 200, "load")
     node = start_node(exported, tmp_path, pacs)
     try:
         senders = [subprocess.Popen(["storescu", "-aet", "SCANNER", "-aec", "BUSI", "127.0.0.1", str(node.port),

@@ -220,3 +220,21 @@ def write_dicom_study(out: str | Path, per_class: int, seed: int = 0) -> list[Pa
             ds.save_as(path, enforce_file_format=True)
             written.append(path)
     return written
+
+
+def copy_instances(sources: list[Path], out: str | Path, n: int, salt: str = "copy") -> list[Path]:
+    """`n` DICOM instances made from `sources` in turn (`out/IM0000`...), each with its own SOP
+    Instance UID (derived from `salt` and its number) and instance number: the same study,
+    as many images as a load test or a benchmark wants."""
+    import pydicom
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(n):
+        ds = pydicom.dcmread(sources[i % len(sources)])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[salt, str(i)])
+        ds.InstanceNumber = i + 1
+        ds.save_as(out / f"IM{i:04d}", enforce_file_format=True)
+        written.append(out / f"IM{i:04d}")
+    return written
