@@ -158,11 +158,14 @@ def _decode_raster(path, data: bytes, max_pixels: int) -> tuple[np.ndarray, tupl
 
 
 def _stored_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3). A grey image (most ultrasound) becomes a read-only view of its one
+    plane repeated three times, not a copy: `resize_rgb` then resizes one plane instead of
+    three. (Copy and 3-plane resize were 1 ms of the 3.6 ms busi spends per 564x474 PNG.)"""
     arr = to_uint8(arr)
-    if arr.ndim == 2:
-        return np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim == 3 and arr.shape[2] == 1:
-        return np.repeat(arr, 3, axis=2)
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        return grey_rgb(arr)
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         # RGBA: ultrasound frames carry no meaningful transparency; drop alpha
         return arr[:, :, :3]
@@ -206,7 +209,7 @@ def decode_image(data: bytes, path=None, *, max_pixels: int = DEFAULT_MAX_PIXELS
             raise InputError(path, str(e)) from None
     h, w = rgb.shape[:2]
     check_min_side(path, w, h)
-    return Decoded(np.ascontiguousarray(rgb), tuple(notes), identity, frames)
+    return Decoded(rgb if is_grey_view(rgb) else np.ascontiguousarray(rgb), tuple(notes), identity, frames)
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0,
@@ -244,8 +247,24 @@ def read_mask(path: str | os.PathLike, *, threshold: int = 127, max_pixels: int 
     return grey > threshold
 
 
+def grey_rgb(grey: np.ndarray) -> np.ndarray:
+    """A grey (H, W) image as RGB (H, W, 3) without copying: a read-only view."""
+    grey = np.ascontiguousarray(grey)
+    return np.broadcast_to(grey[:, :, None], (*grey.shape, 3))
+
+
+def is_grey_view(rgb: np.ndarray) -> bool:
+    """True for what `grey_rgb` returns (its three planes are one)."""
+    return rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.strides[2] == 0
+
+
 def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Resize an RGB image to size x size with INTER_AREA (the training/runtime contract)."""
+    """Resize an RGB image to size x size with INTER_AREA (the training/runtime contract).
+    A grey view is resized as its one plane (INTER_AREA treats planes independently, so the
+    result is the same to the bit) and returned as a writable RGB array."""
+    if is_grey_view(rgb):
+        small = cv2.resize(np.ascontiguousarray(rgb[:, :, 0]), (size, size), interpolation=cv2.INTER_AREA)
+        return np.repeat(small[:, :, None], 3, axis=2)
     return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
 
 
