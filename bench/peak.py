@@ -26,22 +26,24 @@ def cpu_flags() -> dict[str, bool]:
     return {}
 
 
-def _gemm_model(n: int, integer: bool) -> bytes:
+def _gemm_model(shape: int | tuple[int, int, int], integer: bool) -> bytes:
+    """A one-node graph: A (m x k, the input) times a constant B (k x n); n x n x n for an int."""
     from onnx import TensorProto, helper, numpy_helper
 
+    m, k, n = (shape, shape, shape) if isinstance(shape, int) else shape
     rng = np.random.default_rng(0)
     if integer:
-        b = numpy_helper.from_array(rng.integers(-128, 128, (n, n), dtype=np.int8), "B")
+        b = numpy_helper.from_array(rng.integers(-128, 128, (k, n), dtype=np.int8), "B")
         zp_a = numpy_helper.from_array(np.array(128, np.uint8), "a_zero")
         zp_b = numpy_helper.from_array(np.array(0, np.int8), "b_zero")
         node = helper.make_node("MatMulInteger", ["A", "B", "a_zero", "b_zero"], ["Y"])
         inits, a_type, y_type = [b, zp_a, zp_b], TensorProto.UINT8, TensorProto.INT32
     else:
-        b = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "B")
+        b = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "B")
         node = helper.make_node("MatMul", ["A", "B"], ["Y"])
         inits, a_type, y_type = [b], TensorProto.FLOAT, TensorProto.FLOAT
-    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("A", a_type, [n, n])],
-                              [helper.make_tensor_value_info("Y", y_type, [n, n])], inits)
+    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("A", a_type, [m, k])],
+                              [helper.make_tensor_value_info("Y", y_type, [m, n])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
@@ -80,7 +82,7 @@ def model_gflop(onnx_path: Path) -> float:
         dims = inp.type.tensor_type.shape.dim
         if dims and not dims[0].dim_value:
             dims[0].dim_value = 1
-    m = shape_inference.infer_shapes(m)
+    m = shape_inference.infer_shapes(m, data_prop=True)  # through Reshape to computed shapes
     shapes = {}
     for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input):
         shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
@@ -97,3 +99,57 @@ def model_gflop(onnx_path: Path) -> float:
             k = (weights.get(node.input[1]) or shapes.get(node.input[1]) or [0])[0]
             total += 2 * int(np.prod(out)) * int(k)
     return total / 1e9
+
+
+def conv_gemms(onnx_path: Path, batch: int) -> dict[tuple[int, int, int], int]:
+    """The GEMM each convolution of the graph amounts to at `batch` (im2col: M = batch x output
+    pixels, K = input channels x kernel area, N = output channels), counted by shape."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    m = onnx.load(str(onnx_path))
+    for inp in m.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if dims and not dims[0].dim_value:
+            dims[0].dim_value = batch
+    m = shape_inference.infer_shapes(m, data_prop=True)  # through Reshape to computed shapes
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in m.graph.value_info}
+    weights = {i.name: numpy_helper.to_array(i).shape for i in m.graph.initializer}
+    out: dict[tuple[int, int, int], int] = {}
+    for node in m.graph.node:
+        o = shapes.get(node.output[0])
+        if node.op_type != "Conv" or node.input[1] not in weights or not o or not all(o):
+            continue
+        cout, cin_g, kh, kw = weights[node.input[1]]
+        key = (int(np.prod(o)) // cout, cin_g * kh * kw, cout)
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def conv_gemm_bound(onnx_path: Path, batch: int, reps: int = 5, threads: int | None = None) -> dict:
+    """The model's own convolutions as bare ONNX Runtime GEMMs (MatMul, and u8s8 MatMulInteger),
+    timed shape by shape and summed: the time the backbone would take if every convolution ran
+    at the GEMM kernel's speed on its own shape, with no im2col, requantization or other op.
+    Their ratio is the INT8 speed-up this CPU's kernels allow on this model's shapes, which
+    the 2048^3 peak does not say (small K and N run far below it)."""
+    import onnxruntime as ort
+
+    from busi.runtime.session import session_options
+
+    rng = np.random.default_rng(2)
+    ms = {"fp32": 0.0, "u8s8": 0.0}
+    gemms = conv_gemms(onnx_path, batch)
+    for (m, k, n), count in gemms.items():
+        for key, integer in (("fp32", False), ("u8s8", True)):
+            sess = ort.InferenceSession(_gemm_model((m, k, n), integer), session_options(threads),
+                                        providers=["CPUExecutionProvider"])
+            a = rng.integers(0, 256, (m, k), dtype=np.uint8) if integer else rng.standard_normal((m, k)).astype(np.float32)
+            sess.run(None, {"A": a})
+            ts = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                sess.run(None, {"A": a})
+                ts.append(time.perf_counter() - t)
+            ms[key] += count * statistics.median(ts) * 1000
+    return {"batch": batch, "convolutions": sum(gemms.values()), "shapes": len(gemms),
+            "fp32_ms_per_image": ms["fp32"] / batch, "u8s8_ms_per_image": ms["u8s8"] / batch}

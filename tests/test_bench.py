@@ -30,9 +30,18 @@ def test_bench_quick_writes_a_table_and_json(exported, tmp_path):
     by = {row["row"]: row for row in res["rows"]}
     assert by["fp32 vs peak, batch 8"]["ratio"] == pytest.approx(
         by["fp32 vs peak, batch 8"]["b"]["gflops_per_s"] / m["fp32_gemm_gflops"])
-    for name in ("int8 vs fp32, batch 1", "int8 vs fp32, batch 8"):
+    for b in (1, 8):
+        name = f"int8 vs fp32, batch {b}"
         if name in by:
             assert 0 < by[name]["b"]["fraction_of_u8s8_peak"]
+            # the model's own convolutions as bare GEMMs: the speed-up the kernels allow, and
+            # how close the INT8 session comes to its integer GEMMs
+            limit = by[f"int8 limit, batch {b}"]
+            assert limit["target"] is None and limit["ratio"] == pytest.approx(limit["a"]["ms"] / limit["b"]["ms"])
+            assert by[name]["b"]["conv_gemms_over_int8"] == pytest.approx(limit["b"]["ms"] / by[name]["b"]["median_ms"])
+    e2e, folder = by["end to end"], by["folder"]
+    assert e2e["floor_ratio"] == pytest.approx((e2e["a"]["median_ms"] + e2e["b"]["prepare_ms"]) / e2e["a"]["median_ms"])
+    assert 0 < folder["ceiling_ratio"] <= 1 and folder["b"]["prepare_ms"] == e2e["b"]["prepare_ms"]
     for row in res["rows"]:
         if "skipped" in row:
             assert row["skipped"]
@@ -47,4 +56,5 @@ def test_bench_quick_writes_a_table_and_json(exported, tmp_path):
         assert numbers and all(isinstance(v, (int, float)) and v >= 0 for v in numbers if v is not None)
     table = [ln for ln in r.stdout.splitlines() if ln.startswith("| ")]
     assert table[0].startswith("| row |") and len(table) == 1 + len(res["rows"])
+    assert any(ln.startswith("| end to end |") and "(floor " in ln for ln in table)
     assert not [p for p in tmp_path.iterdir() if p.name != "bench.json"]
