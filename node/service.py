@@ -18,6 +18,7 @@ from pathlib import Path
 
 from busi.runtime.errors import BusiError, UsageError, describe
 from busi.runtime.log import get as get_logger, write_stderr
+from busi.runtime.results import NeedsRoi
 
 from .config import NodeConfig
 from .spool import Spool, durable_write, safe_name
@@ -199,6 +200,11 @@ class Node:
         frames = int(head.get("NumberOfFrames", 1) or 1)
         try:
             pred = self.predictor.predict(str(path), mask=self.mask, frame="all" if frames > 1 else 0, keep_view=True)
+            if isinstance(pred, NeedsRoi):  # auto abstained: nothing to report as a result; said in the log
+                self.spool.finish(path, {**base, "event": "needs_roi", "reason": pred.reason.replace(str(path), f"instance {sop}"),
+                                         "lesion_presence": pred.lesion_presence})
+                self.event("needs_roi", **base, reason=pred.reason.replace(str(path), f"instance {sop}"))
+                return
             written = dicom_out.write(pred, str(path), self.spool.outgoing, options=self.options)
         except BusiError as e:
             self._fail(path, sop, str(e).replace(str(path), f"instance {sop}"), base)

@@ -8,9 +8,9 @@ from .contract import ModelInfo, SegmenterInfo
 from .model_dir import ModelDir
 from .errors import BusiError, DeviceError, InputError, ModelError
 from .predictor import Predictor, predict_breast_cancer
-from .results import Failure, Prediction
+from .results import Failure, NeedsRoi, Prediction
 
 __all__ = [
     "BusiError", "DeviceError", "Failure", "InputError", "ModelCard", "ModelDir", "ModelError", "ModelInfo", "SegmenterInfo",
-    "Prediction", "Predictor", "predict_breast_cancer",
+    "NeedsRoi", "Prediction", "Predictor", "predict_breast_cancer",
 ]

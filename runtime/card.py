@@ -25,6 +25,7 @@ from .contract import (
     OodGuard,
     OperatingPoint,
     Parity,
+    Presence,
     Provenance,
     SegmenterInfo,
     classes_of,
@@ -176,6 +177,7 @@ class SegmenterCard:
             "metrics_val": self.metrics_val,
             "provenance": i.provenance.to_json(),
             "parity": None if i.parity is None else i.parity.to_json(),
+            "presence": None if i.presence is None else i.presence.to_json(),
         })
 
     @classmethod
@@ -194,6 +196,7 @@ class SegmenterCard:
                 provenance=prov,
                 metrics=mapping(d.get("metrics", {}), "metrics", path),
                 parity=Parity.from_json(d.get("parity"), path),
+                presence=Presence.from_json(d.get("presence"), path),
             )
             return cls(info=info, name=d.get("name", ""), data=data, training=dict(d.get("training", {})),
                        architecture=dict(d.get("architecture", {})), metrics_val=dict(d.get("metrics_val", {})),

@@ -2,7 +2,8 @@
 
 Machine-readable output on stdout (or --out, written atomically), human notes on stderr.
 Exit 0: every image succeeded; 1: some failed (each still a record), an output could not be
-written, or --device cuda cannot run; 2: bad usage or model (see busi.runtime.errors).
+written, or --device cuda cannot run; 2: bad usage or model (see busi.runtime.errors); 3: none
+failed, but --mask auto abstained on some (`needs_roi` records: no class, give a box).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def infer(
     records: list[dict] = []
     n_fail = 0
     show_bar = not quiet and sys.stderr.isatty() and len(files) > 1
-    from .results import Failure
+    from .results import Failure, Prediction
 
     items = [Failure(f.path, str(f)) if isinstance(f, InputError) else f for f in files]
     it = pred.iter_predict(items, mask_arg, batch_size=batch_size, threshold=threshold, tta=tta,
@@ -163,20 +164,24 @@ def infer(
     dicom_writer = DicomWriter(dicom_out, f"mask={mask_arg} threshold={threshold} tta={tta} frames={frames or frame}") \
         if dicom_out is not None else None
     stream = out is None and fmt is Format.jsonl
+    n_roi = 0
     for i, r in enumerate(it, 1):
         d = r.to_dict()
         if "error" in d:
             n_fail += 1
             write_stderr(f"error: {d['error']}\n")
+        elif d.get("needs_roi"):
+            n_roi += 1
+            _LOG.warning(f"busi: {d['reason']}")
         records.append(d)
         if html is not None:
             html.add(r)
-        if explain is not None and "error" not in d:
+        if explain is not None and isinstance(r, Prediction):
             try:
                 _write_explanation(explain, r, written, sources)
             except OSError as e:
                 raise WriteError(explain, f"cannot write ({e.strerror or e})") from None
-        if dicom_writer is not None and "error" not in d:
+        if dicom_writer is not None and isinstance(r, Prediction):
             problem = dicom_writer.add(r)
             if problem:
                 n_fail += 1
@@ -209,15 +214,17 @@ def infer(
         except OSError as e:
             raise WriteError(report, f"cannot write ({e.strerror or e})") from None
     dt = time.time() - t0
-    ok = n_images - n_fail
+    ok = n_images - n_fail - n_roi
     _LOG.info(
         f"busi: {ok}/{n_images} images classified in {dt:.2f}s on {pred.provider.replace('ExecutionProvider', '')}"
-        + (f", {n_fail} failed" if n_fail else "") + (f"; output in {out}" if out else "")
+        + (f", {n_fail} failed" if n_fail else "")
+        + (f", {n_roi} need an ROI (--mask auto abstained: give --roi or a mask)" if n_roi else "")
+        + (f"; output in {out}" if out else "")
         + (f"; Grad-CAM overlays in {explain}" if explain else "") + (f"; report {report}" if report else "")
         + (f"; {inputs.summary()}" if inputs.summary() else "")
         + (f"; {dicom_writer.summary()}" if dicom_writer is not None else "")
     )
-    raise typer.Exit(1 if n_fail else 0)
+    raise typer.Exit(1 if n_fail else 3 if n_roi else 0)
 
 
 def emit(text: str) -> None:

@@ -33,7 +33,7 @@ from .validate import (
 #: 3: busi.calibration (the operating point is on calibrated probabilities, so a runtime that
 #: does not apply it must refuse the file), busi.prevalence, busi.conformal;
 #: 2: busi.contract_version; 1: files before the key
-CONTRACT_VERSION = 4
+CONTRACT_VERSION = 5
 CLASSES = ("normal", "benign", "malignant")
 MALIGNANT = CLASSES.index("malignant")
 MASK_SOURCES = ("gt", "box", "none")  # the order of the report's columns
@@ -51,7 +51,7 @@ REQUIRED_KEYS = ("busi.classes", "busi.input", "busi.mask", "busi.operating_poin
 OPTIONAL_KEYS = ("busi.contract_version", "busi.provenance", "busi.metrics", "busi.parity", "busi.quantization",
                  "busi.role", "busi.calibration", "busi.prevalence", "busi.conformal", "busi.ood")
 SEGMENTER_KEYS = ("busi.role", "busi.input", "busi.segmentation")
-SEGMENTER_OPTIONAL_KEYS = ("busi.contract_version", "busi.provenance", "busi.metrics", "busi.parity")
+SEGMENTER_OPTIONAL_KEYS = ("busi.contract_version", "busi.provenance", "busi.metrics", "busi.parity", "busi.presence")
 INPUT_NAMES = ("image", "mask")
 OUTPUT_NAME = "probabilities"
 #: extra classifier outputs for Grad-CAM: the last conv block's feature map (N, h, w, K) and
@@ -474,6 +474,56 @@ def classes_of(raw, path: str | None) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Presence:
+    """When `--mask auto` classifies and when it abstains (`needs_roi`).
+
+    score: the lesion presence of an image (`masks.find_lesion`: mean probability inside the
+    largest component x the fraction of the image it covers). At or below `low` there is no
+    lesion, from `high` on there is one, in between the segmenter is unsure and auto abstains.
+    Chosen on validation (`train.segmenter.fit_presence`): of the score that keeps
+    `target_sensitivity` of the lesion images at or above it and the one that keeps
+    `target_specificity` of the normal images at or below it, `low` is the lower, `high` the
+    higher. A found region is classified only when it is plausible (`masks.implausible`: not
+    at the frame, not larger than `max_area`, not wholly in the top `near_field` of the rows)."""
+
+    low: float
+    high: float
+    target_sensitivity: float = 0.95
+    target_specificity: float = 0.95
+    max_area: float = 0.6
+    frame_margin: float = 0.01
+    near_field: float = 0.12
+    n_lesion: int = 0
+    n_normal: int = 0
+    score: str = "mean probability inside the largest component x its area fraction"
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("score", "low", "high", "target_sensitivity", "target_specificity",
+                                               "max_area", "frame_margin", "near_field", "n_lesion", "n_normal")}
+
+    @classmethod
+    def from_json(cls, d, path: str | None = None) -> "Presence | None":
+        if d is None:
+            return None
+        d = mapping(d, "busi.presence", path)
+        low = number(d.get("low"), "busi.presence.low", path, 0.0, 1.0)
+        high = number(d.get("high"), "busi.presence.high", path, 0.0, 1.0)
+        if high < low:
+            raise ModelError(path, f"busi.presence.high ({high}) is below busi.presence.low ({low})")
+        return cls(
+            low=low, high=high,
+            target_sensitivity=number(d.get("target_sensitivity", 0.95), "busi.presence.target_sensitivity", path, 0.0, 1.0),
+            target_specificity=number(d.get("target_specificity", 0.95), "busi.presence.target_specificity", path, 0.0, 1.0),
+            max_area=number(d.get("max_area", 0.6), "busi.presence.max_area", path, 0.0, 1.0),
+            frame_margin=number(d.get("frame_margin", 0.01), "busi.presence.frame_margin", path, 0.0, 0.5),
+            near_field=number(d.get("near_field", 0.12), "busi.presence.near_field", path, 0.0, 1.0),
+            n_lesion=integer(d.get("n_lesion", 0), "busi.presence.n_lesion", path, 0, 10**9),
+            n_normal=integer(d.get("n_normal", 0), "busi.presence.n_normal", path, 0, 10**9),
+            score=optional_text(d.get("score", cls.score), "busi.presence.score", path),
+        )
+
+
+@dataclass(frozen=True)
 class SegmenterInfo:
     """The lesion segmenter's contract: input spec and the post-processing it was evaluated with."""
 
@@ -483,6 +533,9 @@ class SegmenterInfo:
     provenance: Provenance = field(default_factory=Provenance)
     metrics: dict[str, Any] = field(default_factory=dict)
     parity: Parity | None = None
+    #: when auto classifies and when it abstains (None: a segmenter from before contract 5,
+    #: which never abstains)
+    presence: Presence | None = None
     version: int = CONTRACT_VERSION
 
     def to_metadata(self) -> dict[str, str]:
@@ -495,6 +548,7 @@ class SegmenterInfo:
             "busi.provenance": self.provenance.to_json(),
             "busi.metrics": self.metrics,
             "busi.parity": None if self.parity is None else self.parity.to_json(),
+            "busi.presence": None if self.presence is None else self.presence.to_json(),
         })
 
     @classmethod
@@ -513,6 +567,7 @@ class SegmenterInfo:
                 provenance=Provenance.from_json(j.get("busi.provenance", {}), path),
                 metrics=mapping(j.get("busi.metrics", {}), "busi.metrics", path),
                 parity=Parity.from_json(j.get("busi.parity"), path),
+                presence=Presence.from_json(j.get("busi.presence"), path),
             )
 
 

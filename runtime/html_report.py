@@ -2,8 +2,9 @@
 
 Each row: the image with what the classifier saw (green) and the lesion that was given or
 found (yellow), the Grad-CAM overlay of the predicted class, the class probabilities as
-bars, and the malignant flag at the operating point. Failed files are listed with their
-one-line error. Written atomically.
+bars, and the malignant flag at the operating point. Images where `--mask auto` abstained get
+their own section (the image, the region the segmenter found, the reason); failed files are
+listed with their one-line error. Written atomically.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ th{background:#f6f6f6} img{max-width:260px;display:block} .path{font-family:mono
 .bar .t{background:#eee;width:160px;height:12px;position:relative}
 .bar .f{background:#4a78c2;height:12px} .bar .f.malignant{background:#c24a4a}
 .flag{font-weight:600;color:#b00} .ok{color:#2a7a2a} .note{color:#666;font-size:12px}
-.fail td{background:#fff0f0}
+.fail td{background:#fff0f0} .roi td{background:#fffbe6}
 .legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px}
 """
 
@@ -50,6 +51,7 @@ class HtmlReport:
         self.model_path, self.info, self.threshold, self.provider = str(model_path), info, threshold, provider
         self.rows: list[str] = []
         self.failures: list[str] = []
+        self.abstained: list[str] = []
         self.n_ok = 0
         self.n_ood = 0
 
@@ -59,6 +61,18 @@ class HtmlReport:
             self.failures.append(
                 f'<tr class="fail"><td class="path">{html.escape(str(d["path"]))}</td><td>{html.escape(d["error"])}</td></tr>'
             )
+            return
+        if d.get("needs_roi"):
+            view = result.extras.get("view")
+            pic = "" if view is None else _img_tag(
+                outline(view, result.extras["lesion"], YELLOW, 1) if result.extras.get("lesion") is not None else view,
+                "image with the region the segmenter found")
+            box = f"<br>region found: box {html.escape(' '.join(map(str, d['lesion_box'])))}" if d.get("lesion_box") else ""
+            self.abstained.append(
+                f'<tr class="roi"><td class="path">{html.escape(str(d["path"]))}</td><td>{pic}</td>'
+                f'<td><b>not classified</b>: {html.escape(d["reason"])}<br>lesion presence {d["lesion_presence"]:.3g} '
+                f'(no lesion below {d["presence_band"][0]:.3g}, a lesion from {d["presence_band"][1]:.3g}){box}'
+                f'<br>give a box (<code>--roi x,y,w,h</code>) or a mask</td></tr>')
             return
         self.n_ok += 1
         ex = result.extras
@@ -110,6 +124,11 @@ class HtmlReport:
         if metrics:
             held = (f" Held-out figures of this model ({info.mask.source} masks, n={metrics.get('n')}): accuracy "
                     f"{metrics.get('accuracy', float('nan')):.3f}, malignant sensitivity {metrics.get('malignant_sensitivity') or float('nan'):.3f}.")
+        roi = ""
+        if self.abstained:
+            roi = ("<h2>Not classified: an ROI is needed</h2><p class=\"sub\">With <code>--mask auto</code> the segmenter was unsure "
+                   "whether there is a lesion, or what it found is not a plausible lesion; a guessed box is not classified.</p>"
+                   "<table><tr><th>file</th><th>image (yellow: region found)</th><th>why</th></tr>" + "".join(self.abstained) + "</table>")
         fails = ""
         if self.failures:
             fails = ("<h2>Failed files</h2><table><tr><th>file</th><th>error</th></tr>" + "".join(self.failures) + "</table>")
@@ -117,7 +136,7 @@ class HtmlReport:
 <html lang="en"><head><meta charset="utf-8"><title>busi case report</title><style>{CSS}</style></head>
 <body>
 <h1>busi case report</h1>
-<p class="sub">{self.n_ok} case(s) classified{f" ({self.n_ood} flagged out of distribution: do not trust their class)" if self.n_ood else ""}, {len(self.failures)} failed &middot; model <code>{html.escape(self.model_path)}</code>
+<p class="sub">{self.n_ok} case(s) classified{f" ({self.n_ood} flagged out of distribution: do not trust their class)" if self.n_ood else ""}, {f"{len(self.abstained)} need an ROI, " if self.abstained else ""}{len(self.failures)} failed &middot; model <code>{html.escape(self.model_path)}</code>
 &middot; trained mask source <b>{html.escape(info.mask.source)}</b> &middot; malignant flag at P(malignant) &ge; {self.threshold:.3f}
 &middot; {html.escape(self.provider.replace("ExecutionProvider", ""))} &middot; {when}</p>
 <p class="warn"><b>Research software, not a medical device.</b> These outputs are not a diagnosis and must not guide the
@@ -127,6 +146,7 @@ care of a patient.{html.escape(held)}</p>
 <table><tr><th>file</th><th>image</th><th>Grad-CAM</th><th>probabilities</th><th>result</th></tr>
 {"".join(self.rows)}
 </table>
+{roi}
 {fails}
 </body></html>
 """

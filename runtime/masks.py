@@ -86,10 +86,13 @@ def placeholder_box(shape: tuple[int, int], size_frac: tuple[float, float]) -> B
     return (W - w) // 2, (H - h) // 2, w, h
 
 
-def largest_component(prob: np.ndarray, shape: tuple[int, int], threshold: float = 0.5, min_area_frac: float = 0.002) -> np.ndarray | None:
-    """Segmenter output -> the lesion: probabilities (h, w) resized (bilinear) to the image's
-    `shape` (H, W), thresholded, and the largest 8-connected component kept. None when no
-    component covers at least `min_area_frac` of the image (no lesion found).
+def find_lesion(prob: np.ndarray, shape: tuple[int, int], threshold: float = 0.5,
+                min_area_frac: float = 0.002) -> tuple[np.ndarray | None, float]:
+    """Segmenter output -> (the lesion, its presence score). Probabilities (h, w) are resized
+    (bilinear) to the image's `shape` (H, W) and thresholded; the largest 8-connected
+    component is the lesion, None when it covers less than `min_area_frac` of the image (or
+    there is none). Presence: the mean probability inside that component times the fraction
+    of the image it covers (its "soft area"; 0 without a component), whatever its size.
 
     One function for the runtime's `--mask auto` and the training side's evaluation of it."""
     import cv2
@@ -101,12 +104,37 @@ def largest_component(prob: np.ndarray, shape: tuple[int, int], threshold: float
     binary = (p >= threshold).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if n <= 1:
-        return None
+        return None, 0.0
     areas = stats[1:, cv2.CC_STAT_AREA]
     k = int(np.argmax(areas))
+    component = labels == k + 1
+    presence = float(p[component].sum() / (H * W))
     if areas[k] < max(1.0, min_area_frac * H * W):
-        return None
-    return labels == k + 1
+        return None, presence
+    return component, presence
+
+
+def largest_component(prob: np.ndarray, shape: tuple[int, int], threshold: float = 0.5, min_area_frac: float = 0.002) -> np.ndarray | None:
+    """The lesion of `find_lesion` without its presence score."""
+    return find_lesion(prob, shape, threshold, min_area_frac)[0]
+
+
+def implausible(lesion: np.ndarray, frame_margin: float, max_area: float, near_field: float) -> str | None:
+    """Why a found component is not a lesion to classify, or None: it touches the image frame
+    (within `frame_margin` of the shorter side), covers more than `max_area` of the image, or
+    lies wholly in the top `near_field` of the rows (probe contact and reverberation
+    artefacts live there)."""
+    H, W = lesion.shape
+    x, y, w, h = bbox(lesion)
+    if y + h <= near_field * H:
+        return f"the found region lies in the top {near_field:.0%} of the image, where near-field artefacts are"
+    m = frame_margin * min(H, W)
+    if x <= m or y <= m or x + w >= W - m or y + h >= H - m:
+        return f"the found region touches the image frame (box {x},{y},{w},{h} in a {W}x{H} image)"
+    frac = float(lesion.mean())
+    if frac > max_area:
+        return f"the found region covers {frac:.0%} of the image, more than a lesion in training did ({max_area:.0%})"
+    return None
 
 
 def model_mask(

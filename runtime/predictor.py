@@ -28,9 +28,9 @@ from .files import DEFAULT_MAX_BYTES, read_regular
 from .imageio import Decoded, decode_image, is_dicom, read_image, read_mask, resize_mask, resize_rgb
 from .log import get as get_logger
 from .ood import NOTE as OOD_NOTE, ood_scores, pooled
-from .masks import box_mask, find_mask_files, model_mask
+from .masks import bbox, box_mask, find_mask_files, model_mask
 from .pixels import DEFAULT_MAX_PIXELS, check_min_side
-from .results import Failure, Prediction, Prepared, aggregate
+from .results import Failure, NeedsRoi, Prediction, Prepared, aggregate
 from .session import create_session
 from .trust import BAND_LABEL, likelihood_band, model_qhat, parse_prevalence, prediction_set, prior_shift
 from .verify import verified_sha256
@@ -128,7 +128,7 @@ class Predictor:
         from .segmenter import Segmenter
 
         with self._lock:
-            if not hasattr(self._segmenter, "find"):  # a Segmenter (or anything with its find()) is used as given
+            if not hasattr(self._segmenter, "assess"):  # a Segmenter (or anything with its assess()) is used as given
                 path = Path(self._segmenter) if self._segmenter is not None else ModelDir(self.path.parent).segmenter_onnx
                 if not path.exists():
                     raise ModelError(path, "no lesion segmenter for --mask auto (train one: busi-train segmenter, then busi-export)")
@@ -139,8 +139,10 @@ class Predictor:
 
     def prepare(
         self, image: str | os.PathLike | np.ndarray, mask: MaskArg = None, frame: int = 0, keep_view: bool = False
-    ) -> Prepared:
-        """Decode, resize and build the model's mask; raises InputError naming the file.
+    ) -> Prepared | NeedsRoi:
+        """Decode, resize and build the model's mask; raises InputError naming the file. With
+        mask "auto", a `NeedsRoi` instead when the segmenter is unsure or what it found is not a
+        plausible lesion (see `Segmenter.assess`).
 
         mask: None or "none" (whole image), "auto" (the lesion segmenter), a box (x, y, w, h)
         or "x,y,w,h", a bool/0-1/0-255 array, a mask file, or a folder of `<stem>_mask*.png`.
@@ -149,7 +151,7 @@ class Predictor:
         path = None if isinstance(image, (np.ndarray, bytes, bytearray, memoryview)) else str(image)
         return self._prepare(self.decode(image, frame), path, mask, frame, keep_view)
 
-    def prepare_frames(self, image: ImageArg, mask: MaskArg = None, keep_view: bool = False) -> list[Prepared]:
+    def prepare_frames(self, image: ImageArg, mask: MaskArg = None, keep_view: bool = False) -> list[Prepared | NeedsRoi]:
         """Every frame of a multi-frame DICOM (a cine loop), decoded from one read of the file
         and prepared one by one; any other image is one item, as `prepare` gives it."""
         if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
@@ -173,12 +175,20 @@ class Predictor:
         S = self.size
         spec = self.info.mask
         trained = spec.source
-        lesion, found, notes = None, None, list(decoded.notes)
+        lesion, found, presence, notes = None, None, None, list(decoded.notes)
         if mask is None or (isinstance(mask, str) and mask == "none"):
             source = "none"
         elif isinstance(mask, str) and mask == "auto":
             source = "auto"
-            lesion = self.segmenter.find(rgb)
+            finding = self.segmenter.assess(rgb)
+            presence = finding.presence
+            if finding.needs_roi:  # unsure, or not a plausible lesion: no class for a guessed box
+                pr = self.segmenter.info.presence
+                cand = None if finding.candidate is None else bbox(finding.candidate)
+                return NeedsRoi(path, f"{path or 'image'}: needs an ROI: {finding.needs_roi}", presence,
+                                (pr.low, pr.high), cand, self.provider, self.sha256, notes, self._dicom(decoded, frame),
+                                extras=_view(rgb, np.zeros((S, S), bool), finding.candidate) if keep_view else {})
+            lesion = finding.lesion
             found = lesion is not None
             if not found:
                 notes.append(
@@ -217,9 +227,12 @@ class Predictor:
         self._notice_mismatch(source, trained)
         img = resize_rgb(rgb, S).astype(np.float32)
         view = _view(rgb, m, lesion) if keep_view else None
-        dicom = None if decoded.identity is None else {
-            **(decoded.identity or {}), "frame": frame, "frames": decoded.frames}
-        return Prepared(path, img, m.astype(np.float32)[:, :, None], source, lesion_box, found, notes, view, dicom)
+        return Prepared(path, img, m.astype(np.float32)[:, :, None], source, lesion_box, found, notes, view,
+                        self._dicom(decoded, frame), presence)
+
+    @staticmethod
+    def _dicom(decoded: Decoded, frame: int) -> dict | None:
+        return None if decoded.identity is None else {**(decoded.identity or {}), "frame": frame, "frames": decoded.frames}
 
     def decode(self, image: ImageArg, frame: int = 0) -> Decoded:
         """An image path, encoded bytes (PNG, JPEG, DICOM) or an array -> `Decoded` RGB uint8."""
@@ -330,6 +343,7 @@ class Predictor:
             calibrated=self.info.calibration is not None,
             tta=tta,
             lesion_found=prep.lesion_found,
+            lesion_presence=prep.lesion_presence,
             notes=notes,
             dicom=prep.dicom,
             extras=extras,
@@ -339,19 +353,23 @@ class Predictor:
     def predict(
         self, image, mask: MaskArg = None, *, threshold: float | None = None, tta: bool = False, frame: int | str = 0,
         explain: bool = False, keep_view: bool = False,
-    ) -> Prediction:
+    ) -> Prediction | NeedsRoi:
         """One image; raises InputError for a bad one. `frame="all"`: every frame of a cine
-        loop, aggregated (see `aggregate`)."""
+        loop, aggregated (see `aggregate`). With mask "auto" it may abstain: a `NeedsRoi`
+        (no class) with the reason."""
         if frame == "all":
             frames = self.prepare_frames(image, mask, keep_view)
             res = {}
-            for i in range(0, len(frames), MAX_BATCH):
-                res.update(self._run_split(frames[i:i + MAX_BATCH], threshold, tta, explain))
-            out = self.aggregate([res[id(f)] for f in frames])
+            todo = [f for f in frames if isinstance(f, Prepared)]
+            for i in range(0, len(todo), MAX_BATCH):
+                res.update(self._run_split(todo[i:i + MAX_BATCH], threshold, tta, explain))
+            out = self.aggregate([res[id(f)] if isinstance(f, Prepared) else f for f in frames])
             if isinstance(out, Failure):
                 raise InputError(out.path, out.error.split(": ", 1)[-1])
             return out
         prep = self.prepare(image, mask, frame_index(frame), keep_view)
+        if isinstance(prep, NeedsRoi):
+            return prep
         p, cams, feats = self.infer(prep.image[None], prep.mask[None], tta, explain)
         return self._result(prep, p[0], threshold, tta, None if cams is None else cams[0],
                             None if feats is None else feats[0])
@@ -368,7 +386,7 @@ class Predictor:
         frame: int | str = 0,
         explain: bool = False,
         keep_view: bool = False,
-    ) -> Iterator[Prediction | Failure]:
+    ) -> Iterator[Prediction | NeedsRoi | Failure]:
         """Predict many images in order; decoding runs ahead in a bounded thread pool while
         the session works. A bad file yields a `Failure` and the others go on.
 
@@ -414,7 +432,7 @@ class Predictor:
                     if isinstance(x, Prepared):
                         out_queue[i] = results[id(x)]
                     elif isinstance(x, list):  # the frames of one cine loop
-                        out_queue[i] = self.aggregate([results[id(f)] for f in x])
+                        out_queue[i] = self.aggregate([results[id(f)] if isinstance(f, Prepared) else f for f in x])
                 batch.clear()
 
             while True:
@@ -430,7 +448,7 @@ class Predictor:
                 if isinstance(x, Prepared):
                     batch.append(x)
                 elif isinstance(x, list):
-                    batch.extend(x)
+                    batch.extend(f for f in x if isinstance(f, Prepared))
                 if len(batch) >= batch_size or (exhausted and not pending):
                     flush()
                     yield from out_queue
@@ -438,7 +456,7 @@ class Predictor:
             flush()
             yield from out_queue
 
-    def aggregate(self, frames: list[Prediction | Failure]) -> Prediction | Failure:
+    def aggregate(self, frames: list) -> Prediction | NeedsRoi | Failure:
         """One result for a cine loop classified frame by frame (see `results.aggregate`)."""
         out = aggregate(frames, self.info.classes)
         return self._trust(out) if isinstance(out, Prediction) else out
@@ -483,7 +501,7 @@ class Predictor:
         feats = [None] * len(batch) if feats is None else feats
         return {id(b): self._result(b, p, threshold, tta, c, f) for b, p, c, f in zip(batch, probs, cams, feats)}
 
-    def predict_many(self, items: Iterable[Any], mask: MaskArg = None, **kw) -> list[Prediction | Failure]:
+    def predict_many(self, items: Iterable[Any], mask: MaskArg = None, **kw) -> list[Prediction | NeedsRoi | Failure]:
         return list(self.iter_predict(items, mask, **kw))
 
 
@@ -510,7 +528,9 @@ _CACHE_LOCK = threading.Lock()
 
 
 def predict_breast_cancer(image_path, model, mask: MaskArg = None, **kw) -> dict[str, Any]:
-    """The seed's call shape: returns {"class", "confidence", "probabilities", ...}.
+    """The seed's call shape: returns {"class", "confidence", "probabilities", ...}. With
+    mask="auto" it may instead return {"needs_roi": True, "reason": ..., "lesion_presence": ...}
+    and no class: the segmenter was unsure or found no plausible lesion; give a box.
 
     `model` is a Predictor or a path to a busi .onnx file (loaded once and cached).
     """

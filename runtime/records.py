@@ -1,7 +1,7 @@
 """busi-infer's output formats: JSON lines, CSV and a table; per-study summaries (`--by study`).
 
-A record is `Prediction.to_dict()` or `Failure.to_dict()`; a study summary has
-`"record": "study"`.
+A record is `Prediction.to_dict()`, `NeedsRoi.to_dict()` (`"needs_roi": true`: auto abstained,
+no class) or `Failure.to_dict()`; a study summary has `"record": "study"`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from enum import Enum
 CSV_FIELDS = ("path", "class", "confidence", "p_normal", "p_benign", "p_malignant", "malignant", "threshold",
               "mask_source", "lesion_found", "lesion_box", "provider", "error", "study_uid", "series_uid", "sop_uid",
               "frame", "cine_frames", "cine_max_malignant", "cine_max_frame", "record", "images", "band", "prediction_set",
-              "coverage", "p_malignant_adjusted", "out_of_distribution", "ood_score")
+              "coverage", "p_malignant_adjusted", "out_of_distribution", "ood_score", "lesion_presence", "needs_roi",
+              "needs_roi_reason")
 #: JSON `dicom` keys -> CSV columns
 DICOM_COLUMNS = {"StudyInstanceUID": "study_uid", "SeriesInstanceUID": "series_uid", "SOPInstanceUID": "sop_uid",
                  "frame": "frame"}
@@ -37,10 +38,16 @@ def study_summaries(records: list[dict]) -> list[dict]:
         if uid and "error" not in r:
             studies.setdefault(uid, []).append(r)
     out = []
-    for uid, rs in studies.items():
+    for uid, all_rs in studies.items():
+        rs = [r for r in all_rs if not r.get("needs_roi")]
+        abstained = len(all_rs) - len(rs)
+        if not rs:
+            out.append({"record": "study", "study_uid": uid, "images": 0, "needs_roi": abstained,
+                        "max_malignant": None, "max_malignant_path": None, "malignant": None, "threshold": None})
+            continue
         top = max(rs, key=_p_malignant)
         out.append({
-            "record": "study", "study_uid": uid, "images": len(rs),
+            "record": "study", "study_uid": uid, "images": len(rs), "needs_roi": abstained,
             "max_malignant": _p_malignant(top), "max_malignant_path": top["path"],
             "malignant": any(r["malignant"] for r in rs), "threshold": top["threshold"],
         })
@@ -67,7 +74,7 @@ def render(records: list[dict], fmt: Format) -> str:
 
 def _table(records: list[dict]) -> str:
     lines = [f"{'class':<10} {'conf':>6} {'P(mal)':>7} {'flag':<9} {'band':<4} {'set':<5} {'ood':<3} {'mask':<5} path"]
-    thresholds = sorted({r["threshold"] for r in records if "error" not in r})
+    thresholds = sorted({r["threshold"] for r in records if "error" not in r and r.get("threshold") is not None})
     if thresholds:
         # The flag is set by the operating point, not by the top class: a 'benign' row can carry it.
         lines.insert(0, "(flag MALIGNANT: P(mal) >= " + ", ".join(f"{t:.3g}" for t in thresholds)
@@ -78,15 +85,24 @@ def _table(records: list[dict]) -> str:
         cov = sorted({r["coverage"] for r in records if r.get("coverage")})
         lines.insert(0, "(band: likelihood band aligned with BI-RADS, a probability range, not an assessment; set: the "
                      + "/".join(f"{c:.0%}" for c in cov) + " conformal prediction set, N/B/M)")
+    if any(r.get("needs_roi") for r in records):
+        lines.insert(0, "(NEEDS ROI: --mask auto abstained, the image is not classified; give --roi x,y,w,h or a mask)")
     if any(r.get("out_of_distribution") for r in records):
         lines.insert(0, "(ood 'OOD': the image is unlike the training images; do not trust its class)")
     if any(r.get("cine") for r in records):
         lines.insert(0, "(cine: class from the mean over the frames; P(mal) and flag from the frame with the highest P(mal))")
     for r in records:
         if r.get("record") == "study":
+            roi = f", {r['needs_roi']} need an ROI" if r.get("needs_roi") else ""
+            if r["max_malignant"] is None:
+                lines.append(f"{'STUDY':<10} {'':>6} {'':>7} {'':<9} {'':<4} {'':<5} {'':<3} {'':<5} {r['study_uid']}: "
+                             f"no image classified{roi}")
+                continue
             flag = "MALIGNANT" if r["malignant"] else "-"
             lines.append(f"{'STUDY':<10} {'':>6} {r['max_malignant']:7.3f} {flag:<9} {'':<4} {'':<5} {'':<3} {'':<5} {r['study_uid']}: "
-                         f"{r['images']} image(s), highest P(mal) in {r['max_malignant_path']}")
+                         f"{r['images']} image(s){roi}, highest P(mal) in {r['max_malignant_path']}")
+        elif r.get("needs_roi"):
+            lines.append(f"{'NEEDS ROI':<10} {'':>6} {'':>7} {'':<9} {'':<4} {'':<5} {'':<3} {'auto':<5} {r['reason']}")
         elif "error" in r:
             lines.append(f"{'FAILED':<10} {'':>6} {'':>7} {'':<9} {'':<4} {'':<5} {'':<3} {'':<5} {r['error']}")
         else:
@@ -106,11 +122,18 @@ def _table(records: list[dict]) -> str:
 
 def _flat(r: dict) -> dict:
     if r.get("record") == "study":
+        if r["max_malignant"] is None:
+            return {"record": "study", "study_uid": r["study_uid"], "images": 0, "needs_roi": r.get("needs_roi", 0)}
         return {"record": "study", "path": r["max_malignant_path"], "p_malignant": f"{r['max_malignant']:.6f}",
                 "malignant": int(r["malignant"]), "threshold": f"{r['threshold']:.6f}", "study_uid": r["study_uid"],
-                "images": r["images"]}
+                "images": r["images"], "needs_roi": r.get("needs_roi", 0)}
     if "error" in r:
         return {"record": "image", "path": r["path"], "error": r["error"]}
+    if r.get("needs_roi"):
+        return {"record": "image", "path": r["path"], "mask_source": r["mask_source"], "needs_roi": 1,
+                "needs_roi_reason": r["reason"], "lesion_presence": f"{r['lesion_presence']:.6g}",
+                "lesion_box": " ".join(map(str, r["lesion_box"])) if r.get("lesion_box") else "", "provider": r["provider"],
+                **{col: (r.get("dicom") or {}).get(key, "") for key, col in DICOM_COLUMNS.items()}}
     return {
         "record": "image", "path": r["path"], "class": r["class"], "confidence": f"{r['confidence']:.6f}",
         **{f"p_{k}": f"{v:.6f}" for k, v in r["probabilities"].items()},
@@ -125,4 +148,6 @@ def _flat(r: dict) -> dict:
         "p_malignant_adjusted": f"{r['adjusted_probabilities']['malignant']:.6f}" if r.get("adjusted_probabilities") else "",
         "out_of_distribution": "" if r.get("out_of_distribution") is None else int(r["out_of_distribution"]),
         "ood_score": f"{r['ood_score']:.6g}" if r.get("ood_score") is not None else "",
+        "lesion_presence": f"{r['lesion_presence']:.6g}" if r.get("lesion_presence") is not None else "",
+        "needs_roi": 0,
     }

@@ -1,4 +1,5 @@
-"""What the Predictor gives back: a Prediction, a Failure, and the Prepared inputs between."""
+"""What the Predictor gives back: a Prediction, a NeedsRoi (auto abstained), a Failure, and the
+Prepared inputs between."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Prediction:
     #: probabilities calibrated with the model's temperature (False: a model without one)
     calibrated: bool = False
     lesion_found: bool | None = None  # mask source auto: did the segmenter find a lesion?
+    lesion_presence: float | None = None  # mask source auto: the segmenter's presence score
     notes: list[str] = field(default_factory=list)
     #: DICOM inputs: StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, frame and frames
     dicom: dict[str, Any] | None = None
@@ -55,7 +57,7 @@ class Prediction:
         d = {"class" if k == "label" else k: v for k, v in d.items()}
         d["lesion_box"] = list(self.lesion_box) if self.lesion_box else None
         for key in ("dicom", "cine", "likelihood", "adjusted_probabilities", "prediction_set", "coverage",
-                    "out_of_distribution", "ood_score", "ood_threshold"):
+                    "out_of_distribution", "ood_score", "ood_threshold", "lesion_presence"):
             if d[key] is None:
                 del d[key]
             elif isinstance(d[key], dict):
@@ -70,6 +72,38 @@ class Prediction:
         return float((self.cine or {}).get("max_malignant", self.probabilities["malignant"]))
 
     def __getitem__(self, key: str):  # result["class"], result["confidence"] as in the seed
+        return self.to_dict()[key]
+
+
+@dataclass
+class NeedsRoi:
+    """`--mask auto` abstained: the segmenter is unsure whether there is a lesion, or what it
+    found is not a plausible one (at the frame, too large, in the near field). The image is
+    not classified: give a box (--roi) or a mask. Not an error."""
+
+    path: str | None
+    reason: str
+    lesion_presence: float
+    presence_band: tuple[float, float]
+    lesion_box: Box | None  # the region found, in image pixels, for a reviewer to check
+    provider: str
+    model_sha256: str
+    notes: list[str] = field(default_factory=list)
+    dicom: dict[str, Any] | None = None
+    extras: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    mask_source: str = "auto"
+    needs_roi: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"path": self.path, "needs_roi": True, "reason": self.reason, "mask_source": self.mask_source,
+             "lesion_presence": self.lesion_presence, "presence_band": list(self.presence_band),
+             "lesion_box": list(self.lesion_box) if self.lesion_box else None, "provider": self.provider,
+             "model_sha256": self.model_sha256, "notes": list(self.notes)}
+        if self.dicom is not None:
+            d["dicom"] = dict(self.dicom)
+        return d
+
+    def __getitem__(self, key: str):
         return self.to_dict()[key]
 
 
@@ -93,16 +127,17 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     view: dict[str, np.ndarray] | None = None
     dicom: dict[str, Any] | None = None
+    lesion_presence: float | None = None
 
 
-def aggregate(frames: list["Prediction | Failure"], classes: tuple[str, ...]) -> "Prediction | Failure":
+def aggregate(frames: list["Prediction | NeedsRoi | Failure"], classes: tuple[str, ...]) -> "Prediction | NeedsRoi | Failure":
     """One result for a cine loop classified frame by frame. Class and confidence come from
     the mean of the frames' probabilities; the malignant flag (and the ROI, Grad-CAM and
     view) from the frame with the highest P(malignant): sensitivity comes first, a lesion
     seen well in one frame is not averaged away. `cine` says so, with the figures."""
     ok = [f for f in frames if isinstance(f, Prediction)]
-    if not ok:
-        return frames[0]
+    if not ok:  # no frame classified: a loop where auto abstained on every frame says so
+        return next((f for f in frames if isinstance(f, NeedsRoi)), frames[0])
     mal = classes.index("malignant")
     P = np.array([[f.probabilities[c] for c in classes] for f in ok])
     mean = P.mean(axis=0)
@@ -114,6 +149,9 @@ def aggregate(frames: list["Prediction | Failure"], classes: tuple[str, ...]) ->
     worst = max(guarded, key=lambda f: f.ood_score / f.ood_threshold) if guarded else None
     if failed:
         notes.append(f"{len(failed)} of {len(frames)} frames could not be classified: {failed[0].error}")
+    abstained = [f for f in frames if isinstance(f, NeedsRoi)]
+    if abstained:
+        notes.append(f"{len(abstained)} of {len(frames)} frames not classified, auto abstained: {abstained[0].reason}")
     cine = {
         "frames": len(ok),
         "mean_probabilities": {c: float(v) for c, v in zip(classes, mean)},
@@ -129,7 +167,8 @@ def aggregate(frames: list["Prediction | Failure"], classes: tuple[str, ...]) ->
         malignant=bool(P[j, mal] >= top.threshold), threshold=top.threshold, mask_source=top.mask_source,
         lesion_box=top.lesion_box, provider=top.provider, model_sha256=top.model_sha256, tta=top.tta,
         calibrated=top.calibrated,
-        lesion_found=top.lesion_found, notes=notes, dicom=top.dicom, cine=cine, extras=top.extras,
+        lesion_found=top.lesion_found, lesion_presence=top.lesion_presence, notes=notes, dicom=top.dicom, cine=cine,
+        extras=top.extras,
         # a loop is out of distribution when any frame is: the frame furthest above its threshold speaks
         out_of_distribution=None if worst is None else any(f.out_of_distribution for f in guarded),
         ood_score=None if worst is None else worst.ood_score, ood_threshold=None if worst is None else worst.ood_threshold,

@@ -8,6 +8,7 @@ evaluates with) -> the lesion mask, or None when there is no lesion to find.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,10 +17,20 @@ import numpy as np
 from .contract import SEGMENTER_INPUT, SEGMENTER_OUTPUT, SegmenterInfo, check_graph_shape
 from .errors import ModelError
 from .imageio import resize_rgb
-from .masks import largest_component
+from .masks import find_lesion, implausible, largest_component
 from .session import create_session
 from .verify import verified_sha256
 
+
+
+@dataclass
+class Finding:
+    """What the segmenter makes of one image for `--mask auto`."""
+
+    lesion: np.ndarray | None  # the lesion to classify; None: no lesion (or abstaining)
+    presence: float  # the lesion presence score (contract.Presence)
+    needs_roi: str | None = None  # why auto abstains instead of classifying, or None
+    candidate: np.ndarray | None = None  # the largest region found, also when it is not used
 
 
 class Segmenter:
@@ -46,3 +57,27 @@ class Segmenter:
     def find(self, rgb: np.ndarray) -> np.ndarray | None:
         """The lesion as a bool mask at the image's size, or None when none is found."""
         return largest_component(self.probabilities(rgb), rgb.shape[:2], self.info.threshold, self.info.min_area_frac)
+
+    def assess(self, rgb: np.ndarray) -> Finding:
+        """`assess` of this image's lesion probabilities, at the image's size."""
+        return assess(self.probabilities(rgb), rgb.shape[:2], self.info)
+
+
+def assess(prob: np.ndarray, shape: tuple[int, int], info: SegmenterInfo) -> Finding:
+    """Lesion, presence score and, when the segmenter is unsure or what it found is not a
+    plausible lesion, the reason to abstain (contract.Presence). One function for the runtime
+    and the training side's evaluation. A segmenter without a presence operating point
+    (written before contract 5) never abstains."""
+    lesion, presence = find_lesion(prob, shape, info.threshold, info.min_area_frac)
+    pr = info.presence
+    if pr is None:
+        return Finding(lesion, presence, None, lesion)
+    if presence <= pr.low:
+        return Finding(None, presence, None, lesion)
+    if presence < pr.high:
+        return Finding(None, presence, f"lesion presence {presence:.3g} lies between {pr.low:.3g} (up to there: no "
+                                      f"lesion) and {pr.high:.3g} (from there: a lesion); the segmenter is unsure", lesion)
+    if lesion is None:
+        return Finding(None, presence, "lesion presence is high but no region is large enough to outline", None)
+    why = implausible(lesion, pr.frame_margin, pr.max_area, pr.near_field)
+    return Finding(None if why else lesion, presence, why, lesion)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from busi.runtime import Predictor
+from busi.runtime import NeedsRoi, Prediction, Predictor
 from busi.runtime.card import SegmenterCard
 from busi.runtime.contract import SegmenterInfo
 from busi.runtime.imageio import read_mask
@@ -107,11 +107,17 @@ def test_segmenter_dice_on_held_out_phantoms(exported, phantoms):
 def test_auto_mode_finds_the_lesion_and_says_so(exported, phantoms):
     rows = [r for r in split_rows(exported) if r["label"] != "normal"]
     paths = [phantoms / r["path"] for r in rows]
-    r = cli("busi-infer", *paths, "--model", exported / "model.onnx", "--mask", "auto", "--device", "cpu")
+    r = cli("busi-infer", *paths, "--model", exported / "model.onnx", "--mask", "auto", "--device", "cpu", check=False)
     recs = [json.loads(ln) for ln in r.stdout.splitlines()]
     assert len(recs) == len(rows) and all(x["mask_source"] == "auto" for x in recs)
+    assert r.returncode == (3 if any(x.get("needs_roi") for x in recs) else 0)
     hits = 0
-    for rec, row in zip(recs, rows):
+    classified = [(rec, row) for rec, row in zip(recs, rows) if not rec.get("needs_roi")]
+    for rec in recs:  # auto abstained: no class, the reason, the presence and its band
+        if rec.get("needs_roi"):
+            assert "class" not in rec and "probabilities" not in rec and "needs an ROI" in rec["reason"]
+            assert 0 <= rec["lesion_presence"] <= 1 and len(rec["presence_band"]) == 2
+    for rec, row in classified:
         assert isinstance(rec["lesion_found"], bool)
         if rec["lesion_found"]:
             x, y, w, h = rec["lesion_box"]
@@ -124,12 +130,14 @@ def test_auto_mode_finds_the_lesion_and_says_so(exported, phantoms):
             hits += (box & true).sum() / (box | true).sum() >= 0.5
         else:
             assert rec["lesion_box"] is None and "found no lesion" in rec["notes"][0]
-    assert hits >= len(rows) / 2, recs
+    assert hits >= len(classified) / 2, recs
 
 
 class _FindsNothing:
-    def find(self, rgb):
-        return None
+    def assess(self, rgb):
+        from busi.runtime.segmenter import Finding
+
+        return Finding(None, 0.0)
 
 
 def test_auto_mode_without_a_lesion_says_so_instead_of_pretending(exported, phantoms):
@@ -149,16 +157,19 @@ def test_auto_mode_without_a_lesion_says_so_instead_of_pretending(exported, phan
     d = r.to_dict()
     assert d["lesion_found"] is False and "extras" not in d
     r = cli("busi-infer", img, "--model", exported / "model.onnx", "--mask", "auto", "-f", "csv", check=False)
-    assert r.returncode == 0 and r.stdout.splitlines()[0].split(",")[9] == "lesion_found"
+    assert r.returncode in (0, 3) and r.stdout.splitlines()[0].split(",")[9] == "lesion_found"
 
 
 def test_normal_images_where_the_report_says_nothing_was_found(exported, phantoms, predictor):
     """The segmenter's 'nothing found on normal images' rate in the card is what the runtime
     finds on the same held-out normal images."""
     normal = [r for r in split_rows(exported) if r["label"] == "normal"]
-    found = [predictor.predict(phantoms / r["path"], "auto").lesion_found for r in normal]
-    rate = json.loads((exported / "segmenter.json").read_text())["metrics"]["normal_empty_rate"]
-    assert normal and np.mean([not f for f in found]) == pytest.approx(rate)
+    results = [predictor.predict(phantoms / r["path"], "auto") for r in normal]
+    empty = [isinstance(x, Prediction) and x.lesion_found is False for x in results]
+    abstained = [isinstance(x, NeedsRoi) for x in results]
+    metrics = json.loads((exported / "segmenter.json").read_text())["metrics"]
+    assert normal and np.mean(empty) == pytest.approx(metrics["normal_empty_rate"])
+    assert np.mean(abstained) == pytest.approx(metrics["needs_roi_rate_normal"])
 
 
 def test_report_auto_figures_are_what_the_runtime_computes(exported, phantoms, predictor):
@@ -169,6 +180,9 @@ def test_report_auto_figures_are_what_the_runtime_computes(exported, phantoms, p
     assert auto
     for path, row in auto.items():
         r = predictor.predict(phantoms / path, "auto")
+        assert isinstance(r, NeedsRoi) == (row["needs_roi"] == "1"), (path, r)
+        if isinstance(r, NeedsRoi):  # the report kept the guessed box's figures apart; the runtime gives none
+            continue
         want = [float(row[f"p_{c}"]) for c in ("normal", "benign", "malignant")]
         assert np.allclose(list(r.probabilities.values()), want, atol=1e-4), (path, r.probabilities, want)
 
@@ -184,6 +198,8 @@ def test_grad_cam_without_tensorflow_matches_gradient_tape(exported, phantoms, p
     assert len(images) == 12
     for img in images:
         prep = predictor.prepare(img, "auto")
+        if isinstance(prep, NeedsRoi):  # auto abstained: the region it found, as a box
+            prep = predictor.prepare(img, tuple(prep.lesion_box) if prep.lesion_box else "none")
         x = {"image": tf.constant(prep.image[None]), "mask": tf.constant(prep.mask[None])}
         with tf.GradientTape() as tape:
             A = feats(x, training=False)
@@ -209,7 +225,7 @@ class _Page(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag == "tr" and a.get("class") in ("case", "fail"):
+        if tag == "tr" and a.get("class") in ("case", "fail", "roi"):
             self.rows.append(a["class"])
             self._in_fail = a["class"] == "fail"
         if tag == "img":
@@ -235,18 +251,23 @@ def test_explain_folder_and_html_report(exported, phantoms, tmp_path):
             "--report", page, "--device", "cpu", check=False)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert len(r.stdout.splitlines()) == 4
+    recs = [json.loads(ln) for ln in r.stdout.splitlines()]
+    classified = [p for p, x in zip(good, recs) if "class" in x]  # auto may abstain (needs_roi): no Grad-CAM then
     written = sorted(p.name for p in cams.iterdir())
-    assert written == sorted(f"{p.stem}.gradcam.png" for p in good)
-    for p in good:
+    assert written == sorted(f"{p.stem}.gradcam.png" for p in classified)
+    for p in classified:
         over = cv2.imread(str(cams / f"{p.stem}.gradcam.png"))
         h, w = cv2.imread(str(p)).shape[:2]
         assert over is not None and abs(over.shape[1] / over.shape[0] - w / h) < 0.02
     parser = _Page()
     text = page.read_text()
     parser.feed(text)
-    assert parser.rows.count("case") == 3 and parser.rows.count("fail") == 1
+    assert parser.rows.count("case") == len(classified) and parser.rows.count("fail") == 1
+    assert parser.rows.count("roi") == 3 - len(classified)
     assert str(bad) in "".join(parser.fail_text) and "truncated" in "".join(parser.fail_text)
-    assert len(parser.imgs) == 6 and all(s.startswith("data:image/jpeg;base64,") for s in parser.imgs)
+    # two per case (image, Grad-CAM), one per abstained image (the region found)
+    assert len(parser.imgs) == 2 * len(classified) + (3 - len(classified))
+    assert all(s.startswith("data:image/jpeg;base64,") for s in parser.imgs)
     for s in parser.imgs:
         img = cv2.imdecode(np.frombuffer(base64.b64decode(s.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
         assert img is not None and img.shape[0] > 16

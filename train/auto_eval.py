@@ -45,7 +45,7 @@ def add_auto_to_report(model_dir: str | Path) -> dict:
     test_rows = [r for r in rows if r["split"] == "test"]
     test = load_rows(root, test_rows, S)
     seg_arr, probs, seg_card = segment_split(md, root, test_rows)
-    auto = auto_masks(test, probs, info.mask, seg_card.info)
+    auto, abstained = auto_masks(test, probs, info.mask, seg_card.info)
     model = keras.models.load_model(md.keras, compile=False)
     t = report["operating_point"]["malignant_threshold"]
     T = info.calibration.temperature if info.calibration is not None else None
@@ -59,9 +59,10 @@ def add_auto_to_report(model_dir: str | Path) -> dict:
         for name, entry in sets.items():
             if entry is not None:
                 found = predict_lesions(seg_model, at_seg_size[name].arrays.images)
-                entry.extra_masks["auto"] = auto_masks(entry.arrays, found, info.mask, seg_card.info)
+                entry.extra_masks["auto"] = auto_masks(entry.arrays, found, info.mask, seg_card.info)[0]
     results, pred_rows = evaluate_model(model, test, sizes, t, seed, "test", extra_masks={"auto": auto}, temperature=T,
-                                        qhat=qhat, guard=info.ood, trained=source, ood_sets=sets)
+                                        qhat=qhat, guard=info.ood, trained=source, ood_sets=sets,
+                                        abstained={"auto": abstained})
     p_val_raw = predict(model, val, eval_masks(val, source, sizes, seed))
     p_val = p_val_raw if T is None else apply_temperature(p_val_raw, T)
     cal_ix = set(split_validation(val.labels, seed)[0].tolist()) if T is not None else set()
@@ -70,7 +71,7 @@ def add_auto_to_report(model_dir: str | Path) -> dict:
     cv_rows = [r for r in csv.DictReader(md.predictions.read_text().splitlines()) if r["split"] == "cv"] \
         if md.predictions.is_file() else []
     pred_rows = prediction_rows(val.paths, val.labels, p_val, "val", source, p_val_raw, roles) + cv_rows + pred_rows
-    seg_rows = segmentation_rows(seg_arr, probs, "test", seg_card.info.threshold, seg_card.info.min_area_frac)
+    seg_rows = segmentation_rows(seg_arr, probs, "test", seg_card.info)
     report["mask_sources"] = results
     report["segmenter"] = segmentation_metrics(seg_rows, seed) | {"file": md.segmenter_keras.name}
     write_report(md.path, report, pred_rows)

@@ -33,7 +33,9 @@ def fit_temperature(y: np.ndarray, p_raw: np.ndarray) -> Calibration:
     from scipy.optimize import minimize_scalar
 
     lo, hi = np.log(T_RANGE[0]), np.log(T_RANGE[1])
-    res = minimize_scalar(lambda lt: nll(y, apply_temperature(p_raw, np.exp(lt))), bounds=(lo, hi), method="bounded",
-                          options={"xatol": 1e-5})
-    t = float(np.exp(res.x))
+    f = lambda lt: nll(y, apply_temperature(p_raw, np.exp(lt)))  # noqa: E731
+    res = minimize_scalar(f, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
+    # bounded Brent never evaluates the bounds themselves: an optimum at a bound (a model far
+    # from calibrated) would otherwise stop just short of it
+    t = float(np.exp(min((res.x, lo, hi), key=f)))
     return Calibration(temperature=t, n=int(len(y)), nll_before=nll(y, p_raw), nll_after=nll(y, apply_temperature(p_raw, t)))

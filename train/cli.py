@@ -36,14 +36,19 @@ def phantoms(
     per_class: int = typer.Option(40, "--per-class", min=1, help="Images per class."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed = same images)."),
     dicom: Optional[Path] = typer.Option(None, "--dicom", help="Also write them into this folder as one ultrasound study of a phantom patient, as a PACS exports it."),
+    site: str = typer.Option("A", "--site", help="Scanner profile: A (the original phantoms) or B (another hospital's scanner: gain, dynamic range, speckle grain, attenuation, resolution, size, burned-in text, calipers, near-field artefacts)."),
 ):
     """Write synthetic B-mode breast ultrasound phantoms in the BUSI layout."""
-    from .phantoms import write_dicom_study, write_phantoms
+    from .phantoms import site_profile, write_dicom_study, write_phantoms
 
-    counts = write_phantoms(out, per_class, seed)
-    typer.echo(f"wrote {sum(counts.values())} phantoms to {out} ({per_class} per class, seed {seed})", err=True)
+    try:
+        site = site_profile(site).name
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    counts = write_phantoms(out, per_class, seed, site)
+    typer.echo(f"wrote {sum(counts.values())} site-{site} phantoms to {out} ({per_class} per class, seed {seed})", err=True)
     if dicom is not None:
-        files = write_dicom_study(dicom, per_class, seed)
+        files = write_dicom_study(dicom, per_class, seed, site)
         typer.echo(f"wrote them as a DICOM study: {len(files)} files in {files[0].parent}", err=True)
 
 
@@ -179,8 +184,9 @@ def evaluate(
 def report(
     model_dir: Path = typer.Argument(..., help="Model folder with report.json."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="README to update between the results markers."),
+    block: str = typer.Option("results", "--block", help="Which README block: 'results' (<!-- results:start -->) or another NAME (<!-- NAME:start --> ... <!-- NAME:end -->)."),
 ):
-    """Print the results table of a model folder (and write it into the README)."""
+    """Print the results table of a model folder or evaluation folder (and write it into the README)."""
     from .report import results_table, segmenter_line, update_readme
 
     rp = ModelDir(model_dir).report_json
@@ -188,8 +194,8 @@ def report(
         raise DataError(f"{rp}: not found (train first: make train)")
     rep = json.loads(rp.read_text())
     typer.echo(results_table(rep) + "\n" + segmenter_line(rep))
-    if readme is not None and not update_readme(readme, rep, str(model_dir)):
-        raise UsageError(f"{readme}: no results markers found")
+    if readme is not None and not update_readme(readme, rep, str(model_dir), block):
+        raise UsageError(f"{readme}: no {block} markers found")
 
 
 def main() -> None:

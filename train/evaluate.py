@@ -31,17 +31,18 @@ def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | N
     arr = load_rows(data, rows, info.input.size)
     sizes = np.array(card.lesion_box_sizes, np.int64).reshape(-1, 2)
     model = keras.models.load_model(md.keras, compile=False)
-    extra, seg_metrics = {}, None
+    extra, abstained, seg_metrics = {}, {}, None
     if md.has_segmenter():
         seg_arr, probs, seg_card = segmenter.segment_split(md, data, rows)
-        extra["auto"] = segmenter.auto_masks(arr, probs, info.mask, seg_card.info)
-        seg_rows = segmenter.segmentation_rows(seg_arr, probs, "external", seg_card.info.threshold, seg_card.info.min_area_frac)
+        extra["auto"], abstained["auto"] = segmenter.auto_masks(arr, probs, info.mask, seg_card.info)
+        seg_rows = segmenter.segmentation_rows(seg_arr, probs, "external", seg_card.info)
         seg_metrics = segmenter.segmentation_metrics(seg_rows, seed) | {"file": md.segmenter_keras.name}
     T = info.calibration.temperature if info.calibration is not None else None
     qhat = model_qhat(info.conformal)
     far = {"far": OodSet(far_set(info.input.size), False)} if info.ood is not None else None
     results, pred_rows = evaluate_model(model, arr, sizes, info.malignant_threshold, seed, "external", extra_masks=extra,
-                                        temperature=T, qhat=qhat, guard=info.ood, trained=info.mask.source, ood_sets=far)
+                                        temperature=T, qhat=qhat, guard=info.ood, trained=info.mask.source, ood_sets=far,
+                                        abstained=abstained)
     sha = {s.path.relative_to(scan.root).as_posix(): s.sha256 for s in scan.samples}
     out = Path(out) if out else md.eval_dir(data)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,6 +60,9 @@ def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | N
     }
     if seg_metrics:
         report["segmenter"] = seg_metrics
+        from busi.runtime.atomic import atomic_write_text
+
+        atomic_write_text(ModelDir(out).segmentation, segmenter.rows_csv(seg_rows))
     write_report(out, report, pred_rows)
     plots(out, report, pred_rows, [])
     return out

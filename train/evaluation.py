@@ -14,9 +14,11 @@ from .report import prediction_rows
 
 #: the figures of each mask source that the card (and the ONNX metadata) carries
 CARD_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_auc", "malignant_sensitivity", "malignant_specificity", "ece",
-             "nll", "brier", "ece_raw", "coverage", "set_size", "ood_flagged", "ood_auroc_far", "ood_auroc_near")
+             "nll", "brier", "ece_raw", "coverage", "set_size", "ood_flagged", "ood_auroc_far", "ood_auroc_near",
+             "abstained", "balanced_accuracy_kept", "malignant_sensitivity_kept")
 POOLED_LAYER = "avg_pool"
-SEGMENTER_CARD_KEYS = ("n_lesion", "dice", "iou", "lesion_found_rate", "normal_empty_rate")
+SEGMENTER_CARD_KEYS = ("n_lesion", "dice", "iou", "lesion_found_rate", "normal_empty_rate", "dice_found", "presence_auroc",
+                       "needs_roi_rate")
 
 
 def predict(model, arr: Arrays, masks: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -50,13 +52,17 @@ def evaluate_model(
     guard=None,
     trained: str | None = None,
     ood_sets: dict | None = None,
+    abstained: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Metrics for every mask source on the same images, plus their prediction rows; with a
     `temperature`, on calibrated probabilities (and ECE/NLL/Brier before calibration too).
     With an out-of-distribution `guard`, its figures too: the fraction of these images flagged
     and, for each of `ood_sets` ({name: train.ood.OodSet or None}), the AUROC.
 
-    `extra_masks` adds sources whose masks come from elsewhere (`auto`: the segmenter)."""
+    `extra_masks` adds sources whose masks come from elsewhere (`auto`: the segmenter);
+    `abstained` marks, per such source, the images the runtime does not classify: its figures
+    are then on all images (as if it classified the guessed boxes) and, with `_kept`, on the
+    images it keeps, beside the fraction it abstains on."""
     results, rows = {}, []
     sources = {src: None for src in MASK_SOURCES} | dict(extra_masks or {})
     for src, masks in sources.items():
@@ -70,13 +76,33 @@ def evaluate_model(
                 m = None if entry is None else entry.masks(src, sizes, seed)
                 sets[name] = None if m is None else predict_with_features(model, entry.arrays, m, batch_size)[1]
             results[src].update(guard_metrics(guard, src, trained or src, feats, sets))
-        rows += prediction_rows(test.paths, test.labels, proba, split_name, src, raw)
+        skip = (abstained or {}).get(src)
+        if skip is not None:
+            kept = kept_metrics(test.labels, proba, skip, threshold, seed)
+            results[src]["ci95"].update(kept.pop("ci95_kept", {}))
+            results[src].update(kept)
+        rows += prediction_rows(test.paths, test.labels, proba, split_name, src, raw, needs_roi=skip)
     return results, rows
+
+
+KEPT_KEYS = ("accuracy", "balanced_accuracy", "macro_auc", "malignant_sensitivity", "malignant_specificity")
+
+
+def kept_metrics(y: np.ndarray, proba: np.ndarray, abstained: np.ndarray, threshold: float, seed: int) -> dict:
+    """The fraction abstained on and the figures on the images kept (`<key>_kept`, with their
+    bootstrap intervals in ci95)."""
+    keep = ~np.asarray(abstained, bool)
+    out = {"abstained": float(np.mean(~keep)) if len(keep) else None, "n_kept": int(keep.sum())}
+    if keep.any():
+        m = evaluate(np.asarray(y)[keep], np.asarray(proba)[keep], threshold, seed)
+        out.update({f"{k}_kept": m.get(k) for k in KEPT_KEYS})
+        out["ci95_kept"] = {f"{k}_kept": v for k, v in m["ci95"].items() if k in KEPT_KEYS}
+    return out
 
 
 def card_metrics(report: dict) -> dict:
     """The summary of report.json that the card (and the ONNX metadata) carries."""
     out = {src: {k: m[k] for k in CARD_KEYS if k in m} for src, m in report["mask_sources"].items()}
     if "segmenter" in report:
-        out["segmenter"] = {k: report["segmenter"][k] for k in SEGMENTER_CARD_KEYS}
+        out["segmenter"] = {k: report["segmenter"].get(k) for k in SEGMENTER_CARD_KEYS}
     return out

@@ -10,7 +10,7 @@ shows the two-stage pipeline end to end.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,8 @@ from .callbacks import epoch_log
 from .inputs import load_rows
 from .provenance import git_commit, now
 from .report import fmt
-from .segmenter import build_segmenter, dice_bce_loss, predict_lesions, rows_csv, segmentation_metrics, segmentation_rows
+from .segmenter import (build_segmenter, dice_bce_loss, fit_presence, predict_lesions, rows_csv, segmentation_metrics,
+                        segmentation_rows)
 
 _LOG = get_logger(__name__)
 
@@ -47,6 +48,8 @@ class SegConfig:
     threshold: float = SEGMENTER_THRESHOLD
     min_area_frac: float = SEGMENTER_MIN_AREA
     augment: bool = True
+    presence_sensitivity: float = 0.95  # of validation lesion images above the presence band
+    presence_specificity: float = 0.95  # of validation normal images below it
 
 
 def _split_rows(cfg: SegConfig, md: ModelDir) -> list[dict]:
@@ -107,18 +110,19 @@ def train_segmenter(cfg: SegConfig) -> Path:
     with atomic_path(md.segmenter_keras, suffix=".keras") as tmp:
         model.save(tmp)
 
-    seg_rows = []
-    for split in ("val", "test"):
-        probs = predict_lesions(model, arrays[split].images, cfg.batch_size)
-        seg_rows += segmentation_rows(arrays[split], probs, split, cfg.threshold, cfg.min_area_frac)
+    probs = {split: predict_lesions(model, arrays[split].images, cfg.batch_size) for split in ("val", "test")}
+    # when auto classifies and when it abstains: chosen on validation, stored with the model
+    info = SegmenterInfo(input=InputSpec(size), threshold=cfg.threshold, min_area_frac=cfg.min_area_frac)
+    presence = fit_presence(segmentation_rows(arrays["val"], probs["val"], "val", info), arrays["train"].gt,
+                            cfg.presence_sensitivity, cfg.presence_specificity)
+    info = replace(info, presence=presence)
+    seg_rows = [r for split in ("val", "test") for r in segmentation_rows(arrays[split], probs[split], split, info)]
     metrics = {s: segmentation_metrics([r for r in seg_rows if r["split"] == s], cfg.seed) for s in ("val", "test")}
     atomic_write_text(md.segmentation, rows_csv(seg_rows))
     fingerprint = ds.fingerprint(rows)
     card = SegmenterCard(
-        info=SegmenterInfo(
-            input=InputSpec(size),
-            threshold=cfg.threshold,
-            min_area_frac=cfg.min_area_frac,
+        info=replace(
+            info,
             metrics=metrics["test"],
             provenance=Provenance(data_fingerprint=fingerprint, split_seed=cfg.seed, git_commit=git_commit(), trained=now()),
         ),
@@ -134,7 +138,9 @@ def train_segmenter(cfg: SegConfig) -> Path:
     m = metrics["test"]
     _LOG.info(
         f"segmenter on the test split: Dice {fmt(m['dice'])} IoU {fmt(m['iou'])} over {m['n_lesion']} lesion images, "
-        f"lesion found on {fmt(m['lesion_found_rate'])}, nothing found on {fmt(m['normal_empty_rate'])} of {m['n_normal']} normal images"
+        f"lesion found on {fmt(m['lesion_found_rate'])}, nothing found on {fmt(m['normal_empty_rate'])} of {m['n_normal']} normal images; "
+        f"presence AUROC {fmt(m['presence_auroc'])}; auto abstains on {fmt(m['needs_roi_rate'])} (presence band "
+        f"{presence.low:.4g} to {presence.high:.4g}, chosen on {presence.n_lesion} lesion and {presence.n_normal} normal validation images)"
     )
     if md.keras.is_file() and md.card.is_file() and md.report_json.is_file():
         from .auto_eval import add_auto_to_report

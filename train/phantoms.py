@@ -14,7 +14,7 @@ masks RGBA or 1-bit, some split into `_mask` + `_mask_1` parts (to be OR-merged)
 from __future__ import annotations
 
 import json
-
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -25,6 +25,50 @@ from busi.runtime.contract import CLASSES
 #: written beside the class folders: the data are synthetic (the OOD guard's evaluation then
 #: does not take phantoms as its near-OOD set)
 PHANTOM_MARKER = "phantoms.json"
+
+
+@dataclass(frozen=True)
+class Site:
+    """A "scanner": what differs between hospitals' images of the same anatomy. Site A is the
+    generator's original look (every earlier phantom, bit for bit); other sites change gain and
+    dynamic range, speckle grain, depth attenuation, blur, resolution, image size and aspect,
+    and burn text, a depth ruler, caliper marks and near-field artefacts into the image."""
+
+    name: str
+    width: tuple[int, int] = (400, 700)
+    aspect: tuple[float, float] = (0.75, 1.0)  # height / width
+    speckle_sigma: tuple[float, float] = (1.2, 0.6)  # speckle grain (blur of the Rayleigh field), x and y
+    attenuation: tuple[float, float] = (0.6, 1.4)
+    gain: tuple[float, float] = (1.0, 1.0)  # on the log-compressed image
+    gamma: tuple[float, float] = (1.0, 1.0)  # dynamic range: < 1 lifts the dark tissue
+    blur: float = 0.0  # Gaussian sigma (px) of the display
+    resolution: float = 1.0  # acquired at this fraction of the display size, upsampled
+    annotations: bool = False  # burned-in text and a depth ruler
+    calipers: float = 0.0  # probability that a lesion image carries caliper marks
+    near_field: float = 0.0  # probability of a near-field artefact (dark contact gap and reverberation)
+
+    @property
+    def original(self) -> bool:
+        return self == Site(self.name)
+
+
+SITES = {
+    "A": Site("A"),
+    # another vendor's scanner, set up by another department: wider, shallower frames at a
+    # coarser speckle grain and lower resolution, more attenuation, brighter with a compressed
+    # dynamic range, text and rulers burned in, calipers on half the lesions and a near-field
+    # contact artefact on half the images
+    "B": Site("B", width=(560, 900), aspect=(0.6, 0.8), speckle_sigma=(2.2, 1.1), attenuation=(1.2, 2.0),
+              gain=(1.15, 1.45), gamma=(0.7, 0.85), blur=1.0, resolution=0.6, annotations=True, calipers=0.5,
+              near_field=0.5),
+}
+
+
+def site_profile(name: str) -> Site:
+    try:
+        return SITES[name.upper()]
+    except KeyError:
+        raise ValueError(f"unknown phantom site {name!r}: choose from {', '.join(SITES)}") from None
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
@@ -79,10 +123,10 @@ def _irregular(rng: np.random.Generator, h: int, w: int, cx: float, cy: float, r
     return m.astype(bool)
 
 
-def make_phantom(rng: np.random.Generator, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """One phantom: (grey uint8 image H x W, bool lesion mask H x W)."""
-    w = int(rng.integers(400, 701))
-    h = int(w * rng.uniform(0.75, 1.0))
+def make_phantom(rng: np.random.Generator, label: str, site: Site = SITES["A"]) -> tuple[np.ndarray, np.ndarray]:
+    """One phantom: (grey uint8 image H x W, bool lesion mask H x W), as `site`'s scanner shows it."""
+    w = int(rng.integers(site.width[0], site.width[1] + 1))
+    h = int(w * rng.uniform(*site.aspect))
     echo = _background(rng, h, w)
     mask = np.zeros((h, w), bool)
     if label != "normal":
@@ -121,12 +165,51 @@ def make_phantom(rng: np.random.Generator, label: str) -> tuple[np.ndarray, np.n
         echo = echo * (1 + gain * below * fade * col_profile[None, :])
     # depth attenuation (partly compensated by TGC), then multiplicative Rayleigh speckle
     depth = np.arange(h, dtype=np.float32)[:, None] / h
-    echo = echo * np.exp(-rng.uniform(0.6, 1.4) * depth) * (1 + 0.3 * depth)
+    echo = echo * np.exp(-rng.uniform(*site.attenuation) * depth) * (1 + 0.3 * depth)
     speckle = rng.rayleigh(scale=1.0, size=(h, w)).astype(np.float32)
-    speckle = cv2.GaussianBlur(speckle, (0, 0), sigmaX=1.2, sigmaY=0.6) / np.sqrt(np.pi / 2)
+    sx, sy = site.speckle_sigma
+    speckle = cv2.GaussianBlur(speckle, (0, 0), sigmaX=sx, sigmaY=sy) / np.sqrt(np.pi / 2)
     img = echo * speckle
     img = np.log1p(4 * np.clip(img, 0, None)) / np.log1p(4 * 1.6)  # log compression
+    if not site.original:  # site A draws nothing more: its images stay what they always were
+        img = _scanner(rng, img, mask, site)
     return np.clip(img * 255, 0, 255).astype(np.uint8), mask
+
+
+def _scanner(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, site: Site) -> np.ndarray:
+    """What a site's scanner and its settings do to the log-compressed image (0..1)."""
+    h, w = img.shape
+    if site.near_field and rng.random() < site.near_field:
+        # poor probe contact: a dark gap under part of the probe, with reverberation lines in it
+        x0 = rng.uniform(0.05, 0.55) * w
+        x1 = min(w, x0 + rng.uniform(0.2, 0.4) * w)
+        depth = rng.uniform(0.06, 0.12) * h
+        gap = np.zeros((h, w), np.float32)
+        cv2.ellipse(gap, (int((x0 + x1) / 2), 0), (int((x1 - x0) / 2), int(depth)), 0, 0, 180, 1.0, -1)
+        gap = cv2.GaussianBlur(gap, (0, 0), 3)
+        y = np.arange(h, dtype=np.float32)[:, None]
+        lines = 0.25 * (np.cos(2 * np.pi * y / max(4.0, depth / 3)) > 0.9)
+        img = img * (1 - 0.85 * gap) + gap * lines
+    img = np.clip(img * rng.uniform(*site.gain), 0, 1) ** rng.uniform(*site.gamma)
+    if site.resolution < 1:
+        small = cv2.resize(img, (max(8, int(w * site.resolution)), max(8, int(h * site.resolution))), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if site.blur:
+        img = cv2.GaussianBlur(img, (0, 0), site.blur)
+    marks = np.zeros((h, w), np.uint8)  # burned-in overlays, drawn at full white
+    if site.annotations:
+        scale = w / 700
+        for i, text in enumerate(("SITE-B  L BREAST", f"{rng.integers(1, 13)}:00  {rng.integers(1, 6)}CM FN",
+                                  f"GAIN {rng.integers(40, 70)}  DR {rng.integers(50, 80)}")):
+            cv2.putText(marks, text, (int(8 * scale), int((22 + 20 * i) * scale)), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.5 * scale, 255, 1, cv2.LINE_AA)
+        for k in range(1, 10):  # depth ruler: a dot per centimetre down the right edge
+            cv2.circle(marks, (w - int(10 * scale), int(k * h / 10)), max(1, int(2 * scale)), 255, -1)
+    if mask.any() and site.calipers and rng.random() < site.calipers:
+        ys, xs = np.nonzero(mask)
+        for cx, cy in ((xs.min(), int(ys.mean())), (xs.max(), int(ys.mean()))):
+            cv2.drawMarker(marks, (int(cx), cy), 255, cv2.MARKER_CROSS, max(7, w // 60), 1)
+    return np.maximum(img, marks.astype(np.float32) / 255)
 
 
 def _write_png(path: Path, arr: np.ndarray, bilevel: bool = False) -> None:
@@ -137,8 +220,10 @@ def _write_png(path: Path, arr: np.ndarray, bilevel: bool = False) -> None:
     tmp.replace(path)
 
 
-def write_phantoms(out: str | Path, per_class: int, seed: int = 0) -> dict[str, int]:
-    """Write `per_class` phantoms of each class into `out/<class>/<class> (N).png` (+ masks)."""
+def write_phantoms(out: str | Path, per_class: int, seed: int = 0, site: str = "A") -> dict[str, int]:
+    """Write `per_class` phantoms of each class into `out/<class>/<class> (N).png` (+ masks),
+    as `site`'s scanner shows them."""
+    profile = site_profile(site)
     out = Path(out)
     counts = {}
     for ci, label in enumerate(CLASSES):
@@ -146,7 +231,7 @@ def write_phantoms(out: str | Path, per_class: int, seed: int = 0) -> dict[str, 
         d.mkdir(parents=True, exist_ok=True)
         for i in range(1, per_class + 1):
             rng = np.random.default_rng([seed, ci, i])  # independent stream per image
-            grey, mask = make_phantom(rng, label)
+            grey, mask = make_phantom(rng, label, profile)
             stem = f"{label} ({i})"
             style = rng.random()
             if style < 0.5:
@@ -177,11 +262,11 @@ def write_phantoms(out: str | Path, per_class: int, seed: int = 0) -> dict[str, 
     from busi.runtime.atomic import atomic_write_text
 
     atomic_write_text(out / PHANTOM_MARKER, json.dumps({"generator": "busi-train phantoms", "per_class": per_class,
-                                                        "seed": seed}) + "\n")
+                                                        "seed": seed, "site": profile.name}) + "\n")
     return counts
 
 
-def write_dicom_study(out: str | Path, per_class: int, seed: int = 0) -> list[Path]:
+def write_dicom_study(out: str | Path, per_class: int, seed: int = 0, site: str = "A") -> list[Path]:
     """The same phantoms as `write_phantoms(..., per_class, seed)`, as one ultrasound study of a
     phantom patient, the way a PACS exports it: `out/<patient>/STUDY1/IM0001...` (no extension,
     Ultrasound Image Storage, explicit VR little endian), with UIDs derived from the seed, so the
@@ -198,7 +283,7 @@ def write_dicom_study(out: str | Path, per_class: int, seed: int = 0) -> list[Pa
     written = []
     for ci, label in enumerate(CLASSES):
         for i in range(1, per_class + 1):
-            grey, _ = make_phantom(np.random.default_rng([seed, ci, i]), label)
+            grey, _ = make_phantom(np.random.default_rng([seed, ci, i]), label, site_profile(site))
             n = len(written) + 1
             ds = Dataset()
             ds.file_meta = FileMetaDataset()

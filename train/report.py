@@ -15,7 +15,7 @@ from busi.runtime.contract import CLASSES, MALIGNANT
 from .dataset import csv_text
 
 PRED_FIELDS = ("path", "label", "split", "mask_source", "p_normal", "p_benign", "p_malignant",
-               "p_normal_raw", "p_benign_raw", "p_malignant_raw", "calibration")
+               "p_normal_raw", "p_benign_raw", "p_malignant_raw", "calibration", "needs_roi")
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 
@@ -27,17 +27,21 @@ def predictions_csv(rows: list[dict]) -> str:
 
 
 def prediction_rows(paths: list[str], y: np.ndarray, proba: np.ndarray, split: str, source: str,
-                    raw: np.ndarray | None = None, roles: list[str] | None = None) -> list[dict]:
+                    raw: np.ndarray | None = None, roles: list[str] | None = None,
+                    needs_roi: np.ndarray | None = None) -> list[dict]:
     """One row per image: the probabilities the figures use (calibrated), the network's own
-    (`_raw`) they came from, and for validation images whether the temperature was fitted on
-    them (`calibration`: fit / held_back)."""
+    (`_raw`) they came from, for validation images whether the temperature was fitted on
+    them (`calibration`: fit / held_back), and for mask source auto whether the runtime
+    abstains on the image (`needs_roi` 1: its probabilities are those of the guessed box,
+    which the runtime does not report)."""
     raw = proba if raw is None else raw
     roles = roles or [""] * len(paths)
+    roi = [""] * len(paths) if needs_roi is None else [int(v) for v in needs_roi]
     return [
         {"path": p, "label": CLASSES[int(t)], "split": split, "mask_source": source,
          **{f"p_{c}": float(pr[i]) for i, c in enumerate(CLASSES)},
-         **{f"p_{c}_raw": float(rr[i]) for i, c in enumerate(CLASSES)}, "calibration": role}
-        for p, t, pr, rr, role in zip(paths, y, proba, raw, roles)
+         **{f"p_{c}_raw": float(rr[i]) for i, c in enumerate(CLASSES)}, "calibration": role, "needs_roi": n}
+        for p, t, pr, rr, role, n in zip(paths, y, proba, raw, roles, roi)
     ]
 
 
@@ -73,12 +77,21 @@ def results_table(report: dict) -> str:
         ("ood_flagged", "flagged out-of-distribution (these images)"),
         ("ood_auroc_far", "OOD AUROC, far (CT, MR, non-images)"),
         ("ood_auroc_near", f"OOD AUROC, near ({_near_name(report)})"),
+        ("abstained", "auto: abstained (needs an ROI)"),
+        ("n_kept", "auto: images classified"),
+        ("accuracy_kept", "auto: accuracy on the images classified"),
+        ("balanced_accuracy_kept", "auto: balanced accuracy on the images classified"),
+        ("malignant_sensitivity_kept", "auto: malignant sensitivity on the images classified"),
     ):
+        if key.endswith("_kept") or key == "abstained":
+            if not any(key in srcs[n] for n in names):
+                continue
         cells = []
         for n in names:
             m = srcs[n]
             v = m.get(key)
-            cells.append(str(v) if key == "n" else fmt(v, m["ci95"].get(key)))
+            cells.append(("" if v is None else str(v)) if key in ("n", "n_kept") else
+                         "" if key not in m and (key.endswith("_kept") or key == "abstained") else fmt(v, m["ci95"].get(key)))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -118,12 +131,18 @@ def segmenter_line(report: dict) -> str:
     if not seg:
         return ""
     ci = seg.get("ci95", {})
-    return (
+    line = (
         f"\nLesion segmenter on the same images: Dice {fmt(seg['dice'], ci.get('dice'))}, IoU "
         f"{fmt(seg['iou'], ci.get('iou'))} over {seg['n_lesion']} lesion images; a lesion was found on "
         f"{fmt(seg['lesion_found_rate'])} of them and nothing on {fmt(seg['normal_empty_rate'])} of the "
-        f"{seg['n_normal']} normal images.\n"
+        f"{seg['n_normal']} normal images."
     )
+    if seg.get("presence_auroc") is not None or seg.get("needs_roi_rate") is not None:
+        line += (f" Lesion presence AUROC (lesion vs normal images) {fmt(seg.get('presence_auroc'))}; Dice over the "
+                 f"lesions auto classifies with {fmt(seg.get('dice_found'))}; auto abstains (needs an ROI) on "
+                 f"{fmt(seg.get('needs_roi_rate'))} of the images ({fmt(seg.get('needs_roi_rate_lesion'))} of lesion, "
+                 f"{fmt(seg.get('needs_roi_rate_normal'))} of normal images).")
+    return line + "\n"
 
 
 def _target_lines(report: dict) -> list[str]:
@@ -208,8 +227,15 @@ def report_markdown(report: dict) -> str:
             f"| IoU, mean over lesion images | {fmt(seg['iou'], ci.get('iou'))} |",
             f"| lesion images where a lesion was found | {fmt(seg['lesion_found_rate'])} |",
             f"| normal images where nothing was found ({seg['n_normal']}) | {fmt(seg['normal_empty_rate'])} |",
-            "",
         ]
+        if "presence_auroc" in seg:
+            lines += [
+                f"| Lesion presence AUROC (lesion vs normal images) | {fmt(seg['presence_auroc'])} |",
+                f"| Dice over the lesions auto classifies with | {fmt(seg.get('dice_found'))} |",
+                f"| auto abstains (needs an ROI): all / lesion / normal images | {fmt(seg.get('needs_roi_rate'))} / "
+                f"{fmt(seg.get('needs_roi_rate_lesion'))} / {fmt(seg.get('needs_roi_rate_normal'))} |",
+            ]
+        lines.append("")
     lines += [
         "Plots: `confusion_matrix.png`, `roc.png`, `reliability.png`, `training_curves.png`.",
         "",
@@ -226,16 +252,20 @@ def write_report(out: Path, report: dict, pred_rows: list[dict]) -> None:
     atomic_write_text(out / "report.md", report_markdown(report))
 
 
-def update_readme(readme: Path, report: dict, model_dir: str) -> bool:
-    """Replace the README's results block with this report's table. False if no markers."""
+def update_readme(readme: Path, report: dict, model_dir: str, block: str = "results") -> bool:
+    """Replace the README's `block` (between `<!-- results:start -->` and `<!-- results:end -->`
+    for "results", `<!-- NAME:start -->` ... for another) with this report's table. False if
+    no markers."""
     text = readme.read_text()
-    pat = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    start, end = (README_START, README_END) if block == "results" else (f"<!-- {block}:start -->", f"<!-- {block}:end -->")
+    pat = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pat.search(text):
         return False
+    again = "" if block == "results" else f" --block {block}"
     block = (
-        f"{README_START}\n_Written by `busi-train report {model_dir} --readme README.md` from "
+        f"{start}\n_Written by `busi-train report {model_dir} --readme README.md{again}` from "
         f"`{model_dir}/report.json` (data `{report['data']}`, {report['split']} split)._\n\n"
-        f"{results_table(report)}\n{segmenter_line(report)}{README_END}"
+        f"{results_table(report)}\n{segmenter_line(report)}{end}"
     )
     atomic_write_text(readme, pat.sub(lambda _: block, text))
     return True
