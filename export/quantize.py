@@ -148,9 +148,11 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
     with tempfile.TemporaryDirectory() as td:
         pre = Path(td) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        overrides = {name: [{"symmetric": False}] for name in _spatial_kernels(pre)}
-        for name in methods:
-            q = Path(td) / f"q_{name}.onnx"
+        # the faster weight layout first; the all per-channel one when its gate fails (per-tensor
+        # weights on the 3x3 kernels cost accuracy on some models)
+        layouts = {"hybrid": {name: [{"symmetric": False}] for name in _spatial_kernels(pre)}, "per-channel": {}}
+        for (layout, overrides), name in ((lo, m) for lo in layouts.items() for m in methods):
+            q = Path(td) / f"q_{layout}_{name}.onnx"
             reader = _Reader(cal_arr.images.astype(np.float32), cal_masks)
             # strided: a few batches' activations at a time, ranges merged (bounded memory).
             # (CalibMaxIntermediateOutputs looks like the same thing but, in onnxruntime
@@ -183,15 +185,16 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
                 ood8 = _ood_flags(s8, test_arr.images, test_masks, info)
             except Exception as e:  # a calibration method that breaks is a failed try, not a crash
                 msg = describe(e)
-                tried.append({"calibration": name, "error": msg, "argmax_agreement": 0.0, "passed": False,
+                tried.append({"calibration": name, "weights": layout, "error": msg, "argmax_agreement": 0.0, "passed": False,
                               "malignant_sensitivity_fp32": sens32, "malignant_sensitivity_int8": None})
-                _LOG.info(f"int8 ({name}): quantization failed ({msg}) -> fail")
+                _LOG.info(f"int8 ({name}, {layout} weights): quantization failed ({msg}) -> fail")
                 continue
             agree = float((p8.argmax(1) == p32.argmax(1)).mean())
             sens8 = _sensitivity(y, p8[:, MALIGNANT], t)
             drop = (sens32 - sens8) if (sens32 is not None and sens8 is not None) else 0.0
             fig = {
                 "calibration": name,
+                "weights": layout,
                 "argmax_agreement": agree,
                 "max_abs_diff": float(np.abs(p8 - p32).max()),
                 "malignant_sensitivity_fp32": sens32,
@@ -204,21 +207,22 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
             fig["passed"] = bool(agree >= MIN_AGREEMENT and drop <= MAX_SENSITIVITY_DROP + 1e-12)
             tried.append(fig)
             _LOG.info(
-                f"int8 ({name}): argmax agreement {agree:.4f} (gate >= {MIN_AGREEMENT}), malignant sensitivity "
+                f"int8 ({name}, {layout} weights): argmax agreement {agree:.4f} (gate >= {MIN_AGREEMENT}), malignant sensitivity "
                 f"{_fmt(sens8)} vs fp32 {_fmt(sens32)} (max drop {MAX_SENSITIVITY_DROP}) -> {'pass' if fig['passed'] else 'fail'}"
                 + ("" if ood32 is None else f"; out-of-distribution flags agree on {fig['ood_flag_agreement']:.4f}")
             )
             if fig["passed"]:
-                quant = {**fig, "format": "QDQ", "per_channel": "1x1 kernels", "type": "int8", "activations": "uint8",
-                         "weights": "int8 (1x1: per-channel symmetric; larger kernels: per-tensor asymmetric)",
-                         "quantized_ops": BACKBONE_OPS}
+                quant = {**fig, "format": "QDQ", "type": "int8", "activations": "uint8", "quantized_ops": BACKBONE_OPS,
+                         "weights": "int8, " + ("1x1 kernels per-channel symmetric, larger kernels per-tensor asymmetric"
+                                                if layout == "hybrid" else "per-channel symmetric")}
                 facts = write_model(onnx.load(str(q)), md.dir.int8, replace(info, quantization=quant).to_metadata())
                 _LOG.info("int8 model done in %.0fs", time.time() - t0)
                 return {**fig, **facts, "tried": tried}
     remove_with_sidecar(md.dir.int8)
     best = max(tried, key=lambda f: f["argmax_agreement"])
     raise Int8GateRefused(
-        f"INT8 gate failed for every calibration ({', '.join(m for m in methods)}): best argmax agreement "
+        f"INT8 gate failed for every calibration ({', '.join(m for m in methods)}) and weight layout (hybrid, "
+        f"per-channel): best argmax agreement "
         f"{best['argmax_agreement']:.4f} (gate >= {MIN_AGREEMENT}), malignant sensitivity {_fmt(best['malignant_sensitivity_int8'])} "
         f"vs fp32 {_fmt(best['malignant_sensitivity_fp32'])} (max drop {MAX_SENSITIVITY_DROP}); kept only model.onnx",
         tried,

@@ -63,7 +63,8 @@ class Node:
         self.mask = cfg.mask or ("auto" if Path(seg).is_file() else "none")
         #: the option string busi-infer uses for the same settings: the same deterministic UIDs
         self.options = f"mask={self.mask} threshold=None tta=False frames=all"
-        self.counts = {k: 0 for k in ("received", "refused", "classified", "skipped", "failed", "sent", "summarised")}
+        self.counts = {k: 0 for k in ("received", "refused", "classified", "needs_roi", "skipped", "failed", "sent",
+                                      "summarised")}
         self._stop = threading.Event()
         self._work = threading.Event()
         self._send = threading.Event()
@@ -75,7 +76,7 @@ class Node:
 
     # ---- log -------------------------------------------------------------------------------
     def event(self, kind: str, **fields) -> None:
-        """One JSON line per event on stdout (received, refused, classified, skipped, failed, sent)."""
+        """One JSON line per event on stdout (received, refused, classified, needs_roi, skipped, failed, sent)."""
         if kind in self.counts:
             self.counts[kind] += 1
         line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": kind, **fields})
@@ -85,7 +86,8 @@ class Node:
 
     def status_line(self) -> str:
         c = self.counts
-        return (f"busi-node {self.cfg.ae}: received {c['received']}, classified {c['classified']}, skipped "
+        return (f"busi-node {self.cfg.ae}: received {c['received']}, classified {c['classified']}, needs an ROI "
+                f"{c['needs_roi']}, skipped "
                 f"{c['skipped']}, failed {c['failed']}, refused {c['refused']}, sent {c['sent']}; waiting "
                 f"{len(self.spool.waiting())}, to send {len(self.spool.to_send())}")
 

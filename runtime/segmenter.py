@@ -1,8 +1,9 @@
 """The lesion segmenter behind `--mask auto`, on ONNX Runtime (no TensorFlow).
 
 image -> segmenter -> lesion probability -> (resize to the image, threshold, largest
-connected component: `masks.largest_component`, the same function the training side
-evaluates with) -> the lesion mask, or None when there is no lesion to find.
+connected component, presence score: `masks.find_lesion`, the same function the training
+side evaluates with) -> `assess`: the lesion to classify, no lesion, or the reason to abstain
+(`needs_roi`: the segmenter is unsure, or the region is not a plausible lesion).
 """
 
 from __future__ import annotations

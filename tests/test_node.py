@@ -145,9 +145,10 @@ def pacs(tmp_path):
     o.stop()
 
 
-def start_node(exported, tmp_path, pacs, extra=(), **kw) -> Node:
-    """busi-node for `pacs`; without study summaries unless `extra` asks (they would add SRs to count)."""
-    extra = tuple(map(str, extra)) + (() if "--study-idle" in extra else ("--study-idle", "0"))
+def start_node(exported, tmp_path, pacs, extra=(), mask="none", **kw) -> Node:
+    """busi-node for `pacs`; without study summaries unless `extra` asks (they would add SRs to
+    count); whole-image masks unless `mask="auto"` (which may abstain on an image: no result)."""
+    extra = tuple(map(str, extra)) + (() if "--study-idle" in extra else ("--study-idle", "0")) + ("--mask", mask)
     return Node(exported / "model.onnx", tmp_path / "spool", pacs.node_port, f"ORTHANC@127.0.0.1:{pacs.dicom}",
                 tmp_path / "node.jsonl", extra=extra, **kw)
 
@@ -165,16 +166,22 @@ def test_scanner_to_node_to_pacs(exported, tmp_path, pacs, study):
 
     from busi.runtime.predictor import Predictor
 
-    node = start_node(exported, tmp_path, pacs)
+    from busi.runtime.results import NeedsRoi
+
+    mask = "auto" if (exported / "segmenter.onnx").is_file() else "none"
+    node = start_node(exported, tmp_path, pacs, mask=mask)
     try:
         assert echo(node.port, "SCANNER") == 0  # C-ECHO: "verify" works
         r = storescu(node.port, study)
         assert r.returncode == 0, r.stderr
-        sr, sc = results_in(pacs, len(study))
+        decided = lambda: [e for e in node.events() if e["event"] in ("classified", "needs_roi")]  # noqa: E731
+        wait_for(lambda: len(decided()) == len(study), 90, "every image classified or abstained on")
+        abstained = {e["sop"] for e in decided() if e["event"] == "needs_roi"}
+        n = len(study) - len(abstained)
+        sr, sc = results_in(pacs, n)
         time.sleep(1)
-        assert len(pacs.series("SR")) == len(study) and len(pacs.series("OT")) == len(study)
+        assert len(pacs.series("SR")) == n and len(pacs.series("OT")) == n
         pred = Predictor(exported / "model.onnx", device="cpu")
-        mask = "auto" if (exported / "segmenter.onnx").is_file() else "none"
         by_ref = {}
         for inst in sr:
             ds = hd.sr.srread(__import__("io").BytesIO(pacs.get(f"/instances/{inst['ID']}/file")))
@@ -184,11 +191,15 @@ def test_scanner_to_node_to_pacs(exported, tmp_path, pacs, study):
             by_ref[ref.ReferencedSOPInstanceUID] = (m["Probability of cancer"], ds.StudyInstanceUID)
         for f in study:
             src = pydicom.dcmread(f, stop_before_pixels=True)
+            res = pred.predict(f, mask=mask)
+            if isinstance(res, NeedsRoi):  # the node abstained where the Predictor does: no result sent
+                assert src.SOPInstanceUID in abstained and src.SOPInstanceUID not in by_ref
+                continue
             p_mal, study_uid = by_ref[src.SOPInstanceUID]
             assert study_uid == src.StudyInstanceUID
-            assert p_mal == pytest.approx(pred.predict(f, mask=mask).flag_probability, abs=1e-5)
+            assert p_mal == pytest.approx(res.flag_probability, abs=1e-5)
         kinds = [e["event"] for e in node.events()]
-        assert kinds.count("received") == kinds.count("classified") == len(study)
+        assert kinds.count("received") == kinds.count("classified") + kinds.count("needs_roi") == len(study)
         assert kinds.count("sent") == len(sr) + len(sc) + sum(1 for _ in pacs.series("SEG"))
         # security: an unknown calling AE is rejected; a SOP class busi does not take is refused
         assert echo(node.port, "INTRUDER") != 0
@@ -310,7 +321,7 @@ def test_a_full_spool_answers_out_of_resources_and_a_bad_image_fails_alone(expor
     failure status, not a lost image; a corrupt pixel stream is classified as failed with its
     reason, and the node goes on."""
     full = Node(exported / "model.onnx", tmp_path / "full-spool", pacs.node_port, f"ORTHANC@127.0.0.1:{pacs.dicom}",
-                tmp_path / "full.jsonl", fsize=1024)
+                tmp_path / "full.jsonl", extra=("--mask", "none"), fsize=1024)
     try:
         r = storescu(full.port, study[:1])
         assert "0xa700" in (r.stdout + r.stderr).lower() or r.returncode != 0, r.stdout + r.stderr

@@ -177,3 +177,28 @@ def test_needs_roi_in_every_output(exported, phantoms, tmp_path):
     assert d["needs_roi"] is True and "class" not in d
     # a box given by the user is classified as always
     assert isinstance(p.predict(roi[0]["path"], (10, 10, 40, 40)), Prediction)
+
+
+def test_scanner_augmentation_changes_the_look_not_the_lesion():
+    """The scanner augmentation (on by default for the segmenter): grey stays grey, values stay
+    in 0..255, the same seed gives the same images, and the masks that come with them are
+    exactly those of the geometry-only pipeline."""
+    from busi.train.backend import tf
+    from busi.train.inputs import Arrays
+    from busi.train.pipeline import scanner_augment, train_dataset
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (6, 32, 32, 1), dtype=np.uint8)
+    x = tf.constant(np.repeat(grey, 3, axis=-1).astype(np.float32))
+    a = scanner_augment(x, tf.constant([0, 1], tf.int64)).numpy()
+    b = scanner_augment(x, tf.constant([0, 1], tf.int64)).numpy()
+    c = scanner_augment(x, tf.constant([0, 2], tf.int64)).numpy()
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert 0 <= a.min() and a.max() <= 255 and np.abs(a[..., 0] - a[..., 2]).max() < 1e-3
+    assert np.abs(a - x.numpy()).mean() > 1  # it does change the images
+    gt = np.zeros((6, 32, 32), bool)
+    gt[:, 8:20, 10:24] = True
+    arr = Arrays(np.repeat(grey, 3, axis=-1), gt, np.array([1, 2, 1, 2, 1, 2]), [f"{i}.png" for i in range(6)])
+    masks = [[m["mask"].numpy() for m, _ in train_dataset(arr, "gt", np.zeros((0, 2)), 3, 0, True, scanner)]
+             for scanner in (False, True)]
+    assert all(np.array_equal(p, q) for p, q in zip(*masks))

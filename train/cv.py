@@ -67,7 +67,8 @@ def cross_validated_operating_point(cfg, pool: Arrays, groups: list[str], sizes:
         cw = compute_class_weight("balanced", classes=np.arange(3), y=part.labels)
         model = build_classifier(cfg.image_size, cfg.weights, cfg.freeze, bn_momentum=cfg.bn_momentum)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr), loss="categorical_crossentropy")
-        ds = train_dataset(part, cfg.mask_source, sizes, cfg.batch_size, cfg.seed + 101 * (i + 1), cfg.augment)
+        ds = train_dataset(part, cfg.mask_source, sizes, cfg.batch_size, cfg.seed + 101 * (i + 1), cfg.augment,
+                           cfg.scanner_augment)
         model.fit(ds, epochs=epochs, class_weight={j: float(w) for j, w in enumerate(cw)}, shuffle=False, verbose=0)
         oof[ho] = predict(model, held, eval_masks(held, cfg.mask_source, sizes, cfg.seed), cfg.batch_size)
         _LOG.info(f"cross-validation fold {i + 1}/{cfg.cv}: trained on {len(tr)}, predicted {len(ho)} "

@@ -63,6 +63,7 @@ class FitConfig:
     dup_distance: int = 4
     keep_conflicts: bool = False
     augment: bool = True
+    scanner_augment: bool = False  # pipeline.scanner_augment: gain, gamma, resolution, blur, noise
     bn_momentum: float | None = None
     #: the near-OOD set of the out-of-distribution guard's evaluation: a BUSI-layout folder,
     #: "phantoms" (generated; skipped when the training data are phantoms) or "none"
@@ -163,7 +164,8 @@ def fit(cfg: FitConfig) -> Path:
         loss="categorical_crossentropy",
         metrics=["accuracy"],
     )
-    train_ds = train_dataset(arrays["train"], cfg.mask_source, sizes, cfg.batch_size, cfg.seed, cfg.augment)
+    train_ds = train_dataset(arrays["train"], cfg.mask_source, sizes, cfg.batch_size, cfg.seed, cfg.augment,
+                             cfg.scanner_augment)
     val = arrays["val"]
     val_x = eval_inputs(val, eval_masks(val, cfg.mask_source, sizes, cfg.seed))
     val_y = np.eye(3, dtype=np.float32)[val.labels]
@@ -308,7 +310,8 @@ def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, 
             "optimizer": "Adam",
             "loss": "categorical_crossentropy",
             "class_weights": "balanced (sklearn compute_class_weight)",
-            "augmentation": "rotation 20deg, shift 10%, shear 0.2, zoom 20%, horizontal flip (joint image+mask)",
+            "augmentation": "rotation 20deg, shift 10%, shear 0.2, zoom 20%, horizontal flip (joint image+mask)"
+                            + ("; scanner: gain, gamma, resolution, blur, noise (image only)" if cfg.scanner_augment else ""),
             "seconds": round(seconds, 1),
             "lesion_box_sizes": sizes.tolist() if len(sizes) <= 2000 else None,
         },

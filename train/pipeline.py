@@ -36,6 +36,32 @@ def augment_pair(aug: keras.Sequential, image, mask):
     return img, msk
 
 
+def scanner_augment(img, seed):
+    """What another scanner and its settings do to an image, drawn per image (stateless, from
+    `seed`, a (2,) int tensor): gain x0.7-1.4 and gamma 0.6-1.6 on the 0..1 image (half the
+    images each), a lower resolution (half the batches: down to 50-100 %, back up bilinear),
+    blur (half the images: a 3x3 Gaussian mix) and speckle-like noise (half the images: sigma
+    up to 8 grey levels, the same on the three channels so a grey image stays grey). The mask is
+    not touched: these change how the tissue looks, not where the lesion is."""
+    n = tf.shape(img)[0]
+    size = tf.shape(img)[1:3]
+    u = lambda k, shape, lo, hi: tf.random.stateless_uniform(shape, seed + k, lo, hi)  # noqa: E731
+    on = lambda k: tf.cast(u(k, [n, 1, 1, 1], 0.0, 1.0) < 0.5, tf.float32)  # noqa: E731
+    x = img / 255.0
+    gain = 1.0 + on(1) * (u(2, [n, 1, 1, 1], 0.7, 1.4) - 1.0)
+    gamma = tf.exp(on(3) * u(4, [n, 1, 1, 1], np.log(0.6), np.log(1.6)))
+    x = tf.clip_by_value(x * gain, 1e-6, 1.0) ** gamma
+    f = u(5, [], 0.5, 1.0)
+    small = tf.image.resize(x, tf.cast(tf.cast(size, tf.float32) * f, tf.int32), method="area")
+    x = tf.cond(u(6, [], 0.0, 1.0) < 0.5, lambda: tf.image.resize(small, size, method="bilinear"), lambda: x)
+    k = tf.constant([[1, 2, 1], [2, 4, 2], [1, 2, 1]], tf.float32) / 16.0
+    blurred = tf.nn.depthwise_conv2d(x, tf.tile(k[:, :, None, None], [1, 1, 3, 1]), [1, 1, 1, 1], "SAME")
+    w = on(7) * u(8, [n, 1, 1, 1], 0.3, 1.0)
+    x = x * (1 - w) + blurred * w
+    x = x + on(9) * tf.random.stateless_normal(tf.concat([tf.shape(x)[:3], [1]], 0), seed + 10) * u(11, [n, 1, 1, 1], 0.0, 8 / 255)
+    return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
 def train_dataset(
     arr: Arrays,
     source: str,
@@ -43,11 +69,13 @@ def train_dataset(
     batch_size: int,
     seed: int,
     augment: bool = True,
+    scanner: bool = False,
 ) -> tf.data.Dataset:
     """Shuffled, augmented batches of ({"image", "mask"}, one-hot label) for training.
 
     The mask source is drawn afresh every epoch (box margin 0-20 %, placeholder boxes for
     normal images) from a seeded numpy generator, then augmented together with the image.
+    `scanner` adds `scanner_augment` (after the geometry, on the image only).
     """
     rng = np.random.default_rng(seed)
     n = len(arr)
@@ -68,13 +96,17 @@ def train_dataset(
     ds = ds.map(load, num_parallel_calls=1, deterministic=True).batch(batch_size)
     aug = augmenter(seed)
 
-    def finish(img, m, y):
+    def finish(step, batch):
+        img, m, y = batch
         img = tf.cast(img, tf.float32)
         if augment:
             img, m = augment_pair(aug, img, m)
+        if scanner:
+            img = scanner_augment(img, tf.stack([tf.constant(seed, tf.int64), step]))
         return {"image": img, "mask": m}, y
 
-    return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    # the batch counter seeds the scanner augmentation (stateless: the same run, the same draws)
+    return ds.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_inputs(arr: Arrays, masks: np.ndarray) -> dict:

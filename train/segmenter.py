@@ -64,6 +64,36 @@ def dice_bce_loss(y_true, y_pred):
     return bce + (1.0 - dice)
 
 
+def dice_score():
+    """Dice of the thresholded (0.5) prediction over a whole validation set (intersections and
+    areas summed over every batch, so normal images count through their false positives), for
+    early stopping on validation Dice; named `dice`."""
+    from .backend import keras
+
+    ops = keras.ops
+
+    class DiceScore(keras.metrics.Metric):
+        def __init__(self, name="dice", **kw):
+            super().__init__(name=name, **kw)
+            self.inter = self.add_variable(shape=(), initializer="zeros", name="inter")
+            self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            p = ops.cast(y_pred >= 0.5, "float32")
+            t = ops.cast(y_true, "float32")
+            self.inter.assign_add(ops.sum(t * p))
+            self.total.assign_add(ops.sum(t) + ops.sum(p))
+
+        def result(self):
+            return (2.0 * self.inter + 1.0) / (self.total + 1.0)
+
+        def reset_state(self):
+            self.inter.assign(0.0)
+            self.total.assign(0.0)
+
+    return DiceScore()
+
+
 def dice_iou(pred: np.ndarray | None, gt: np.ndarray) -> tuple[float, float]:
     """Dice and IoU of two bool masks; an empty prediction scores 0 on a lesion."""
     if pred is None:
