@@ -96,17 +96,18 @@ def train_dataset(
     ds = ds.map(load, num_parallel_calls=1, deterministic=True).batch(batch_size)
     aug = augmenter(seed)
 
-    def finish(step, batch):
-        img, m, y = batch
+    # the scanner augmentation's seeds come from a seeded generator, as the Keras layers' do
+    seeds = keras.random.SeedGenerator(seed + 7) if scanner else None
+
+    def finish(img, m, y):
         img = tf.cast(img, tf.float32)
         if augment:
             img, m = augment_pair(aug, img, m)
         if scanner:
-            img = scanner_augment(img, tf.stack([tf.constant(seed, tf.int64), step]))
+            img = scanner_augment(img, tf.cast(seeds.next(), tf.int64))
         return {"image": img, "mask": m}, y
 
-    # the batch counter seeds the scanner augmentation (stateless: the same run, the same draws)
-    return ds.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_inputs(arr: Arrays, masks: np.ndarray) -> dict:
