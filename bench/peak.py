@@ -51,24 +51,32 @@ def _gemm_model(shape: int | tuple[int, int, int], integer: bool) -> bytes:
 
 def gemm_peak(n: int = 2048, reps: int = 7, threads: int | None = None) -> dict:
     """{"fp32_gflops": ..., "u8s8_gops": ...}: median over `reps` runs of 2 n^3 operations."""
+    out = {"n": n}
+    rng = np.random.default_rng(1)
+    for key, integer in (("fp32_gflops", False), ("u8s8_gops", True)):
+        out[key] = 2 * n ** 3 / _gemm_seconds((n, n, n), integer, reps, threads, rng, warmup=2) / 1e9
+    return out
+
+
+def _gemm_seconds(shape: tuple[int, int, int], integer: bool, reps: int, threads: int | None,
+                  rng: np.random.Generator, warmup: int = 1) -> float:
+    """Median seconds of one ORT GEMM (m x k times a constant k x n), FP32 MatMul or u8s8
+    MatMulInteger, with the runtime's session options."""
     import onnxruntime as ort
 
     from busi.runtime.session import session_options
 
-    out = {"n": n}
-    rng = np.random.default_rng(1)
-    for key, integer in (("fp32_gflops", False), ("u8s8_gops", True)):
-        sess = ort.InferenceSession(_gemm_model(n, integer), session_options(threads), providers=["CPUExecutionProvider"])
-        a = rng.integers(0, 256, (n, n), dtype=np.uint8) if integer else rng.standard_normal((n, n)).astype(np.float32)
-        for _ in range(2):
-            sess.run(None, {"A": a})
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            sess.run(None, {"A": a})
-            ts.append(time.perf_counter() - t)
-        out[key] = 2 * n ** 3 / statistics.median(ts) / 1e9
-    return out
+    m, k, _ = shape
+    sess = ort.InferenceSession(_gemm_model(shape, integer), session_options(threads), providers=["CPUExecutionProvider"])
+    a = rng.integers(0, 256, (m, k), dtype=np.uint8) if integer else rng.standard_normal((m, k)).astype(np.float32)
+    for _ in range(warmup):
+        sess.run(None, {"A": a})
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        sess.run(None, {"A": a})
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
 
 
 def model_gflop(onnx_path: Path) -> float:
@@ -132,24 +140,11 @@ def conv_gemm_bound(onnx_path: Path, batch: int, reps: int = 5, threads: int | N
     at the GEMM kernel's speed on its own shape, with no im2col, requantization or other op.
     Their ratio is the INT8 speed-up this CPU's kernels allow on this model's shapes, which
     the 2048^3 peak does not say (small K and N run far below it)."""
-    import onnxruntime as ort
-
-    from busi.runtime.session import session_options
-
     rng = np.random.default_rng(2)
     ms = {"fp32": 0.0, "u8s8": 0.0}
     gemms = conv_gemms(onnx_path, batch)
-    for (m, k, n), count in gemms.items():
+    for shape, count in gemms.items():
         for key, integer in (("fp32", False), ("u8s8", True)):
-            sess = ort.InferenceSession(_gemm_model((m, k, n), integer), session_options(threads),
-                                        providers=["CPUExecutionProvider"])
-            a = rng.integers(0, 256, (m, k), dtype=np.uint8) if integer else rng.standard_normal((m, k)).astype(np.float32)
-            sess.run(None, {"A": a})
-            ts = []
-            for _ in range(reps):
-                t = time.perf_counter()
-                sess.run(None, {"A": a})
-                ts.append(time.perf_counter() - t)
-            ms[key] += count * statistics.median(ts) * 1000
+            ms[key] += count * _gemm_seconds(shape, integer, reps, threads, rng) * 1000
     return {"batch": batch, "convolutions": sum(gemms.values()), "shapes": len(gemms),
             "fp32_ms_per_image": ms["fp32"] / batch, "u8s8_ms_per_image": ms["u8s8"] / batch}
