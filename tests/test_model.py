@@ -90,3 +90,14 @@ def test_mask_follows_the_image_through_augmentation():
         assert union == 0 or inter / union > 0.9, f"sample {i}: IoU {inter / union:.2f}"
         moved += not any(np.array_equal(msk[i], g) for g in gt)
     assert moved >= n // 2, "augmentation left most masks unchanged"
+
+
+def test_preprocessing_is_keras_resnet50_caffe_preprocessing_exactly():
+    """The in-graph preprocessing (RGB->BGR as a product with a permutation, then the ImageNet
+    mean) is keras.applications.resnet50.preprocess_input to the bit."""
+    from busi.train.model import ResNetPreprocess
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
+    ours = np.asarray(ResNetPreprocess()(x))
+    ref = keras.applications.resnet50.preprocess_input(x.copy())
+    assert np.array_equal(ours, ref)
