@@ -19,7 +19,7 @@ from .evaluation import card_metrics, evaluate_model, predict
 from .inputs import eval_masks, load_rows
 from .ood import ood_sets
 from .report import plots, prediction_rows, write_report
-from .segmenter import auto_masks, load_segmenter, predict_lesions, segment_split, segmentation_metrics, segmentation_rows
+from .segmenter import auto_masks, findings, load_segmenter, predict_lesions, segment_split, segmentation_metrics, segmentation_rows
 
 _LOG = get_logger(__name__)
 
@@ -45,7 +45,8 @@ def add_auto_to_report(model_dir: str | Path) -> dict:
     test_rows = [r for r in rows if r["split"] == "test"]
     test = load_rows(root, test_rows, S)
     seg_arr, probs, seg_card = segment_split(md, root, test_rows)
-    auto, abstained = auto_masks(test, probs, info.mask, seg_card.info)
+    decided = findings(seg_arr, probs, seg_card.info)  # once, for the classifier's masks and the rows
+    auto, abstained = auto_masks(test, probs, info.mask, seg_card.info, decided)
     model = keras.models.load_model(md.keras, compile=False)
     t = report["operating_point"]["malignant_threshold"]
     T = info.calibration.temperature if info.calibration is not None else None
@@ -71,7 +72,7 @@ def add_auto_to_report(model_dir: str | Path) -> dict:
     cv_rows = [r for r in csv.DictReader(md.predictions.read_text().splitlines()) if r["split"] == "cv"] \
         if md.predictions.is_file() else []
     pred_rows = prediction_rows(val.paths, val.labels, p_val, "val", source, p_val_raw, roles) + cv_rows + pred_rows
-    seg_rows = segmentation_rows(seg_arr, probs, "test", seg_card.info)
+    seg_rows = segmentation_rows(seg_arr, probs, "test", seg_card.info, decided)
     report["mask_sources"] = results
     report["segmenter"] = segmentation_metrics(seg_rows, seed) | {"file": md.segmenter_keras.name}
     write_report(md.path, report, pred_rows)

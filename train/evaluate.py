@@ -34,8 +34,9 @@ def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | N
     extra, abstained, seg_metrics = {}, {}, None
     if md.has_segmenter():
         seg_arr, probs, seg_card = segmenter.segment_split(md, data, rows)
-        extra["auto"], abstained["auto"] = segmenter.auto_masks(arr, probs, info.mask, seg_card.info)
-        seg_rows = segmenter.segmentation_rows(seg_arr, probs, "external", seg_card.info)
+        found = segmenter.findings(seg_arr, probs, seg_card.info)  # once, for the classifier's masks and the rows
+        extra["auto"], abstained["auto"] = segmenter.auto_masks(arr, probs, info.mask, seg_card.info, found)
+        seg_rows = segmenter.segmentation_rows(seg_arr, probs, "external", seg_card.info, found)
         seg_metrics = segmenter.segmentation_metrics(seg_rows, seed) | {"file": md.segmenter_keras.name}
     T = info.calibration.temperature if info.calibration is not None else None
     qhat = model_qhat(info.conformal)

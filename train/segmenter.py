@@ -116,13 +116,14 @@ def decision(f: Finding) -> str:
     return "needs_roi" if f.needs_roi else "lesion" if f.lesion is not None else "none"
 
 
-def segmentation_rows(arr: Arrays, probs: np.ndarray, split: str, seg: SegmenterInfo) -> list[dict]:
+def segmentation_rows(arr: Arrays, probs: np.ndarray, split: str, seg: SegmenterInfo,
+                      found: list[Finding] | None = None) -> list[dict]:
     """Per image: the runtime's decision and presence score, and the region the segmenter
     found (its largest component, whatever the decision) against the ground truth, at the
     segmenter's input size."""
     rows = []
     S = probs.shape[1]
-    for i, f in enumerate(findings(arr, probs, seg)):
+    for i, f in enumerate(findings(arr, probs, seg) if found is None else found):
         region = None if f.candidate is None else resize_mask(f.candidate, S)
         gt = arr.gt[i]
         d, j = dice_iou(region, gt) if gt.any() else (float("nan"), float("nan"))
@@ -197,7 +198,8 @@ def predict_lesions(seg_model, images: np.ndarray, batch_size: int = 16) -> np.n
     return seg_model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
 
 
-def auto_masks(arr: Arrays, probs: np.ndarray, mask: MaskSpec, seg: SegmenterInfo) -> tuple[np.ndarray, np.ndarray]:
+def auto_masks(arr: Arrays, probs: np.ndarray, mask: MaskSpec, seg: SegmenterInfo,
+               found: list[Finding] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The classifier's (N,S,S,1) masks for mask source `auto` and where the runtime abstains
     (N,) bool: the segmenter's lesion at each image's original size (the runtime's own
     decision, `runtime.segmenter.assess`), then the mask the classifier was trained with (its
@@ -207,7 +209,7 @@ def auto_masks(arr: Arrays, probs: np.ndarray, mask: MaskSpec, seg: SegmenterInf
     S = arr.images.shape[1]
     out = np.zeros((len(arr), S, S, 1), np.float32)
     abstained = np.zeros(len(arr), bool)
-    for i, f in enumerate(findings(arr, probs, seg)):
+    for i, f in enumerate(findings(arr, probs, seg) if found is None else found):
         shape = arr.shapes[i] if arr.shapes else (S, S)
         lesion = f.candidate if f.needs_roi else f.lesion
         m, _ = model_mask(lesion, shape, S, mask.source, mask.box_margin, mask.placeholder)
