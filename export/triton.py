@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from busi.runtime.contract import SERVED_NAMES
 from busi.runtime.errors import ExportUsageError
 from busi.runtime.log import get as get_logger
 from busi.runtime.model_dir import ModelDir
@@ -25,7 +26,7 @@ from busi.runtime.verify import sha256_file
 
 _LOG = get_logger(__name__)
 
-NAMES = {"classifier": "busi_classifier", "segmenter": "busi_segmenter"}
+NAMES = SERVED_NAMES
 #: ONNX TensorProto element types -> Triton data types
 DTYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 5: "TYPE_INT16", 6: "TYPE_INT32", 7: "TYPE_INT64",
           9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64"}

@@ -98,6 +98,9 @@ def infer(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the .sha256 check of the model file."),
     require_sha256: bool = typer.Option(False, "--require-sha256", help="Refuse a model (or segmenter) without a .sha256 sidecar."),
     max_bytes: int = typer.Option(1 << 30, "--max-bytes", min=1, help="Refuse input files larger than this (bytes)."),
+    server: Optional[str] = typer.Option(None, "--server", envvar="BUSI_SERVER", help="Run the model on this inference server (http://host:port): busi-serve, or Triton serving busi-export --triton. Decoding, masks, the segmenter's decision and the reports stay here."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="BUSI_TOKEN", help="Bearer token for --server (default: $BUSI_TOKEN)."),
+    expect_sha256: Optional[str] = typer.Option(None, "--expect-sha256", help="Refuse a model (local or served) whose sha256 is another."),
     segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Segmenter .onnx for --mask auto (default: segmenter.onnx beside the model)."),
     explain: Optional[Path] = typer.Option(None, "--explain", help="Write a Grad-CAM overlay PNG of the predicted class per image into this folder."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML case report (images, Grad-CAM, probabilities)."),
@@ -117,11 +120,15 @@ def infer(
 
     if mask is not None and roi is not None:
         raise UsageError("give either --mask or --roi, not both")
-    model = model or DEFAULT_MODEL
+    if server and model is not None:
+        raise UsageError("give either --model or --server, not both")
+    model = None if server else (model or DEFAULT_MODEL)
     with low_peak_loading():
         pred = Predictor(model, device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels,
                          threshold=threshold, segmenter=segmenter, require_sha256=require_sha256,
-                         max_bytes=max_bytes, prevalence=prevalence, coverage=coverage)
+                         max_bytes=max_bytes, prevalence=prevalence, coverage=coverage, server=server, token=token,
+                         expect_sha256=expect_sha256)
+        model = model or pred.path
         if mask == "auto":
             pred.segmenter  # load (and verify) it now: a missing segmenter is bad usage, not 100 failures
     if (explain or report) and not pred.explainable:

@@ -60,6 +60,8 @@ FEATURES_NAME = "features"
 CAM_WEIGHTS_NAME = "cam_weights"
 SEGMENTER_INPUT = "image"
 SEGMENTER_OUTPUT = "lesion"
+#: the models' names on an inference server (Triton repository, busi-serve)
+SERVED_NAMES = {"classifier": "busi_classifier", "segmenter": "busi_segmenter"}
 
 
 def drop_none(d: dict) -> dict:

@@ -11,6 +11,7 @@
 | `WeightsUnavailable` | backbone weights that cannot be loaded | 2 |
 | `ExportUsageError` | a model folder that cannot be exported | 2 |
 | `DeviceError` | `--device cuda` where CUDA does not work | 1 |
+| `ServerError` | an inference server (`--server`) that cannot be reached or answers with an error | 1 |
 | `ExportError` | a conversion or a parity gate that failed | 1 |
 | `Int8GateRefused` | every INT8 calibration failed its accuracy gate | 1 |
 
@@ -82,6 +83,13 @@ class UsageError(BusiError):
 
 class DeviceError(BusiError):
     """The requested execution device cannot be used."""
+
+    exit_code = 1
+
+
+class ServerError(BusiError):
+    """An inference server (the remote backend) that cannot be reached or answered with an
+    error: one line naming the server and the model."""
 
     exit_code = 1
 

@@ -21,9 +21,9 @@ import numpy as np
 
 from .arrays import check_array, frame_index, is_box, mask_array, parse_box
 from .calibration import apply_temperature
-from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, ModelInfo, check_graph_shape
+from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, SERVED_NAMES, ModelInfo, check_graph_shape
 from .dicom import DicomImage
-from .errors import BusiError, InputError, ModelError, UsageError, describe
+from .errors import BusiError, InputError, ModelError, ServerError, UsageError, describe
 from .files import DEFAULT_MAX_BYTES, read_regular
 from .imageio import Decoded, decode_image, is_dicom, read_image, read_mask, resize_mask, resize_rgb
 from .log import get as get_logger
@@ -31,9 +31,8 @@ from .ood import NOTE as OOD_NOTE, ood_scores, pooled
 from .masks import bbox, box_mask, find_mask_files, model_mask
 from .pixels import DEFAULT_MAX_PIXELS, check_min_side
 from .results import Failure, NeedsRoi, Prediction, Prepared, aggregate
-from .session import create_session
+from .session import open_model
 from .trust import BAND_LABEL, likelihood_band, model_qhat, parse_prevalence, prediction_set, prior_shift
-from .verify import verified_sha256
 
 _LOG = get_logger(__name__)
 
@@ -51,7 +50,7 @@ class Predictor:
 
     def __init__(
         self,
-        model_path: str | os.PathLike,
+        model_path: str | os.PathLike | None = None,
         device: str = "auto",
         verify: bool = True,
         threads: int | None = None,
@@ -63,19 +62,32 @@ class Predictor:
         max_bytes: int = DEFAULT_MAX_BYTES,
         prevalence: "str | dict[str, float] | None" = None,
         coverage: float | None = None,
+        server: str | None = None,
+        token: str | None = None,
+        expect_sha256: str | None = None,
     ):
         """`prevalence`: the site's case mix ('malignant=0.02' or {class: fraction}), for
         probabilities adjusted by prior shift and the likelihood band; the flag keeps the
         calibrated, unadjusted P(malignant). `coverage`: of the conformal prediction sets
-        (default: the model's, 0.9)."""
-        self.path = Path(model_path)
+        (default: the model's, 0.9).
+
+        `server` ("http://host:port"): the remote backend. The classifier (and, for mask
+        "auto", the segmenter) run on that v2 inference server (busi-serve, or Triton serving
+        `busi-export --triton`), with `token` as bearer token; the rest runs here.
+        `expect_sha256`: refuse a model (local or served) whose sha256 is another."""
+        if model_path is None and server is None:
+            raise UsageError("Predictor needs a model path or a server")
+        self.server, self._token = server, token
         self._notice = notice or _LOG.warning  # the "busi" log, unless the caller takes the notices
         self._noticed: set[str] = set()
         self._lock = threading.Lock()
-        self.sha256 = verified_sha256(self.path, verify, require_sha256, self._notice)
         self._threads, self._verify, self._require = threads, verify, require_sha256
         self._segmenter = segmenter
-        self.session, self.provider = create_session(str(self.path), device, threads, self._notice)
+        label, self.session, self.provider, self.sha256 = open_model(
+            model_path, device, verify, threads, self._notice, require_sha256, server, SERVED_NAMES["classifier"],
+            token, expect_sha256)
+        #: the model file, or the served model ("server URL model NAME") in messages
+        self.path = label if server else Path(model_path)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(meta, str(self.path))
         ins = {i.name: i.shape for i in self.session.get_inputs()}
@@ -128,6 +140,9 @@ class Predictor:
         from .segmenter import Segmenter
 
         with self._lock:
+            if not hasattr(self._segmenter, "assess") and self.server and self._segmenter is None:
+                self._segmenter = Segmenter(None, notice=self._notice, require_sha256=self._require, server=self.server,
+                                            token=self._token)  # the server's busi_segmenter
             if not hasattr(self._segmenter, "assess"):  # a Segmenter (or anything with its assess()) is used as given
                 path = Path(self._segmenter) if self._segmenter is not None else ModelDir(self.path.parent).segmenter_onnx
                 if not path.exists():
@@ -489,6 +504,8 @@ class Predictor:
         a graph that refuses this input) is halved until the failing image is alone."""
         try:
             probs, cams, feats = self.infer(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta, explain)
+        except ServerError as e:  # the server is down or refused: each image of the batch fails, the run goes on
+            return {id(b): Failure(b.path, f"{b.path or 'image'}: {e}") for b in batch}
         except BusiError:
             raise
         except Exception as e:

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .contract import SEGMENTER_INPUT, SEGMENTER_OUTPUT, SegmenterInfo, check_graph_shape
+from .contract import SEGMENTER_INPUT, SEGMENTER_OUTPUT, SERVED_NAMES, SegmenterInfo, check_graph_shape
 from .errors import ModelError
 from .imageio import resize_rgb
 from .masks import find_lesion, implausible, largest_component
-from .session import create_session
-from .verify import verified_sha256
-
+from .session import open_model
 
 
 @dataclass
@@ -37,11 +34,12 @@ class Finding:
 class Segmenter:
     """A loaded busi segmenter ONNX file. Safe to share between threads."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto", verify: bool = True, threads: int | None = None,
-                 notice: Callable[[str], None] | None = None, require_sha256: bool = False):
-        self.path = Path(path)
-        self.sha256 = verified_sha256(self.path, verify, require_sha256, notice)
-        self.session, self.provider = create_session(str(self.path), device, threads, notice)
+    def __init__(self, path: str | os.PathLike | None, device: str = "auto", verify: bool = True, threads: int | None = None,
+                 notice: Callable[[str], None] | None = None, require_sha256: bool = False, server: str | None = None,
+                 token: str | None = None):
+        """`server`: the segmenter `busi_segmenter` on that inference server (remote backend)."""
+        self.path, self.session, self.provider, self.sha256 = open_model(
+            path, device, verify, threads, notice, require_sha256, server, SERVED_NAMES["segmenter"], token)
         self.info = SegmenterInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         ins = {i.name: i.shape for i in self.session.get_inputs()}
         outs = {o.name: o.shape for o in self.session.get_outputs()}

@@ -7,12 +7,14 @@ import os
 import re
 import sys
 import tempfile
+from pathlib import Path
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 
 import onnxruntime as ort
 
 from .errors import DeviceError, ModelError, describe
 from .log import get as get_logger
+from .verify import verified_sha256
 
 _LOG = get_logger(__name__)
 
@@ -174,3 +176,28 @@ def _load(model, so, providers) -> ort.InferenceSession:
         return ort.InferenceSession(model, so, providers=providers)
     except Exception as e:
         raise ModelError(model if isinstance(model, str) else None, f"cannot load ONNX model ({describe(e)})") from None
+
+
+def open_model(path, device: str = "auto", verify: bool = True, threads: int | None = None, notice=None,
+               require_sha256: bool = False, server: str | None = None, remote_name: str | None = None,
+               token: str | None = None, expect_sha256: str | None = None):
+    """A model to run, local or on an inference server: (label, session, provider, sha256).
+
+    Local: `path`'s .sha256 sidecar is checked and an ORT session made (`create_session`).
+    Remote (`server`): the model `remote_name` on a v2 server (`remote.RemoteSession`); its
+    sha256 is the one the server's model config carries. Either way `expect_sha256` refuses a
+    model with another digest."""
+    if server:
+        from .remote import RemoteSession
+
+        sess = RemoteSession(server, remote_name, token)
+        label, sha, provider = sess.label, sess.sha256, sess.get_providers()[0]
+        if sha is None and (require_sha256 or expect_sha256):
+            raise ModelError(label, "the server's model config carries no busi.sha256: its file cannot be identified")
+    else:
+        label = str(path)
+        sha = verified_sha256(Path(path), verify, require_sha256, notice)
+        sess, provider = create_session(str(path), device, threads, notice)
+    if expect_sha256 and (sha or "").lower() != expect_sha256.strip().lower():
+        raise ModelError(label, f"model sha256 is {sha}, not the {expect_sha256.strip().lower()} expected (--expect-sha256)")
+    return label, sess, provider, sha

@@ -8,7 +8,6 @@ import json
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,28 +17,12 @@ import pydicom
 import pytest
 
 from busi.train.phantoms import copy_instances
-from helpers import BIN, ROOT, cli
+from helpers import BIN, ROOT, cli, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("Orthanc") and shutil.which("storescu") and shutil.which("echoscu")),
     reason="needs Orthanc and dcmtk (storescu, echoscu): run `make test-deps` as root (apt-get install orthanc dcmtk)",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, timeout: float = 60.0, what: str = "condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 class Orthanc:

@@ -71,6 +71,11 @@ class FitConfig:
     #: K > 1: the operating point from K-fold out-of-fold predictions over train + validation
     #: (K more fits; busi.train.cv); 0: from the validation split
     cv: int = 0
+    #: distribute.make_strategy / distribute.precision: "mirrored" over the GPUs of this host,
+    #: "mixed" float16; cpu_replicas splits the CPU (tests)
+    strategy: str = "default"
+    precision: str = "float32"
+    cpu_replicas: int = 0
 
     def resolved(self) -> "FitConfig":
         """Fill defaults: the seed recipe for pretrained weights; its own for scratch training.
@@ -144,6 +149,7 @@ def fit(cfg: FitConfig) -> Path:
     _LOG.info("split: " + ", ".join(f"{p} {len(v)}" for p, v in part.items()))
 
     from .backend import keras, seed_everything
+    from .distribute import check_global_batch, make_strategy, one_device_validation, plain_copy, precision
     from .model import build_classifier, trainable_count
     from .pipeline import eval_inputs, train_dataset
 
@@ -156,28 +162,39 @@ def fit(cfg: FitConfig) -> Path:
     class_weight = {i: float(w) for i, w in enumerate(cw)}
     _LOG.info("class weights: " + ", ".join(f"{CLASSES[i]} {w:.3f}" for i, w in class_weight.items()))
 
-    model = build_classifier(cfg.image_size, cfg.weights, cfg.freeze, bn_momentum=cfg.bn_momentum)
-    n_trainable = trainable_count(model)
-    _LOG.info(f"model: {model.count_params():,} parameters, {n_trainable:,} trainable; weights {cfg.weights}")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=cfg.lr),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    train_ds = train_dataset(arrays["train"], cfg.mask_source, sizes, cfg.batch_size, cfg.seed, cfg.augment,
-                             cfg.scanner_augment)
+    def build():
+        return build_classifier(cfg.image_size, cfg.weights, cfg.freeze, bn_momentum=cfg.bn_momentum)
+
+    strategy = make_strategy(cfg.strategy, cfg.cpu_replicas)
+    replicas = strategy.num_replicas_in_sync
+    check_global_batch(cfg.batch_size, replicas, len(arrays["train"]))
     val = arrays["val"]
     val_x = eval_inputs(val, eval_masks(val, cfg.mask_source, sizes, cfg.seed))
     val_y = np.eye(3, dtype=np.float32)[val.labels]
-    model.fit(
-        train_ds,
-        validation_data=(val_x, val_y),
-        epochs=cfg.epochs,
-        class_weight=class_weight,
-        callbacks=_callbacks(cfg, backup, keras),
-        shuffle=False,  # the tf.data pipeline shuffles (seeded) itself
-        verbose=0,
-    )
+    compiled = dict(loss="categorical_crossentropy", metrics=["accuracy"])
+    twin = None
+    if replicas > 1:  # the float32 single-device copy: validation each epoch, then the saved model
+        twin = build()
+        twin.compile(**compiled)
+    with precision(cfg.precision), strategy.scope():
+        model = build()
+        n_trainable = trainable_count(model)
+        _LOG.info(f"model: {model.count_params():,} parameters, {n_trainable:,} trainable; weights {cfg.weights}")
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr), **compiled)
+        train_ds = train_dataset(arrays["train"], cfg.mask_source, sizes, cfg.batch_size, cfg.seed, cfg.augment,
+                                 cfg.scanner_augment, drop_remainder=replicas > 1)
+        model.fit(
+            train_ds,
+            validation_data=None if twin else (val_x, val_y),
+            epochs=cfg.epochs,
+            class_weight=class_weight,
+            callbacks=([one_device_validation(keras, twin, val_x, val_y, cfg.batch_size)] if twin else [])
+            + _callbacks(cfg, backup, keras),
+            shuffle=False,  # the tf.data pipeline shuffles (seeded) itself
+            verbose=0,
+        )
+    if twin is not None or cfg.precision != "float32":
+        model = plain_copy(model, lambda: twin or build())  # saved, evaluated and exported: float32, one device
     history = list(csv.DictReader(io.StringIO((backup / "history.csv").read_text())))
     with atomic_path(md.keras, suffix=".keras") as tmp:
         model.save(tmp)

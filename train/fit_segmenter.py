@@ -55,6 +55,9 @@ class SegConfig:
     scanner_augment: bool = True
     presence_sensitivity: float = 0.95  # of validation lesion images above the presence band
     presence_specificity: float = 0.95  # of validation normal images below it
+    strategy: str = "default"  # distribute.make_strategy
+    precision: str = "float32"  # distribute.precision
+    cpu_replicas: int = 0
 
 
 def _split_rows(cfg: SegConfig, md: ModelDir) -> list[dict]:
@@ -88,34 +91,33 @@ def train_segmenter(cfg: SegConfig) -> Path:
     _LOG.info("segmenter split: " + ", ".join(f"{p} {len(v)}" for p, v in part.items()) + f"; {size} px")
 
     from .backend import keras, seed_everything
+    from .distribute import check_global_batch, make_strategy, one_device_validation, plain_copy, precision
     from .pipeline import train_dataset
 
     seed_everything(cfg.seed)
     arrays = {p: load_rows(cfg.data, v, size) for p, v in part.items()}
-    model = build_segmenter(size, cfg.base_filters)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr), loss=dice_bce_loss, metrics=[dice_score()])
-    _LOG.info(f"segmenter: U-Net, {model.count_params():,} parameters")
-    # the classifier's tf.data pipeline with ground-truth masks: one joint geometry for both
-    train_ds = train_dataset(arrays["train"], "gt", np.zeros((0, 2)), cfg.batch_size, cfg.seed, cfg.augment,
-                             cfg.scanner_augment)
-    train_ds = train_ds.map(lambda x, y: (x["image"], x["mask"]))
+    strategy = make_strategy(cfg.strategy, cfg.cpu_replicas)
+    replicas = strategy.num_replicas_in_sync
+    check_global_batch(cfg.batch_size, replicas, len(arrays["train"]))
     val = arrays["val"]
     val_xy = (val.images.astype(np.float32), val.gt[..., None].astype(np.float32))
-    hist = model.fit(
-        train_ds,
-        validation_data=val_xy,
-        epochs=cfg.epochs,
-        callbacks=[
-            # on the validation loss. Tried: stopping on the validation Dice (whole set,
-            # thresholded; counted from epoch 15) stopped at epoch 31 with test Dice 0.615 and
-            # site-B Dice 0.536 on the demo; on the loss it ran 60 epochs to 0.867 and 0.838. The
-            # Dice of 17 validation lesions is too noisy to stop on; it is logged every epoch.
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
-            epoch_log(keras, cfg.epochs),
-        ],
-        shuffle=False,  # the tf.data pipeline shuffles (seeded) itself
-        verbose=0,
-    )
+    twin = None
+    if replicas > 1:  # the float32 single-device copy: validation each epoch, then the saved model
+        twin = build_segmenter(size, cfg.base_filters)
+        twin.compile(loss=dice_bce_loss, metrics=[dice_score()])
+    with precision(cfg.precision), strategy.scope():
+        model = build_segmenter(size, cfg.base_filters)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr), loss=dice_bce_loss, metrics=[dice_score()])
+        _LOG.info(f"segmenter: U-Net, {model.count_params():,} parameters")
+        # the classifier's tf.data pipeline with ground-truth masks: one joint geometry for both
+        train_ds = train_dataset(arrays["train"], "gt", np.zeros((0, 2)), cfg.batch_size, cfg.seed, cfg.augment,
+                                 cfg.scanner_augment, drop_remainder=replicas > 1)
+        train_ds = train_ds.map(lambda x, y: (x["image"], x["mask"]))
+        first = [one_device_validation(keras, twin, *val_xy, cfg.batch_size)] if twin else []
+        hist = _fit(model, train_ds, None if twin else val_xy, first, cfg, keras)
+    if twin is not None or cfg.precision != "float32":
+        model = plain_copy(model, lambda: twin or build_segmenter(size, cfg.base_filters))  # float32, one device
+
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(md.segmenter_keras, suffix=".keras") as tmp:
         model.save(tmp)
@@ -158,3 +160,21 @@ def train_segmenter(cfg: SegConfig) -> Path:
 
         add_auto_to_report(out)
     return out
+
+
+def _fit(model, train_ds, val_xy, first: list, cfg: SegConfig, keras):
+    return model.fit(
+        train_ds,
+        validation_data=val_xy,
+        epochs=cfg.epochs,
+        callbacks=first + [
+            # on the validation loss. Tried: stopping on the validation Dice (whole set,
+            # thresholded; counted from epoch 15) stopped at epoch 31 with test Dice 0.615 and
+            # site-B Dice 0.536 on the demo; on the loss it ran 60 epochs to 0.867 and 0.838. The
+            # Dice of 17 validation lesions is too noisy to stop on; it is logged every epoch.
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
+            epoch_log(keras, cfg.epochs),
+        ],
+        shuffle=False,  # the tf.data pipeline shuffles (seeded) itself
+        verbose=0,
+    )

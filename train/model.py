@@ -84,7 +84,8 @@ def build_classifier(
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(feats)
     x = keras.layers.Dense(256, activation="relu", name="fc256")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    out = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    # float32 whatever the policy: under --precision mixed the softmax must not run in float16
+    out = keras.layers.Dense(n_classes, activation="softmax", name="probabilities", dtype="float32")(x)
     return keras.Model(inputs={"image": image, "mask": mask}, outputs=out, name="busi_masked_resnet50")
 
 

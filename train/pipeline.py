@@ -70,8 +70,11 @@ def train_dataset(
     seed: int,
     augment: bool = True,
     scanner: bool = False,
+    drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """Shuffled, augmented batches of ({"image", "mask"}, one-hot label) for training.
+    `drop_remainder`: only full batches (a mirrored fit splits each batch evenly over its
+    replicas; the images left out differ every epoch, as the data are reshuffled).
 
     The mask source is drawn afresh every epoch (box margin 0-20 %, placeholder boxes for
     normal images) from a seeded numpy generator, then augmented together with the image.
@@ -93,7 +96,7 @@ def train_dataset(
     images = tf.constant(arr.images)
     labels = tf.constant(onehot)
     ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(load, num_parallel_calls=1, deterministic=True).batch(batch_size)
+    ds = ds.map(load, num_parallel_calls=1, deterministic=True).batch(batch_size, drop_remainder=drop_remainder)
     aug = augmenter(seed)
 
     # the scanner augmentation's seeds come from a seeded generator, as the Keras layers' do

@@ -49,7 +49,7 @@ def build_segmenter(size: int, base: int = 16, depth: int = 4):
         x = L.Conv2DTranspose(base * 2**d, 2, strides=2, name=f"up{d}")(x)
         x = L.Concatenate(name=f"skip{d}")([x, skips[d]])
         x = block(x, base * 2**d, f"dec{d}")
-    out = L.Conv2D(1, 1, activation="sigmoid", name="lesion")(x)
+    out = L.Conv2D(1, 1, activation="sigmoid", name="lesion", dtype="float32")(x)  # float32 under --precision mixed
     return keras.Model(image, out, name="busi_lesion_unet")
 
 

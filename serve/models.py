@@ -1,0 +1,222 @@
+"""The models busi-serve offers on the open inference protocol (v2), as kserve models.
+
+- `busi_classifier`, `busi_segmenter` (`TensorModel`): the exported ONNX graphs, with the
+  names, tensors and metadata of the Triton repository (`busi-export --triton`), so that a
+  client cannot tell busi-serve from Triton.
+- `busi` (`RecordModel`): one encoded image (PNG, JPEG or DICOM: input `image`, the file's
+  bytes as UINT8 [n], or base64 as one BYTES element)
+  with an optional `mask` ("auto", "none" or a box "x,y,w,h"), answered with the prediction
+  record that `busi-infer` writes (BYTES output `record`, JSON).
+
+Every model's session runs behind a `Batcher`; the `busi` model's Predictor reaches the
+classifier and segmenter through the same batchers, so its requests are batched with the
+raw ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from kserve import InferRequest, InferResponse, Model
+from kserve.protocol.infer_type import InferOutput
+
+from busi.runtime.errors import BusiError, InputError
+from busi.runtime.remote import DTYPES
+
+from .batcher import Batcher, QueueFull
+
+#: ONNX Runtime type names -> v2 data types
+ORT_TYPES = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64", "tensor(uint8)": "UINT8",
+             "tensor(int8)": "INT8", "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+             "tensor(bool)": "BOOL"}
+
+
+class Rejected(Exception):
+    """A request the server answers with a 4xx/5xx status and a one-line error."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        self.status, self.headers = status, headers or {}
+        super().__init__(message)
+
+
+def _tensors(args) -> list[dict]:
+    return [{"name": a.name, "datatype": ORT_TYPES.get(a.type, "FP32"),
+             "shape": [d if isinstance(d, int) and d > 0 else -1 for d in a.shape]} for a in args]
+
+
+def triton_config(name: str, session, parameters: dict[str, str], max_batch: int, max_delay: float) -> dict:
+    """The model configuration in Triton's JSON form (what `GET /v2/models/NAME/config`
+    answers on Triton, and tritonclient's get_model_config reads)."""
+    def dims(a):
+        return [d["shape"][1:] for d in _tensors([a])][0]
+
+    return {
+        "name": name, "platform": "onnxruntime_onnx", "backend": "onnxruntime", "max_batch_size": max_batch,
+        "input": [{"name": a.name, "data_type": "TYPE_" + ORT_TYPES.get(a.type, "FP32"),
+                   "dims": dims(a)} for a in session.get_inputs()],
+        "output": [{"name": a.name, "data_type": "TYPE_" + ORT_TYPES.get(a.type, "FP32"), "dims": dims(a)}
+                   for a in session.get_outputs()],
+        "dynamic_batching": {"max_queue_delay_microseconds": int(max_delay * 1e6)},
+        "parameters": {k: {"string_value": v} for k, v in sorted(parameters.items())},
+    }
+
+
+class BatchedSession:
+    """An ORT session whose `run` goes through a Batcher (called from worker threads)."""
+
+    def __init__(self, session, batcher: Batcher):
+        self._session, self._batcher = session, batcher
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def run(self, names, feed):
+        outs = self._batcher.submit_threadsafe(feed)
+        return [outs[n] for n in (names or list(outs))]
+
+
+class TensorModel(Model):
+    """An ONNX graph as a v2 model: the inputs and outputs of the file, batched."""
+
+    def __init__(self, name: str, session, parameters: dict[str, str], max_batch: int, max_delay: float,
+                 max_queue: int, observe=None):
+        super().__init__(name)
+        self.session = session
+        self.inputs = {a.name: a for a in session.get_inputs()}
+        self.outputs = [a.name for a in session.get_outputs()]
+        self.config = triton_config(name, session, parameters, max_batch, max_delay)
+        self.batcher = Batcher(name, self._run, max_batch, max_delay, max_queue, observe)
+        self.ready = True
+
+    def _run(self, feed):
+        return dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+
+    def get_input_types(self):
+        return _tensors(self.inputs.values())
+
+    def get_output_types(self):
+        return _tensors(self.session.get_outputs())
+
+    def feed(self, payload: InferRequest) -> dict[str, np.ndarray]:
+        """The request's inputs as arrays, checked against the graph: 400 with one line otherwise."""
+        got = {i.name: i for i in payload.inputs}
+        if sorted(got) != sorted(self.inputs):
+            raise Rejected(400, f"model {self.name}: inputs {sorted(got)}, expected {sorted(self.inputs)}")
+        feed = {}
+        for name, arg in self.inputs.items():
+            want = ORT_TYPES.get(arg.type, "FP32")
+            if got[name].datatype != want:
+                raise Rejected(400, f"model {self.name}: input {name} is {got[name].datatype}, expected {want}")
+            try:
+                arr = np.asarray(got[name].as_numpy(), dtype=DTYPES[want])
+            except Exception as e:
+                raise Rejected(400, f"model {self.name}: input {name}: {type(e).__name__}: {e}") from None
+            dims = list(arg.shape)
+            if arr.ndim != len(dims) or any(isinstance(d, int) and d > 0 and d != s for d, s in zip(dims[1:], arr.shape[1:])):
+                raise Rejected(400, f"model {self.name}: input {name} has shape {list(arr.shape)}, expected "
+                                    f"{[d if isinstance(d, int) and d > 0 else -1 for d in dims]}")
+            if len(arr) < 1:
+                raise Rejected(400, f"model {self.name}: input {name} has no rows")
+            feed[name] = np.ascontiguousarray(arr)
+        return feed
+
+    async def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
+        feed = self.feed(payload)
+        outs = await self.batcher.submit(feed)
+        names = [o.name for o in (payload.request_outputs or [])] or self.outputs
+        unknown = [n for n in names if n not in outs]
+        if unknown:
+            raise Rejected(400, f"model {self.name}: no output(s) {unknown}; it has {self.outputs}")
+        res = []
+        for n in names:
+            o = InferOutput(n, list(outs[n].shape), ORT_TYPES.get(_type(self.session, n), "FP32"))
+            o.set_data_from_numpy(outs[n], binary_data=payload.use_binary_outputs)
+            res.append(o)
+        return InferResponse(payload.id or "", self.name, res, use_binary_outputs=payload.use_binary_outputs,
+                             requested_outputs=payload.request_outputs)
+
+
+def _type(session, name: str) -> str:
+    return next(a.type for a in session.get_outputs() if a.name == name)
+
+
+class RecordModel(Model):
+    """`busi`: an encoded image in, busi-infer's prediction record out."""
+
+    def __init__(self, predictor, batchers: list[Batcher], max_inflight: int, workers: int = 4):
+        super().__init__("busi")
+        self.predictor, self.batchers = predictor, batchers
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="busi")
+        self._inflight, self._max_inflight = 0, max(1, int(max_inflight))
+        self.config = {"name": "busi", "platform": "busi", "max_batch_size": 0,
+                       "input": [{"name": "image", "data_type": "TYPE_UINT8", "dims": [-1]},
+                                 {"name": "mask", "data_type": "TYPE_STRING", "dims": [1], "optional": True}],
+                       "output": [{"name": "record", "data_type": "TYPE_STRING", "dims": [1]}],
+                       "parameters": {"busi.sha256": {"string_value": predictor.sha256 or ""}}}
+        self.ready = True
+
+    def get_input_types(self):
+        return [{"name": "image", "datatype": "UINT8", "shape": [-1]}, {"name": "mask", "datatype": "BYTES", "shape": [1]}]
+
+    def get_output_types(self):
+        return [{"name": "record", "datatype": "BYTES", "shape": [1]}]
+
+    async def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
+        got = {i.name: i for i in payload.inputs}
+        if "image" not in got or set(got) - {"image", "mask"}:
+            raise Rejected(400, f"model busi: inputs {sorted(got)}; expected image (UINT8 [n] or base64 BYTES) and "
+                                "optionally mask (BYTES: auto, none or x,y,w,h)")
+        image = _one_bytes(got["image"], "image")
+        mask = _one_bytes(got["mask"], "mask").decode("utf-8", "replace").strip() if "mask" in got else None
+        if self._inflight >= self._max_inflight:
+            raise QueueFull("busi", self._inflight, 0.1)
+        for b in self.batchers:  # the Predictor's sessions reach them from worker threads
+            b.start()
+        self._inflight += 1
+        try:
+            res = await asyncio.get_running_loop().run_in_executor(self._pool, self._predict, image, mask or None)
+        finally:
+            self._inflight -= 1
+        out = InferOutput("record", [1], "BYTES")
+        out.set_data_from_numpy(np.array([json.dumps(res.to_dict(), sort_keys=True).encode()], dtype=object),
+                                binary_data=payload.use_binary_outputs)
+        return InferResponse(payload.id or "", "busi", [out], use_binary_outputs=payload.use_binary_outputs)
+
+    def _predict(self, image: bytes, mask: str | None):
+        try:
+            return self.predictor.predict(image, mask)
+        except InputError as e:  # undecodable, damaged, too large, a box outside the image
+            raise Rejected(400 if "above the limit" not in str(e) else 413, str(e)) from None
+        except QueueFull:
+            raise
+        except BusiError as e:
+            raise Rejected(400, str(e)) from None
+
+
+def _one_bytes(inp, name: str) -> bytes:
+    """The file's bytes: a UINT8 tensor [n] (binary, what busi's client sends), or one BYTES
+    element holding base64 (JSON clients; kserve decodes BYTES as UTF-8 text, so raw image
+    bytes cannot travel as BYTES) or, for the mask, plain text."""
+    try:
+        arr = inp.as_numpy()
+    except Exception as e:
+        raise Rejected(400, f"model busi: input {name}: {type(e).__name__}: {str(e)[:120]}") from None
+    if inp.datatype == "UINT8" and arr.ndim == 1:
+        return arr.tobytes()
+    if inp.datatype != "BYTES" or arr.size != 1:
+        raise Rejected(400, f"model busi: input {name} must be UINT8 [n] (the file's bytes) or one BYTES element (one "
+                            f"image per request; the server batches concurrent requests), got {inp.datatype} "
+                            f"of shape {list(arr.shape)}")
+    v = arr.reshape(-1)[0]
+    v = v if isinstance(v, bytes) else str(v).encode()
+    if name == "mask":
+        return v
+    try:
+        return base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError):
+        raise Rejected(400, "model busi: input image as BYTES must be base64 (or send UINT8 [n])") from None

@@ -1,0 +1,320 @@
+"""busi-serve (kserve's ModelServer, v2 protocol) and the remote backend (tritonclient), talked to
+over HTTP on loopback as a hospital's tools would: the same answers as the local runtime, the
+token, the bounded queue (503), the record endpoint, a server that dies mid-request."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from busi.runtime import NeedsRoi, Predictor
+from busi.runtime.errors import ModelError, ServerError
+from helpers import BIN, ROOT, cli, free_port, wait_for
+
+TOKEN = "s3cret-token"
+
+
+@contextmanager
+def busi_serve(model_dir: Path, *args, token: str | None = None, log: Path | None = None):
+    """busi-serve on a free loopback port until the block ends; yields (url, process)."""
+    port = free_port()
+    env = dict(os.environ, BUSI_TOKEN=token or "")
+    if token is None:
+        env.pop("BUSI_TOKEN")
+    out = open(log or os.devnull, "w")
+    proc = subprocess.Popen([str(BIN / "busi-serve"), str(model_dir), "--port", str(port), "--threads", "2", *map(str, args)],
+                            stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"busi-serve exited with {proc.returncode}: {Path(log).read_text()[-2000:] if log else ''}")
+        try:
+            return requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(ready, 90, "busi-serve to be ready")
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a test may have stopped it
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        out.close()
+
+
+@pytest.fixture(scope="module")
+def served(exported, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with busi_serve(exported, token=TOKEN, log=log) as (url, proc):
+        yield url, proc, log
+
+
+def images(phantoms, n=4):
+    return [phantoms / c / f"{c} ({i}).png" for c in ("benign", "malignant", "normal") for i in range(1, n + 1)]
+
+
+def test_the_remote_predictor_gives_the_local_answers(exported, phantoms, served):
+    url, _, _ = served
+    local = Predictor(exported / "model.onnx", device="cpu")
+    remote = Predictor(server=url, token=TOKEN)
+    assert remote.sha256 == local.sha256 and remote.provider == f"remote {url}"
+    assert remote.info == local.info  # the contract, read from the server's config and validated
+    for mask in ("none", (30, 30, 60, 50), "auto"):
+        for img in images(phantoms, 3):
+            a, b = local.predict(img, mask), remote.predict(img, mask)
+            assert type(a) is type(b), (img, mask, a, b)
+            if isinstance(a, NeedsRoi):
+                assert b.reason == a.reason and b.lesion_presence == pytest.approx(a.lesion_presence, abs=1e-6)
+                continue
+            assert b.label == a.label and b.model_sha256 == local.sha256
+            for c in a.probabilities:
+                assert abs(a.probabilities[c] - b.probabilities[c]) <= 1e-5
+            assert b.out_of_distribution == a.out_of_distribution and b.lesion_box == a.lesion_box
+    # batches through iter_predict (the server batches them again with other requests)
+    got = list(remote.iter_predict(images(phantoms), (30, 30, 60, 50), batch_size=5))
+    want = list(local.iter_predict(images(phantoms), (30, 30, 60, 50), batch_size=5))
+    assert [g.label for g in got] == [w.label for w in want]
+    assert np.allclose([list(g.probabilities.values()) for g in got], [list(w.probabilities.values()) for w in want], atol=1e-5)
+
+
+def test_busi_infer_against_the_server(exported, phantoms, served, tmp_path):
+    url, _, _ = served
+    imgs = images(phantoms, 2)
+    local = [json.loads(x) for x in cli("busi-infer", *imgs, "--model", exported / "model.onnx", "--roi", "30,30,60,50").stdout.splitlines()]
+    r = cli("busi-infer", *imgs, "--server", url, "--roi", "30,30,60,50", "--report", tmp_path / "r.html",
+            env={"BUSI_TOKEN": TOKEN})
+    remote = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(remote) == len(local) == len(imgs)
+    for a, b in zip(local, remote):
+        assert b["class"] == a["class"] and b["model_sha256"] == a["model_sha256"] and b["provider"] == f"remote {url}"
+        assert max(abs(a["probabilities"][c] - b["probabilities"][c]) for c in a["probabilities"]) <= 1e-5
+    assert (tmp_path / "r.html").is_file()
+    # without the token: one line naming the server, and no result
+    r = cli("busi-infer", imgs[0], "--server", url, check=False, env={"BUSI_TOKEN": ""})
+    assert r.returncode == 1 and r.stdout == ""
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and url in err[0] and "401" in err[0] and "token" in err[0], r.stderr
+    # a server whose model is not the one expected is refused
+    r = cli("busi-infer", imgs[0], "--server", url, "--token", TOKEN, "--expect-sha256", "0" * 64, check=False)
+    assert r.returncode == 2 and "expected (--expect-sha256)" in r.stderr and url in r.stderr
+    with pytest.raises(ModelError, match="expect-sha256"):
+        Predictor(server=url, token=TOKEN, expect_sha256="ab" * 32)
+    p = Predictor(server=url, token=TOKEN, expect_sha256=local[0]["model_sha256"].upper())
+    assert p.sha256 == local[0]["model_sha256"]
+
+
+def test_what_a_triton_client_sees(exported, served, tmp_path):
+    """Names, tensors and parameters as the Triton repository of the same folder declares them."""
+    import tritonclient.http as th
+    from google.protobuf import json_format, text_format
+
+    from test_triton import mc
+
+    url, _, _ = served
+    c = th.InferenceServerClient(url.removeprefix("http://"))
+    h = {"Authorization": f"Bearer {TOKEN}"}
+    assert c.is_server_live() and c.is_server_ready()  # the probes need no token
+    repo = tmp_path / "repo"
+    cli("busi-export", exported, "--triton", repo, "--triton-only")
+    for name in ("busi_classifier", "busi_segmenter"):
+        want = text_format.Parse((repo / name / "config.pbtxt").read_text(), mc.ModelConfig())
+        got = json_format.ParseDict(c.get_model_config(name, headers=h), mc.ModelConfig(), ignore_unknown_fields=False)
+        assert got.name == want.name and got.platform == want.platform
+        for field in ("input", "output"):
+            assert sorted((t.name, t.data_type, list(t.dims)) for t in getattr(got, field)) == \
+                   sorted((t.name, t.data_type, list(t.dims)) for t in getattr(want, field))
+        assert {k: v.string_value for k, v in got.parameters.items()} == {k: v.string_value for k, v in want.parameters.items()}
+        meta = c.get_model_metadata(name, headers=h)
+        assert sorted(t["name"] for t in meta["inputs"]) == sorted(t.name for t in want.input)
+    # the raw classifier over the protocol: batch 3 gives what the file gives
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    S = Predictor(exported / "model.onnx", device="cpu").size
+    x = rng.uniform(0, 255, (3, S, S, 3)).astype(np.float32)
+    m = np.ones((3, S, S, 1), np.float32)
+    ins = [th.InferInput("image", list(x.shape), "FP32"), th.InferInput("mask", list(m.shape), "FP32")]
+    ins[0].set_data_from_numpy(x)
+    ins[1].set_data_from_numpy(m)
+    res = c.infer("busi_classifier", ins, outputs=[th.InferRequestedOutput("probabilities")], headers=h)
+    sess = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert np.allclose(res.as_numpy("probabilities"), sess.run(["probabilities"], {"image": x, "mask": m})[0], atol=1e-5)
+    with pytest.raises(Exception, match="401"):
+        c.get_model_config("busi_classifier")
+
+
+def test_the_record_endpoint(exported, phantoms, served):
+    """`busi`: PNG bytes and a box in, busi-infer's record out; bad requests get 4xx with one line."""
+    url, _, _ = served
+    img = phantoms / "malignant" / "malignant (1).png"
+    want = json.loads(cli("busi-infer", img, "--model", exported / "model.onnx", "--roi", "30,30,60,50").stdout)
+
+    def post(data: bytes, mask: str | None = "30,30,60,50", token=TOKEN):
+        inputs = [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(data).decode()]}]
+        if mask is not None:
+            inputs.append({"name": "mask", "datatype": "BYTES", "shape": [1], "data": [mask]})
+        return requests.post(f"{url}/v2/models/busi/infer", json={"inputs": inputs}, timeout=60,
+                             headers={"Authorization": f"Bearer {token}"})
+
+    import tritonclient.http as th
+
+    c = th.InferenceServerClient(url.removeprefix("http://"))
+    data = np.frombuffer(img.read_bytes(), np.uint8)
+    ins = [th.InferInput("image", [len(data)], "UINT8"), th.InferInput("mask", [1], "BYTES")]
+    ins[0].set_data_from_numpy(data)
+    ins[1].set_data_from_numpy(np.array([b"30,30,60,50"], dtype=object))
+    rec = json.loads(c.infer("busi", ins, headers={"Authorization": f"Bearer {TOKEN}"}).as_numpy("record")[0])
+    assert rec["class"] == want["class"] and rec["model_sha256"] == want["model_sha256"]
+    assert rec["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+    assert rec["mask_source"] == want["mask_source"] and rec["lesion_box"] == want["lesion_box"]
+    truncated = img.read_bytes()[:400]
+    r = post(truncated)
+    assert r.status_code == 400 and len(r.json()["error"].splitlines()) == 1, r.text
+    assert "<image bytes>" in r.json()["error"]
+    r = post(b"not an image at all")
+    assert r.status_code == 400 and "<image bytes>" in r.json()["error"]
+    r = post(img.read_bytes(), "900,900,10,10")
+    assert r.status_code == 400 and "outside" in r.json()["error"]
+    r = post(img.read_bytes(), token="wrong")
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+    r = requests.post(f"{url}/v2/models/busi_classifier/infer", timeout=30, headers={"Authorization": f"Bearer {TOKEN}"},
+                      json={"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]})
+    assert r.status_code == 400 and "inputs ['image'], expected ['image', 'mask']" in r.json()["error"]
+
+
+def test_overload_is_503_and_nothing_is_lost(exported, phantoms, tmp_path):
+    """A small queue and no batching, 48 requests at once: each gets 200 or 503 with Retry-After,
+    nothing else; the remote Predictor, which tries a 503 again, gets every answer; /metrics counts."""
+    with busi_serve(exported, "--max-queue", 2, "--max-batch", 1, log=tmp_path / "log") as (url, _):
+        S = Predictor(exported / "model.onnx", device="cpu").size
+        body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, S, S, 3], "data": [100.0] * (S * S * 3)},
+                           {"name": "mask", "datatype": "FP32", "shape": [1, S, S, 1], "data": [1.0] * (S * S)}],
+                "outputs": [{"name": "probabilities"}]}
+        payload = json.dumps(body)
+        answers, errors = [], []
+
+        def one():
+            try:
+                r = requests.post(f"{url}/v2/models/busi_classifier/infer", data=payload, timeout=120,
+                                  headers={"Content-Type": "application/json"})
+                answers.append((r.status_code, r.headers.get("Retry-After"), r.text))
+            except Exception as e:  # a lost request
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=one) for _ in range(48)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and len(answers) == 48
+        codes = [a[0] for a in answers]
+        assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+        assert all(a[1] is not None and int(a[1]) >= 1 for a in answers if a[0] == 503)
+        assert all("requests already wait" in json.loads(a[2])["error"] for a in answers if a[0] == 503)
+        # the remote backend waits and tries again: 24 threads, every image answered
+        remote = Predictor(server=url)
+        img = phantoms / "benign" / "benign (1).png"
+        results, failures = [], []
+
+        def client():
+            try:
+                results.append(remote.predict(img, (30, 30, 60, 50)).label)
+            except Exception as e:
+                failures.append(repr(e))
+
+        threads = [threading.Thread(target=client) for _ in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not failures and len(results) == 24 and len(set(results)) == 1
+        metrics = requests.get(f"{url}/metrics", timeout=10).text
+        assert 'busi_requests_total{code="503",model="busi_classifier"}' in metrics
+        assert "busi_batch_size_bucket" in metrics and "busi_queue_depth" in metrics and "busi_request_seconds" in metrics
+
+
+def test_batching_puts_concurrent_requests_in_one_run(exported, phantoms, tmp_path):
+    with busi_serve(exported, "--max-batch", 8, "--max-delay-ms", 50, log=tmp_path / "log") as (url, proc):
+        remote = Predictor(server=url)
+        img = phantoms / "benign" / "benign (1).png"
+        threads = [threading.Thread(target=remote.predict, args=(img, (30, 30, 60, 50))) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        metrics = requests.get(f"{url}/metrics", timeout=10).text
+        count = sum(float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith('busi_batch_size_count{model="busi_classifier"'))
+        total = sum(float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith('busi_batch_size_sum{model="busi_classifier"'))
+        assert total == 16 and count < 16, (count, total)  # 16 images in fewer runs
+        # it listens on loopback only
+        import psutil
+
+        p = psutil.Process(proc.pid)
+        conns = (p.net_connections if hasattr(p, "net_connections") else p.connections)("inet")  # psutil < 6: connections
+        listening = [c.laddr for c in conns if c.status == psutil.CONN_LISTEN]
+        assert listening and all(a.ip == "127.0.0.1" for a in listening), listening
+    log = (tmp_path / "log").read_text()
+    assert f"busi-serve: {url} serves busi_classifier, busi_segmenter, busi" in log
+
+
+def test_the_server_dies_mid_request(exported, phantoms, tmp_path):
+    """The client names the server in one line; a batch run records each image as failed and goes on."""
+    imgs = images(phantoms, 2)
+    with busi_serve(exported, log=tmp_path / "log") as (url, proc):
+        remote = Predictor(server=url)
+        assert remote.predict(imgs[0], (30, 30, 60, 50)).label
+        proc.send_signal(signal.SIGSTOP)  # the request below reaches a server that no longer answers...
+        box = []
+
+        def call():
+            try:
+                remote.predict(imgs[1], (30, 30, 60, 50))
+            except Exception as e:
+                box.append(e)
+
+        t = threading.Thread(target=call)
+        t.start()
+        time.sleep(1.0)
+        proc.kill()  # ...and dies with the request open
+        proc.wait()
+        t.join(60)
+        assert not t.is_alive() and len(box) == 1 and isinstance(box[0], ServerError), box
+        msg = str(box[0])
+        assert len(msg.splitlines()) == 1 and url in msg and "busi_classifier" in msg
+        out = list(remote.iter_predict(imgs, (30, 30, 60, 50), batch_size=2))
+        assert len(out) == len(imgs) and all(url in getattr(x, "error", "") for x in out)
+    r = cli("busi-infer", *imgs, "--server", url, check=False)
+    assert r.returncode == 1 and url in r.stderr  # the server is gone before the first request
+
+
+def test_kserve_inference_service_example():
+    """The InferenceService example: Triton runtime, v2 protocol, on the exported repository."""
+    import yaml
+
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "kserve" / "inferenceservice.yaml").read_text()))
+    isvc = next(d for d in docs if d["kind"] == "InferenceService")
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "triton" and model["protocolVersion"] == "v2"
+    assert model["runtime"] == "kserve-tritonserver" and model["storageUri"]
+    assert model["resources"]["limits"]["nvidia.com/gpu"] == 1
+    args = " ".join(model.get("args", []))
+    assert "--strict-model-config=true" in args or "--disable-auto-complete-config" in args
