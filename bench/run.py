@@ -331,6 +331,9 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
     # 8b: busi-node throughput vs busi-infer on the same DICOM files
     rows.append(node_row(fp32_path, tmp, quick))
 
+    # 8c: busi-serve under load, dynamic batching, memory
+    rows.extend(serve_rows(fp32_path, one, box, tmp, quick))
+
     # 9: sizes
     base = dist_closure_size(())
     full = dist_closure_size(("train",))
@@ -434,6 +437,67 @@ def node_row(model: Path, tmp: Path, quick: bool) -> dict:
                "written) vs busi-infer --dicom-out on the same files (its own clock)", "busi-infer",
                {"images_per_s": infer_ips}, "busi-node", {"images_per_s": node_ips, "peak_mb": peak_kb / 1024},
                node_ips / infer_ips, None, None, unit="images/s")
+
+
+def serve_rows(model: Path, image: Path, box, tmp: Path, quick: bool) -> list[dict]:
+    """busi-serve on loopback vs the local Predictor, each with 1, 4 and 16 client threads
+    calling predict (PNG 564x474 with a box: decode, mask and the rest on the client, the
+    classifier on the server); then dynamic batching on (max batch 8, 2 ms) vs off (max
+    batch 1) at 16 clients; and the server's peak RSS. Client and server share this
+    machine's cores: on 2 cores the client's decoding takes CPU from the server."""
+    import importlib.util
+
+    if importlib.util.find_spec("kserve") is None or importlib.util.find_spec("tritonclient") is None:
+        return [{"row": "serve", "skipped": "kserve/tritonclient not installed (pip install 'busi[serve]')"}]
+    import threading
+
+    from busi.runtime import Predictor
+    from busi.serve.process import running
+
+    n = 48 if quick else 192
+
+    def load(pred, clients: int) -> dict:
+        lat: list[float] = []
+        per = max(1, n // clients)
+
+        def client():
+            for _ in range(per):
+                t = time.perf_counter()
+                pred.predict(image, box)
+                lat.append(time.perf_counter() - t)
+
+        pred.predict(image, box)  # warm
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        ms = np.array(lat) * 1000
+        return {"images_per_s": per * clients / wall, "p50_ms": float(np.percentile(ms, 50)),
+                "p99_ms": float(np.percentile(ms, 99))}
+
+    rows = []
+    local = Predictor(model, device="cpu", notice=lambda m: None)
+    with running(model, "--max-batch", 8, "--max-delay-ms", 2, log=tmp / "serve.log") as server:
+        remote = Predictor(server=server.url, notice=lambda m: None)
+        for c in (1, 4, 16):
+            a, b = load(local, c), load(remote, c)
+            rows.append(row(f"serve, {c} clients", f"{c} client threads x predict(PNG 564x474, box): local Predictor vs "
+                            "busi-serve on loopback (remote backend; max batch 8, 2 ms)", "local", a, "busi-serve", b,
+                            b["images_per_s"] / a["images_per_s"], None, None, unit="images/s"))
+        batched = b
+        peak = server.peak_rss_mb()
+    with running(model, "--max-batch", 1, log=tmp / "serve1.log") as server:
+        single = load(Predictor(server=server.url, notice=lambda m: None), 16)
+    rows.append(row("serve batching", "busi-serve, 16 clients: dynamic batching (max batch 8, 2 ms) vs off (max batch 1)",
+                    "max batch 1", single, "max batch 8", batched, batched["images_per_s"] / single["images_per_s"],
+                    None, None, unit="images/s"))
+    rows.append(row("serve memory", "peak RSS of busi-serve after the loads above (classifier, its batcher, kserve)",
+                    "busi-serve", {"peak_mb": peak}, "per replica", {"images_per_s": batched["images_per_s"]}, None,
+                    None, None, unit="MB"))
+    return rows
 
 
 def training_input_row(card: ModelCard, model_dir: Path, quick: bool) -> dict:

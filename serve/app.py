@@ -157,6 +157,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, token: s
         from kserve.protocol.rest.server import RESTServer
 
     from .batcher import QueueFull
+    from .binary import BinaryDataPlane
     from .models import Rejected
 
     metrics = _metrics()
@@ -181,6 +182,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, token: s
     app.add_middleware(Guard, token=token, max_bytes=max_request_bytes, metrics=metrics)
 
     server = ModelServer(http_port=port, enable_grpc=False, workers=1, enable_latency_logging=False, grace_period=5)
+    server.dataplane = BinaryDataPlane(model_registry=server.registered_models)  # binary tensors without lists
     # ModelServer.start() with one change: kserve's REST server binds 0.0.0.0; busi binds `host`
     server._register_and_check_atleast_one_model_is_ready(models)
     rest = RESTServer("kserve.model_server:app", server.dataplane, server.model_repository_extension, port,

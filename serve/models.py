@@ -135,10 +135,19 @@ class TensorModel(Model):
         res = []
         for n in names:
             o = InferOutput(n, list(outs[n].shape), ORT_TYPES.get(_type(self.session, n), "FP32"))
-            o.set_data_from_numpy(outs[n], binary_data=payload.use_binary_outputs)
+            o.set_data_from_numpy(outs[n], binary_data=_binary(payload, n))  # JSON lists only when asked for
             res.append(o)
         return InferResponse(payload.id or "", self.name, res, use_binary_outputs=payload.use_binary_outputs,
                              requested_outputs=payload.request_outputs)
+
+
+def _binary(payload: InferRequest, name: str) -> bool:
+    """Whether output `name` goes back as binary: its own binary_data parameter, else the
+    request's binary_data_output."""
+    for o in payload.request_outputs or []:
+        if o.name == name and o.binary_data is not None:
+            return bool(o.binary_data)
+    return bool(payload.use_binary_outputs)
 
 
 def _type(session, name: str) -> str:
@@ -184,7 +193,7 @@ class RecordModel(Model):
             self._inflight -= 1
         out = InferOutput("record", [1], "BYTES")
         out.set_data_from_numpy(np.array([json.dumps(res.to_dict(), sort_keys=True).encode()], dtype=object),
-                                binary_data=payload.use_binary_outputs)
+                                binary_data=_binary(payload, "record"))
         return InferResponse(payload.id or "", "busi", [out], use_binary_outputs=payload.use_binary_outputs)
 
     def _predict(self, image: bytes, mask: str | None):

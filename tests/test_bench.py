@@ -11,7 +11,8 @@ import pytest
 from helpers import bench
 
 ROWS = ["peak", "keras vs ort, batch 1", "keras vs ort, batch 8", "fp32 vs peak, batch 8", "end to end", "folder", "cold start", "memory",
-        "training input", "node", "sizes"]
+        "training input", "node", "serve, 1 clients", "serve, 4 clients", "serve, 16 clients", "serve batching",
+        "serve memory", "sizes"]
 
 
 def test_bench_quick_writes_a_table_and_json(exported, tmp_path):
@@ -42,6 +43,13 @@ def test_bench_quick_writes_a_table_and_json(exported, tmp_path):
     e2e, folder = by["end to end"], by["folder"]
     assert e2e["floor_ratio"] == pytest.approx((e2e["a"]["median_ms"] + e2e["b"]["prepare_ms"]) / e2e["a"]["median_ms"])
     assert 0 < folder["ceiling_ratio"] <= 1 and folder["b"]["prepare_ms"] == e2e["b"]["prepare_ms"]
+    for c in (1, 4, 16):  # busi-serve under load: throughput and latency percentiles, both sides
+        srv = by[f"serve, {c} clients"]
+        assert srv["ratio"] == pytest.approx(srv["b"]["images_per_s"] / srv["a"]["images_per_s"])
+        assert all(0 < side["p50_ms"] <= side["p99_ms"] for side in (srv["a"], srv["b"]))
+    batching = by["serve batching"]
+    assert batching["b"] == {k: v for k, v in by["serve, 16 clients"]["b"].items()} | {"label": "max batch 8"}
+    assert by["serve memory"]["a"]["peak_mb"] > 50
     for row in res["rows"]:
         if "skipped" in row:
             assert row["skipped"]

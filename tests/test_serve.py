@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
-import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -20,7 +18,8 @@ import requests
 
 from busi.runtime import NeedsRoi, Predictor
 from busi.runtime.errors import ModelError, ServerError
-from helpers import BIN, ROOT, cli, free_port, wait_for
+from busi.serve.process import running
+from helpers import ROOT, cli
 
 TOKEN = "s3cret-token"
 
@@ -28,36 +27,8 @@ TOKEN = "s3cret-token"
 @contextmanager
 def busi_serve(model_dir: Path, *args, token: str | None = None, log: Path | None = None):
     """busi-serve on a free loopback port until the block ends; yields (url, process)."""
-    port = free_port()
-    env = dict(os.environ, BUSI_TOKEN=token or "")
-    if token is None:
-        env.pop("BUSI_TOKEN")
-    out = open(log or os.devnull, "w")
-    proc = subprocess.Popen([str(BIN / "busi-serve"), str(model_dir), "--port", str(port), "--threads", "2", *map(str, args)],
-                            stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready():
-        if proc.poll() is not None:
-            raise AssertionError(f"busi-serve exited with {proc.returncode}: {Path(log).read_text()[-2000:] if log else ''}")
-        try:
-            return requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_for(ready, 90, "busi-serve to be ready")
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)  # a test may have stopped it
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        out.close()
+    with running(model_dir, "--threads", 2, *args, token=token, log=log) as server:
+        yield server.url, server.proc
 
 
 @pytest.fixture(scope="module")
