@@ -97,6 +97,20 @@ def _first_error_line(text: str) -> str:
     return text.strip().splitlines()[-1][-160:] if text.strip() else ""
 
 
+#: what to install when the CUDA provider cannot load its libraries (onnxruntime-gpu's own
+#: pip extras: NVIDIA's CUDA runtime, cuBLAS, cuFFT, cuRAND and cuDNN wheels, which
+#: `onnxruntime.preload_dlls()` loads; the machine then needs only the NVIDIA driver)
+CUDA_INSTALL = "pip install 'busi[cuda]'"
+
+
+def cuda_hint(detail: str) -> str:
+    """'; <what to install>' when a CUDA/cuDNN library is missing, else ''."""
+    if re.search(r"lib(cu\w*|nv\w*)\.so[\w.]* not found", detail or ""):
+        return (f"; {CUDA_INSTALL} brings NVIDIA's CUDA and cuDNN libraries for onnxruntime-gpu "
+                "(the NVIDIA driver is then all the machine needs)")
+    return ""
+
+
 def cap_threads(threads: int | None, notice=None) -> int | None:
     """More intra-op threads than cores only adds contention (100000 ran for minutes): cap
     at the core count and say so once."""
@@ -158,7 +172,7 @@ def create_session(
         if exc is not None and _looks_like_model_error(exc):
             raise ModelError(model if isinstance(model, str) else None, f"cannot load ONNX model ({describe(exc)})")
         detail = _first_error_line(err[0] if err else "") or (describe(exc) if exc else "")
-        reason = "CUDA provider is listed but cannot run here" + (f" ({detail})" if detail else "")
+        reason = "CUDA provider is listed but cannot run here" + (f" ({detail})" if detail else "") + cuda_hint(detail)
     if device == "cuda":
         raise DeviceError(f"--device cuda: {reason}")
     notice(f"busi: running on CPU: {reason}")

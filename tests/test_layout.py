@@ -10,7 +10,8 @@ import subprocess
 from helpers import ROOT
 
 #: where each package's files are (pyproject's package-dir), plus the bench beside the project
-PACKAGES = {"busi": "busi", "busi.runtime": "runtime", "busi.train": "train", "busi.export": "export", "bench": "bench"}
+PACKAGES = {"busi": "busi", "busi.runtime": "runtime", "busi.train": "train", "busi.export": "export", "busi.node": "node",
+            "busi.serve": "serve", "bench": "bench"}
 
 
 def modules() -> dict[str, ast.Module]:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -163,6 +164,9 @@ def test_real_auto_device_keeps_stdout_clean(exported, phantoms):
     rec = json.loads(r.stdout)  # stdout is exactly one JSON line: no CUDA spam in it
     assert rec["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
     assert r.stderr.count("running on CPU") <= 1 and "Failed to load" not in r.stderr
+    m = re.search(r"cannot run here \((lib\S+\.so\S*) not found\)(.*)", r.stderr)
+    if m:  # onnxruntime-gpu without NVIDIA's libraries (this CI): the notice says what to install
+        assert "pip install 'busi[cuda]'" in m.group(2), r.stderr
 
 
 # ---- the CLI ---------------------------------------------------------------------------------
