@@ -202,17 +202,19 @@ class Node:
         frames = int(head.get("NumberOfFrames", 1) or 1)
         try:
             pred = self.predictor.predict(str(path), mask=self.mask, frame="all" if frames > 1 else 0, keep_view=True)
-            if isinstance(pred, NeedsRoi):  # auto abstained: nothing to report as a result; said in the log
-                self.spool.finish(path, {**base, "event": "needs_roi", "reason": pred.reason.replace(str(path), f"instance {sop}"),
-                                         "lesion_presence": pred.lesion_presence})
-                self.event("needs_roi", **base, reason=pred.reason.replace(str(path), f"instance {sop}"))
-                return
             written = dicom_out.write(pred, str(path), self.spool.outgoing, options=self.options)
         except BusiError as e:
             self._fail(path, sop, str(e).replace(str(path), f"instance {sop}"), base)
             return
         except Exception as e:  # never let one instance stop the node
             self._fail(path, sop, f"{type(e).__name__}: {e}", base)
+            return
+        if isinstance(pred, NeedsRoi):  # auto abstained: its SR says "not classified, ROI needed"; no class
+            reason = pred.reason.replace(str(path), f"instance {sop}")
+            self.spool.finish(path, {**base, "event": "needs_roi", "reason": reason, "lesion_presence": pred.lesion_presence,
+                                     "outputs": [p.name for p in written]})
+            self.event("needs_roi", **base, reason=reason, outputs=[p.name for p in written])
+            self._send.set()
             return
         record = {**base, "event": "classified", "class": pred.label, "p_malignant": pred.flag_probability,
                   "malignant": pred.malignant, "threshold": pred.threshold, "mask_source": pred.mask_source,

@@ -162,7 +162,7 @@ def infer(
     records: list[dict] = []
     n_fail = 0
     show_bar = not quiet and sys.stderr.isatty() and len(files) > 1
-    from .results import Failure, Prediction
+    from .results import Failure, NeedsRoi, Prediction
 
     items = [Failure(f.path, str(f)) if isinstance(f, InputError) else f for f in files]
     it = pred.iter_predict(items, mask_arg, batch_size=batch_size, threshold=threshold, tta=tta,
@@ -188,7 +188,7 @@ def infer(
                 _write_explanation(explain, r, written, sources)
             except OSError as e:
                 raise WriteError(explain, f"cannot write ({e.strerror or e})") from None
-        if dicom_writer is not None and isinstance(r, Prediction):
+        if dicom_writer is not None and isinstance(r, (Prediction, NeedsRoi)):  # abstained: an SR that says so
             problem = dicom_writer.add(r)
             if problem:
                 n_fail += 1

@@ -46,7 +46,7 @@ from .log import get as get_logger
 _LOG = get_logger(__name__)
 
 if TYPE_CHECKING:
-    from .results import Prediction
+    from .results import NeedsRoi, Prediction
 
 SCHEME = "99BUSI"
 MANUFACTURER = "busi (research software, not a medical device)"
@@ -86,8 +86,9 @@ def read_source(source) -> "object":
         raise InputError(source, f"cannot read the DICOM source for the output ({type(e).__name__})") from None
 
 
-def write(prediction: "Prediction", source, out_dir: str | Path, *, options: str = "") -> list[Path]:
-    """SR, SC and (when a lesion was found) SEG for one prediction of a DICOM source image.
+def write(prediction: "Prediction | NeedsRoi", source, out_dir: str | Path, *, options: str = "") -> list[Path]:
+    """SR, SC and (when a lesion was found) SEG for one prediction of a DICOM source image; for
+    a `NeedsRoi` (--mask auto abstained) one SR that says the image was not classified and why.
     `options`: what else changed the result (mask, threshold, TTA, frame), for the UIDs."""
     src = read_source(source)
     for key in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
@@ -100,7 +101,10 @@ def write(prediction: "Prediction", source, out_dir: str | Path, *, options: str
         raise WriteError(out, f"cannot create the output folder ({e.strerror or e})") from None
     key = (src.SOPInstanceUID, prediction.model_sha256, options)
     try:
-        objects = {"sr": structured_report(prediction, src, key), "sc": secondary_capture(prediction, src, key)}
+        if getattr(prediction, "needs_roi", False):  # auto abstained: an SR that says so, nothing else
+            objects = {"sr": not_classified_report(prediction, src, key)}
+        else:
+            objects = {"sr": structured_report(prediction, src, key), "sc": secondary_capture(prediction, src, key)}
         lesion = prediction.extras.get("lesion_mask")
         if prediction.mask_source == "auto" and lesion is not None and lesion.any():
             if int(src.get("NumberOfFrames", 1) or 1) > 1 and "FrameOfReferenceUID" not in src:
@@ -206,6 +210,50 @@ def structured_report(prediction: "Prediction", src, key):
     return hd.sr.Comprehensive3DSR(
         evidence=[src], content=report, manufacturer=MANUFACTURER, **_series(src, "sr", key),
         series_description="busi finding (research use only, not a medical device)")
+
+
+def not_classified_report(result: "NeedsRoi", src, key):
+    """The SR of an image that --mask auto did not classify: no class, no probabilities; the
+    reason, the lesion presence score and its band, so the reading room sees that busi looked
+    and that a reader must draw the lesion (then busi-infer --roi classifies it)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from busi import __version__
+
+    no_units = hd.sr.CodedConcept("1", "UCUM", "no units")
+    sha = result.model_sha256
+    why = result.reason.split("needs an ROI: ", 1)[-1]
+    algorithm = hd.sr.AlgorithmIdentification(
+        name="busi", version=__version__, family=codes.DCM.ArtificialIntelligence,
+        parameters=[f"model sha256 {sha}", "mask source auto", f"not classified, an ROI is needed: {why}", RESEARCH])
+    src_code, src_meaning = MASK_SOURCES["auto"]
+    qualitative = [
+        hd.sr.QualitativeEvaluation(name=_busi("NEEDS-ROI", "Not classified: a lesion ROI drawn by a reader is needed"),
+                                    value=codes.SCT.Yes),
+        hd.sr.QualitativeEvaluation(name=_busi("MASK-SOURCE", "Mask source"), value=_busi(src_code, src_meaning)),
+    ]
+    low, high = result.presence_band
+    measurements = [
+        hd.sr.Measurement(name=_busi("LESION-PRESENCE", "Lesion presence score"), value=float(result.lesion_presence),
+                          unit=no_units),
+        hd.sr.Measurement(name=_busi("PRESENCE-LOW", "Presence at or below which no lesion is found"), value=float(low),
+                          unit=no_units),
+        hd.sr.Measurement(name=_busi("PRESENCE-HIGH", "Presence from which a lesion is found"), value=float(high),
+                          unit=no_units),
+    ]
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(*key, "finding"), identifier="busi finding"),
+        finding_type=codes.SCT.Breast, algorithm_id=algorithm, measurements=measurements,
+        qualitative_evaluations=qualitative,
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src, referenced_frame_numbers=_frame(result, src))])
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=_device(sha)),
+        procedure_reported=codes.SCT.UltrasonographyOfBreast, imaging_measurements=[group],
+        title=codes.DCM.ImagingMeasurementReport)
+    return hd.sr.Comprehensive3DSR(
+        evidence=[src], content=report, manufacturer=MANUFACTURER, **_series(src, "sr", key),
+        series_description="busi: not classified, ROI needed (research use only)")
 
 
 def _device(sha: str):

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from busi.runtime.contract import SERVED_NAMES
-from busi.runtime.errors import ModelError
+from busi.runtime.errors import ModelError, UsageError
 from busi.runtime.log import get as get_logger
 
 _LOG = get_logger(__name__)
@@ -106,6 +106,18 @@ class Guard:
                 self.m["latency"].labels(model).observe(time.perf_counter() - start)
 
 
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UsageError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+
+
 def load_models(model: str | Path, device: str, threads: int | None, max_batch: int, max_delay: float, max_queue: int,
                 metrics: dict):
     """The kserve models of a model folder (or .onnx file): classifier, segmenter when there is
@@ -160,6 +172,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, token: s
     from .binary import BinaryDataPlane
     from .models import Rejected
 
+    _check_port(host, port)  # before the models load: a clear error, not uvicorn's after start-up
     metrics = _metrics()
     predictor, models = load_models(model, device, threads, max_batch, max_delay, max_queue, metrics)
 

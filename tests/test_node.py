@@ -136,8 +136,9 @@ def start_node(exported, tmp_path, pacs, extra=(), mask="none", **kw) -> Node:
                 tmp_path / "node.jsonl", extra=extra, **kw)
 
 
-def results_in(pacs, n: int) -> tuple[list, list]:
-    sr = wait_for(lambda: (lambda x: x if len(x) >= n else None)(pacs.series("SR")), 90, f"{n} SR in Orthanc")
+def results_in(pacs, n: int, n_sr: int | None = None) -> tuple[list, list]:
+    n_sr = n if n_sr is None else n_sr
+    sr = wait_for(lambda: (lambda x: x if len(x) >= n_sr else None)(pacs.series("SR")), 90, f"{n_sr} SR in Orthanc")
     sc = wait_for(lambda: (lambda x: x if len(x) >= n else None)(pacs.series("OT")), 90, f"{n} SC in Orthanc")
     return sr, sc
 
@@ -161,22 +162,27 @@ def test_scanner_to_node_to_pacs(exported, tmp_path, pacs, study):
         wait_for(lambda: len(decided()) == len(study), 90, "every image classified or abstained on")
         abstained = {e["sop"] for e in decided() if e["event"] == "needs_roi"}
         n = len(study) - len(abstained)
-        sr, sc = results_in(pacs, n)
+        sr, sc = results_in(pacs, n, n_sr=len(study))  # every image an SR; an overlay where classified
         time.sleep(1)
-        assert len(pacs.series("SR")) == n and len(pacs.series("OT")) == n
+        assert len(pacs.series("SR")) == len(study) and len(pacs.series("OT")) == n
         pred = Predictor(exported / "model.onnx", device="cpu")
-        by_ref = {}
+        by_ref, not_classified = {}, {}
         for inst in sr:
             ds = hd.sr.srread(__import__("io").BytesIO(pacs.get(f"/instances/{inst['ID']}/file")))
             ref = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
             group = (ds.content.get_planar_roi_measurement_groups() or ds.content.get_image_measurement_groups())[0]
             m = {x.name.meaning: x.value for x in group.get_measurements()}
+            if "Lesion presence score" in m:  # "not classified, ROI needed"
+                assert "Probability of cancer" not in m and "ROI needed" in ds.SeriesDescription
+                not_classified[ref.ReferencedSOPInstanceUID] = m["Lesion presence score"]
+                continue
             by_ref[ref.ReferencedSOPInstanceUID] = (m["Probability of cancer"], ds.StudyInstanceUID)
         for f in study:
             src = pydicom.dcmread(f, stop_before_pixels=True)
             res = pred.predict(f, mask=mask)
-            if isinstance(res, NeedsRoi):  # the node abstained where the Predictor does: no result sent
+            if isinstance(res, NeedsRoi):  # the node abstained where the Predictor does: an SR that says so
                 assert src.SOPInstanceUID in abstained and src.SOPInstanceUID not in by_ref
+                assert not_classified[src.SOPInstanceUID] == pytest.approx(res.lesion_presence, abs=1e-5)
                 continue
             p_mal, study_uid = by_ref[src.SOPInstanceUID]
             assert study_uid == src.StudyInstanceUID

@@ -18,7 +18,7 @@ import requests
 
 from busi.runtime import NeedsRoi, Predictor
 from busi.runtime.errors import ModelError, ServerError
-from busi.serve.process import running
+from busi.serve.process import free_port, running
 from helpers import ROOT, cli
 
 TOKEN = "s3cret-token"
@@ -289,3 +289,16 @@ def test_kserve_inference_service_example():
     assert model["resources"]["limits"]["nvidia.com/gpu"] == 1
     args = " ".join(model.get("args", []))
     assert "--strict-model-config=true" in args or "--disable-auto-complete-config" in args
+
+
+def test_a_port_in_use_and_a_missing_model_are_one_line_errors(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = cli("busi-serve", tmp_path, "--port", port, check=False, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"error: --host 127.0.0.1 --port {port}: cannot listen"), r.stderr
+    r = cli("busi-serve", tmp_path / "none", "--port", free_port(), check=False, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none'}: not found (export the model folder first: busi-export MODEL_DIR)", r.stderr

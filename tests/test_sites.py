@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -200,6 +201,41 @@ def test_needs_roi_in_every_output(exported, phantoms, tmp_path):
     assert d["needs_roi"] is True and "class" not in d
     # a box given by the user is classified as always
     assert isinstance(p.predict(roi[0]["path"], (10, 10, 40, 40)), Prediction)
+
+
+def test_an_abstained_dicom_image_gets_a_not_classified_sr(exported, phantoms, tmp_path):
+    """--dicom-out (and busi-node, test_node) on an image auto abstains on: one SR that says
+    "not classified, ROI needed" with the presence score and band, valid DICOM, and no
+    overlay or SEG; the classified image beside it gets its usual objects."""
+    import highdicom as hd
+
+    from test_dicom_out import dciodvfy_errors, study
+
+    seg = _wide_band_segmenter(exported, tmp_path / "unsure.onnx")
+    imgs = {f"US{i}": cv2.imread(str(phantoms / "malignant" / f"malignant ({i}).png"), cv2.IMREAD_GRAYSCALE)
+            for i in (1, 2, 3)}
+    sops = study(tmp_path / "in", imgs)
+    r = cli("busi-infer", tmp_path / "in", "--model", exported / "model.onnx", "--mask", "auto", "--segmenter", seg,
+            "--dicom-out", tmp_path / "out", check=False)
+    recs = {Path(x["path"]).name: x for x in map(json.loads, r.stdout.splitlines())}
+    roi = [n for n, x in recs.items() if x.get("needs_roi")]
+    assert roi and r.returncode in (0, 3), r.stderr
+    for name, sop in sops.items():
+        sr = tmp_path / "out" / f"{sop}.sr.dcm"
+        assert sr.is_file() and dciodvfy_errors(sr) == [], name
+        if name not in roi:
+            assert (tmp_path / "out" / f"{sop}.sc.dcm").is_file()
+            continue
+        assert not (tmp_path / "out" / f"{sop}.sc.dcm").exists() and not (tmp_path / "out" / f"{sop}.seg.dcm").exists()
+        ds = hd.sr.srread(sr)
+        group = ds.content.get_image_measurement_groups()[0]
+        m = {x.name.meaning: x.value for x in group.get_measurements()}
+        q = {x.name.meaning: x.value.meaning for x in group.get_qualitative_evaluations()}
+        assert "Probability of cancer" not in m and "Pathology" not in q
+        assert q["Not classified: a lesion ROI drawn by a reader is needed"] == "Yes"
+        assert m["Lesion presence score"] == pytest.approx(recs[name]["lesion_presence"], rel=1e-5)
+        assert (m["Presence at or below which no lesion is found"], m["Presence from which a lesion is found"]) == (0, 1)
+        assert "ROI needed" in ds.SeriesDescription
 
 
 def test_scanner_augmentation_changes_the_look_not_the_lesion():
