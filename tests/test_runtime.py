@@ -367,7 +367,7 @@ def test_base_install_in_a_fresh_venv_runs_busi_infer(exported, phantoms, tmp_pa
     src.mkdir()
     for part in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / part, src / part)
-    for part in ("busi", "runtime", "train", "export", "node"):
+    for part in ("busi", "runtime", "train", "export", "node", "serve"):
         shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
                        capture_output=True, text=True, timeout=600)
