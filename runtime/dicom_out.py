@@ -101,12 +101,13 @@ def write(prediction: "Prediction | NeedsRoi", source, out_dir: str | Path, *, o
         raise WriteError(out, f"cannot create the output folder ({e.strerror or e})") from None
     key = (src.SOPInstanceUID, prediction.model_sha256, options)
     try:
-        if getattr(prediction, "needs_roi", False):  # auto abstained: an SR that says so, nothing else
+        abstained = getattr(prediction, "needs_roi", False)
+        if abstained:  # auto abstained: an SR that says so, nothing else (no overlay, no SEG of a guess)
             objects = {"sr": not_classified_report(prediction, src, key)}
         else:
             objects = {"sr": structured_report(prediction, src, key), "sc": secondary_capture(prediction, src, key)}
         lesion = prediction.extras.get("lesion_mask")
-        if prediction.mask_source == "auto" and lesion is not None and lesion.any():
+        if not abstained and prediction.mask_source == "auto" and lesion is not None and lesion.any():
             if int(src.get("NumberOfFrames", 1) or 1) > 1 and "FrameOfReferenceUID" not in src:
                 _LOG.warning("busi: %s: no SEG for a cine loop without a Frame of Reference (highdicom segments one "
                              "frame there); its SR carries the lesion box", prediction.path)
