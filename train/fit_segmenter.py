@@ -38,12 +38,12 @@ _LOG = get_logger(__name__)
 class SegConfig:
     data: str
     out: str
-    image_size: int = 128
+    image_size: int = 256
     base_filters: int = 16
     epochs: int = 60
     batch_size: int = 16
     lr: float = 1e-3
-    patience: int = 10
+    patience: int = 30
     seed: int = 0
     threshold: float = SEGMENTER_THRESHOLD
     min_area_frac: float = SEGMENTER_MIN_AREA
