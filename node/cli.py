@@ -37,6 +37,9 @@ def node(
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate: DICOM over TLS."),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM key of --tls-cert."),
     tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="CA bundle: require client certificates signed by it."),
+    server: Optional[str] = typer.Option(None, "--server", help="Run the models on this inference server (http://host:port: busi-serve or Triton) instead of --model."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="BUSI_TOKEN", help="Bearer token for --server (default: $BUSI_TOKEN)."),
+    expect_sha256: Optional[str] = typer.Option(None, "--expect-sha256", help="Refuse a model (local or served) whose sha256 is another."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -52,8 +55,9 @@ def node(
     cfg = NodeConfig.from_sources(
         config, model=model, spool=spool, dest=dest, ae=ae, host=host, port=port, allow=tuple(allow or ()),
         allow_hosts=tuple(allow_host or ()), mask=mask, segmenter=segmenter, queue=queue, max_pixels=max_pixels,
-        threads=threads, study_idle=study_idle, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
-    if not Path(cfg.model).is_file():
+        threads=threads, study_idle=study_idle, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, server=server,
+        token=token, expect_sha256=expect_sha256)
+    if cfg.server is None and not Path(cfg.model).is_file():
         raise UsageError(f"{cfg.model}: model not found")
     n = Node(cfg)
     stop = threading.Event()

@@ -40,7 +40,7 @@ def check_port(value: int, what: str) -> int:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    model: Path
+    model: Path | None
     spool: Path
     dest: Destination | None = None
     ae: str = "BUSI"
@@ -65,6 +65,11 @@ class NodeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    #: the remote backend: the classifier (and segmenter) on this v2 inference server
+    #: (busi-serve, Triton), with a bearer token and the sha256 the served model must have
+    server: str | None = None
+    token: str | None = None
+    expect_sha256: str | None = None
 
     @classmethod
     def from_sources(cls, toml_path: Path | None, **given) -> "NodeConfig":
@@ -84,12 +89,13 @@ class NodeConfig:
             if unknown:
                 raise UsageError(f"{toml_path}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         values.update({k: v for k, v in given.items() if v is not None and v != ()})
-        for key in ("model", "spool"):
-            if not values.get(key):
-                raise UsageError(f"busi-node needs --{key} (or '{key}' in the config file)")
+        if not values.get("spool"):
+            raise UsageError("busi-node needs --spool (or 'spool' in the config file)")
+        if bool(values.get("model")) == bool(values.get("server")):
+            raise UsageError("busi-node needs either --model or --server (or 'model' / 'server' in the config file)")
         dest = values.get("dest")
         cfg = cls(
-            model=Path(values["model"]), spool=Path(values["spool"]),
+            model=Path(values["model"]) if values.get("model") else None, spool=Path(values["spool"]),
             dest=Destination.parse(dest) if isinstance(dest, str) else dest,
             **{k: v for k, v in values.items() if k not in ("model", "spool", "dest")},
         )

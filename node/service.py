@@ -50,7 +50,6 @@ def encoded(ds) -> bytes:
 
 class Node:
     def __init__(self, cfg: NodeConfig, out=None):
-        from busi.runtime.model_dir import ModelDir
         from busi.runtime.predictor import Predictor
 
         self.cfg = cfg
@@ -58,9 +57,9 @@ class Node:
         self._out_lock = threading.Lock()
         self.spool = Spool(cfg.spool)
         self.predictor = Predictor(cfg.model, threads=cfg.threads, max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes,
-                                   segmenter=cfg.segmenter, notice=lambda m: _LOG.warning(m))
-        seg = cfg.segmenter or ModelDir(Path(cfg.model).parent).segmenter_onnx
-        self.mask = cfg.mask or ("auto" if Path(seg).is_file() else "none")
+                                   segmenter=cfg.segmenter, notice=lambda m: _LOG.warning(m), server=cfg.server,
+                                   token=cfg.token, expect_sha256=cfg.expect_sha256)
+        self.mask = cfg.mask or ("auto" if self._has_segmenter() else "none")
         #: the option string busi-infer uses for the same settings: the same deterministic UIDs
         self.options = f"mask={self.mask} threshold=None tta=False frames=all"
         self.counts = {k: 0 for k in ("received", "refused", "classified", "needs_roi", "skipped", "failed", "sent",
@@ -75,6 +74,18 @@ class Node:
         self._studies = {uid: time.monotonic() for uid in self.spool.unsummarised()} if cfg.study_idle else {}
 
     # ---- log -------------------------------------------------------------------------------
+    def _has_segmenter(self) -> bool:
+        """A segmenter for mask auto: the one given, the one beside the model, or the server's."""
+        from busi.runtime.model_dir import ModelDir
+
+        if self.cfg.segmenter is not None or self.cfg.server is None:
+            return Path(self.cfg.segmenter or ModelDir(Path(self.cfg.model).parent).segmenter_onnx).is_file()
+        try:
+            self.predictor.segmenter  # busi_segmenter on the server
+        except BusiError:
+            return False
+        return True
+
     def event(self, kind: str, **fields) -> None:
         """One JSON line per event on stdout (received, refused, classified, needs_roi, skipped, failed, sent)."""
         if kind in self.counts:

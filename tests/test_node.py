@@ -75,7 +75,7 @@ class Node:
 
     def __init__(self, model: Path, spool: Path, port: int, dest: str, log: Path, extra=(), fsize: int | None = None,
                  ready=None):
-        self.args = [str(BIN / "busi-node"), "--model", str(model), "--spool", str(spool), "--dest", dest,
+        self.args = [str(BIN / "busi-node"), *(["--model", str(model)] if model else []), "--spool", str(spool), "--dest", dest,
                      "--host", "127.0.0.1", "--port", str(port), "--allow", "SCANNER", "--allow", "ORTHANC", *extra]
         self.port, self.log, self.fsize = port, log, fsize
         self.ready = ready or (lambda: echo(self.port, "SCANNER") == 0)
@@ -201,6 +201,38 @@ def test_scanner_to_node_to_pacs(exported, tmp_path, pacs, study):
 
     finally:
         assert node.stop() == 0  # SIGTERM: a clean stop
+
+
+def test_the_node_runs_its_model_on_busi_serve(exported, tmp_path, pacs, study):
+    """busi-node --server: the classifier runs on busi-serve (the remote backend), the results
+    reach the PACS with the P(malignant) the local runtime gives and the served model's sha256."""
+    import highdicom as hd
+
+    from busi.runtime.predictor import Predictor
+    from busi.serve.process import running
+
+    with running(exported, "--threads", 2, token="node-secret") as server:
+        node = Node(None, tmp_path / "spool", pacs.node_port, f"ORTHANC@127.0.0.1:{pacs.dicom}", tmp_path / "node.jsonl",
+                    extra=("--server", server.url, "--mask", "none", "--study-idle", "0", "--token", "node-secret"))
+        try:
+            assert storescu(node.port, study).returncode == 0
+            wait_for(lambda: sum(e["event"] == "classified" for e in node.events()) == len(study), 90, "every image classified")
+            sr, _ = results_in(pacs, len(study))
+        finally:
+            assert node.stop() == 0
+    local = Predictor(exported / "model.onnx", device="cpu")
+    by_ref = {}
+    for inst in sr:
+        ds = hd.sr.srread(__import__("io").BytesIO(pacs.get(f"/instances/{inst['ID']}/file")))
+        ref = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+        group = ds.content.get_image_measurement_groups()[0]
+        by_ref[ref.ReferencedSOPInstanceUID] = {x.name.meaning: x.value for x in group.get_measurements()}
+    for f in study:
+        sop = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+        assert by_ref[sop]["Probability of cancer"] == pytest.approx(local.predict(f, mask="none").flag_probability, abs=1e-5)
+    r = subprocess.run([str(BIN / "busi-node"), "--spool", str(tmp_path / "s2"), "--server", "http://127.0.0.1:9",
+                        "--host", "127.0.0.1", "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "server http://127.0.0.1:9" in r.stderr.strip().splitlines()[-1], r.stderr
 
 
 def test_a_study_gets_a_summary_and_a_later_image_supersedes_it(exported, tmp_path, pacs, study):
