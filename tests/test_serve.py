@@ -38,6 +38,24 @@ def served(exported, tmp_path_factory):
         yield url, proc, log
 
 
+def concurrently(fn, n: int) -> tuple[list, list]:
+    """fn() in n threads at once: (results, repr of the exceptions)."""
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(fn())
+        except Exception as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
 def images(phantoms, n=4):
     return [phantoms / c / f"{c} ({i}).png" for c in ("benign", "malignant", "normal") for i in range(1, n + 1)]
 
@@ -180,22 +198,14 @@ def test_overload_is_503_and_nothing_is_lost(exported, phantoms, tmp_path):
                            {"name": "mask", "datatype": "FP32", "shape": [1, S, S, 1], "data": [1.0] * (S * S)}],
                 "outputs": [{"name": "probabilities"}]}
         payload = json.dumps(body)
-        answers, errors = [], []
 
         def one():
-            try:
-                r = requests.post(f"{url}/v2/models/busi_classifier/infer", data=payload, timeout=120,
-                                  headers={"Content-Type": "application/json"})
-                answers.append((r.status_code, r.headers.get("Retry-After"), r.text))
-            except Exception as e:  # a lost request
-                errors.append(repr(e))
+            r = requests.post(f"{url}/v2/models/busi_classifier/infer", data=payload, timeout=120,
+                              headers={"Content-Type": "application/json"})
+            return r.status_code, r.headers.get("Retry-After"), r.text
 
-        threads = [threading.Thread(target=one) for _ in range(48)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors and len(answers) == 48
+        answers, errors = concurrently(one, 48)
+        assert not errors and len(answers) == 48  # no lost request
         codes = [a[0] for a in answers]
         assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
         assert all(a[1] is not None and int(a[1]) >= 1 for a in answers if a[0] == 503)
@@ -203,19 +213,7 @@ def test_overload_is_503_and_nothing_is_lost(exported, phantoms, tmp_path):
         # the remote backend waits and tries again: 24 threads, every image answered
         remote = Predictor(server=url)
         img = phantoms / "benign" / "benign (1).png"
-        results, failures = [], []
-
-        def client():
-            try:
-                results.append(remote.predict(img, (30, 30, 60, 50)).label)
-            except Exception as e:
-                failures.append(repr(e))
-
-        threads = [threading.Thread(target=client) for _ in range(24)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results, failures = concurrently(lambda: remote.predict(img, (30, 30, 60, 50)).label, 24)
         assert not failures and len(results) == 24 and len(set(results)) == 1
         metrics = requests.get(f"{url}/metrics", timeout=10).text
         assert 'busi_requests_total{code="503",model="busi_classifier"}' in metrics
@@ -226,11 +224,7 @@ def test_batching_puts_concurrent_requests_in_one_run(exported, phantoms, tmp_pa
     with busi_serve(exported, "--max-batch", 8, "--max-delay-ms", 50, log=tmp_path / "log") as (url, proc):
         remote = Predictor(server=url)
         img = phantoms / "benign" / "benign (1).png"
-        threads = [threading.Thread(target=remote.predict, args=(img, (30, 30, 60, 50))) for _ in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        assert not concurrently(lambda: remote.predict(img, (30, 30, 60, 50)), 16)[1]
         metrics = requests.get(f"{url}/metrics", timeout=10).text
         count = sum(float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith('busi_batch_size_count{model="busi_classifier"'))
         total = sum(float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith('busi_batch_size_sum{model="busi_classifier"'))
