@@ -94,11 +94,20 @@ def test_the_masked_resnet50_trains_mirrored(phantoms, tmp_path):
     assert len(hist) == 1 and float(hist[0]["val_loss"]) > 0 and "val_accuracy" in hist[0]
     card = json.loads((out / "card.json").read_text())
     assert card["training"]["strategy"] == "mirrored" and card["training"]["cpu_replicas"] == 2
-    r = cli("busi-train", "fit", "--data", phantoms, "--out", tmp_path / "x", "--weights", "none", "--image-size", 32,
-            "--epochs", 1, "--batch-size", 7, "--strategy", "mirrored", "--cpu-replicas", 2, check=False)
-    assert r.returncode == 2 and "must divide among the 2 replicas" in r.stderr
-    # the segmenter, likewise (it reuses the classifier's split)
-    r = cli("busi-train", "segmenter", "--data", phantoms, "--out", out, "--image-size", 32, "--epochs", 1,
+    # the segmenter, likewise (in a folder of its own: no re-evaluation of a classifier with auto)
+    r = cli("busi-train", "segmenter", "--data", phantoms, "--out", tmp_path / "s", "--image-size", 32, "--epochs", 1,
             "--batch-size", 8, "--strategy", "mirrored", "--cpu-replicas", 2)
-    seg = json.loads((out / "segmenter.json").read_text())
+    seg = json.loads((tmp_path / "s" / "segmenter.json").read_text())
     assert seg["training"]["strategy"] == "mirrored" and seg["training"]["epochs_run"] == 1
+
+
+def test_the_global_batch_must_divide_among_the_replicas():
+    from busi.runtime.errors import UsageError
+    from busi.train.distribute import check_global_batch
+
+    check_global_batch(8, 2, 34)
+    check_global_batch(7, 1, 34)  # one device: any batch
+    with pytest.raises(UsageError, match="--batch-size 7 is the global batch: it must divide among the 2 replicas"):
+        check_global_batch(7, 2, 34)
+    with pytest.raises(UsageError, match="only 6 images"):
+        check_global_batch(8, 2, 6)
