@@ -59,8 +59,9 @@ def _metrics():
 class Guard:
     """ASGI middleware: token, body limit, metrics, one-line JSON errors."""
 
-    def __init__(self, app, token: str | None, max_bytes: int, metrics: dict):
+    def __init__(self, app, token: str | None, max_bytes: int, metrics: dict, models: frozenset = frozenset()):
         self.app, self.token, self.max_bytes, self.m = app, token, int(max_bytes), metrics
+        self.models = models  # metric labels: these names, "other" for any other (no label per made-up name)
 
     async def _reply(self, send, status: int, message: str, headers: dict | None = None):
         body = json.dumps({"error": message}).encode()
@@ -74,7 +75,7 @@ class Guard:
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         m = _MODEL_PATH.match(path)
-        model = m.group(1) if m else "-"
+        model = (m.group(1) if m.group(1) in self.models else "other") if m else "-"
         start, status = time.perf_counter(), [500]
 
         async def send_(msg):
@@ -192,7 +193,8 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, token: s
     app.add_exception_handler(Rejected, rejected)
     app.add_exception_handler(QueueFull, queue_full)
     app.add_api_route("/v2/models/{model_name}/config", model_config, methods=["GET"])
-    app.add_middleware(Guard, token=token, max_bytes=max_request_bytes, metrics=metrics)
+    app.add_middleware(Guard, token=token, max_bytes=max_request_bytes, metrics=metrics,
+                       models=frozenset(m.name for m in models))
 
     server = ModelServer(http_port=port, enable_grpc=False, workers=1, enable_latency_logging=False, grace_period=5)
     server.dataplane = BinaryDataPlane(model_registry=server.registered_models)  # binary tensors without lists
