@@ -367,7 +367,6 @@ def node_row(model: Path, tmp: Path, quick: bool) -> dict:
     the first C-STORE to the last image classified with its SR and overlay written, vs
     busi-infer --dicom-out on the same files (its own clock). Context, no target."""
     import importlib.util
-    import socket
     import threading
 
     if importlib.util.find_spec("pynetdicom") is None:
@@ -375,6 +374,7 @@ def node_row(model: Path, tmp: Path, quick: bool) -> dict:
     from pynetdicom import AE
     from pynetdicom.sop_class import UltrasoundImageStorage, Verification
 
+    from busi.serve.process import free_port
     from busi.train.phantoms import copy_instances, write_dicom_study
 
     n = 40 if quick else 200
@@ -385,9 +385,7 @@ def node_row(model: Path, tmp: Path, quick: bool) -> dict:
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True)
     m = re.search(r"(\d+)/(\d+) images classified in ([\d.]+)s", r.stderr)
     infer_ips = int(m.group(1)) / float(m.group(3))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log_path = tmp / "node.jsonl"
     proc = subprocess.Popen([str(bindir / "busi-node"), "--model", str(model), "--spool", str(tmp / "node-spool"), "--host",
                              "127.0.0.1", "--port", str(port), "--mask", "none", "--study-idle", "0"],

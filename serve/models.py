@@ -49,18 +49,17 @@ def _tensors(args) -> list[dict]:
              "shape": [d if isinstance(d, int) and d > 0 else -1 for d in a.shape]} for a in args]
 
 
-def triton_config(name: str, session, parameters: dict[str, str], max_batch: int, max_delay: float) -> dict:
+def triton_config(name: str, inputs: list[dict], outputs: list[dict], parameters: dict[str, str], max_batch: int,
+                  max_delay: float) -> dict:
     """The model configuration in Triton's JSON form (what `GET /v2/models/NAME/config`
-    answers on Triton, and tritonclient's get_model_config reads)."""
-    def dims(a):
-        return [d["shape"][1:] for d in _tensors([a])][0]
+    answers on Triton, and tritonclient's get_model_config reads), from the v2 tensor
+    descriptions of `_tensors` (dims without the batch axis, as Triton wants)."""
+    def entry(t):
+        return {"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"][1:]}
 
     return {
         "name": name, "platform": "onnxruntime_onnx", "backend": "onnxruntime", "max_batch_size": max_batch,
-        "input": [{"name": a.name, "data_type": "TYPE_" + ORT_TYPES.get(a.type, "FP32"),
-                   "dims": dims(a)} for a in session.get_inputs()],
-        "output": [{"name": a.name, "data_type": "TYPE_" + ORT_TYPES.get(a.type, "FP32"), "dims": dims(a)}
-                   for a in session.get_outputs()],
+        "input": [entry(t) for t in inputs], "output": [entry(t) for t in outputs],
         "dynamic_batching": {"max_queue_delay_microseconds": int(max_delay * 1e6)},
         "parameters": {k: {"string_value": v} for k, v in sorted(parameters.items())},
     }
@@ -87,9 +86,11 @@ class TensorModel(Model):
                  max_queue: int, observe=None):
         super().__init__(name)
         self.session = session
-        self.inputs = {a.name: a for a in session.get_inputs()}
-        self.outputs = [a.name for a in session.get_outputs()]
-        self.config = triton_config(name, session, parameters, max_batch, max_delay)
+        #: the graph's tensors as the v2 protocol describes them (name, datatype, shape with -1)
+        self.in_types, self.out_types = _tensors(session.get_inputs()), _tensors(session.get_outputs())
+        self.inputs = {t["name"]: t for t in self.in_types}
+        self.outputs = [t["name"] for t in self.out_types]
+        self.config = triton_config(name, self.in_types, self.out_types, parameters, max_batch, max_delay)
         self.batcher = Batcher(name, self._run, max_batch, max_delay, max_queue, observe)
         self.ready = True
 
@@ -97,10 +98,10 @@ class TensorModel(Model):
         return dict(zip(self.outputs, self.session.run(self.outputs, feed)))
 
     def get_input_types(self):
-        return _tensors(self.inputs.values())
+        return self.in_types
 
     def get_output_types(self):
-        return _tensors(self.session.get_outputs())
+        return self.out_types
 
     def feed(self, payload: InferRequest) -> dict[str, np.ndarray]:
         """The request's inputs as arrays, checked against the graph: 400 with one line otherwise."""
@@ -108,18 +109,17 @@ class TensorModel(Model):
         if sorted(got) != sorted(self.inputs):
             raise Rejected(400, f"model {self.name}: inputs {sorted(got)}, expected {sorted(self.inputs)}")
         feed = {}
-        for name, arg in self.inputs.items():
-            want = ORT_TYPES.get(arg.type, "FP32")
+        for name, t in self.inputs.items():
+            want = t["datatype"]
             if got[name].datatype != want:
                 raise Rejected(400, f"model {self.name}: input {name} is {got[name].datatype}, expected {want}")
             try:
                 arr = np.asarray(got[name].as_numpy(), dtype=DTYPES[want])
             except Exception as e:
                 raise Rejected(400, f"model {self.name}: input {name}: {type(e).__name__}: {e}") from None
-            dims = list(arg.shape)
-            if arr.ndim != len(dims) or any(isinstance(d, int) and d > 0 and d != s for d, s in zip(dims[1:], arr.shape[1:])):
-                raise Rejected(400, f"model {self.name}: input {name} has shape {list(arr.shape)}, expected "
-                                    f"{[d if isinstance(d, int) and d > 0 else -1 for d in dims]}")
+            dims = t["shape"]
+            if arr.ndim != len(dims) or any(d > 0 and d != s for d, s in zip(dims[1:], arr.shape[1:])):
+                raise Rejected(400, f"model {self.name}: input {name} has shape {list(arr.shape)}, expected {dims}")
             if len(arr) < 1:
                 raise Rejected(400, f"model {self.name}: input {name} has no rows")
             feed[name] = np.ascontiguousarray(arr)
@@ -134,7 +134,7 @@ class TensorModel(Model):
             raise Rejected(400, f"model {self.name}: no output(s) {unknown}; it has {self.outputs}")
         res = []
         for n in names:
-            o = InferOutput(n, list(outs[n].shape), ORT_TYPES.get(_type(self.session, n), "FP32"))
+            o = InferOutput(n, list(outs[n].shape), self.out_types[self.outputs.index(n)]["datatype"])
             o.set_data_from_numpy(outs[n], binary_data=_binary(payload, n))  # JSON lists only when asked for
             res.append(o)
         return InferResponse(payload.id or "", self.name, res, use_binary_outputs=payload.use_binary_outputs,
@@ -148,10 +148,6 @@ def _binary(payload: InferRequest, name: str) -> bool:
         if o.name == name and o.binary_data is not None:
             return bool(o.binary_data)
     return bool(payload.use_binary_outputs)
-
-
-def _type(session, name: str) -> str:
-    return next(a.type for a in session.get_outputs() if a.name == name)
 
 
 class RecordModel(Model):
