@@ -8,6 +8,7 @@ floor on held-out phantoms.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -42,6 +43,10 @@ def phantoms(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, phantoms) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny"
+    prebuilt = os.environ.get("BUSI_TEST_TRAINED")
+    if prebuilt:  # a developer's shortcut: a copy of a folder these same two commands wrote before
+        shutil.copytree(prebuilt, out)
+        return out
     cli("busi-train", "fit", "--data", phantoms, "--out", out, "--weights", "none", "--image-size", 64,
         "--epochs", 2, "--batch-size", 8)
     # 34 training images: smaller batches and more patience than the defaults
