@@ -101,3 +101,69 @@ def test_preprocessing_is_keras_resnet50_caffe_preprocessing_exactly():
     ours = np.asarray(ResNetPreprocess()(x))
     ref = keras.applications.resnet50.preprocess_input(x.copy())
     assert np.array_equal(ours, ref)
+
+
+@pytest.fixture(scope="module")
+def standin_h5(tmp_path_factory):
+    """ImageNet's stand-in: Keras' legacy HDF5 no-top layout, as the air-gapped user's file is,
+    with known (random) weights."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    ref = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path_factory.mktemp("weights") / "resnet50_notop_standin.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, ref)
+    return path, ref
+
+
+def test_fine_tuning_unfreezes_exactly_the_named_stages_and_never_batch_norm(standin_h5):
+    from busi.train.fit import parse_stages
+    from busi.train.model import unfreeze
+
+    path, ref = standin_h5
+    for text, stages in (("conv5", ("conv5",)), ("conv4,conv5", ("conv4", "conv5")), ("conv5+conv4", ("conv4", "conv5"))):
+        assert parse_stages(text) == stages
+        m = build_classifier(32, weights=str(path))
+        assert trainable_count(m) == 525_315
+        unfreeze(m, stages)
+        trainable = {lay.name for lay in m.layers if lay.trainable and lay.weights}
+        want = {lay.name for lay in ref.layers if lay.name.split("_")[0] in stages and isinstance(lay, keras.layers.Conv2D)}
+        assert trainable == want | {"fc256", "probabilities"}
+        n_conv = sum(int(np.prod(w.shape)) for lay in ref.layers if lay.name in want for w in lay.weights)
+        assert trainable_count(m) == 525_315 + n_conv
+    with pytest.raises(ValueError, match="conv6"):
+        parse_stages("conv6")
+    assert parse_stages("none") == ()
+
+
+@pytest.mark.slow
+def test_pretrained_fine_tuning_end_to_end_on_the_real_sample(standin_h5, sample, tmp_path):
+    """`busi-train fit --weights FILE.h5 --fine-tune conv5` on the 24 real BUSI images: the file's
+    weights are loaded, the first phase trains the head only, the second conv5's convolutions
+    only (batch-norm statistics and every other stage stay the file's), and the card says so."""
+    from helpers import cli
+
+    path, ref = standin_h5
+    out = tmp_path / "ft"
+    r = cli("busi-train", "fit", "--data", sample, "--out", out, "--weights", path, "--image-size", 32, "--epochs", 1,
+            "--batch-size", 8, "--fine-tune", "conv5", "--fine-tune-epochs", 1, "--patience", 3, "--near-ood", "none")
+    import csv
+    import json
+
+    card = json.loads((out / "card.json").read_text())
+    conv5 = sum(int(np.prod(w.shape)) for lay in ref.layers
+                if lay.name.startswith("conv5_") and isinstance(lay, keras.layers.Conv2D) for w in lay.weights)
+    assert card["architecture"]["trainable_parameters"] == 525_315 + conv5
+    assert card["training"]["fine_tune"] == "conv5" and card["training"]["fine_tune_from_epoch"] == 1
+    assert card["training"]["epochs_run"] == 2
+    m = keras.saving.load_model(out / "model.keras", compile=False)
+    for name in ("conv1_conv", "conv4_block6_3_conv", "conv5_block1_1_bn", "conv5_block3_3_bn"):
+        for a, b in zip(m.get_layer(name).get_weights(), ref.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    assert f"fine-tuning conv5: {sum(n.startswith('conv5_') for n in (lay.name for lay in ref.layers if isinstance(lay, keras.layers.Conv2D))) } layers, {525_315 + conv5:,} trainable" in r.stderr
+    # the kept weights are the lower validation loss of the two epochs: fine-tuned conv5 or the head's
+    losses = [float(h["val_loss"]) for h in csv.DictReader((out / "history.csv").open())]
+    tuned = losses[1] < losses[0]
+    for n in ("conv5_block1_1_conv", "conv5_block3_3_conv"):
+        assert (not np.array_equal(m.get_layer(n).get_weights()[0], ref.get_layer(n).get_weights()[0])) == tuned, n

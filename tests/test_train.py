@@ -142,6 +142,32 @@ def test_readme_table_comes_from_the_report(trained, tmp_path):
     assert f"{acc:.3f}" in text
 
 
+def test_recipes_compare_on_validation_and_test_from_their_own_files(trained, tmp_path):
+    """`busi-train compare`: the validation balanced accuracy recomputes (sklearn) from each
+    folder's predictions.csv, the test figures are report.json's; folders of another split are
+    refused."""
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- real:start -->\nstale table\n<!-- real:end -->\nb\n")
+    r = cli("busi-train", "compare", trained, trained, "--readme", readme, "--block", "real")
+    text = readme.read_text()
+    assert "stale table" not in text and r.stdout.strip() in text and text.endswith("b\n")
+    rows = [x for x in read_predictions(trained) if x["split"] == "val" and x["mask_source"] == "box"]
+    y, P = arrays(rows)
+    val_row = next(ln for ln in text.splitlines() if ln.startswith("| validation: balanced accuracy"))
+    assert val_row.count(f"{balanced_accuracy_score(y, P.argmax(1)):.3f}") == 2
+    box = json.loads((trained / "report.json").read_text())["mask_sources"]["box"]
+    test_row = next(ln for ln in text.splitlines() if ln.startswith("| test: balanced accuracy"))
+    assert f"{box['balanced_accuracy']:.3f} [{box['ci95']['balanced_accuracy'][0]:.2f}" in test_row
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("report.json", "card.json", "predictions.csv"):
+        (other / name).write_bytes((trained / name).read_bytes())
+    rep = json.loads((other / "report.json").read_text())
+    (other / "report.json").write_text(json.dumps({**rep, "data_fingerprint": "another split"}))
+    r = cli("busi-train", "compare", trained, other, check=False)
+    assert r.returncode == 2 and "different data or splits" in r.stderr
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes(phantoms, tmp_path):
     out = tmp_path / "resume"

@@ -106,6 +106,12 @@ def fit(
     near_ood: str = typer.Option("phantoms", "--near-ood", help="Near-OOD set for the out-of-distribution guard's "
                                  "report: a BUSI-layout folder, 'phantoms' (generated; skipped when training on "
                                  "phantoms) or 'none'."),
+    fine_tune: str = typer.Option("none", "--fine-tune", help="After the head has converged, also train these "
+                                  "backbone stages (batch normalization kept frozen): none | conv5 | conv4,conv5."),
+    fine_tune_lr: float = typer.Option(1e-5, "--fine-tune-lr", min=0.0, help="Adam learning rate of the fine-tuning phase."),
+    fine_tune_epochs: int = typer.Option(10, "--fine-tune-epochs", min=1, help="Maximum epochs of the fine-tuning phase (same early stopping)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from the weights of a finished model folder trained on the same split "
+                                        "(skips the first phase: fine-tune a frozen-recipe model with --fine-tune)."),
     cv: int = typer.Option(0, "--cv", min=0, max=20, help="Choose the operating point on K-fold out-of-fold "
                            "predictions over train + validation (K more fits; recommended for real data, e.g. 5)."),
 
@@ -114,15 +120,25 @@ def fit(
     cpu_replicas: int = typer.Option(0, "--cpu-replicas", min=0, max=64, help="With --strategy mirrored: split the CPU into this many devices (to test the distributed path without GPUs)."),
 ):
     """Split the data (duplicate-aware), train the masked ResNet50, evaluate it on the test split."""
-    from .fit import FitConfig
+    from .fit import FitConfig, parse_stages
     from .fit import fit as run_fit
+
+    try:
+        stages = parse_stages(fine_tune)
+    except ValueError as e:
+        raise UsageError(f"--fine-tune {fine_tune}: {e}") from None
+    if stages and weights == "none":
+        raise UsageError("--fine-tune needs pretrained --weights (imagenet or PATH.h5); --weights none trains the whole backbone already")
+    if init is not None and not stages:
+        raise UsageError("--init needs --fine-tune STAGES: it replaces the first phase of a fine-tuning run")
 
     cfg = FitConfig(
         data=str(data), out=str(out), weights=weights, freeze=freeze, mask_source=mask_source,
         image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
         val_frac=val_frac, test_frac=test_frac, dup_distance=distance, keep_conflicts=keep_conflicts,
         augment=not no_augment, scanner_augment=scanner_augment, near_ood=near_ood, cv=cv, strategy=strategy,
-        precision=precision, cpu_replicas=cpu_replicas,
+        precision=precision, cpu_replicas=cpu_replicas, fine_tune=",".join(stages) or "none", fine_tune_lr=fine_tune_lr,
+        fine_tune_epochs=fine_tune_epochs, init=str(init) if init else None,
     )
     if cv == 1:
         raise UsageError("--cv 1: give 0 (the validation split) or at least 2 folds")
@@ -207,6 +223,29 @@ def report(
     rep = json.loads(rp.read_text())
     typer.echo(results_table(rep) + "\n" + segmenter_line(rep))
     if readme is not None and not update_readme(readme, rep, str(model_dir), block):
+        raise UsageError(f"{readme}: no {block} markers found")
+
+
+@app.command()
+def compare(
+    model_dirs: list[Path] = typer.Argument(..., help="Model folders written by `busi-train fit` on the same split."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="README to write the table into, between <!-- BLOCK:start --> and <!-- BLOCK:end -->."),
+    block: str = typer.Option("compare", "--block", help="The README block's name."),
+):
+    """Recipes side by side: validation figures (where a recipe is chosen) and test figures."""
+    from .report import compare_table, replace_block
+
+    for d in model_dirs:
+        for name in ("report.json", "card.json", "predictions.csv"):
+            if not (d / name).is_file():
+                raise DataError(f"{d / name}: not found (a folder written by busi-train fit)")
+    fps = {json.loads((d / "report.json").read_text())["data_fingerprint"] for d in model_dirs}
+    if len(fps) > 1:
+        raise UsageError("the model folders were trained on different data or splits: their figures do not compare")
+    table = compare_table(model_dirs)
+    typer.echo(table)
+    cmd = "busi-train compare " + " ".join(map(str, model_dirs)) + f" --readme README.md --block {block}"
+    if readme is not None and not replace_block(readme, block, f"_Written by `{cmd}`._\n\n{table}\n"):
         raise UsageError(f"{readme}: no {block} markers found")
 
 

@@ -48,15 +48,17 @@ def folds(labels: np.ndarray, groups: list[str], k: int, seed: int) -> list[tupl
         return list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels, g))
 
 
-def cross_validated_operating_point(cfg, pool: Arrays, groups: list[str], sizes: np.ndarray, epochs: int,
+def cross_validated_operating_point(cfg, pool: Arrays, groups: list[str], sizes: np.ndarray, epochs: tuple[int, int],
                                     temperature: float | None) -> tuple[dict, dict, list[dict]]:
     """(the operating point from the pooled out-of-fold P(malignant), what it cost and saw, the
-    out-of-fold prediction rows for predictions.csv, split "cv")."""
+    out-of-fold prediction rows for predictions.csv, split "cv"). `epochs`: (first phase,
+    fine-tuning) epochs, as the main run kept them."""
     from sklearn.utils.class_weight import compute_class_weight
 
     from .backend import keras
     from .evaluation import predict
-    from .model import build_classifier
+    from .fit import parse_stages
+    from .model import build_classifier, unfreeze
     from .pipeline import train_dataset
     from .report import prediction_rows
 
@@ -69,7 +71,12 @@ def cross_validated_operating_point(cfg, pool: Arrays, groups: list[str], sizes:
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr), loss="categorical_crossentropy")
         ds = train_dataset(part, cfg.mask_source, sizes, cfg.batch_size, cfg.seed + 101 * (i + 1), cfg.augment,
                            cfg.scanner_augment)
-        model.fit(ds, epochs=epochs, class_weight={j: float(w) for j, w in enumerate(cw)}, shuffle=False, verbose=0)
+        weights = {j: float(w) for j, w in enumerate(cw)}
+        model.fit(ds, epochs=epochs[0], class_weight=weights, shuffle=False, verbose=0)
+        if epochs[1]:
+            unfreeze(model, parse_stages(cfg.fine_tune))
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.fine_tune_lr), loss="categorical_crossentropy")
+            model.fit(ds, initial_epoch=epochs[0], epochs=sum(epochs), class_weight=weights, shuffle=False, verbose=0)
         oof[ho] = predict(model, held, eval_masks(held, cfg.mask_source, sizes, cfg.seed), cfg.batch_size)
         _LOG.info(f"cross-validation fold {i + 1}/{cfg.cv}: trained on {len(tr)}, predicted {len(ho)} "
                   f"({time.time() - t0:.0f}s so far)")
@@ -77,7 +84,9 @@ def cross_validated_operating_point(cfg, pool: Arrays, groups: list[str], sizes:
         gc.collect()
     p = oof if temperature is None else apply_temperature(oof, temperature)
     op = operating_point(pool.labels, p[:, MALIGNANT])
-    op["method"] = f"{cfg.cv}-fold cross-validation on train + validation (out-of-fold predictions, {epochs} epoch{'s' if epochs != 1 else ''} a fold)"
-    facts = {"folds": cfg.cv, "epochs_per_fold": epochs, "n": int(len(pool)),
+    n = sum(epochs)
+    op["method"] = (f"{cfg.cv}-fold cross-validation on train + validation (out-of-fold predictions, {n} epoch{'s' if n != 1 else ''} "
+                    f"a fold{f', the last {epochs[1]} fine-tuning' if epochs[1] else ''})")
+    facts = {"folds": cfg.cv, "epochs_per_fold": n, "fine_tune_epochs_per_fold": epochs[1], "n": int(len(pool)),
              "n_malignant": int((pool.labels == MALIGNANT).sum()), "seconds": round(time.time() - t0, 1)}
     return op, facts, prediction_rows(pool.paths, pool.labels, p, "cv", cfg.mask_source, oof)

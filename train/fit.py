@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -45,6 +46,22 @@ from .report import plots, prediction_rows, write_report
 _LOG = get_logger(__name__)
 
 
+#: ResNet50's stages, by the prefix of their layer names (conv1 is the stem)
+STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+
+def parse_stages(text: str) -> tuple[str, ...]:
+    """'none' -> (); 'conv5' or 'conv4,conv5' -> the stages, in network order. ValueError names
+    what is allowed."""
+    names = [t.strip() for t in text.replace("+", ",").split(",") if t.strip()]
+    if names in ([], ["none"]):
+        return ()
+    bad = [n for n in names if n not in STAGES]
+    if bad:
+        raise ValueError(f"unknown ResNet50 stage(s) {', '.join(bad)}: give none or stages among {', '.join(STAGES)}, e.g. conv5 or conv4,conv5")
+    return tuple(s for s in STAGES if s in names)
+
+
 @dataclass
 class FitConfig:
     data: str
@@ -76,6 +93,16 @@ class FitConfig:
     strategy: str = "default"
     precision: str = "float32"
     cpu_replicas: int = 0
+    #: fine-tuning after the head has converged (pretrained weights only): the backbone stages
+    #: made trainable ("conv5", "conv4,conv5"; "none": the frozen recipe), at fine_tune_lr for
+    #: up to fine_tune_epochs more epochs, with the same early stopping on validation loss;
+    #: batch normalization stays frozen. The best epoch over both phases is kept.
+    fine_tune: str = "none"
+    fine_tune_lr: float = 1e-5
+    fine_tune_epochs: int = 10
+    #: a finished model folder trained on the same split: its weights replace the first phase
+    #: (for fine-tuning a model already trained with the frozen recipe)
+    init: str | None = None
 
     def resolved(self) -> "FitConfig":
         """Fill defaults: the seed recipe for pretrained weights; its own for scratch training.
@@ -111,15 +138,27 @@ def prepare_split(cfg: FitConfig) -> tuple[ds.Scan, list[dict]]:
     return scan, rows
 
 
-def _callbacks(cfg: FitConfig, backup: Path, keras):
+def _callbacks(cfg: FitConfig, backup: Path, keras, state: str = "state", epochs: int | None = None):
     backup.mkdir(parents=True, exist_ok=True)
     return [
-        keras.callbacks.BackupAndRestore(str(backup / "state")),
+        keras.callbacks.BackupAndRestore(str(backup / state)),
         keras.callbacks.CSVLogger(str(backup / "history.csv"), append=True),
         best_weights(keras, backup),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience),
-        epoch_log(keras, cfg.epochs),
+        epoch_log(keras, epochs or cfg.epochs),
     ]
+
+
+def _initial_weights(cfg: FitConfig, manifest: bytes, keras):
+    """The weights of `cfg.init`, a finished model folder trained on this very split."""
+    src = ModelDir(cfg.init)
+    if not src.keras.is_file():
+        raise DataError(f"--init {cfg.init}: no {src.keras.name} there (a folder written by busi-train fit)")
+    if not src.manifest.is_file() or src.manifest.read_bytes() != manifest:
+        raise DataError(f"--init {cfg.init}: trained on another split or data (its {src.manifest.name} differs); "
+                        "use the same --data and --seed")
+    seconds = json.loads(src.card.read_text()).get("training", {}).get("seconds", 0.0) if src.card.is_file() else 0.0
+    return keras.saving.load_model(src.keras, compile=False).get_weights(), src.history.read_text(), float(seconds)
 
 
 def fit(cfg: FitConfig) -> Path:
@@ -132,7 +171,7 @@ def fit(cfg: FitConfig) -> Path:
     scan, rows = prepare_split(cfg)
     manifest = ds.manifest_bytes(rows)
     backup = md.backup
-    if (backup / "state").exists():
+    if (backup / "state").exists() or (backup / "head.weights.h5").exists():
         old = md.manifest.read_bytes() if md.manifest.exists() else b""
         if old != manifest:
             raise DataError(f"{out}: an interrupted run with other data/split is in {backup}; remove it or use another --out")
@@ -150,7 +189,7 @@ def fit(cfg: FitConfig) -> Path:
 
     from .backend import keras, seed_everything
     from .distribute import check_global_batch, make_strategy, one_device_validation, plain_copy, precision
-    from .model import build_classifier, trainable_count
+    from .model import build_classifier, trainable_count, unfreeze
     from .pipeline import eval_inputs, train_dataset
 
     seed_everything(cfg.seed)
@@ -176,26 +215,52 @@ def fit(cfg: FitConfig) -> Path:
     if replicas > 1:  # the float32 single-device copy: validation each epoch, then the saved model
         twin = build()
         twin.compile(**compiled)
+    stages = parse_stages(cfg.fine_tune)
+    head_done = backup / "head.weights.h5"  # phase 1 finished (a resumed run skips it)
     with precision(cfg.precision), strategy.scope():
         model = build()
         n_trainable = trainable_count(model)
         _LOG.info(f"model: {model.count_params():,} parameters, {n_trainable:,} trainable; weights {cfg.weights}")
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr), **compiled)
+        validation = None if twin else (val_x, val_y)
+        extra = [one_device_validation(keras, twin, val_x, val_y, cfg.batch_size)] if twin else []
         train_ds = train_dataset(arrays["train"], cfg.mask_source, sizes, cfg.batch_size, cfg.seed, cfg.augment,
                                  cfg.scanner_augment, drop_remainder=replicas > 1)
-        model.fit(
-            train_ds,
-            validation_data=None if twin else (val_x, val_y),
-            epochs=cfg.epochs,
-            class_weight=class_weight,
-            callbacks=([one_device_validation(keras, twin, val_x, val_y, cfg.batch_size)] if twin else [])
-            + _callbacks(cfg, backup, keras),
-            shuffle=False,  # the tf.data pipeline shuffles (seeded) itself
-            verbose=0,
-        )
+        if cfg.init:
+            weights, init_history, init_seconds = _initial_weights(cfg, manifest, keras)
+            model.set_weights(weights)
+            t_start -= init_seconds  # the card's training time is the whole recipe's, both phases
+            backup.mkdir(parents=True, exist_ok=True)
+            if not head_done.exists():  # its history and best epoch are this run's first phase
+                atomic_write_text(backup / "history.csv", init_history)
+                losses = [float(h["val_loss"]) for h in _history(backup)]
+                _save_weights(model, backup / "best.weights.h5")
+                atomic_write_text(backup / "best.json", json.dumps({"epoch": int(np.argmin(losses)), "val_loss": min(losses)}))
+                _save_weights(model, head_done)
+            _LOG.info(f"first phase: the weights of {cfg.init} ({len(_history(backup))} epochs)")
+        elif head_done.exists():
+            model.load_weights(head_done)
+            _LOG.info(f"first phase already done in the interrupted run ({len(_history(backup))} epochs)")
+        else:
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr), **compiled)
+            model.fit(train_ds, validation_data=validation, epochs=cfg.epochs, class_weight=class_weight,
+                      callbacks=extra + _callbacks(cfg, backup, keras),
+                      shuffle=False,  # the tf.data pipeline shuffles (seeded) itself
+                      verbose=0)
+            _save_weights(model, head_done)
+        head_epochs = len(_history(backup))
+        if stages:
+            names = unfreeze(model, stages)
+            n_trainable = trainable_count(model)
+            _LOG.info(f"fine-tuning {'+'.join(stages)}: {len(names)} layers, {n_trainable:,} trainable parameters "
+                      f"(batch normalization frozen), Adam {cfg.fine_tune_lr:g}, up to {cfg.fine_tune_epochs} epochs")
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.fine_tune_lr), **compiled)
+            model.fit(train_ds, validation_data=validation, initial_epoch=head_epochs,
+                      epochs=head_epochs + cfg.fine_tune_epochs, class_weight=class_weight,
+                      callbacks=extra + _callbacks(cfg, backup, keras, "state-fine-tune", head_epochs + cfg.fine_tune_epochs),
+                      shuffle=False, verbose=0)
     if twin is not None or cfg.precision != "float32":
         model = plain_copy(model, lambda: twin or build())  # saved, evaluated and exported: float32, one device
-    history = list(csv.DictReader(io.StringIO((backup / "history.csv").read_text())))
+    history = _history(backup)
     with atomic_path(md.keras, suffix=".keras") as tmp:
         model.save(tmp)
 
@@ -214,10 +279,10 @@ def fit(cfg: FitConfig) -> Path:
         from .cv import cross_validated_operating_point, join
 
         groups = [r["group"] for r in part["train"] + part["val"]]
-        best = int(np.argmin([float(h["val_loss"]) for h in history])) + 1
         op_val = op
-        op, cv_facts, cv_rows = cross_validated_operating_point(cfg, join(arrays["train"], val), groups, sizes, best,
-                                                       calibration.temperature)
+        op, cv_facts, cv_rows = cross_validated_operating_point(cfg, join(arrays["train"], val), groups, sizes,
+                                                                best_epochs(history, head_epochs, stages),
+                                                                calibration.temperature)
         cv_facts["validation_operating_point"] = op_val
         _LOG.info(f"operating point from {cfg.cv}-fold cross-validation: P(malignant) >= {op['malignant_threshold']:.4f} "
                   f"(validation alone: {op_val['malignant_threshold']:.4f}); {cv_facts['seconds']:.0f}s for {cfg.cv} fits")
@@ -249,7 +314,7 @@ def fit(cfg: FitConfig) -> Path:
     atomic_write_text(md.history, (backup / "history.csv").read_text())
     plots(out, report, pred_rows, history)
     card = make_card(cfg, report, rows, s, n_trainable, model.count_params(), len(history), time.time() - t_start, sizes,
-                     calibration, conformal, guard)
+                     calibration, conformal, guard, head_epochs=head_epochs)
     card.write(md.card)
     shutil.rmtree(backup, ignore_errors=True)
     if md.has_segmenter():  # a segmenter trained on this very split: report auto next to the others
@@ -260,6 +325,25 @@ def fit(cfg: FitConfig) -> Path:
         else:
             _LOG.info(f"note: {md.segmenter_card} was trained on another split; retrain it (busi-train segmenter) for mask source auto")
     return out
+
+
+def _history(backup: Path) -> list[dict]:
+    p = backup / "history.csv"
+    return list(csv.DictReader(io.StringIO(p.read_text()))) if p.is_file() else []
+
+
+def _save_weights(model, path: Path) -> None:
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+
+
+def best_epochs(history: list[dict], head_epochs: int, stages: tuple[str, ...]) -> tuple[int, int]:
+    """(epochs of the first phase, epochs of fine-tuning) that led to the kept weights (the
+    lowest validation loss over both phases; fine-tuning started from the first phase's best)."""
+    losses = [float(h["val_loss"]) for h in history]
+    best = int(np.argmin(losses)) + 1
+    head_best = int(np.argmin(losses[:head_epochs])) + 1
+    return (best, 0) if best <= head_epochs or not stages else (head_best, best - head_epochs)
 
 
 def placeholder_frac(sizes: np.ndarray, size: int) -> list[float]:
@@ -285,7 +369,7 @@ def fit_guard(model, train: Arrays, val: Arrays, sizes: np.ndarray, cfg: FitConf
 
 
 def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, sizes, calibration=None,
-              conformal=None, guard=None) -> ModelCard:
+              conformal=None, guard=None, head_epochs=None) -> ModelCard:
     """The card of a freshly trained classifier: its contract (export copies it into the ONNX
     file) and the training facts."""
     counts = {p: {c: sum(r["split"] == p and r["label"] == c for r in rows) for c in CLASSES} for p in ("train", "val", "test")}
@@ -324,6 +408,7 @@ def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, 
         training={
             **{k: v for k, v in asdict(cfg).items() if k not in ("out",)},
             "epochs_run": epochs_run,
+            **({"fine_tune_from_epoch": head_epochs} if parse_stages(cfg.fine_tune) else {}),
             "optimizer": "Adam",
             "loss": "categorical_crossentropy",
             "class_weights": "balanced (sklearn compute_class_weight)",

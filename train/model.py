@@ -89,5 +89,20 @@ def build_classifier(
     return keras.Model(inputs={"image": image, "mask": mask}, outputs=out, name="busi_masked_resnet50")
 
 
+def unfreeze(model: keras.Model, stages: tuple[str, ...]) -> list[str]:
+    """Make the convolutions of the named backbone stages trainable, for fine-tuning after the
+    head has converged. Batch normalization stays frozen (trainable=False: Keras runs it in
+    inference mode with the ImageNet moving statistics, which a few hundred images in batches
+    of 32 would only disturb). Returns the names of the layers made trainable."""
+    changed = []
+    for layer in model.layers:
+        if layer.name.split("_")[0] in stages and layer.weights:
+            trainable = not isinstance(layer, keras.layers.BatchNormalization)
+            layer.trainable = trainable
+            if trainable:
+                changed.append(layer.name)
+    return changed
+
+
 def trainable_count(model: keras.Model) -> int:
     return int(sum(keras.ops.size(w) for w in model.trainable_weights))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
@@ -252,23 +253,74 @@ def write_report(out: Path, report: dict, pred_rows: list[dict]) -> None:
     atomic_write_text(out / "report.md", report_markdown(report))
 
 
-def update_readme(readme: Path, report: dict, model_dir: str, block: str = "results") -> bool:
+def _validation_figures(model_dir: Path, source: str) -> dict:
+    """Figures of the validation split (where recipes are chosen), from predictions.csv: the
+    calibrated probabilities of the trained mask source; sensitivity and specificity at the
+    operating point chosen on these same images, so they say what that choice cost, no more."""
+    from .metrics import ece, nll, point_metrics
+
+    rows = [r for r in csv.DictReader((model_dir / "predictions.csv").open()) if r["split"] == "val" and r["mask_source"] == source]
+    y = np.array([CLASSES.index(r["label"]) for r in rows])
+    p = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
+    raw = np.array([[float(r[f"p_{c}_raw"]) for c in CLASSES] for r in rows])
+    return {"n": len(rows), **point_metrics(y, p, -1.0), "nll_raw": nll(y, raw), "ece": ece(y, p)}
+
+
+def compare_table(model_dirs: list[Path]) -> str:
+    """Recipes side by side (from each folder's card.json, report.json and predictions.csv):
+    what was trained, the validation figures a recipe is chosen on, and the test figures of
+    the trained mask source with their 95 % intervals."""
+    cols = []
+    for d in model_dirs:
+        rep = json.loads((d / "report.json").read_text())
+        tr = json.loads((d / "card.json").read_text())["training"]
+        src = rep["trained_mask_source"]
+        cols.append((d, rep, tr, src, _validation_figures(d, src), rep["mask_sources"][src]))
+    lines = ["| | " + " | ".join(f"`{d.name}`" for d, *_ in cols) + " |", "|---|" + "---|" * len(cols)]
+
+    def row(label, cell):
+        lines.append(f"| {label} | " + " | ".join(cell(*c) for c in cols) + " |")
+
+    row("backbone", lambda d, rep, tr, *_: "frozen" if tr.get("fine_tune", "none") == "none" else
+        f"fine-tuned {tr['fine_tune']} from epoch {tr.get('fine_tune_from_epoch')} (Adam {tr['fine_tune_lr']:g})")
+    row("epochs run (best kept)", lambda d, rep, tr, *_: str(tr["epochs_run"]))
+    row("training time", lambda d, rep, tr, *_: f"{tr['seconds'] / 60:.0f} min")
+    row("mask source (trained)", lambda d, rep, tr, src, *_: src)
+    for key, label in (("balanced_accuracy", "balanced accuracy"), ("macro_auc", "macro AUC"), ("nll_raw", "log loss (before calibration)"),
+                       ("ece", "ECE (calibrated; fitted on half of it)")):
+        row(f"validation: {label}", lambda d, rep, tr, src, val, test, k=key: fmt(val[k]))
+    row("validation: P(malignant) threshold for sensitivity 0.95",
+        lambda d, rep, tr, *_: f"{rep['operating_point']['malignant_threshold']:.4f}")
+    for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_auc", "macro AUC"),
+                       ("malignant_sensitivity", "malignant sensitivity @ op. point"),
+                       ("malignant_specificity", "malignant specificity @ op. point"), ("ece", "ECE (calibrated)"),
+                       ("ece_raw", "ECE before calibration"), ("coverage", "prediction-set coverage"),
+                       ("set_size", "mean prediction-set size"), ("ood_auroc_far", "OOD AUROC, far")):
+        row(f"test: {label}", lambda d, rep, tr, src, val, test, k=key: fmt(test.get(k), test["ci95"].get(k)))
+    row("test images", lambda d, rep, tr, src, val, test: str(test["n"]))
+    return "\n".join(lines)
+
+
+def replace_block(readme: Path, block: str, body: str) -> bool:
     """Replace the README's `block` (between `<!-- results:start -->` and `<!-- results:end -->`
-    for "results", `<!-- NAME:start -->` ... for another) with this report's table. False if
-    no markers."""
+    for "results", `<!-- NAME:start -->` ... for another) with `body`. False if no markers."""
     text = readme.read_text()
     start, end = (README_START, README_END) if block == "results" else (f"<!-- {block}:start -->", f"<!-- {block}:end -->")
     pat = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pat.search(text):
         return False
-    again = "" if block == "results" else f" --block {block}"
-    block = (
-        f"{start}\n_Written by `busi-train report {model_dir} --readme README.md{again}` from "
-        f"`{model_dir}/report.json` (data `{report['data']}`, {report['split']} split)._\n\n"
-        f"{results_table(report)}\n{segmenter_line(report)}{end}"
-    )
-    atomic_write_text(readme, pat.sub(lambda _: block, text))
+    atomic_write_text(readme, pat.sub(lambda _: f"{start}\n{body}{end}", text))
     return True
+
+
+def update_readme(readme: Path, report: dict, model_dir: str, block: str = "results") -> bool:
+    """The block holds this report's table and the command that wrote it."""
+    again = "" if block == "results" else f" --block {block}"
+    return replace_block(readme, block, (
+        f"_Written by `busi-train report {model_dir} --readme README.md{again}` from "
+        f"`{model_dir}/report.json` (data `{report['data']}`, {report['split']} split)._\n\n"
+        f"{results_table(report)}\n{segmenter_line(report)}"
+    ))
 
 
 def plots(out: Path, report: dict, pred_rows: list[dict], history: list[dict]) -> None:
