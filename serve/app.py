@@ -12,7 +12,7 @@ What busi adds to the framework, because Triton clients rely on it or a hospital
   v1, OpenAI and docs routes answer 404, and no model can be unloaded (no repository extension);
 - request bodies bounded before they are read (JSON far below binary tensors) and decoded in a
   worker thread, so health and small requests keep answering during a large one;
-- a header timeout, a keep-alive timeout and a connection limit (`connections`);
+- header (and body) and keep-alive timeouts and a connection limit (`connections`);
 - one-line JSON errors ({"error": ...}) for every 4xx, never echoing the request body;
 - Prometheus metrics beside kserve's own on /metrics: requests by model and status, latency,
   batch sizes, queue depth.
@@ -230,6 +230,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, token: s
         from kserve.model_server import app
         from kserve.protocol.rest.server import RESTServer
         from starlette.exceptions import HTTPException
+        from starlette.requests import ClientDisconnect
 
     from .batcher import QueueFull
     from .binary import BinaryDataPlane, first_error, infer_endpoint
@@ -275,6 +276,8 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, token: s
     app.add_exception_handler(ModelNotReady, handler(503))
     app.add_exception_handler(RequestValidationError, handler(400, lambda e: f"bad request: {first_error(e)}"))
     app.add_exception_handler(HTTPException, handler(lambda e: e.status_code, lambda e: e.detail, lambda e: e.headers))
+    # a body that stopped coming (closed at the header timeout): nobody is left to answer
+    app.add_exception_handler(ClientDisconnect, handler(400, lambda e: "the client went away before its request was whole"))
 
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5,
                             timeout_keep_alive=keep_alive_timeout, http=protocol(max_connections, header_timeout))

@@ -357,14 +357,15 @@ def test_the_doors_are_closed(exported, tmp_path):
     """Issue 28 over real HTTP, one server with short timeouts: the model repository and v1 are
     404 (the model stays served), bad JSON gets one short line without the body, more rows than
     --max-batch get 413 without holding up a 1-row request, JSON bodies do not stall health
-    checks, idle and slow connections are closed after the header/keep-alive timeouts, and a
-    connection beyond --max-connections is answered 503."""
+    checks, idle and slow connections are closed after the header/keep-alive timeouts, an idle
+    flood beyond --max-connections does not lock out health checks, and a connection beyond it
+    when all have requests in progress is answered 503."""
     import resource
     import socket
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < 2048 and (hard == resource.RLIM_INFINITY or hard >= 2048):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    if soft < 4096 and (hard == resource.RLIM_INFINITY or hard >= 4096):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
     with busi_serve(exported, "--header-timeout", 1, "--keep-alive-timeout", 1, "--max-connections", 600,
                     log=tmp_path / "log") as (url, _):
         S = Predictor(exported / "model.onnx", device="cpu").size
@@ -466,16 +467,28 @@ def test_the_doors_are_closed(exported, tmp_path):
         assert 0.8 < _closed_after([ka], 10)[0] < 4
         ka.close()
 
-        # the connection limit: 600 open, one more gets 503 and is closed
-        full = [socket.create_connection(("127.0.0.1", port)) for _ in range(600)]
+        # the connection limit (600): 700 idle connections cannot lock out a health check (the
+        # longest-waiting one makes room); 600 requests whose body never comes fill the server,
+        # one more is answered 503, and the body timeout (1 s) frees them all
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(700)]
         time.sleep(0.2)
+        assert requests.get(f"{url}/v2/health/ready", timeout=10).status_code == 200
+        assert sum(t < 1 for t in _closed_after(idle, 0.5)) >= 100  # the first ones, closed to make room
+        for s in idle:
+            s.close()
+        stuck = []
+        for _ in range(600):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /v2/models/busi_classifier/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{")
+            stuck.append(s)
         extra = socket.create_connection(("127.0.0.1", port))
         extra.settimeout(5)
         answer = extra.recv(65536)
-        assert answer.startswith(b"HTTP/1.1 503") and b"connections are open" in answer, answer[:200]
+        assert answer.startswith(b"HTTP/1.1 503") and b"requests in progress" in answer, answer[:200]
         extra.close()
-        _closed_after(full, 10)
-        for s in full:
+        assert all(t < 4 for t in _closed_after(stuck, 10))
+        for s in stuck:
             s.close()
         assert requests.get(f"{url}/v2/health/ready", timeout=10).status_code == 200
     log = (tmp_path / "log").read_text()
