@@ -217,7 +217,7 @@ def check_exposure(host: str, token: str | None, insecure_no_token: bool = False
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, max_batch: int = 8,
           max_delay: float = 0.002, max_queue: int = 64, max_request_bytes: int = 128 << 20, threads: int | None = None,
-          device: str = "auto", *, max_json_bytes: int = 16 << 20, header_timeout: float = 10.0,
+          device: str = "auto", *, max_json_bytes: int = 4 << 20, header_timeout: float = 10.0,
           keep_alive_timeout: float = 15.0, max_connections: int = 512, insecure_no_token: bool = False) -> None:
     """Load the models and serve them until SIGINT/SIGTERM."""
     check_exposure(host, token, insecure_no_token)

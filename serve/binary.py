@@ -9,9 +9,12 @@ file). `request_from_bytes` hands the raw bytes to kserve's `InferRequest` (`raw
 where kserve's own `InferInput.as_numpy` reads them with `np.frombuffer`.
 
 JSON bodies are validated by kserve's own request model (`InferenceRequest`, pydantic) in
-one pass; FastAPI would do the same on the event loop, where a 100 MB body stopped every
-other request (health included) for 19 s, and its 422 answer echoed the body. busi-serve's
-infer route calls `BinaryDataPlane.decode_inference_request` in a worker thread instead.
+one pass; FastAPI did the same on the event loop, where a 100 MB body stopped every other
+request (health included) for 19 s, and its 422 answer echoed the body. busi-serve's infer
+route calls `BinaryDataPlane.decode_inference_request` in a worker thread instead, so the
+event loop gets turns between parsing, validation and conversion; each of those holds the
+interpreter lock while it runs, which is why busi-serve also keeps JSON bodies small
+(`--max-json-bytes`, 4 MiB) and sends large tensors the binary way.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ def serve(
     max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", min=0.0, max=1000.0, help="How long the first request of a batch waits for others."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests waiting per model; beyond it: 503 with Retry-After."),
     max_request_bytes: int = typer.Option(128 << 20, "--max-request-bytes", min=1024, help="Larger request bodies get 413 (binary tensors)."),
-    max_json_bytes: int = typer.Option(16 << 20, "--max-json-bytes", min=1024, help="Larger JSON bodies (and binary requests' JSON headers) get 413."),
+    max_json_bytes: int = typer.Option(4 << 20, "--max-json-bytes", min=1024, help="Larger JSON bodies (and binary requests' JSON headers) get 413."),
     header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.1, help="Seconds a connection may take to send a request's headers; then it is closed."),
     keep_alive_timeout: float = typer.Option(15.0, "--keep-alive-timeout", min=0.1, help="Seconds an idle connection stays open after a response (keep it above a proxy's idle timeout)."),
     max_connections: int = typer.Option(512, "--max-connections", min=1, help="Open connections at most; one more is answered 503 and closed."),
