@@ -1,4 +1,4 @@
-"""busi-serve (kserve's ModelServer, v2 protocol) and the remote backend (tritonclient), talked to
+"""busi-serve (kserve's v2 REST application under uvicorn) and the remote backend (tritonclient), talked to
 over HTTP on loopback as a hospital's tools would: the same answers as the local runtime, the
 token, the bounded queue (503), the record endpoint, a server that dies mid-request."""
 
