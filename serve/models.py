@@ -108,6 +108,10 @@ class TensorModel(Model):
         got = {i.name: i for i in payload.inputs}
         if sorted(got) != sorted(self.inputs):
             raise Rejected(400, f"model {self.name}: inputs {sorted(got)}, expected {sorted(self.inputs)}")
+        rows = {name: (i.shape or [0])[0] for name, i in got.items()}
+        if max(rows.values()) > self.batcher.max_batch:  # before any conversion: a batch never grows past it
+            raise Rejected(413, f"model {self.name}: {max(rows.values())} rows in one request, above the server's "
+                                f"--max-batch {self.batcher.max_batch}; send them in several requests")
         feed = {}
         for name, t in self.inputs.items():
             want = t["datatype"]
@@ -126,7 +130,10 @@ class TensorModel(Model):
         return feed
 
     async def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
-        feed = self.feed(payload)
+        if any(i.data is not None for i in payload.inputs):  # JSON lists: numpy converts them off the event loop
+            feed = await asyncio.to_thread(self.feed, payload)
+        else:
+            feed = self.feed(payload)
         outs = await self.batcher.submit(feed)
         names = [o.name for o in (payload.request_outputs or [])] or self.outputs
         unknown = [n for n in names if n not in outs]

@@ -1,4 +1,4 @@
-"""busi-serve (kserve's ModelServer, v2 protocol) and the remote backend (tritonclient), talked to
+"""busi-serve (kserve's v2 REST application under uvicorn) and the remote backend (tritonclient), talked to
 over HTTP on loopback as a hospital's tools would: the same answers as the local runtime, the
 token, the bounded queue (503), the record endpoint, a server that dies mid-request."""
 
@@ -296,3 +296,223 @@ def test_a_port_in_use_and_a_missing_model_are_one_line_errors(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"error: --host 127.0.0.1 --port {port}: cannot listen"), r.stderr
     r = cli("busi-serve", tmp_path / "none", "--port", free_port(), check=False, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none'}: not found (export the model folder first: busi-export MODEL_DIR)", r.stderr
+
+
+def _binary_infer(S: int, rows: int) -> tuple[bytes, dict]:
+    """A binary-extension request for busi_classifier (tritonclient's wire format)."""
+    x = np.full((rows, S, S, 3), 100, np.float32).tobytes()
+    m = np.ones((rows, S, S, 1), np.float32).tobytes()
+    head = json.dumps({"inputs": [
+        {"name": "image", "datatype": "FP32", "shape": [rows, S, S, 3], "parameters": {"binary_data_size": len(x)}},
+        {"name": "mask", "datatype": "FP32", "shape": [rows, S, S, 1], "parameters": {"binary_data_size": len(m)}}],
+        "outputs": [{"name": "probabilities"}]}).encode()
+    return head + x + m, {"Inference-Header-Content-Length": str(len(head))}
+
+
+class _Health:
+    """GET /v2/health/ready every 50 ms in a thread while the block runs: the slowest answer, failures."""
+
+    def __init__(self, url: str):
+        self.url, self.times, self.failures, self._stop = url, [], [], threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self):
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            try:
+                ok = requests.get(f"{self.url}/v2/health/ready", timeout=10).status_code == 200
+            except requests.RequestException as e:
+                ok = repr(e)
+            self.times.append(time.perf_counter() - t)
+            if ok is not True:
+                self.failures.append(ok)
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _closed_after(socks, limit: float) -> list[float]:
+    """Seconds until the server closed each socket (EOF or reset), up to `limit`."""
+    import select
+
+    start, when = time.perf_counter(), {}
+    while len(when) < len(socks) and time.perf_counter() - start < limit:
+        readable, _, _ = select.select([s for s in socks if s not in when], [], [], 0.1)
+        for s in readable:
+            try:
+                if s.recv(65536) == b"":
+                    when[s] = time.perf_counter() - start
+            except OSError:
+                when[s] = time.perf_counter() - start
+    return [when.get(s, float("inf")) for s in socks]
+
+
+def test_the_doors_are_closed(exported, tmp_path):
+    """Issue 28 over real HTTP, one server with short timeouts: the model repository and v1 are
+    404 (the model stays served), bad JSON gets one short line without the body, more rows than
+    --max-batch get 413 without holding up a 1-row request, JSON bodies do not stall health
+    checks, idle and slow connections are closed after the header/keep-alive timeouts, an idle
+    flood beyond --max-connections does not lock out health checks, and a connection beyond it
+    when all have requests in progress is answered 503."""
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096 and (hard == resource.RLIM_INFINITY or hard >= 4096):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+    with busi_serve(exported, "--header-timeout", 2, "--keep-alive-timeout", 1, "--max-connections", 600,
+                    log=tmp_path / "log") as (url, _):
+        S = Predictor(exported / "model.onnx", device="cpu").size
+        infer = f"{url}/v2/models/busi_classifier/infer"
+
+        def one_line_error(r, status):
+            assert r.status_code == status, (r.status_code, r.text[:300])
+            assert len(r.text.splitlines()) == 1 and len(r.content) < 400 and r.json()["error"], r.text[:300]
+
+        # the model repository extension and v1 are not there; the model stays ready and answers
+        for path in ("repository/models/busi_classifier/unload", "repository/models/busi_classifier/load",
+                     "repository/models/busi/unload", "repository/index"):
+            one_line_error(requests.post(f"{url}/v2/{path}", timeout=10), 404)
+        one_line_error(requests.post(f"{url}/v1/models/busi_classifier:predict", json={"instances": [[1]]}, timeout=10), 404)
+        one_line_error(requests.get(f"{url}/v1/models/busi_classifier", timeout=10), 404)
+        assert requests.get(f"{url}/v2/models/busi_classifier/ready", timeout=10).status_code == 200
+        body1, head1 = _binary_infer(S, 1)
+        assert requests.post(infer, data=body1, headers=head1, timeout=30).status_code == 200
+        # malformed and invalid JSON: one short line that does not echo the body (FastAPI's 422 did)
+        r = requests.post(infer, data=b'{"inputs": [' + b"x" * (1 << 20), timeout=30)
+        one_line_error(r, 400)
+        assert "xxxx" not in r.text and "JSON" in r.text
+        r = requests.post(infer, json={"inputs": [{"name": "image", "shape": [1], "data": ["SECRET" * 1000]}]}, timeout=30)
+        one_line_error(r, 400)
+        assert "SECRET" not in r.text and "datatype" in r.text
+
+        # 600 rows: 413 at once, and a 1-row request meanwhile waits no longer than usual
+        alone = []
+        for _ in range(5):
+            t = time.perf_counter()
+            requests.post(infer, data=body1, headers=head1, timeout=30)
+            alone.append(time.perf_counter() - t)
+        body600, head600 = _binary_infer(S, 600)
+        big = {}
+
+        def post_big():
+            t = time.perf_counter()
+            big["r"] = requests.post(infer, data=body600, headers=head600, timeout=120)
+            big["s"] = time.perf_counter() - t
+
+        thread = threading.Thread(target=post_big)
+        thread.start()
+        during = []
+        while thread.is_alive() or len(during) < 3:
+            t = time.perf_counter()
+            assert requests.post(infer, data=body1, headers=head1, timeout=30).status_code == 200
+            during.append(time.perf_counter() - t)
+        thread.join()
+        one_line_error(big["r"], 413)
+        assert "600 rows" in big["r"].json()["error"] and "--max-batch 8" in big["r"].json()["error"]
+        assert max(during) < max(0.5, 5 * float(np.median(alone))), (during, alone, big["s"])
+
+        # JSON: a 4 MB body (under the 4 MiB default) is parsed in a worker thread; a 60 MB one
+        # (which stalled every request for seconds) is refused before it is read. Health answers
+        # within 1 s throughout.
+        def json_body(megabytes):
+            n = int(megabytes * 1e6 / 17)
+            return (f'{{"inputs": [{{"name": "image", "datatype": "FP32", "shape": [1, {S}, {S}, 3], "data": ['
+                    + ",".join(["123.45678901234"] * n)
+                    + f']}}, {{"name": "mask", "datatype": "FP32", "shape": [1, {S}, {S}, 1], "data": [1]}}]}}').encode()
+
+        for mb, status in ((4, 400), (60, 413)):
+            payload = json_body(mb)
+            with _Health(url) as health:
+                time.sleep(0.2)
+                r = requests.post(infer, data=payload, headers={"Content-Type": "application/json"}, timeout=120)
+                time.sleep(0.2)
+            one_line_error(r, status)
+            assert not health.failures and max(health.times) < 1.0, (mb, max(health.times), health.failures)
+        del payload
+
+        # 500 connections that send nothing: closed after the 2 s header timeout; health answers throughout
+        with _Health(url) as health:
+            idle = [socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) for _ in range(500)]
+            closed = _closed_after(idle, 10)
+        for s in idle:
+            s.close()
+        assert all(1.8 < t < 5 for t in closed), sorted(closed)[:3] + sorted(closed)[-3:]
+        assert not health.failures and max(health.times) < 1.0, (max(health.times), health.failures)
+
+        port = int(url.rsplit(":", 1)[1])
+        # a request trickled byte by byte (slowloris) is closed at the header timeout too
+        slow = socket.create_connection(("127.0.0.1", port))
+        start, closed_at = time.perf_counter(), None
+        for c in b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+            try:
+                slow.send(bytes([c]))
+            except OSError:
+                closed_at = time.perf_counter() - start
+                break
+            if _closed_after([slow], 0.1)[0] < 1:  # waits 0.1 s for the server to close it
+                closed_at = time.perf_counter() - start
+                break
+        slow.close()
+        assert closed_at is not None and 1.8 < closed_at < 5, closed_at
+        # keep-alive: a connection idle after its response is closed after 1 s
+        ka = socket.create_connection(("127.0.0.1", port))
+        ka.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert ka.recv(65536).startswith(b"HTTP/1.1 200")
+        assert 0.8 < _closed_after([ka], 10)[0] < 4
+        ka.close()
+
+        # the connection limit (600): 700 idle connections cannot lock out a health check (the
+        # longest-waiting one makes room); 600 requests whose body never comes fill the server,
+        # one more is answered 503, and the body timeout (2 s, as for headers) frees them all
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(700)]
+        time.sleep(0.2)
+        assert requests.get(f"{url}/v2/health/ready", timeout=10).status_code == 200
+        assert sum(t < 1 for t in _closed_after(idle, 0.5)) >= 100  # the first ones, closed to make room
+        for s in idle:
+            s.close()
+        start = time.perf_counter()
+        stuck = [socket.create_connection(("127.0.0.1", port)) for _ in range(600)]
+        for s in stuck:
+            s.sendall(b"POST /v2/models/busi_classifier/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{")
+        time.sleep(0.2)
+        assert time.perf_counter() - start < 1.5, "too slow to fill the server within its 2 s timeouts"
+        extra = socket.create_connection(("127.0.0.1", port))
+        extra.settimeout(5)
+        answer = extra.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 503") and b"requests in progress" in answer, answer[:200]
+        extra.close()
+        assert all(t < 4 for t in _closed_after(stuck, 10))
+        for s in stuck:
+            s.close()
+        assert requests.get(f"{url}/v2/health/ready", timeout=10).status_code == 200
+    log = (tmp_path / "log").read_text()
+    assert "Too many open files" not in log and "Traceback" not in log, log[-2000:]
+
+
+def test_listening_beyond_loopback_needs_a_token(tmp_path):
+    """--host 0.0.0.0 without a token: exit 2 and one line, before anything loads; a token or
+    --insecure-no-token gets past that check (to the missing model here)."""
+    port = free_port()
+    r = cli("busi-serve", tmp_path / "none", "--host", "0.0.0.0", "--port", port, check=False, timeout=120, env={"BUSI_TOKEN": ""})
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "--insecure-no-token" in r.stderr and "token" in r.stderr
+    r = cli("busi-serve", tmp_path / "none", "--host", "0.0.0.0", "--port", port, "--insecure-no-token", check=False,
+            timeout=120, env={"BUSI_TOKEN": ""})
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'none'}: not found"), r.stderr
+    from busi.runtime.errors import UsageError
+    from busi.serve.app import check_exposure
+
+    check_exposure("0.0.0.0", TOKEN)
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        check_exposure(host, None)
+    for host in ("0.0.0.0", "::", "192.0.2.1"):
+        with pytest.raises(UsageError, match="--insecure-no-token"):
+            check_exposure(host, None)
