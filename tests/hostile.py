@@ -298,4 +298,5 @@ API_CORPUS: dict[str, tuple[str, dict, str, str]] = {
 CLI_CORPUS: dict[str, tuple[list[str], int, str]] = {
     "--device gpu (not a device name)": (["--device", "gpu"], 2, "unknown device 'gpu' (choose auto, cuda, cpu)"),
     "--threshold nan": (["--threshold", "nan"], 2, "threshold must be a number in [0, 1], got nan"),
+    "an empty path argument ('')": ([""], 1, "an empty path was given ('')"),
 }
