@@ -297,6 +297,6 @@ API_CORPUS: dict[str, tuple[str, dict, str, str]] = {
 #: Bad options to busi-infer (a good image and the suite's model added): kind -> (options, exit code, error line)
 CLI_CORPUS: dict[str, tuple[list[str], int, str]] = {
     "--device gpu (not a device name)": (["--device", "gpu"], 2, "unknown device 'gpu' (choose auto, cuda, cpu)"),
-    "--threshold nan": (["--threshold", "nan"], 2, "threshold must be a number in [0, 1], got nan"),
+    "--threshold nan": (["--threshold", "nan"], 2, "Invalid value for '--threshold'"),
     "an empty path argument ('')": ([""], 1, "an empty path was given ('')"),
 }

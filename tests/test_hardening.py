@@ -419,7 +419,7 @@ def test_sidecar_with_a_utf8_bom_is_read(model_copy, good):
     side.write_bytes(b"\xef\xbb\xbf" + side.read_bytes())  # as Notepad saves it
     r = infer(good, "--model", model_copy / "model.onnx", "--roi", ROI, "--require-sha256")
     assert r.returncode == 0 and "class" in json.loads(r.stdout), r.stderr
-    side.write_bytes("0" * 64 + "  model.onnx\n".encode("utf-16"))
+    side.write_bytes(("0" * 64 + "  model.onnx\n").encode("utf-16"))
     r = infer(good, "--model", model_copy / "model.onnx", "--roi", ROI)
     assert r.returncode == 2 and "is UTF-16 text" in r.stderr
 
