@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, UsageError
 from .masks import Box
 from .pixels import check_min_side, check_pixel_limit, to_uint8
 
@@ -26,6 +26,18 @@ def parse_box(value: Any) -> Box:
         raise InputError(None, f"ROI must be four finite pixel coordinates, got {value!r}")
     x, y, w, h = (int(round(v)) for v in numbers)
     return x, y, w, h
+
+
+def check_threshold(value: Any, what: str = "threshold") -> float:
+    """A probability threshold: a finite number in [0, 1] (NaN, 5 or -1 would set the
+    malignant flag never or always); UsageError otherwise."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be a number in [0, 1], got {value!r}") from None
+    if isinstance(value, bool) or not 0.0 <= t <= 1.0:  # NaN fails the comparison too
+        raise UsageError(f"{what} must be a number in [0, 1], got {value!r}")
+    return t
 
 
 def is_box(item) -> bool:
@@ -55,8 +67,9 @@ def numeric(a: np.ndarray, what: str) -> np.ndarray:
 
 def check_array(a: np.ndarray, max_pixels: int = 0) -> np.ndarray:
     """An image array -> RGB uint8 (H, W, 3), by the rules files follow: uint8 as is, uint16
-    like a 16-bit PNG (0..65535), bool as 0/255, floats in 0..1 or 0..255; NaN, inf, negative
-    values and images under 8x8 are refused."""
+    like a 16-bit PNG (0..65535), bool as 0/255, floats on the 0..255 scale (rounded); NaN,
+    inf, negative values, a float array whose maximum is 1 or less (a 0..1 image, ambiguous)
+    and images under 8x8 are refused."""
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if a.ndim == 2:
@@ -69,10 +82,15 @@ def check_array(a: np.ndarray, max_pixels: int = 0) -> np.ndarray:
     if a.dtype in (np.uint8, np.uint16, bool):
         a = to_uint8(a)
     elif a.dtype.kind == "f":
+        # one scale, 0..255 as the model's input: guessing 0..1 from the maximum flipped the flag of
+        # a dark 0..255 image, so an array that would be ambiguous is refused instead
         top = float(a.max())
         if top > 255.0:
-            raise InputError(None, f"float image values must lie in 0..1 or 0..255, the maximum is {top:g}")
-        a = np.clip(a * 255.0 if top <= 1.0 else a, 0, 255).round().astype(np.uint8)
+            raise InputError(None, f"float image values must lie in 0..255, the maximum is {top:g}")
+        if top <= 1.0:
+            raise InputError(None, f"float image values are read on the 0..255 scale and this array's maximum is "
+                                   f"{top:g}: multiply a 0..1 image by 255 (or pass uint8)")
+        a = np.clip(a, 0, 255).round().astype(np.uint8)
     else:
         top = int(a.max())
         if top > 255:

@@ -8,7 +8,6 @@ failed, but --mask auto abstained on some (`needs_roi` records: no class, give a
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -23,7 +22,7 @@ from .errors import InputError, OutputError, UsageError, WriteError
 from .log import verbosity_callback, write_stderr
 from .log import get as get_logger
 from .inputs import expand_inputs
-from .records import Format, render, study_summaries
+from .records import Format, json_line, render, study_summaries
 
 _LOG = get_logger(__name__)
 
@@ -194,7 +193,7 @@ def infer(
                 n_fail += 1
                 write_stderr(f"error: {problem}\n")
         if stream:
-            emit(json.dumps(d) + "\n")
+            emit(json_line(d))
         if show_bar:
             write_stderr(f"\r{i}/{len(files)} images")
     if show_bar:
@@ -204,7 +203,7 @@ def infer(
         summaries = study_summaries(records)
         records += summaries
         if stream:
-            emit("".join(json.dumps(x) + "\n" for x in summaries))
+            emit("".join(json_line(x) for x in summaries))
     text = render(records, fmt)
     if out_final is not None:
         from .atomic import atomic_write_text

@@ -239,6 +239,18 @@ def _plain_8bit(path, ds, arr: np.ndarray) -> bool:
             and _int(path, ds, "PixelRepresentation", 0) == 0 and (arr.size == 0 or int(arr.max()) <= 255))
 
 
+def _check_rescale_slope(path, ds) -> None:
+    """RescaleSlope 0 maps every stored value to the intercept: a blank image, never classified."""
+    if "RescaleSlope" not in ds or "ModalityLUTSequence" in ds:
+        return
+    try:
+        slope = float(ds.RescaleSlope)
+    except (TypeError, ValueError):
+        raise InputError(path, f"{_tag_name('RescaleSlope')}: invalid value {_raw(ds, 'RescaleSlope')!r}") from None
+    if slope == 0:
+        raise InputError(path, f"{_tag_name('RescaleSlope')} is 0: every pixel would map to one value; not classified")
+
+
 def _to_rgb(path, ds, arr: np.ndarray) -> tuple[np.ndarray, list[str]]:
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
@@ -251,6 +263,7 @@ def _to_rgb(path, ds, arr: np.ndarray) -> tuple[np.ndarray, list[str]]:
         arr = to_uint8(apply_color_lut(arr, ds))  # 16-bit palette entries span 0..65535
         samples = 3
     if samples == 1:
+        _check_rescale_slope(path, ds)
         x = apply_modality_lut(arr, ds)
         windowed = False
         if "VOILUTSequence" in ds:

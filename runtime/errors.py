@@ -36,6 +36,11 @@ def describe(e: BaseException, limit: int = 160) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
+#: what a NaN or infinity in a model's outputs means: that image's failure (or the model refused
+#: at load when a fixed test input gives it), never a class
+NOT_FINITE = "model output is not finite: the model file is damaged or was exported wrongly"
+
+
 class BusiError(Exception):
     """Base class for errors that the CLI turns into one line and an exit code."""
 

@@ -65,7 +65,7 @@ def _exif_orientation(im) -> int:
 def _decode_png(path, data: bytes, max_pixels: int):
     """PNG with Pillow: size from its lazy header read, every chunk's CRC verified, then
     decoded; truncation and corruption raise instead of filling with grey. Returns
-    (array as stored: grey / RGB / RGBA, 8 or 16 bit; EXIF orientation)."""
+    (array as stored: grey / RGB / RGBA, 8 or 16 bit; EXIF orientation; notes)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -92,7 +92,7 @@ def _decode_png(path, data: bytes, max_pixels: int):
             im = im.convert("RGBA" if (mode == "PA" or "transparency" in im.info) else "RGB")
         elif mode == "LA":
             a = np.asarray(im)
-            return np.dstack([a[:, :, 0]] * 3 + [a[:, :, 1]]), orientation
+            return np.dstack([a[:, :, 0]] * 3 + [a[:, :, 1]]), orientation, ()
         elif mode not in ("1", "L", "RGB", "RGBA") and not mode.startswith("I"):
             im = im.convert("RGB")
         arr = np.asarray(im)
@@ -100,11 +100,42 @@ def _decode_png(path, data: bytes, max_pixels: int):
         raise
     except Exception as e:
         raise InputError(path, f"truncated or corrupt PNG ({_short(e)}); not classified") from None
+    notes: tuple[str, ...] = ()
     if arr.dtype.kind in "iu" and arr.dtype != np.uint8:  # 16-bit grey ('I;16', 'I;16B', 'I')
         if arr.min() < 0 or arr.max() > 65535:
             raise InputError(path, f"unsupported PNG pixel values (mode {mode})")
-        arr = arr.astype(np.uint16)
-    return arr, orientation
+        arr, notes = _significant_bits(arr.astype(np.uint16), _png_chunk(data, b"sBIT"))
+    return arr, orientation, notes
+
+
+def _png_chunk(data: bytes, kind: bytes) -> bytes | None:
+    """The data of the first `kind` chunk before the image data (CRCs were verified by then)."""
+    i = 8
+    while i + 8 <= len(data):
+        n, k = int.from_bytes(data[i:i + 4], "big"), data[i + 4:i + 8]
+        if k == kind:
+            return data[i + 8:i + 8 + n]
+        if k in (b"IDAT", b"IEND"):
+            return None
+        i += 12 + n
+    return None
+
+
+def _significant_bits(arr: np.ndarray, sbit: bytes | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A 16-bit grey PNG with an sBIT chunk of s < 16 significant bits. The standard has the
+    writer scale the samples up to 16 bits (low bits zero or a copy of the high ones), which
+    reads right as 16-bit. Writers of medical images often store the raw s-bit values
+    instead (0..4095 for 12 bits), which read as 16-bit are 1/16 as bright: values that all
+    fit in s bits and are not all multiples of 2^(16-s) are read on the s-bit scale, with a note."""
+    s = sbit[0] if sbit else 16
+    if not 1 <= s < 16:
+        return arr, ()
+    top, step = (1 << s) - 1, 1 << (16 - s)
+    if int(arr.max()) > top or not (arr % step).any():
+        return arr, ()
+    scaled = ((arr.astype(np.uint32) * 65535 + top // 2) // top).astype(np.uint16)
+    return scaled, (f"PNG sBIT: {s} significant bits and every value fits in them: read on the 0..{top} scale "
+                    f"(a 16-bit reading would show it 1/{step} as bright)",)
 
 
 def _decode_jpeg(path, data: bytes, max_pixels: int):
@@ -140,19 +171,19 @@ def _decode_jpeg(path, data: bytes, max_pixels: int):
 def _decode_raster(path, data: bytes, max_pixels: int) -> tuple[np.ndarray, tuple[str, ...]]:
     """PNG/JPEG bytes -> (array as stored, oriented as a viewer shows it: grey, RGB or RGBA;
     8 or 16 bit; notes)."""
+    notes: tuple[str, ...] = ()
     if data.startswith(PNG_MAGIC):
-        arr, orientation = _decode_png(path, data, max_pixels)
+        arr, orientation, notes = _decode_png(path, data, max_pixels)
     elif data.startswith(JPEG_MAGIC):
         arr, orientation = _decode_jpeg(path, data, max_pixels)
     else:
         raise InputError(path, "not a PNG, JPEG or DICOM image")
     if arr.size == 0:
         raise InputError(path, "corrupt image data (no pixels decoded)")
-    notes: tuple[str, ...] = ()
     if orientation != 1:
         what, transform = _EXIF_ORIENTATION[orientation]
         arr = np.ascontiguousarray(transform(arr))
-        notes = (f"EXIF orientation {orientation} applied ({what}), as image viewers show it; "
+        notes += (f"EXIF orientation {orientation} applied ({what}), as image viewers show it; "
                  "ROI coordinates refer to the image as shown",)
     return arr, notes
 

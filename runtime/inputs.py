@@ -104,6 +104,9 @@ def expand_inputs(args: list[str]) -> Inputs:
     without images is an InputError in its place."""
     res = Inputs()
     for a in args:
+        if not str(a).strip():  # Path("") is ".": an empty argument would classify the whole current folder
+            res.files.append(InputError(None, f"an empty path was given ({a!r})"))
+            continue
         p = Path(a)
         if p.is_dir():
             found, here = [], Counter()

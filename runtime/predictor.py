@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 
-from .arrays import check_array, frame_index, is_box, mask_array, parse_box
+from .arrays import check_array, check_threshold, frame_index, is_box, mask_array, parse_box
 from .calibration import apply_temperature
 from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, SERVED_NAMES, ModelInfo, check_graph_shape
 from .dicom import DicomImage
-from .errors import BusiError, InputError, ModelError, ServerError, UsageError, describe
+from .errors import NOT_FINITE, BusiError, InputError, ModelError, ServerError, UsageError, describe
 from .files import DEFAULT_MAX_BYTES, read_regular
 from .imageio import Decoded, decode_image, is_dicom, read_image, read_mask, resize_mask, resize_rgb
 from .log import get as get_logger
@@ -101,7 +101,7 @@ class Predictor:
         self.explainable = FEATURES_NAME in outs and CAM_WEIGHTS_NAME in outs
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
-        self.threshold = float(self.info.malignant_threshold if threshold is None else threshold)
+        self.threshold = float(self.info.malignant_threshold if threshold is None else check_threshold(threshold))
         #: the out-of-distribution guard, where the model carries one and the pooled features it needs
         self.guard = self.info.ood if FEATURES_NAME in outs else None
         missing = [what for what, have in (("calibration", self.info.calibration), ("training prevalence",
@@ -122,6 +122,21 @@ class Predictor:
             raise UsageError(f"coverage must lie strictly between 0 and 1, got {coverage}")
         self.qhat = model_qhat(self.info.conformal, self.coverage)
         self.size = self.info.input.size
+        if not server:  # a served model is the server's to check (busi-serve loads it through this class)
+            self._probe()
+
+    def _probe(self) -> None:
+        """One run on a fixed input (mid-grey, the whole image as mask): a model whose outputs
+        are NaN or infinite for everything (a damaged weight) is refused at load, exit 2."""
+        S = self.info.input.size
+        try:
+            p, _, feats = self.infer(np.full((1, S, S, 3), 128, np.float32), np.ones((1, S, S, 1), np.float32))
+        except BusiError:
+            raise
+        except Exception as e:
+            raise ModelError(self.path, f"cannot run the model on a test input ({describe(e)})") from None
+        if not np.isfinite(p).all() or (feats is not None and not np.isfinite(feats).all()):
+            raise ModelError(self.path, f"{NOT_FINITE} (NaN or infinity on a fixed test input)")
 
     # ---- notices -------------------------------------------------------------------------
     def notice_once(self, key: str, msg: str) -> None:
@@ -195,7 +210,10 @@ class Predictor:
             source = "none"
         elif isinstance(mask, str) and mask == "auto":
             source = "auto"
-            finding = self.segmenter.assess(rgb)
+            try:
+                finding = self.segmenter.assess(rgb)
+            except ModelError as e:  # the segmenter's output is not finite: this image's failure, naming both
+                raise ModelError(path or "image", f"{e.problem} (segmenter {e.path})") from None
             presence = finding.presence
             if finding.needs_roi:  # unsure, or not a plausible lesion: no class for a guessed box
                 pr = self.segmenter.info.presence
@@ -222,7 +240,12 @@ class Predictor:
                 raise InputError(path, f"ROI {box} lies outside the {W}x{H} image")
             lesion = box_mask((H, W), box)
             source = "box"
+        elif not isinstance(mask, (np.ndarray, str, os.PathLike)):
+            raise InputError(path, f"mask must be None, 'none', 'auto', a box (x, y, w, h), a mask array or a mask "
+                                   f"file or folder path, got {type(mask).__name__}")
         else:
+            if isinstance(mask, str) and not mask.strip():
+                raise InputError(path, "mask path is empty")
             if isinstance(mask, np.ndarray):
                 lesion = mask_array(mask, spec.threshold)
                 label = "mask array"
@@ -261,6 +284,8 @@ class Predictor:
                 raise InputError("<image bytes>", f"{len(data):,} bytes, above the limit of {self.max_bytes:,}")
             return decode_image(data, "<image bytes>", max_pixels=self.max_pixels, frame=frame)
         if isinstance(image, (str, os.PathLike)):
+            if not os.fspath(image).strip():  # Path("") is "." (the current folder)
+                raise InputError(None, "image path is empty")
             return read_image(image, max_pixels=self.max_pixels, frame=frame, max_bytes=self.max_bytes)
         raise InputError(None, f"image must be a file path, encoded image bytes or a numpy array, got {type(image).__name__}")
 
@@ -338,9 +363,11 @@ class Predictor:
             extras["cam"] = cam
         ood = {}
         notes = list(prep.notes)
+        self._check_finite(prep, proba=proba, features=feats, **{"Grad-CAM": cam})
         if feats is not None:  # each image against the statistics of its own mask source
             stats = self.guard.stats(prep.mask_source, self.info.mask.source)
             score, limit = float(ood_scores(stats, feats[None])[0]), stats.threshold
+            self._check_finite(prep, **{"out-of-distribution score": score})
             ood = {"out_of_distribution": bool(score > limit), "ood_score": score, "ood_threshold": float(limit)}
             if score > limit:
                 notes.append(OOD_NOTE.format(score=score, threshold=limit))
@@ -365,6 +392,13 @@ class Predictor:
             **ood,
         ))
 
+    def _check_finite(self, prep: Prepared, **outputs) -> None:
+        """ModelError naming the image and the model when an output holds NaN or infinity."""
+        bad = [what.replace("proba", "probabilities") for what, v in outputs.items()
+               if v is not None and not np.isfinite(v).all()]
+        if bad:
+            raise ModelError(prep.path or "image", f"{NOT_FINITE} ({' and '.join(bad)} of {self.path})")
+
     def predict(
         self, image, mask: MaskArg = None, *, threshold: float | None = None, tta: bool = False, frame: int | str = 0,
         explain: bool = False, keep_view: bool = False,
@@ -372,6 +406,8 @@ class Predictor:
         """One image; raises InputError for a bad one. `frame="all"`: every frame of a cine
         loop, aggregated (see `aggregate`). With mask "auto" it may abstain: a `NeedsRoi`
         (no class) with the reason."""
+        if threshold is not None:
+            check_threshold(threshold)
         if frame == "all":
             frames = self.prepare_frames(image, mask, keep_view)
             res = {}
@@ -380,7 +416,7 @@ class Predictor:
                 res.update(self._run_split(todo[i:i + MAX_BATCH], threshold, tta, explain))
             out = self.aggregate([res[id(f)] if isinstance(f, Prepared) else f for f in frames])
             if isinstance(out, Failure):
-                raise InputError(out.path, out.error.split(": ", 1)[-1])
+                raise (ModelError if NOT_FINITE in out.error else InputError)(out.path, out.error.split(": ", 1)[-1])
             return out
         prep = self.prepare(image, mask, frame_index(frame), keep_view)
         if isinstance(prep, NeedsRoi):
@@ -412,6 +448,8 @@ class Predictor:
         (multi-frame DICOM) and gives one aggregated result for it (`aggregate`)."""
         if isinstance(items, (str, os.PathLike, bytes, bytearray, memoryview)):
             items = [items]
+        if threshold is not None:
+            check_threshold(threshold)
         batch_size = max(1, min(int(batch_size), MAX_BATCH))
         every_frame = frame == "all"
         if not every_frame:
@@ -472,7 +510,11 @@ class Predictor:
             yield from out_queue
 
     def aggregate(self, frames: list) -> Prediction | NeedsRoi | Failure:
-        """One result for a cine loop classified frame by frame (see `results.aggregate`)."""
+        """One result for a cine loop classified frame by frame (see `results.aggregate`). A
+        frame with non-finite model output fails the loop: the model is damaged."""
+        damaged = next((f for f in frames if isinstance(f, Failure) and NOT_FINITE in f.error), None)
+        if damaged is not None:
+            return damaged
         out = aggregate(frames, self.info.classes)
         return self._trust(out) if isinstance(out, Prediction) else out
 
@@ -516,7 +558,13 @@ class Predictor:
             return {id(batch[0]): Failure(batch[0].path, f"{batch[0].path or 'image'}: inference failed ({describe(e)})")}
         cams = [None] * len(batch) if cams is None else cams
         feats = [None] * len(batch) if feats is None else feats
-        return {id(b): self._result(b, p, threshold, tta, c, f) for b, p, c, f in zip(batch, probs, cams, feats)}
+        out = {}
+        for b, p, c, f in zip(batch, probs, cams, feats):
+            try:
+                out[id(b)] = self._result(b, p, threshold, tta, c, f)
+            except ModelError as e:  # this image's output is not finite: its failure, the batch goes on
+                out[id(b)] = Failure(b.path, str(e))
+        return out
 
     def predict_many(self, items: Iterable[Any], mask: MaskArg = None, **kw) -> list[Prediction | NeedsRoi | Failure]:
         return list(self.iter_predict(items, mask, **kw))

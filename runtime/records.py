@@ -59,9 +59,15 @@ def _p_malignant(r: dict) -> float:
     return float((r.get("cine") or {}).get("max_malignant", r["probabilities"]["malignant"]))
 
 
+def json_line(record: dict) -> str:
+    """One record as a line of strict JSON: a NaN or infinity (which `json.dumps` would write as
+    a bare `NaN`, not JSON) raises ValueError; non-finite model outputs are failures before this."""
+    return json.dumps(record, allow_nan=False) + "\n"
+
+
 def render(records: list[dict], fmt: Format) -> str:
     if fmt is Format.jsonl:
-        return "".join(json.dumps(r) + "\n" for r in records)
+        return "".join(json_line(r) for r in records)
     if fmt is Format.csv:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .contract import SEGMENTER_INPUT, SEGMENTER_OUTPUT, SERVED_NAMES, SegmenterInfo, check_graph_shape
-from .errors import ModelError
+from .errors import NOT_FINITE, ModelError
 from .imageio import resize_rgb
 from .masks import find_lesion, implausible, largest_component
 from .session import open_model
@@ -51,7 +51,10 @@ class Segmenter:
     def probabilities(self, rgb: np.ndarray) -> np.ndarray:
         """Lesion probability (S, S) of an RGB uint8 image of any size."""
         x = resize_rgb(rgb, self.size).astype(np.float32)[None]
-        return self.session.run([SEGMENTER_OUTPUT], {SEGMENTER_INPUT: x})[0][0, :, :, 0]
+        prob = self.session.run([SEGMENTER_OUTPUT], {SEGMENTER_INPUT: x})[0][0, :, :, 0]
+        if not np.isfinite(prob).all():  # a NaN would make an empty lesion map, not an error
+            raise ModelError(self.path, NOT_FINITE)
+        return prob
 
     def find(self, rgb: np.ndarray) -> np.ndarray | None:
         """The lesion as a bool mask at the image's size, or None when none is found."""

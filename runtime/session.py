@@ -10,13 +10,39 @@ import tempfile
 from pathlib import Path
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 
-import onnxruntime as ort
-
-from .errors import DeviceError, ModelError, describe
-from .log import get as get_logger
+from .errors import DeviceError, ModelError, UsageError, describe
+from .log import get as get_logger, native_stderr_captured
 from .verify import verified_sha256
 
 _LOG = get_logger(__name__)
+
+#: ANSI colour codes, and the timestamp/source prefix of ONNX Runtime's own log lines
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ORT_PREFIX = re.compile(r"^\S+ \S+ \[\w:onnxruntime:[^]]*\] ")
+
+
+def _import_onnxruntime():
+    """`import onnxruntime`, with what its native code prints meanwhile kept off the terminal:
+    with a HOME that is not writable (a service account) it writes an ANSI-coloured telemetry
+    warning ("Failed to persist telemetry device ID") to file descriptor 2 at import. Those
+    lines are kept in IMPORT_MESSAGES and go through the busi logger when the first session is
+    made (after the CLI has set the verbosity), so -q silences them."""
+    with native_stderr_captured() as err:
+        import onnxruntime
+    text = err[0] if err else ""
+    return onnxruntime, [_ORT_PREFIX.sub("", _ANSI.sub("", ln)).strip() for ln in text.splitlines() if ln.strip()]
+
+
+ort, IMPORT_MESSAGES = _import_onnxruntime()
+
+
+def _log_import_messages() -> None:
+    """ONNX Runtime's import-time lines, once, through the busi logger: the telemetry notice
+    (harmless: ORT then uses an in-memory identifier) at debug level, anything else as a warning."""
+    while IMPORT_MESSAGES:
+        line = IMPORT_MESSAGES.pop(0)
+        level = 10 if "telemetry" in line else 30
+        _LOG.log(level, f"busi: onnxruntime: {line}")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -148,8 +174,9 @@ def create_session(
     auto: CUDA when onnxruntime lists it and a session really runs on it, else CPU with one
     short `notice` saying why. cuda: the same, but failing with DeviceError. cpu: no probing.
     """
-    if device not in DEVICES:
-        raise DeviceError(f"unknown device {device!r} (choose {', '.join(DEVICES)})")
+    if device not in DEVICES:  # a usage error (exit 2), as the README's table says; DeviceError is CUDA failing
+        raise UsageError(f"unknown device {device!r} (choose {', '.join(DEVICES)})")
+    _log_import_messages()
     notice = notice or _LOG.warning
     so = session_options(cap_threads(threads, notice))
     if device == "cpu":

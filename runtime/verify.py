@@ -51,6 +51,10 @@ def _sidecar_digest(side: Path) -> str | None:
     if not side.exists() and not side.is_symlink():
         return None
     text = read_regular(side, 1 << 16, ModelError, what="a .sha256 file")
+    if text.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows editors write one): text all the same
+        text = text[3:]
+    elif text.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ModelError(side, "is UTF-16 text; save it as plain ASCII (sha256sum's format)")
     try:
         words = text.decode("ascii").split()
     except UnicodeDecodeError:

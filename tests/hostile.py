@@ -46,6 +46,15 @@ def png_with_ihdr(width: int, height: int) -> bytes:
     return good[:8] + png_chunk(b"IHDR", ihdr) + good[33:]
 
 
+def png16_sbit(raw: np.ndarray, bits: int) -> bytes:
+    """A 16-bit grey PNG of `raw` as stored, with an sBIT chunk declaring `bits` significant bits
+    (medical writers store raw 12-bit values so; the standard would have them scaled up)."""
+    buf = io.BytesIO()
+    Image.fromarray(raw.astype(np.uint16)).save(buf, "PNG")
+    png = buf.getvalue()
+    return png[:33] + png_chunk(b"sBIT", bytes([bits])) + png[33:]
+
+
 def jpeg_sof_offset(data: bytes) -> int:
     i = data.find(b"\xff\xc0")
     assert i > 0
@@ -221,6 +230,7 @@ def corpus(folder: Path, good: Path) -> dict[str, tuple[Path, str | None]]:
     put("png palette", "palette.png", None, None)
     Image.fromarray(grey).convert("LA").save(folder / "grey_alpha.png")
     put("png grey + alpha", "grey_alpha.png", None, None)
+    put("png 16-bit, raw 12-bit values, sBIT 12", "sbit12.png", png16_sbit(grey.astype(np.uint32) * 4095 // 255, 12), None)
     # not images, not files
     put("empty file", "empty.png", b"", "empty file")
     put("text named .png", "text.png", b"just text\n" * 20, "not a PNG, JPEG or DICOM")
@@ -247,6 +257,8 @@ def corpus(folder: Path, good: Path) -> dict[str, tuple[Path, str | None]]:
     put("dicom WindowWidth 0", "window0.dcm", None, None)
     dicom(folder / "rescale_inf.dcm", grey, RescaleSlope="1e400", RescaleIntercept=0)
     put("dicom RescaleSlope infinite", "rescale_inf.dcm", None, "NaN or infinite")
+    dicom(folder / "rescale0.dcm", grey.astype(np.int16) * 8, RescaleSlope=0, RescaleIntercept=0, PixelRepresentation=1)
+    put("dicom int16 with RescaleSlope 0", "rescale0.dcm", None, "(0028,1053) RescaleSlope is 0")
     patch_text_element(dicom(folder / "frames_1a.dcm", np.stack([grey, grey]), frames=2), (0x0028, 0x0008), b"IS",
                        b"2 ", b"1A")
     put("dicom NumberOfFrames '1A'", "frames_1a.dcm", None, "(0028,0008) NumberOfFrames: invalid value '1A'")
@@ -259,3 +271,32 @@ def corpus(folder: Path, good: Path) -> dict[str, tuple[Path, str | None]]:
     put("deflated dicom of 400 MB pixels, 400 KB on disk", "deflate_bomb.dcm", None, "above the limit")
     put("dicom preamble and marker only", "dicm_only.dcm", b"\x00" * 128 + b"DICM", "no pixel data")
     return f
+
+
+#: Bad values given to the Python API, one per kind: kind -> (what is called: "init" for
+#: Predictor(model, **kw), "predict" for predict(image, **kw), "predict_many" for
+#: predict_many([image], **kw); its keyword arguments, with "image" standing for a good image
+#: path unless given; the error class; what its one line must say). The exit code a CLI would
+#: give is the error class's.
+NAN = float("nan")
+API_CORPUS: dict[str, tuple[str, dict, str, str]] = {
+    "Predictor(threshold=nan)": ("init", {"threshold": NAN}, "UsageError", "threshold must be a number in [0, 1], got nan"),
+    "Predictor(threshold=5)": ("init", {"threshold": 5}, "UsageError", "threshold must be a number in [0, 1], got 5"),
+    "Predictor(threshold=-1)": ("init", {"threshold": -1}, "UsageError", "threshold must be a number in [0, 1], got -1"),
+    "predict(threshold=nan)": ("predict", {"threshold": NAN}, "UsageError", "threshold must be a number in [0, 1]"),
+    "predict(threshold=1.5)": ("predict", {"threshold": 1.5}, "UsageError", "threshold must be a number in [0, 1]"),
+    "predict_many(threshold=-0.1)": ("predict_many", {"threshold": -0.1}, "UsageError", "threshold must be a number in [0, 1]"),
+    "predict('')": ("predict", {"image": ""}, "InputError", "image path is empty"),
+    "mask=dict": ("predict", {"mask": {"x": 1}}, "InputError", "mask must be None, 'none', 'auto', a box (x, y, w, h), a mask array or a mask file or folder path, got dict"),
+    "mask=int": ("predict", {"mask": 3}, "InputError", "mask must be None, 'none', 'auto', a box"),
+    "mask=bool": ("predict", {"mask": True}, "InputError", "got bool"),
+    "float image array with maximum <= 1 (a 0..1 image)": (
+        "predict", {"image": np.full((20, 20), 0.6)}, "InputError", "read on the 0..255 scale and this array's maximum is 0.6"),
+}
+
+#: Bad options to busi-infer (a good image and the suite's model added): kind -> (options, exit code, error line)
+CLI_CORPUS: dict[str, tuple[list[str], int, str]] = {
+    "--device gpu (not a device name)": (["--device", "gpu"], 2, "unknown device 'gpu' (choose auto, cuda, cpu)"),
+    "--threshold nan": (["--threshold", "nan"], 2, "Invalid value for '--threshold'"),
+    "an empty path argument ('')": ([""], 1, "an empty path was given ('')"),
+}

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -19,10 +20,13 @@ import pytest
 from PIL import Image, ImageOps
 
 from busi.runtime import Predictor
+from busi.runtime import errors
 from busi.runtime.errors import InputError, ModelError
 from busi.runtime.imageio import read_image, read_rgb
+from busi.runtime.verify import sha256_file
 from helpers import BIN, cli
-from hostile import corpus, deflated_bomb, dicom, exif_jpeg, jpeg_bytes, jpeg_declaring, palette_dicom
+from hostile import (API_CORPUS, CLI_CORPUS, corpus, deflated_bomb, dicom, exif_jpeg, jpeg_bytes, jpeg_declaring,
+                     palette_dicom, png16_sbit)
 
 ROI = "10,10,50,50"
 
@@ -351,3 +355,182 @@ def test_roi_and_threads_options(exported, good):
     r = infer(good, "--model", exported / "model.onnx", "--roi", ROI, "--threads", 100000)
     assert r.returncode == 0 and time.time() - t < 120
     assert f"100000 threads requested; capped at the {os.cpu_count()} cores" in r.stderr
+
+
+@pytest.mark.parametrize("kind", list(API_CORPUS))
+def test_api_corpus(exported, predictor, good, kind):
+    """Each bad value given to the Python API: the one-line error of its class, never a raw
+    TypeError, never a silent rescale, never a threshold that sets the flag never or always."""
+    call, kw, cls, problem = API_CORPUS[kind]
+    kw = dict(kw)
+    with pytest.raises(getattr(errors, cls)) as e:
+        if call == "init":
+            Predictor(exported / "model.onnx", device="cpu", **kw)
+        elif call == "predict":
+            predictor.predict(kw.pop("image", good), **kw)
+        else:
+            predictor.predict_many([kw.pop("image", good)], **kw)
+    assert type(e.value).__name__ == cls and problem in str(e.value) and "\n" not in str(e.value), (kind, e.value)
+
+
+@pytest.mark.parametrize("kind", list(CLI_CORPUS))
+def test_cli_corpus(exported, good, kind):
+    options, code, problem = CLI_CORPUS[kind]
+    r = infer(good, "--model", exported / "model.onnx", "--roi", ROI, *options)
+    errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == code and len(errs) == 1 and problem in errs[0] and "Traceback" not in r.stderr, r.stderr
+    if code == 2:  # refused before any image
+        assert not r.stdout
+    else:  # a failure record in its place, the good image classified
+        recs = [json.loads(ln) for ln in r.stdout.splitlines()]
+        assert len(recs) == 2 and "class" in recs[0] and problem in recs[1]["error"]
+
+
+def test_float_arrays_are_read_on_0_255(predictor, good):
+    grey = cv2.imread(str(good), cv2.IMREAD_GRAYSCALE)
+    box = (40, 40, 90, 90)
+    assert predictor.predict(grey.astype(np.float32), box).probabilities == predictor.predict(grey, box).probabilities
+
+
+def test_png_sbit_is_read_by_its_significant_bits(tmp_path, good):
+    """Raw 12-bit values in a 16-bit PNG that says sBIT 12 are read on 0..4095 (with a note),
+    as bright as the 8-bit image; values scaled up as the standard says read as before."""
+    grey = cv2.imread(str(good), cv2.IMREAD_GRAYSCALE)
+    raw = tmp_path / "raw12.png"
+    raw.write_bytes(png16_sbit(grey.astype(np.uint32) * 4095 // 255, 12))
+    d = read_image(raw)
+    assert np.abs(d.rgb[:, :, 0].astype(int) - grey).max() <= 1 and "PNG sBIT: 12 significant bits" in d.notes[0]
+    scaled = tmp_path / "scaled.png"  # the standard's left shift with the high bits replicated
+    g16 = (grey.astype(np.uint32) * 4095 // 255).astype(np.uint16)
+    scaled.write_bytes(png16_sbit((g16 << 4) | (g16 >> 8), 12))
+    d = read_image(scaled)
+    assert np.abs(d.rgb[:, :, 0].astype(int) - grey).max() <= 1 and not d.notes
+
+
+def test_dicom_rescale_slope_zero_is_refused(tmp_path, good):
+    grey = cv2.imread(str(good), cv2.IMREAD_GRAYSCALE).astype(np.int16)
+    p = dicom(tmp_path / "s0.dcm", grey, RescaleSlope=0, RescaleIntercept=-1024, PixelRepresentation=1)
+    with pytest.raises(InputError, match=r"\(0028,1053\) RescaleSlope is 0"):
+        read_rgb(p)
+
+
+def test_sidecar_with_a_utf8_bom_is_read(model_copy, good):
+    side = model_copy / "model.onnx.sha256"
+    side.write_bytes(b"\xef\xbb\xbf" + side.read_bytes())  # as Notepad saves it
+    r = infer(good, "--model", model_copy / "model.onnx", "--roi", ROI, "--require-sha256")
+    assert r.returncode == 0 and "class" in json.loads(r.stdout), r.stderr
+    side.write_bytes(("0" * 64 + "  model.onnx\n").encode("utf-16"))
+    r = infer(good, "--model", model_copy / "model.onnx", "--roi", ROI)
+    assert r.returncode == 2 and "is UTF-16 text" in r.stderr
+
+
+# ---- models whose output is not finite ------------------------------------------------------------
+
+def _save_with_sidecar(m, dst: Path) -> Path:
+    onnx.save(m, str(dst))
+    (dst.parent / (dst.name + ".sha256")).write_text(f"{sha256_file(dst)}  {dst.name}\n")
+    return dst
+
+
+def _nan_weight(src: Path, dst: Path) -> Path:
+    """The model with one weight set to NaN: the first float initializer met walking back from
+    the probabilities (the classifier head's bias), as a flipped bit in the file would do."""
+    from onnx import numpy_helper
+
+    m = onnx.load(str(src))
+    inits = {t.name: t for t in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    todo, seen = ["probabilities"], set()
+    while todo:
+        node = producer.get(todo.pop(0))
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for i in node.input:
+            t = inits.get(i)
+            if t is not None and t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) > 1:
+                a = numpy_helper.to_array(t).copy()
+                a.flat[0] = np.nan
+                t.CopyFrom(numpy_helper.from_array(a, t.name))
+                return _save_with_sidecar(m, dst)
+            todo.append(i)
+    raise AssertionError("no weight found")
+
+
+def _nan_when_black(src: Path, dst: Path) -> Path:
+    """The model plus 0 * log(max pixel - 0.5) on its probabilities: finite for any image with a
+    pixel of 1 or more (the load probe's grey among them), NaN for an all-black image."""
+    from onnx import helper
+
+    m = onnx.load(str(src))
+    for node in m.graph.node:
+        node.output[:] = ["probs_inner" if o == "probabilities" else o for o in node.output]
+    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    consts = [helper.make_tensor("nan_half", onnx.TensorProto.FLOAT, [1], [0.5]),
+              helper.make_tensor("nan_zero", onnx.TensorProto.FLOAT, [1], [0.0])]
+    if opset >= 18:
+        consts.append(helper.make_tensor("nan_axes", onnx.TensorProto.INT64, [1], [1]))
+        reduce = helper.make_node("ReduceMax", ["nan_flat", "nan_axes"], ["nan_top"], keepdims=1)
+    else:
+        reduce = helper.make_node("ReduceMax", ["nan_flat"], ["nan_top"], axes=[1], keepdims=1)
+    m.graph.initializer.extend(consts)
+    m.graph.node.extend([
+        helper.make_node("Flatten", ["image"], ["nan_flat"], axis=1), reduce,
+        helper.make_node("Sub", ["nan_top", "nan_half"], ["nan_d"]), helper.make_node("Log", ["nan_d"], ["nan_log"]),
+        helper.make_node("Mul", ["nan_log", "nan_zero"], ["nan_z"]),
+        helper.make_node("Add", ["probs_inner", "nan_z"], ["probabilities"]),
+    ])
+    return _save_with_sidecar(m, dst)
+
+
+def _strict_json(line: str):
+    def refuse(c):
+        raise ValueError(f"bare {c} is not JSON")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_model_with_a_nan_weight_is_refused_at_load(exported, good, tmp_path):
+    bad = _nan_weight(exported / "model.onnx", tmp_path / "nan.onnx")
+    with pytest.raises(ModelError, match="model output is not finite: the model file is damaged or was exported wrongly"):
+        Predictor(bad, device="cpu")
+    r = infer(good, good, "--model", bad, "--roi", ROI)
+    errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(errs) == 1 and str(bad) in errs[0] and "not finite" in errs[0], r.stderr
+    assert not r.stdout
+
+
+def test_non_finite_output_on_one_input_is_its_failure(exported, good, tmp_path):
+    """A model finite on the load probe but NaN on one image: that image is a failure naming
+    the model, the others are classified, exit 1, and every line is strict JSON."""
+    bad = _nan_when_black(exported / "model.onnx", tmp_path / "nan_black.onnx")
+    black = tmp_path / "black.png"
+    cv2.imwrite(str(black), np.zeros((64, 64), np.uint8))
+    p = Predictor(bad, device="cpu")
+    with pytest.raises(ModelError, match="model output is not finite"):
+        p.predict(black, (10, 10, 20, 20))
+    assert p.predict(good, (10, 10, 20, 20)).label in ("normal", "benign", "malignant")
+    out = tmp_path / "r.jsonl"
+    for extra in ([], ["--out", out], ["--explain", tmp_path / "cams"]):
+        r = infer(good, black, good, "--model", bad, "--roi", "10,10,20,20", *extra)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        recs = [_strict_json(ln) for ln in (out.read_text() if extra and extra[0] == "--out" else r.stdout).splitlines()]
+        assert [("class" in x, "error" in x) for x in recs] == [(True, False), (False, True), (True, False)]
+        err = recs[1]["error"]
+        assert err.startswith(f"{black}: model output is not finite: the model file is damaged") and str(bad) in err
+        assert "2/3 images classified" in r.stderr and "1 failed" in r.stderr
+
+
+def test_onnxruntime_chatter_goes_through_the_busi_log(exported, good):
+    """HOME not writable (a service account): ONNX Runtime's ANSI-coloured telemetry warning
+    at import is a debug line of the busi log, not raw text on the terminal; -q is silent."""
+    raw = subprocess.run([sys.executable, "-c", "import onnxruntime"], capture_output=True, text=True,
+                         env={**os.environ, "HOME": "/proc"}, timeout=120)
+    if "telemetry" not in raw.stderr:
+        pytest.skip("this onnxruntime build prints no telemetry warning when HOME is not writable")
+    base = [good, "--model", exported / "model.onnx", "--roi", ROI, "--device", "cpu"]
+    r = infer(*base, "-q", env={"HOME": "/proc"})
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    r = infer(*base, env={"HOME": "/proc"})
+    assert r.returncode == 0 and "\x1b[" not in r.stderr and "telemetry" not in r.stderr, r.stderr
+    r = infer(*base, "-v", env={"HOME": "/proc"})
+    assert "busi: onnxruntime: Failed to persist telemetry device ID" in r.stderr and "\x1b[" not in r.stderr
