@@ -16,7 +16,7 @@ CSV_FIELDS = ("path", "class", "confidence", "p_normal", "p_benign", "p_malignan
               "mask_source", "lesion_found", "lesion_box", "provider", "error", "study_uid", "series_uid", "sop_uid",
               "frame", "cine_frames", "cine_max_malignant", "cine_max_frame", "record", "images", "band", "prediction_set",
               "coverage", "p_malignant_adjusted", "out_of_distribution", "ood_score", "lesion_presence", "needs_roi",
-              "needs_roi_reason")
+              "needs_roi_reason", "output_error")
 #: JSON `dicom` keys -> CSV columns
 DICOM_COLUMNS = {"StudyInstanceUID": "study_uid", "SeriesInstanceUID": "series_uid", "SOPInstanceUID": "sop_uid",
                  "frame": "frame"}

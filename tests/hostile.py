@@ -258,4 +258,66 @@ def corpus(folder: Path, good: Path) -> dict[str, tuple[Path, str | None]]:
     deflated_bomb(folder / "deflate_bomb.dcm", 20000, 20000)
     put("deflated dicom of 400 MB pixels, 400 KB on disk", "deflate_bomb.dcm", None, "above the limit")
     put("dicom preamble and marker only", "dicm_only.dcm", b"\x00" * 128 + b"DICM", "no pixel data")
+    encapsulated_corpus(folder, put)
     return f
+
+
+# ---- encapsulated pixel data whose codestream lies about its size ------------------------------
+
+JPEG_BASELINE, JPEG_LS, JPEG_2000 = "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"
+
+
+def encapsulated_dicom(path: Path, codestream: bytes, rows: int, cols: int, ts: str) -> Path:
+    """A 8-bit grey US DICOM of rows x cols whose one frame is `codestream` (JPEG, JPEG-LS or J2K)."""
+    from pydicom.encaps import encapsulate
+
+    ds = us_dataset(ts)
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = encapsulate([codestream])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)
+
+
+def j2k_declaring(grey: np.ndarray, width: int, height: int) -> bytes:
+    """A raw JPEG 2000 codestream of `grey` (OpenCV's encoder) with its SIZ size changed."""
+    ok, jp2 = cv2.imencode(".jp2", grey)
+    assert ok
+    jp2 = jp2.tobytes()
+    k = jp2.find(b"\xff\x4f\xff\x51")
+    cs = bytearray(jp2[k:])
+    cs[8:16] = struct.pack(">II", width, height)
+    return bytes(cs)
+
+
+def jpeg_ls_declaring(grey: np.ndarray, width: int, height: int) -> bytes:
+    """A JPEG-LS codestream of `grey` (CharLS) with its SOF55 size changed."""
+    import jpeg_ls
+
+    data = bytearray(jpeg_ls.encode(grey).tobytes())
+    i = data.find(b"\xff\xf7")
+    data[i + 5:i + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def encapsulated_corpus(folder: Path, put) -> None:
+    """64x64 DICOMs whose embedded codestream declares 40000x40000 (refused from the headers,
+    never decoded), one that declares another small size, and a good one."""
+    small = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    jpg = jpeg_bytes(small)
+    for kind, name, ts, stream in (
+            ("JPEG", "encaps_jpeg_huge.dcm", JPEG_BASELINE, jpeg_declaring(jpg, 40000, 40000, fill=False)),
+            ("JPEG-LS", "encaps_jls_huge.dcm", JPEG_LS, jpeg_ls_declaring(small, 40000, 40000)),
+            ("JPEG 2000", "encaps_j2k_huge.dcm", JPEG_2000, j2k_declaring(small, 40000, 40000))):
+        encapsulated_dicom(folder / name, stream, 64, 64, ts)
+        put(f"dicom 64x64 whose embedded {kind} declares 40000x40000", name, None,
+            f"embedded {kind} declares 40000x40000 pixels, the DICOM Rows x Columns 64x64")
+    encapsulated_dicom(folder / "encaps_jpeg_other.dcm", jpeg_declaring(jpg, 64, 32, fill=True), 64, 64, JPEG_BASELINE)
+    put("dicom 64x64 whose embedded JPEG (after a fill byte) declares 64x32", "encaps_jpeg_other.dcm", None,
+        "embedded JPEG declares 64x32 pixels")
+    encapsulated_dicom(folder / "encaps_jpeg_ok.dcm", jpg, 64, 64, JPEG_BASELINE)
+    put("dicom 64x64 with an embedded JPEG of 64x64", "encaps_jpeg_ok.dcm", None, None)
