@@ -126,6 +126,19 @@ def infer(
     if server and model is not None:
         raise UsageError("give either --model or --server, not both")
     model = None if server else (model or DEFAULT_MODEL)
+    inputs = expand_inputs(paths)
+    files = inputs.files
+    if not files:
+        raise UsageError("no images found in " + ", ".join(paths))
+    # every output is checked before the model loads and the first image: writable, and colliding
+    # neither with another output nor with what the run reads (images, masks, models, sidecars)
+    seg = segmenter if segmenter is not None else (Path(model).parent / "segmenter.onnx" if model and mask == "auto" else None)
+    models = [] if server else model_files(model, seg)
+    images = [f for f in files if isinstance(f, str)]
+    sources = [*images, *models, *([mask] if mask not in (None, "auto", "none") else [])]
+    finals = check_outputs(out=out, report=report, explain=explain, dicom_out=dicom_out, args=paths, files=images,
+                           models=models, mask=mask)
+    out_final, report_final = finals.get("--out"), finals.get("--report")
     with low_peak_loading():
         pred = Predictor(model, device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels,
                          threshold=threshold, segmenter=segmenter, require_sha256=require_sha256,
@@ -150,19 +163,6 @@ def infer(
         from .arrays import parse_box
 
         mask_arg = parse_box(roi)
-    inputs = expand_inputs(paths)
-    files = inputs.files
-    if not files:
-        raise UsageError("no images found in " + ", ".join(paths))
-    # every output is checked before the first image: writable, and colliding neither with another
-    # output nor with what the run reads (images, masks, the models and their sidecars)
-    seg = getattr(pred._segmenter, "path", pred._segmenter)
-    models = [] if server else model_files(model, seg if isinstance(seg, (str, Path)) else None)
-    images = [f for f in files if isinstance(f, str)]
-    sources = [*images, *models, *([mask] if mask not in (None, "auto", "none") else [])]
-    finals = check_outputs(out=out, report=report, explain=explain, dicom_out=dicom_out, args=paths, files=images,
-                           models=models, mask=mask)
-    out_final, report_final = finals.get("--out"), finals.get("--report")
     t0 = time.time()
     records: list[dict] = []
     n_fail = 0

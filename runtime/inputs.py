@@ -144,7 +144,7 @@ def expand_inputs(args: list[str]) -> Inputs:
     res = Inputs()
     for a in args:
         p = Path(a)
-        if p.is_dir():
+        if os.path.isdir(p):  # os.path: a name too long is no folder (Path.is_dir raises)
             found, here = [], Counter()
             for f, problem in walk(p):
                 if problem is not None:  # unreadable: a failure record in its place, never skipped in silence
@@ -161,13 +161,13 @@ def expand_inputs(args: list[str]) -> Inputs:
                 what = ", ".join(f"{v} {k}" for k, v in sorted(here.items()))
                 res.files.append(InputError(p, f"is a directory without images ({what})" if here
                                             else "is a directory holding no files"))
-        elif p.is_file() and p.name.upper() == "DICOMDIR":
+        elif os.path.isfile(p) and p.name.upper() == "DICOMDIR":
             try:
                 images = dicomdir_images(p)
             except InputError as e:
                 images = [e]
             res.files.extend(images or [InputError(p, "DICOMDIR references no images")])
-        elif not p.exists() and glob.has_magic(a):
+        elif not os.path.exists(p) and glob.has_magic(a):
             # a pattern that matches nothing stays, to be reported as a failure record
             res.files.extend(sorted(glob.glob(a, recursive=True)) or [a])
         else:

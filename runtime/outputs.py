@@ -39,11 +39,9 @@ def writable_folder(folder: Path, label: str, what: str = "the folder") -> None:
     (probed with a temp file in it, or in its nearest existing parent: permissions, a
     read-only file system)."""
     probe = Path(os.path.abspath(folder))
-    while not probe.exists() and probe != probe.parent:
-        if probe.is_symlink():
-            raise OutputError(folder, f"{label}: {probe} is a broken symbolic link")
+    while not os.path.lexists(probe) and probe != probe.parent:
         probe = probe.parent
-    if not probe.is_dir():
+    if not os.path.isdir(probe):
         raise OutputError(folder, f"{label}: {probe} is not a directory")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".busi-probe-", dir=probe)
@@ -56,7 +54,7 @@ def writable_folder(folder: Path, label: str, what: str = "the folder") -> None:
 
 def output_folder(folder: Path, label: str) -> Path:
     """An --explain or --dicom-out folder: not a file, and writable."""
-    if folder.exists() and not folder.is_dir():
+    if os.path.lexists(folder) and not os.path.isdir(folder):
         raise OutputError(folder, f"is not a directory ({label} takes a folder)")
     writable_folder(folder, label)
     return folder
@@ -87,7 +85,7 @@ def check_outputs(*, out: Path | None, report: Path | None, explain: Path | None
         for a in args:  # busi's outputs are never its inputs: a later walk of that folder would read them
             if os.path.isdir(a) and _inside(folder, a):
                 raise OutputError(folder, f"{label} is inside the input folder {a}; write it elsewhere")
-        if mask_path is not None and mask_path.is_dir() and _inside(folder, mask_path):
+        if mask_path is not None and os.path.isdir(mask_path) and _inside(folder, mask_path):
             raise OutputError(folder, f"{label} is inside the --mask folder {mask_path}; write it elsewhere")
     finals: dict[str, Path] = {}
     for label, target in (("--out", out), ("--report", report)):
@@ -105,7 +103,7 @@ def check_outputs(*, out: Path | None, report: Path | None, explain: Path | None
             raise OutputError(target, f"is a Grad-CAM overlay name in the --explain folder {explain}; give another name")
         if dicom_out is not None and _inside(final, dicom_out) and name.endswith(DICOM_SUFFIXES):
             raise OutputError(target, f"is a DICOM output name in the --dicom-out folder {dicom_out}; give another name")
-        if mask_path is not None and mask_path.is_dir() and _inside(final, mask_path) and mask_stem(final) is not None:
+        if mask_path is not None and os.path.isdir(mask_path) and _inside(final, mask_path) and mask_stem(final) is not None:
             raise OutputError(target, f"is a mask file name in the --mask folder {mask_path}; refusing to replace a mask")
         writable_folder(final.parent, label, "its folder")
         finals[label] = final

@@ -321,3 +321,127 @@ def encapsulated_corpus(folder: Path, put) -> None:
         "embedded JPEG declares 64x32 pixels")
     encapsulated_dicom(folder / "encaps_jpeg_ok.dcm", jpg, 64, 64, JPEG_BASELINE)
     put("dicom 64x64 with an embedded JPEG of 64x64", "encaps_jpeg_ok.dcm", None, None)
+
+
+# ---- busi-infer runs: outputs, walks and masks ---------------------------------------------------
+
+class RunCase:
+    """One busi-infer run: its arguments (after --model), what its one error line (or its
+    summary line) says, its exit code; `unprivileged`: file permissions must hold (run without
+    root's override, see test_hardening). Kinds with the same arguments share one run."""
+
+    def __init__(self, args, expect: str | None, code: int, unprivileged: bool = False):
+        self.args, self.expect, self.code, self.unprivileged = [str(a) for a in args], expect, code, unprivileged
+
+
+def run_corpus(folder: Path, good: Path, model: Path) -> dict[str, RunCase]:
+    """The kinds of run that hit busi-infer's outputs, folder walks and mask files, each in its
+    own folder under `folder`; `model` is an exported model.onnx (with its .sha256)."""
+    from busi.runtime.gradcam import mark_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    grey = cv2.imread(str(good), cv2.IMREAD_GRAYSCALE)
+    h, w = grey.shape
+    roi = ["--roi", "10,10,50,50"]
+    c: dict[str, RunCase] = {}
+
+    def box(name: str) -> Path:
+        d = folder / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    inp = box("in")
+    img = inp / "scan.png"
+    img.write_bytes(good.read_bytes())
+    other = box("other") / "second.png"
+    other.write_bytes(good.read_bytes())
+    afile = folder / "a-file.txt"
+    afile.write_text("not a folder\n")
+    masks = box("masks")
+    m = np.zeros((h, w), np.uint8)
+    m[h // 4:h // 2, w // 4:w // 2] = 255
+    (masks / "scan_mask.png").write_bytes(png_bytes(m))
+    ro = box("readonly")
+    os.chmod(ro, 0o555)
+
+    # outputs that collide with each other or with what the run reads: refused before the first image
+    same = folder / "same.out"
+    c["--out and --report the same file"] = RunCase([img, *roi, "--out", same, "--report", same],
+                                                    "is both the --out and the --report file", 2)
+    cams = folder / "cams"
+    c["--out onto a Grad-CAM overlay of the same run"] = RunCase(
+        [img, *roi, "--explain", cams, "--out", cams / "scan.gradcam.png"], "Grad-CAM overlay name in the --explain folder", 2)
+    side = model.with_name(model.name + ".sha256")
+    c["--out onto the model's .sha256"] = RunCase([img, *roi, "--out", side], f"is one of the inputs ({side})", 2)
+    card = model.parent / "card.json"
+    c["--report onto the model folder's card.json"] = RunCase([img, *roi, "--report", card], f"is one of the inputs ({card})", 2)
+    c["--out onto a mask in the --mask folder"] = RunCase([img, "--mask", masks, "--out", masks / "scan_mask.png"],
+                                                          "is a mask file name in the --mask folder", 2)
+    c["--out onto a mask given as --mask"] = RunCase([img, "--mask", masks / "scan_mask.png", "--out", masks / "scan_mask.png"],
+                                                     "is one of the inputs", 2)
+    # busi's outputs are never inputs
+    c["--explain inside the input folder"] = RunCase([inp, *roi, "--explain", inp / "cams"], "--explain is inside the input folder", 2)
+    c["--dicom-out is the input folder"] = RunCase([inp, *roi, "--dicom-out", inp], "--dicom-out is inside the input folder", 2)
+    c["--explain inside the --mask folder"] = RunCase([img, "--mask", masks, "--explain", masks / "cams"],
+                                                      "--explain is inside the --mask folder", 2)
+    # targets that are not folders, or not writable
+    c["--explain is a file"] = RunCase([img, *roi, "--explain", afile], "is not a directory (--explain takes a folder)", 2)
+    c["--dicom-out is a file"] = RunCase([img, *roi, "--dicom-out", afile], "is not a directory (--dicom-out takes a folder)", 2)
+    c["--explain below a file"] = RunCase([img, *roi, "--explain", afile / "cams"], f"--explain: {afile} is not a directory", 2)
+    c["--explain in a read-only folder"] = RunCase([img, *roi, "--explain", ro / "cams"],
+                                                   f"--explain: cannot write into its parent {ro} (Permission denied)", 2, True)
+    c["--dicom-out a read-only folder"] = RunCase([img, *roi, "--dicom-out", ro],
+                                                  "--dicom-out: cannot write into the folder (Permission denied)", 2, True)
+    c["--out in a read-only folder"] = RunCase([img, *roi, "--out", ro / "r.jsonl"],
+                                               "--out: cannot write into its folder (Permission denied)", 2, True)
+    c["--report in a read-only folder"] = RunCase([img, *roi, "--report", ro / "r.html"],
+                                                  "--report: cannot write into its folder (Permission denied)", 2, True)
+    # one image's output cannot be written: that image fails, the batch goes on (one run for both kinds)
+    blocked = box("blocked")
+    (blocked / "scan.gradcam.png").mkdir(exist_ok=True)
+    us = dicom(box("dcm") / "us.dcm", grey, StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(),
+               PatientID="PH001", PatientBirthDate="19700101", PatientSex="F", StudyDate="20261125", StudyTime="120000",
+               AccessionNumber="ACC1", StudyID="1", SeriesNumber=1, ReferringPhysicianName="")
+    from pydicom import dcmread
+
+    uid = dcmread(us, stop_before_pixels=True).SOPInstanceUID
+    dblocked = box("dblocked")
+    (dblocked / f"{uid}.sr.dcm").mkdir(exist_ok=True)
+    blocked_run = [us, img, other, *roi, "--explain", blocked, "--dicom-out", dblocked]
+    c["one Grad-CAM overlay cannot be written"] = RunCase(blocked_run, "scan.gradcam.png: is a directory", 1)
+    c["one DICOM output cannot be written"] = RunCase(blocked_run, f"{uid}.sr.dcm: cannot write (Is a directory)", 1)
+    # long names (one run): an overlay name shortened under NAME_MAX; a name too long is that file's failure
+    longname = box("long") / ("x" * 250 + ".png")
+    longname.write_bytes(good.read_bytes())
+    long_run = [longname, folder / ("y" * 300 + ".png"), *roi, "--explain", folder / "cams-long"]
+    c["input named with 254 bytes, --explain"] = RunCase(long_run, "1/2 images classified", 1)
+    c["input path with a 300-character name"] = RunCase(long_run, "File name too long", 1)
+    # folder walks: nothing unreadable skipped in silence; busi's own outputs skipped and counted
+    walk = box("walk")
+    (box("walk/ok") / "a.png").write_bytes(good.read_bytes())
+    locked = box("walk/locked")
+    (locked / "b.png").write_bytes(good.read_bytes())
+    (walk / "c.png").write_bytes(good.read_bytes())
+    os.chmod(walk / "c.png", 0o000)
+    os.chmod(locked, 0o000)
+    c["unreadable subfolder in a walk"] = RunCase([walk, *roi], f"{locked}: cannot read this folder (Permission denied)", 1, True)
+    c["unreadable file in a walk"] = RunCase([walk, *roi], f"{walk / 'c.png'}: permission denied", 1, True)
+    own = box("own")
+    (own / "a.png").write_bytes(good.read_bytes())
+    if not (own / "gone.png").is_symlink():
+        (own / "gone.png").symlink_to(own / "nowhere.png")
+    (own / "a.gradcam.png").write_bytes(mark_png(png_bytes(cv2.applyColorMap(grey, cv2.COLORMAP_JET))))
+    (own / "cases.html").write_text('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+                                    '<meta name="generator" content="busi 0.1.0"><title>busi case report</title></head></html>\n')
+    c["broken symbolic link in a walk"] = RunCase([own, *roi], f"{own / 'gone.png'}: broken symbolic link", 1)
+    c["busi's Grad-CAM overlay in the input folder"] = RunCase([own, *roi], "1 busi's own Grad-CAM overlays", 1)
+    c["busi's HTML report in the input folder"] = RunCase([own, *roi], "1 busi's own HTML reports", 1)
+    # mask files
+    binary = masks / "binary01.png"
+    binary.write_bytes(png_bytes((m > 0).astype(np.uint8)))
+    c["mask PNG with values 0/1"] = RunCase([img, "--mask", binary], "1/1 images classified", 0)
+    dmask = dicom(masks / "mask.dcm", m)
+    c["DICOM image as --mask"] = RunCase([img, "--mask", dmask], "1/1 images classified", 0)
+    seg = dicom(masks / "seg.dcm", (m > 0).astype(np.uint8), SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4")
+    c["DICOM Segmentation as --mask"] = RunCase([img, "--mask", seg], "is a DICOM Segmentation (SEG)", 1)
+    return c
