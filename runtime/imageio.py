@@ -141,6 +141,10 @@ def _decode_raster(path, data: bytes, max_pixels: int) -> tuple[np.ndarray, tupl
     """PNG/JPEG bytes -> (array as stored, oriented as a viewer shows it: grey, RGB or RGBA;
     8 or 16 bit; notes)."""
     if data.startswith(PNG_MAGIC):
+        from .gradcam import is_busi_png
+
+        if is_busi_png(data[:4096]):  # busi's outputs are never its inputs
+            raise InputError(path, "is a Grad-CAM overlay written by busi (PNG text chunk Software: busi), not an image to classify")
         arr, orientation = _decode_png(path, data, max_pixels)
     elif data.startswith(JPEG_MAGIC):
         arr, orientation = _decode_jpeg(path, data, max_pixels)

@@ -259,6 +259,10 @@ def corpus(folder: Path, good: Path) -> dict[str, tuple[Path, str | None]]:
     put("deflated dicom of 400 MB pixels, 400 KB on disk", "deflate_bomb.dcm", None, "above the limit")
     put("dicom preamble and marker only", "dicm_only.dcm", b"\x00" * 128 + b"DICM", "no pixel data")
     encapsulated_corpus(folder, put)
+    from busi.runtime.gradcam import mark_png
+
+    put("busi's own Grad-CAM overlay named explicitly", "own.gradcam.png", mark_png(png),
+        "is a Grad-CAM overlay written by busi")
     return f
 
 

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import time
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -95,15 +96,14 @@ def test_run_corpus_through_busi_infer(exported, good, tmp_path):
     model = exported / "model.onnx"
     cases = run_corpus(tmp_path / "runs", good, model)
     prefix = unprivileged()
-    left_out, runs = [], {}
-    for kind, case in cases.items():
-        if case.unprivileged and prefix is None:
-            left_out.append(kind)
-            continue
-        cmd = [*(prefix if case.unprivileged else []), str(BIN / "busi-infer"), *case.args, "--model", str(model)]
-        if tuple(cmd) not in runs:  # kinds that share their arguments share one run
-            runs[tuple(cmd)] = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        r = runs[tuple(cmd)]
+    left_out = [kind for kind, case in cases.items() if case.unprivileged and prefix is None]
+    cmds = {kind: (*(prefix if case.unprivileged else []), str(BIN / "busi-infer"), *case.args, "--model", str(model))
+            for kind, case in cases.items() if kind not in left_out}
+    with ThreadPoolExecutor(4) as pool:  # kinds that share their arguments share one run; runs side by side
+        unique = list(dict.fromkeys(cmds.values()))
+        runs = dict(zip(unique, pool.map(lambda c: subprocess.run(c, capture_output=True, text=True, timeout=300), unique)))
+    for kind, cmd in cmds.items():
+        case, r = cases[kind], runs[cmd]
         errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
         assert r.returncode == case.code and "Traceback" not in r.stderr, (kind, r.returncode, r.stderr[-2000:])
         if case.code == 2:
