@@ -430,6 +430,17 @@ def run_corpus(folder: Path, good: Path, model: Path) -> dict[str, RunCase]:
     os.chmod(locked, 0o000)
     c["unreadable subfolder in a walk"] = RunCase([walk, *roi], f"{locked}: cannot read this folder (Permission denied)", 1, True)
     c["unreadable file in a walk"] = RunCase([walk, *roi], f"{walk / 'c.png'}: permission denied", 1, True)
+    deep = box("deep")
+    (deep / "a.png").write_bytes(good.read_bytes())
+    fd = os.open(deep, os.O_RDONLY)  # a folder path longer than PATH_MAX (4096): made one level at a time
+    for i in range(17):
+        name = f"{i:02d}" + "d" * 240
+        os.makedirs(f"/proc/self/fd/{fd}/{name}", exist_ok=True)
+        nfd = os.open(name, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(fd)
+    c["folder path longer than PATH_MAX in a walk"] = RunCase([deep, *roi], "cannot read this folder (File name too long)", 1)
     own = box("own")
     (own / "a.png").write_bytes(good.read_bytes())
     if not (own / "gone.png").is_symlink():
