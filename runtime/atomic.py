@@ -21,7 +21,9 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None):
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent)
+    # the temp name stays under NAME_MAX even when `final`'s own name is near it
+    head = os.fsdecode(os.fsencode(final.name)[:150])
+    fd, tmp = tempfile.mkstemp(prefix=f".{head}.", suffix=suffix or ".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

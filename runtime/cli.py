@@ -22,6 +22,7 @@ from .errors import InputError, OutputError, UsageError, WriteError
 from .log import verbosity_callback, write_stderr
 from .log import get as get_logger
 from .inputs import expand_inputs
+from .outputs import check_outputs, model_files
 from .records import Format, json_line, render, study_summaries
 
 _LOG = get_logger(__name__)
@@ -62,8 +63,10 @@ class DicomWriter:
             return None
         try:
             self.written += write(r, r.path, self.folder, options=self.options)
-        except InputError as e:  # this source cannot have DICOM output; a full disk (WriteError) stops the run
+        except (InputError, OutputError) as e:  # this source cannot have DICOM output, or it could not be written
             return str(e)
+        except OSError as e:
+            return f"{self.folder}: cannot write the DICOM output of {r.path} ({e.strerror or e})"
         return None
 
     def summary(self) -> str:
@@ -122,6 +125,19 @@ def infer(
     if server and model is not None:
         raise UsageError("give either --model or --server, not both")
     model = None if server else (model or DEFAULT_MODEL)
+    inputs = expand_inputs(paths)
+    files = inputs.files
+    if not files:
+        raise UsageError("no images found in " + ", ".join(paths))
+    # every output is checked before the model loads and the first image: writable, and colliding
+    # neither with another output nor with what the run reads (images, masks, models, sidecars)
+    seg = segmenter if segmenter is not None else (Path(model).parent / "segmenter.onnx" if model and mask == "auto" else None)
+    models = [] if server else model_files(model, seg)
+    images = [f for f in files if isinstance(f, str)]
+    sources = [*images, *models, *([mask] if mask not in (None, "auto", "none") else [])]
+    finals = check_outputs(out=out, report=report, explain=explain, dicom_out=dicom_out, args=paths, files=images,
+                           models=models, mask=mask)
+    out_final, report_final = finals.get("--out"), finals.get("--report")
     with low_peak_loading():
         pred = Predictor(model, device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels,
                          threshold=threshold, segmenter=segmenter, require_sha256=require_sha256,
@@ -146,17 +162,6 @@ def infer(
         from .arrays import parse_box
 
         mask_arg = parse_box(roi)
-    inputs = expand_inputs(paths)
-    files = inputs.files
-    if not files:
-        raise UsageError("no images found in " + ", ".join(paths))
-    # outputs never replace what is read: images, mask files, the models
-    sources = [*(f for f in files if isinstance(f, str)), model, *([mask] if mask not in (None, "auto", "none") else []),
-               *([pred._segmenter] if isinstance(pred._segmenter, (str, Path)) else [])]
-    out_final = output_target(out, sources) if out is not None else None
-    report_final = output_target(report, sources) if report is not None else None
-    if explain is not None and explain.exists() and not explain.is_dir():
-        raise OutputError(explain, "is not a directory (--explain takes a folder)")
     t0 = time.time()
     records: list[dict] = []
     n_fail = 0
@@ -182,15 +187,20 @@ def infer(
         records.append(d)
         if html is not None:
             html.add(r)
+        problems = []  # an output of this image that could not be written: its failure, the batch goes on
         if explain is not None and isinstance(r, Prediction):
             try:
                 _write_explanation(explain, r, written, sources)
+            except OutputError as e:
+                problems.append(str(e))
             except OSError as e:
-                raise WriteError(explain, f"cannot write ({e.strerror or e})") from None
+                problems.append(f"{explain}: cannot write the Grad-CAM overlay of {r.path} ({e.strerror or e})")
         if dicom_writer is not None and isinstance(r, (Prediction, NeedsRoi)):  # abstained: an SR that says so
-            problem = dicom_writer.add(r)
-            if problem:
-                n_fail += 1
+            problems += [p for p in [dicom_writer.add(r)] if p]
+        if problems:
+            n_fail += 1
+            d["output_error"] = "; ".join(problems)
+            for problem in problems:
                 write_stderr(f"error: {problem}\n")
         if stream:
             emit(json_line(d))
@@ -252,18 +262,19 @@ def _write_explanation(folder: Path, r, written: set[str], sources=()) -> Path:
     import cv2
 
     from .atomic import atomic_write_bytes
-    from .gradcam import overlay
+    from .gradcam import mark_png, overlay
+    from .outputs import GRADCAM_SUFFIX, safe_name
 
     stem = Path(r.path).stem if r.path else "image"
-    name, k = f"{stem}.gradcam.png", 2
+    name, k = safe_name(stem, GRADCAM_SUFFIX), 2
     while name in written:
-        name, k = f"{stem}-{k}.gradcam.png", k + 1
+        name, k = safe_name(f"{stem}-{k}", GRADCAM_SUFFIX), k + 1
     written.add(name)
     final = output_target(folder / name, sources)
     ok, png = cv2.imencode(".png", cv2.cvtColor(overlay(r.extras["view"], r.extras["cam"]), cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"cannot encode {final}")
-    atomic_write_bytes(final, png.tobytes())
+    atomic_write_bytes(final, mark_png(png.tobytes()))
     return final
 
 

@@ -123,6 +123,69 @@ def _check_declared_size(path, ds, rows: int, cols: int, frames: int) -> None:
         raise InputError(path, f"pixel data is truncated: {have:,} bytes, Rows x Columns x frames declare {need:,}")
 
 
+#: JPEG start-of-frame markers (baseline, extended, progressive, lossless; arithmetic) and JPEG-LS's SOF55
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+
+
+def codestream_size(data: bytes) -> tuple[str, int, int] | None:
+    """(kind, width, height) that an embedded JPEG, JPEG-LS or JPEG 2000 codestream (or JP2
+    file) declares in its header, read without decoding; None when `data` starts as none of
+    them or the header is cut short (the decoder then says what is wrong)."""
+    import struct
+
+    if data[:2] == b"\xff\xd8":  # JPEG / JPEG-LS: markers up to the first SOF
+        i = 2
+        while i + 4 <= len(data):
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # standalone markers
+                i += 2
+                continue
+            (length,) = struct.unpack(">H", data[i + 2:i + 4])
+            if marker in _SOF:
+                if i + 9 > len(data):
+                    return None
+                h, w = struct.unpack(">HH", data[i + 5:i + 9])
+                return ("JPEG-LS" if marker == 0xF7 else "JPEG"), w, h
+            i += 2 + length
+        return None
+    k = data.find(b"\xff\x4f\xff\x51", 0, 4096)  # J2K: SOC then SIZ (inside a JP2 file's jp2c box too)
+    if k >= 0 and (data[:4] == b"\xff\x4f\xff\x51" or data[4:8] == b"jP  ") and k + 24 <= len(data):
+        xsiz, ysiz, xo, yo = struct.unpack(">IIII", data[k + 8:k + 24])
+        return "JPEG 2000", xsiz - xo, ysiz - yo
+    return None
+
+
+def _check_encapsulated(path, ds, rows: int, cols: int, max_pixels: int) -> None:
+    """Compressed pixel data: each frame's codestream must declare Rows x Columns (and so stay
+    under the pixel limit) before anything is decoded; a 64x64 file whose JPEG declares
+    40000x40000 is refused from its headers."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None or not getattr(ts, "is_compressed", False) or "PixelData" not in ds:
+        return
+    from pydicom.encaps import generate_fragments
+
+    try:
+        fragments = generate_fragments(ds.PixelData)
+        for fragment in fragments:
+            size = codestream_size(fragment[:65536])
+            if size is None:
+                continue
+            kind, w, h = size
+            if w != cols or (h != rows and h != 0):  # a JPEG height of 0 is given later (DNL)
+                raise InputError(path, f"embedded {kind} declares {w}x{h} pixels, the DICOM Rows x Columns {cols}x{rows}; "
+                                       "refused before decoding")
+            check_pixel_limit(path, w, h, max_pixels)
+    except InputError:
+        raise
+    except Exception:  # damaged encapsulation: the decoder reports it
+        return
+
+
 def _voi_window_ok(ds) -> bool:
     try:
         widths = ds.WindowWidth
@@ -159,6 +222,7 @@ class DicomImage:
             if self.rows * self.cols == 0:
                 raise InputError(path, "DICOM has no image size (Rows/Columns)")
             check_pixel_limit(path, self.cols, self.rows, max_pixels)
+            _check_encapsulated(path, ds, self.rows, self.cols, max_pixels)
             self.n_frames = max(1, _int(path, ds, "NumberOfFrames", 1))
             _check_declared_size(path, ds, self.rows, self.cols, self.n_frames)
             self.identity = {k: str(ds.get(k)) for k in IDENTITY if ds.get(k)}

@@ -12,8 +12,15 @@ which is Grad-CAM (Selvaraju et al. 2017) of the pre-softmax class score.
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import cv2
 import numpy as np
+
+#: the PNG text chunk every overlay busi writes carries, so a folder walk never reads one as a patient image
+SOFTWARE_KEY = b"Software"
+SOFTWARE_PREFIX = "busi "
 
 
 def grad_cam(features: np.ndarray, weights: np.ndarray, class_index: int) -> np.ndarray:
@@ -53,3 +60,31 @@ def thumbnail(rgb: np.ndarray, max_side: int = 320) -> np.ndarray:
     if k >= 1:
         return rgb
     return cv2.resize(rgb, (max(1, round(W * k)), max(1, round(H * k))), interpolation=cv2.INTER_AREA)
+
+
+def mark_png(png: bytes) -> bytes:
+    """The PNG with a tEXt chunk `Software: busi <version> Grad-CAM overlay ...` right after its
+    header (IHDR is 8 + 25 bytes in), where `is_busi_png` finds it reading 1 KB."""
+    from busi import __version__
+
+    text = SOFTWARE_KEY + b"\0" + f"{SOFTWARE_PREFIX}{__version__} Grad-CAM overlay (research software, not a medical device)".encode()
+    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", zlib.crc32(b"tEXt" + text) & 0xFFFFFFFF)
+    return png[:33] + chunk + png[33:]
+
+
+def is_busi_png(head: bytes) -> bool:
+    """Whether PNG bytes (their first KB is enough for busi's own) carry busi's Software text
+    chunk before the image data."""
+    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    i = 8
+    while i + 8 <= len(head):
+        n, kind = struct.unpack(">I4s", head[i:i + 8])
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        if kind == b"tEXt":
+            key, _, value = head[i + 8:i + 8 + n].partition(b"\0")
+            if key == SOFTWARE_KEY and value.startswith(SOFTWARE_PREFIX.encode()):
+                return True
+        i += 12 + n
+    return False

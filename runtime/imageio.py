@@ -173,6 +173,10 @@ def _decode_raster(path, data: bytes, max_pixels: int) -> tuple[np.ndarray, tupl
     8 or 16 bit; notes)."""
     notes: tuple[str, ...] = ()
     if data.startswith(PNG_MAGIC):
+        from .gradcam import is_busi_png
+
+        if is_busi_png(data[:4096]):  # busi's outputs are never its inputs
+            raise InputError(path, "is a Grad-CAM overlay written by busi (PNG text chunk Software: busi), not an image to classify")
         arr, orientation, notes = _decode_png(path, data, max_pixels)
     elif data.startswith(JPEG_MAGIC):
         arr, orientation = _decode_jpeg(path, data, max_pixels)
@@ -259,14 +263,24 @@ def read_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, f
 
 
 def read_mask(path: str | os.PathLike, *, threshold: int = 127, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode a mask PNG of any mode into a bool array (H, W): True = lesion.
+    """Decode a mask file of any mode into a bool array (H, W): True = lesion.
 
-    1-bit, grey, RGB and RGBA masks are accepted; a pixel is lesion when its brightest
-    colour channel is above `threshold` (8-bit scale). Alpha is ignored unless the colour
-    channels are all zero while alpha varies (a mask drawn only in the alpha channel).
+    1-bit, grey, RGB and RGBA PNGs (or JPEGs), and single-frame DICOM images are accepted; a
+    pixel is lesion when its brightest colour channel is above `threshold` (8-bit scale), or,
+    in a mask whose values are all 0 or 1 (as a label map is saved), when it is 1: the rule
+    the API applies to a mask array. Alpha is ignored unless the colour channels are all zero
+    while alpha varies (a mask drawn only in the alpha channel). A DICOM Segmentation is
+    refused by name (give the lesion as a PNG mask).
     """
     path = Path(path)
-    arr = to_uint8(_decode_raster(path, read_regular(path, DEFAULT_MAX_BYTES, what="a mask file"), max_pixels)[0])
+    data = read_regular(path, DEFAULT_MAX_BYTES, what="a mask file")
+    if is_dicom(data):
+        raw = _dicom_mask(path, data, max_pixels)
+    else:
+        raw = _decode_raster(path, data, max_pixels)[0]
+    if raw.size and raw.dtype.kind in "biu" and int(raw.max()) <= 1:  # a 0/1 label map, any bit depth
+        return (raw > 0).any(axis=2) if raw.ndim == 3 else raw > 0
+    arr = to_uint8(raw)
     if arr.ndim == 2:
         grey = arr
     elif arr.shape[2] == 1:
@@ -276,6 +290,20 @@ def read_mask(path: str | os.PathLike, *, threshold: int = 127, max_pixels: int 
         if arr.shape[2] == 4 and grey.max() == 0 and arr[:, :, 3].min() != arr[:, :, 3].max():
             grey = arr[:, :, 3]
     return grey > threshold
+
+
+def _dicom_mask(path, data: bytes, max_pixels: int) -> np.ndarray:
+    """A DICOM file given as a mask: its image (one frame), as it is shown; a Segmentation or a
+    cine loop is refused naming what it is."""
+    from .dicom import DicomImage
+
+    dcm = DicomImage(path, data, max_pixels=max_pixels)
+    if str(dcm.ds.get("SOPClassUID", "")) == "1.2.840.10008.5.1.4.1.1.66.4":
+        raise InputError(path, "is a DICOM Segmentation (SEG); busi reads a mask as a PNG, JPEG or single-frame "
+                               "DICOM image: export the lesion as a mask PNG")
+    if dcm.n_frames > 1:
+        raise InputError(path, f"is a DICOM with {dcm.n_frames} frames; a mask must be one image")
+    return dcm.frame(0)[0]
 
 
 def grey_rgb(grey: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ error; what is named explicitly is always tried, so its problem is reported.
 from __future__ import annotations
 
 import glob
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from .errors import InputError
 from .files import read_regular
 from .imageio import is_dicom
 from .dicom_out import MANUFACTURER as BUSI_MANUFACTURER
+from .gradcam import is_busi_png
+from .html_report import GENERATOR
 from .masks import mask_stem
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -26,6 +29,8 @@ SNIFF_BYTES = 1 << 20
 
 MASK, DICOMDIR, NO_PIXELS, OTHER = "mask files", "DICOMDIR", "DICOM objects without pixel data", "other files"
 OWN = "busi's own DICOM outputs"
+OWN_VIEW, OWN_REPORT = "busi's own Grad-CAM overlays", "busi's own HTML reports"
+LINKED_DIR = "symbolic links to folders (not followed)"
 
 
 @dataclass
@@ -46,8 +51,15 @@ class Inputs:
 
 def kind_of(path: Path) -> str | None:
     """None for an image to classify; else the kind of file it is, for the skip count."""
+    if path.is_symlink() and path.is_dir():
+        return LINKED_DIR
     if path.suffix.lower() in RASTER_SUFFIXES:
-        return MASK if mask_stem(path) is not None else None
+        if mask_stem(path) is not None:
+            return MASK
+        try:
+            return OWN_VIEW if is_busi_png(read_regular(path, what="a file", head=4096)) else None
+        except InputError:
+            return None  # unreadable: tried, so the problem is reported
     if path.name.upper() == "DICOMDIR":
         return DICOMDIR
     try:
@@ -55,7 +67,7 @@ def kind_of(path: Path) -> str | None:
     except InputError:
         return None  # unreadable: tried, so the problem is reported
     if not is_dicom(head):
-        return OTHER
+        return OWN_REPORT if f'<meta name="generator" content="{GENERATOR}'.encode() in head[:4096] else OTHER
     return _dicom_kind(head)
 
 
@@ -96,6 +108,33 @@ def dicomdir_images(path: Path) -> list[str]:
         raise InputError(path, f"cannot read as a DICOMDIR ({type(e).__name__}: {str(e)[:120]})") from None
 
 
+def walk(folder: Path) -> list[tuple[Path, str | None]]:
+    """Every file below `folder` in path order (symlinked folders are not followed), with None,
+    or with why it cannot be read: a folder that cannot be listed (permissions, a name too
+    long), a file that vanished or a broken symbolic link. Not-regular files (a FIFO, a device)
+    come as they are, so `kind_of` counts them."""
+    out: list[tuple[Path, str | None]] = []
+
+    def unreadable(e: OSError) -> None:
+        out.append((Path(e.filename or folder), f"cannot read this folder ({e.strerror or e}); the images in it are "
+                    "not classified"))
+
+    for root, dirs, names in os.walk(folder, onerror=unreadable):
+        out += [(Path(root, d), None) for d in dirs if os.path.islink(os.path.join(root, d))]  # counted, not followed
+        for n in names:
+            f = Path(root, n)
+            try:
+                os.stat(f)
+            except FileNotFoundError:
+                out.append((f, "broken symbolic link" if f.is_symlink() else "file vanished while the folder was read"))
+                continue
+            except OSError as e:
+                out.append((f, f"cannot read ({e.strerror or e})"))
+                continue
+            out.append((f, None))
+    return sorted(out, key=lambda t: t[0])
+
+
 def expand_inputs(args: list[str]) -> Inputs:
     """Files as given; folders searched recursively (non-images skipped and counted); globs
     expanded; a DICOMDIR (named, not found in a folder) replaced by the images it references.
@@ -108,10 +147,11 @@ def expand_inputs(args: list[str]) -> Inputs:
             res.files.append(InputError(None, f"an empty path was given ({a!r})"))
             continue
         p = Path(a)
-        if p.is_dir():
+        if os.path.isdir(p):  # os.path: a name too long is no folder (Path.is_dir raises)
             found, here = [], Counter()
-            for f in sorted(p.rglob("*")):
-                if not f.is_file():
+            for f, problem in walk(p):
+                if problem is not None:  # unreadable: a failure record in its place, never skipped in silence
+                    found.append(InputError(f, problem))
                     continue
                 kind = kind_of(f)
                 if kind is None:
@@ -124,13 +164,13 @@ def expand_inputs(args: list[str]) -> Inputs:
                 what = ", ".join(f"{v} {k}" for k, v in sorted(here.items()))
                 res.files.append(InputError(p, f"is a directory without images ({what})" if here
                                             else "is a directory holding no files"))
-        elif p.is_file() and p.name.upper() == "DICOMDIR":
+        elif os.path.isfile(p) and p.name.upper() == "DICOMDIR":
             try:
                 images = dicomdir_images(p)
             except InputError as e:
                 images = [e]
             res.files.extend(images or [InputError(p, "DICOMDIR references no images")])
-        elif not p.exists() and glob.has_magic(a):
+        elif not os.path.exists(p) and glob.has_magic(a):
             # a pattern that matches nothing stays, to be reported as a failure record
             res.files.extend(sorted(glob.glob(a, recursive=True)) or [a])
         else:

@@ -16,7 +16,7 @@ CSV_FIELDS = ("path", "class", "confidence", "p_normal", "p_benign", "p_malignan
               "mask_source", "lesion_found", "lesion_box", "provider", "error", "study_uid", "series_uid", "sop_uid",
               "frame", "cine_frames", "cine_max_malignant", "cine_max_frame", "record", "images", "band", "prediction_set",
               "coverage", "p_malignant_adjusted", "out_of_distribution", "ood_score", "lesion_presence", "needs_roi",
-              "needs_roi_reason")
+              "needs_roi_reason", "output_error")
 #: JSON `dicom` keys -> CSV columns
 DICOM_COLUMNS = {"StudyInstanceUID": "study_uid", "SeriesInstanceUID": "series_uid", "SOPInstanceUID": "sop_uid",
                  "frame": "frame"}
@@ -139,7 +139,8 @@ def _flat(r: dict) -> dict:
         return {"record": "image", "path": r["path"], "mask_source": r["mask_source"], "needs_roi": 1,
                 "needs_roi_reason": r["reason"], "lesion_presence": f"{r['lesion_presence']:.6g}",
                 "lesion_box": " ".join(map(str, r["lesion_box"])) if r.get("lesion_box") else "", "provider": r["provider"],
-                **{col: (r.get("dicom") or {}).get(key, "") for key, col in DICOM_COLUMNS.items()}}
+                **{col: (r.get("dicom") or {}).get(key, "") for key, col in DICOM_COLUMNS.items()},
+                "output_error": r.get("output_error", "")}
     return {
         "record": "image", "path": r["path"], "class": r["class"], "confidence": f"{r['confidence']:.6f}",
         **{f"p_{k}": f"{v:.6f}" for k, v in r["probabilities"].items()},
@@ -155,5 +156,5 @@ def _flat(r: dict) -> dict:
         "out_of_distribution": "" if r.get("out_of_distribution") is None else int(r["out_of_distribution"]),
         "ood_score": f"{r['ood_score']:.6g}" if r.get("ood_score") is not None else "",
         "lesion_presence": f"{r['lesion_presence']:.6g}" if r.get("lesion_presence") is not None else "",
-        "needs_roi": 0,
+        "needs_roi": 0, "output_error": r.get("output_error", ""),
     }

@@ -270,6 +270,11 @@ def corpus(folder: Path, good: Path) -> dict[str, tuple[Path, str | None]]:
     deflated_bomb(folder / "deflate_bomb.dcm", 20000, 20000)
     put("deflated dicom of 400 MB pixels, 400 KB on disk", "deflate_bomb.dcm", None, "above the limit")
     put("dicom preamble and marker only", "dicm_only.dcm", b"\x00" * 128 + b"DICM", "no pixel data")
+    encapsulated_corpus(folder, put)
+    from busi.runtime.gradcam import mark_png
+
+    put("busi's own Grad-CAM overlay named explicitly", "own.gradcam.png", mark_png(png),
+        "is a Grad-CAM overlay written by busi")
     return f
 
 
@@ -300,3 +305,199 @@ CLI_CORPUS: dict[str, tuple[list[str], int, str]] = {
     "--threshold nan": (["--threshold", "nan"], 2, "Invalid value for '--threshold'"),
     "an empty path argument ('')": ([""], 1, "an empty path was given ('')"),
 }
+
+
+# ---- encapsulated pixel data whose codestream lies about its size ------------------------------
+
+JPEG_BASELINE, JPEG_LS, JPEG_2000 = "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"
+
+
+def encapsulated_dicom(path: Path, codestream: bytes, rows: int, cols: int, ts: str) -> Path:
+    """A 8-bit grey US DICOM of rows x cols whose one frame is `codestream` (JPEG, JPEG-LS or J2K)."""
+    from pydicom.encaps import encapsulate
+
+    ds = us_dataset(ts)
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = encapsulate([codestream])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)
+
+
+def j2k_declaring(grey: np.ndarray, width: int, height: int) -> bytes:
+    """A raw JPEG 2000 codestream of `grey` (OpenCV's encoder) with its SIZ size changed."""
+    ok, jp2 = cv2.imencode(".jp2", grey)
+    assert ok
+    jp2 = jp2.tobytes()
+    k = jp2.find(b"\xff\x4f\xff\x51")
+    cs = bytearray(jp2[k:])
+    cs[8:16] = struct.pack(">II", width, height)
+    return bytes(cs)
+
+
+def jpeg_ls_declaring(grey: np.ndarray, width: int, height: int) -> bytes:
+    """A JPEG-LS codestream of `grey` (CharLS) with its SOF55 size changed."""
+    import jpeg_ls
+
+    data = bytearray(jpeg_ls.encode(grey).tobytes())
+    i = data.find(b"\xff\xf7")
+    data[i + 5:i + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def encapsulated_corpus(folder: Path, put) -> None:
+    """64x64 DICOMs whose embedded codestream declares 40000x40000 (refused from the headers,
+    never decoded), one that declares another small size, and a good one."""
+    small = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    jpg = jpeg_bytes(small)
+    for kind, name, ts, stream in (
+            ("JPEG", "encaps_jpeg_huge.dcm", JPEG_BASELINE, jpeg_declaring(jpg, 40000, 40000, fill=False)),
+            ("JPEG-LS", "encaps_jls_huge.dcm", JPEG_LS, jpeg_ls_declaring(small, 40000, 40000)),
+            ("JPEG 2000", "encaps_j2k_huge.dcm", JPEG_2000, j2k_declaring(small, 40000, 40000))):
+        encapsulated_dicom(folder / name, stream, 64, 64, ts)
+        put(f"dicom 64x64 whose embedded {kind} declares 40000x40000", name, None,
+            f"embedded {kind} declares 40000x40000 pixels, the DICOM Rows x Columns 64x64")
+    encapsulated_dicom(folder / "encaps_jpeg_other.dcm", jpeg_declaring(jpg, 64, 32, fill=True), 64, 64, JPEG_BASELINE)
+    put("dicom 64x64 whose embedded JPEG (after a fill byte) declares 64x32", "encaps_jpeg_other.dcm", None,
+        "embedded JPEG declares 64x32 pixels")
+    encapsulated_dicom(folder / "encaps_jpeg_ok.dcm", jpg, 64, 64, JPEG_BASELINE)
+    put("dicom 64x64 with an embedded JPEG of 64x64", "encaps_jpeg_ok.dcm", None, None)
+
+
+# ---- busi-infer runs: outputs, walks and masks ---------------------------------------------------
+
+class RunCase:
+    """One busi-infer run: its arguments (after --model), what its one error line (or its
+    summary line) says, its exit code; `unprivileged`: file permissions must hold (run without
+    root's override, see test_hardening). Kinds with the same arguments share one run."""
+
+    def __init__(self, args, expect: str | None, code: int, unprivileged: bool = False):
+        self.args, self.expect, self.code, self.unprivileged = [str(a) for a in args], expect, code, unprivileged
+
+
+def run_corpus(folder: Path, good: Path, model: Path) -> dict[str, RunCase]:
+    """The kinds of run that hit busi-infer's outputs, folder walks and mask files, each in its
+    own folder under `folder`; `model` is an exported model.onnx (with its .sha256)."""
+    from busi.runtime.gradcam import mark_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    grey = cv2.imread(str(good), cv2.IMREAD_GRAYSCALE)
+    h, w = grey.shape
+    roi = ["--roi", "10,10,50,50"]
+    c: dict[str, RunCase] = {}
+
+    def box(name: str) -> Path:
+        d = folder / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    inp = box("in")
+    img = inp / "scan.png"
+    img.write_bytes(good.read_bytes())
+    other = box("other") / "second.png"
+    other.write_bytes(good.read_bytes())
+    afile = folder / "a-file.txt"
+    afile.write_text("not a folder\n")
+    masks = box("masks")
+    m = np.zeros((h, w), np.uint8)
+    m[h // 4:h // 2, w // 4:w // 2] = 255
+    (masks / "scan_mask.png").write_bytes(png_bytes(m))
+    ro = box("readonly")
+    os.chmod(ro, 0o555)
+
+    # outputs that collide with each other or with what the run reads: refused before the first image
+    same = folder / "same.out"
+    c["--out and --report the same file"] = RunCase([img, *roi, "--out", same, "--report", same],
+                                                    "is both the --out and the --report file", 2)
+    cams = folder / "cams"
+    c["--out onto a Grad-CAM overlay of the same run"] = RunCase(
+        [img, *roi, "--explain", cams, "--out", cams / "scan.gradcam.png"], "Grad-CAM overlay name in the --explain folder", 2)
+    side = model.with_name(model.name + ".sha256")
+    c["--out onto the model's .sha256"] = RunCase([img, *roi, "--out", side], f"is one of the inputs ({side})", 2)
+    card = model.parent / "card.json"
+    c["--report onto the model folder's card.json"] = RunCase([img, *roi, "--report", card], f"is one of the inputs ({card})", 2)
+    c["--out onto a mask in the --mask folder"] = RunCase([img, "--mask", masks, "--out", masks / "scan_mask.png"],
+                                                          "is a mask file name in the --mask folder", 2)
+    c["--out onto a mask given as --mask"] = RunCase([img, "--mask", masks / "scan_mask.png", "--out", masks / "scan_mask.png"],
+                                                     "is one of the inputs", 2)
+    # busi's outputs are never inputs
+    c["--explain inside the input folder"] = RunCase([inp, *roi, "--explain", inp / "cams"], "--explain is inside the input folder", 2)
+    c["--dicom-out is the input folder"] = RunCase([inp, *roi, "--dicom-out", inp], "--dicom-out is inside the input folder", 2)
+    c["--explain inside the --mask folder"] = RunCase([img, "--mask", masks, "--explain", masks / "cams"],
+                                                      "--explain is inside the --mask folder", 2)
+    # targets that are not folders, or not writable
+    c["--explain is a file"] = RunCase([img, *roi, "--explain", afile], "is not a directory (--explain takes a folder)", 2)
+    c["--dicom-out is a file"] = RunCase([img, *roi, "--dicom-out", afile], "is not a directory (--dicom-out takes a folder)", 2)
+    c["--explain below a file"] = RunCase([img, *roi, "--explain", afile / "cams"], f"--explain: {afile} is not a directory", 2)
+    c["--explain in a read-only folder"] = RunCase([img, *roi, "--explain", ro / "cams"],
+                                                   f"--explain: cannot write into its parent {ro} (Permission denied)", 2, True)
+    c["--dicom-out a read-only folder"] = RunCase([img, *roi, "--dicom-out", ro],
+                                                  "--dicom-out: cannot write into the folder (Permission denied)", 2, True)
+    c["--out in a read-only folder"] = RunCase([img, *roi, "--out", ro / "r.jsonl"],
+                                               "--out: cannot write into its folder (Permission denied)", 2, True)
+    c["--report in a read-only folder"] = RunCase([img, *roi, "--report", ro / "r.html"],
+                                                  "--report: cannot write into its folder (Permission denied)", 2, True)
+    # one image's output cannot be written: that image fails, the batch goes on (one run for both kinds)
+    blocked = box("blocked")
+    (blocked / "scan.gradcam.png").mkdir(exist_ok=True)
+    us = dicom(box("dcm") / "us.dcm", grey, StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(),
+               PatientID="PH001", PatientBirthDate="19700101", PatientSex="F", StudyDate="20261125", StudyTime="120000",
+               AccessionNumber="ACC1", StudyID="1", SeriesNumber=1, ReferringPhysicianName="")
+    from pydicom import dcmread
+
+    uid = dcmread(us, stop_before_pixels=True).SOPInstanceUID
+    dblocked = box("dblocked")
+    (dblocked / f"{uid}.sr.dcm").mkdir(exist_ok=True)
+    blocked_run = [us, img, other, *roi, "--explain", blocked, "--dicom-out", dblocked]
+    c["one Grad-CAM overlay cannot be written"] = RunCase(blocked_run, "scan.gradcam.png: is a directory", 1)
+    c["one DICOM output cannot be written"] = RunCase(blocked_run, f"{uid}.sr.dcm: cannot write (Is a directory)", 1)
+    # long names (one run): an overlay name shortened under NAME_MAX; a name too long is that file's failure
+    longname = box("long") / ("x" * 250 + ".png")
+    longname.write_bytes(good.read_bytes())
+    long_run = [longname, folder / ("y" * 300 + ".png"), *roi, "--explain", folder / "cams-long"]
+    c["input named with 254 bytes, --explain"] = RunCase(long_run, "1/2 images classified", 1)
+    c["input path with a 300-character name"] = RunCase(long_run, "File name too long", 1)
+    # folder walks: nothing unreadable skipped in silence; busi's own outputs skipped and counted
+    walk = box("walk")
+    (box("walk/ok") / "a.png").write_bytes(good.read_bytes())
+    locked = box("walk/locked")
+    (locked / "b.png").write_bytes(good.read_bytes())
+    (walk / "c.png").write_bytes(good.read_bytes())
+    os.chmod(walk / "c.png", 0o000)
+    os.chmod(locked, 0o000)
+    c["unreadable subfolder in a walk"] = RunCase([walk, *roi], f"{locked}: cannot read this folder (Permission denied)", 1, True)
+    c["unreadable file in a walk"] = RunCase([walk, *roi], f"{walk / 'c.png'}: permission denied", 1, True)
+    deep = box("deep")
+    (deep / "a.png").write_bytes(good.read_bytes())
+    fd = os.open(deep, os.O_RDONLY)  # a folder path longer than PATH_MAX (4096): made one level at a time
+    for i in range(17):
+        name = f"{i:02d}" + "d" * 240
+        os.makedirs(f"/proc/self/fd/{fd}/{name}", exist_ok=True)
+        nfd = os.open(name, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(fd)
+    c["folder path longer than PATH_MAX in a walk"] = RunCase([deep, *roi], "cannot read this folder (File name too long)", 1)
+    own = box("own")
+    (own / "a.png").write_bytes(good.read_bytes())
+    if not (own / "gone.png").is_symlink():
+        (own / "gone.png").symlink_to(own / "nowhere.png")
+    (own / "a.gradcam.png").write_bytes(mark_png(png_bytes(cv2.applyColorMap(grey, cv2.COLORMAP_JET))))
+    (own / "cases.html").write_text('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+                                    '<meta name="generator" content="busi 0.1.0"><title>busi case report</title></head></html>\n')
+    c["broken symbolic link in a walk"] = RunCase([own, *roi], f"{own / 'gone.png'}: broken symbolic link", 1)
+    c["busi's Grad-CAM overlay in the input folder"] = RunCase([own, *roi], "1 busi's own Grad-CAM overlays", 1)
+    c["busi's HTML report in the input folder"] = RunCase([own, *roi], "1 busi's own HTML reports", 1)
+    # mask files
+    binary = masks / "binary01.png"
+    binary.write_bytes(png_bytes((m > 0).astype(np.uint8)))
+    c["mask PNG with values 0/1"] = RunCase([img, "--mask", binary], "1/1 images classified", 0)
+    dmask = dicom(masks / "mask.dcm", m)
+    c["DICOM image as --mask"] = RunCase([img, "--mask", dmask], "1/1 images classified", 0)
+    seg = dicom(masks / "seg.dcm", (m > 0).astype(np.uint8), SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4")
+    c["DICOM Segmentation as --mask"] = RunCase([img, "--mask", seg], "is a DICOM Segmentation (SEG)", 1)
+    return c

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -25,8 +26,8 @@ from busi.runtime.errors import InputError, ModelError
 from busi.runtime.imageio import read_image, read_rgb
 from busi.runtime.verify import sha256_file
 from helpers import BIN, cli
-from hostile import (API_CORPUS, CLI_CORPUS, corpus, deflated_bomb, dicom, exif_jpeg, jpeg_bytes, jpeg_declaring,
-                     palette_dicom, png16_sbit)
+from hostile import (API_CORPUS, CLI_CORPUS, corpus, deflated_bomb, dicom, encapsulated_dicom, exif_jpeg, jpeg_bytes,
+                     jpeg_declaring, palette_dicom, png16_sbit, run_corpus)
 
 ROI = "10,10,50,50"
 
@@ -76,6 +77,82 @@ def test_hostile_corpus_through_busi_infer(exported, good, tmp_path):
         assert line.startswith(("error: ", "busi: ")), line
     n_bad = sum(1 for _, e in files.values() if e is not None) + 1
     assert f"{len(args) - n_bad}/{len(args)} images classified" in r.stderr
+
+
+def unprivileged() -> list[str] | None:
+    """The command prefix that makes file permissions hold for busi-infer: none for a user that
+    is not root; for root, setpriv without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (root then
+    reads permissions as the owner of the test's files, an ordinary user, does); None where
+    that cannot be done."""
+    if os.geteuid() != 0:
+        return []
+    cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all", "--"]
+    if shutil.which("setpriv") is None or subprocess.run([*cmd, "true"], capture_output=True).returncode:
+        return None
+    return cmd
+
+
+def test_run_corpus_through_busi_infer(exported, good, tmp_path):
+    """Every kind of run in the corpus: refused before the first image (exit 2, one line naming
+    the paths, nothing written), or the one image's failure with the batch going on (exit 1),
+    or a clean run whose summary says what was skipped (exit 0)."""
+    model = exported / "model.onnx"
+    cases = run_corpus(tmp_path / "runs", good, model)
+    prefix = unprivileged()
+    left_out = [kind for kind, case in cases.items() if case.unprivileged and prefix is None]
+    cmds = {kind: (*(prefix if case.unprivileged else []), str(BIN / "busi-infer"), *case.args, "--model", str(model))
+            for kind, case in cases.items() if kind not in left_out}
+    with ThreadPoolExecutor(4) as pool:  # kinds that share their arguments share one run; runs side by side
+        unique = list(dict.fromkeys(cmds.values()))
+        runs = dict(zip(unique, pool.map(lambda c: subprocess.run(c, capture_output=True, text=True, timeout=300), unique)))
+    for kind, cmd in cmds.items():
+        case, r = cases[kind], runs[cmd]
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert r.returncode == case.code and "Traceback" not in r.stderr, (kind, r.returncode, r.stderr[-2000:])
+        if case.code == 2:
+            assert len(errors) == 1 and case.expect in errors[0] and not r.stdout, (kind, r.stderr)
+            continue
+        assert case.expect in r.stderr, (kind, r.stderr)
+        if any(case.expect in e for e in errors):  # a failure: its record says it too
+            recs = [json.loads(ln) for ln in r.stdout.splitlines()]
+            assert any(case.expect in (x.get("error") or x.get("output_error") or "") for x in recs), (kind, recs)
+    d = tmp_path / "runs"
+    assert not (d / "same.out").exists() and not (d / "cams").exists()  # refused before anything was written
+    assert (d / "blocked" / "second.gradcam.png").stat().st_size > 100  # the batch went on past the blocked overlay
+    assert len(list((d / "cams-long").glob("*.gradcam.png"))) == 1
+    walk = [r for cmd, r in runs.items() if str(d / "walk") in cmd]
+    assert not walk or "1/3 images classified in" in walk[0].stderr and ", 2 failed" in walk[0].stderr  # counted
+    if left_out:
+        pytest.skip(f"ran as root where setpriv cannot drop the file-permission override: not run: {left_out}")
+
+
+def test_explain_output_is_not_read_back_as_an_image(exported, good, tmp_path):
+    """--explain writes marked overlays; a later walk of that folder with the images skips and counts them."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(good, scans / "a.png")
+    cams = tmp_path / "cams"
+    r = infer(scans, "--model", exported / "model.onnx", "--roi", ROI, "--explain", cams)
+    assert r.returncode == 0, r.stderr
+    shutil.copy(cams / "a.gradcam.png", scans / "a.gradcam.png")
+    r = infer(scans, "--model", exported / "model.onnx", "--roi", ROI)
+    recs = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert r.returncode == 0 and [x["path"] for x in recs] == [str(scans / "a.png")], r.stdout
+    assert "1 busi's own Grad-CAM overlays" in r.stderr
+
+
+def test_encapsulated_sizes_are_read_before_decoding(tmp_path):
+    """A 64x64 DICOM whose embedded JPEG declares 40000x40000 is refused from the codestream's
+    header: fast, and without the memory a decode would take."""
+    grey = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    huge = encapsulated_dicom(tmp_path / "huge.dcm", jpeg_declaring(jpeg_bytes(grey), 40000, 40000, fill=False), 64, 64,
+                              "1.2.840.10008.1.2.4.50")
+    t = time.time()
+    tracemalloc.start()
+    with pytest.raises(InputError, match="embedded JPEG declares 40000x40000 pixels, the DICOM Rows x Columns 64x64"):
+        read_rgb(huge, max_pixels=60_000_000)
+    assert tracemalloc.get_traced_memory()[1] < 20e6 and time.time() - t < 2
+    tracemalloc.stop()
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png"])
