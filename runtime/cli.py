@@ -94,6 +94,7 @@ def infer(
     by: Optional[By] = typer.Option(None, "--by", help="'study': add one summary record per DICOM study (image count, highest P(malignant) and its image)."),
     prevalence: Optional[str] = typer.Option(None, "--prevalence", help="The site's case mix, e.g. 'malignant=0.02' (others share the rest as in training): adds probabilities adjusted by prior shift and bases the likelihood band on them; the malignant flag keeps the calibrated, unadjusted P(malignant)."),
     coverage: Optional[float] = typer.Option(None, "--coverage", min=0.5, max=0.999, help="Coverage of the conformal prediction sets (default: the model's, 0.9)."),
+    allow_modality: bool = typer.Option(False, "--allow-modality", help="Classify DICOM images whose Modality is not US (CT, MR, ...) instead of refusing them; the model is for breast ultrasound."),
     dicom_out: Optional[Path] = typer.Option(None, "--dicom-out", help="Write a DICOM SR, an overlay (Secondary Capture) and, with --mask auto, a SEG for every DICOM input into this folder."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the .sha256 check of the model file."),
     require_sha256: bool = typer.Option(False, "--require-sha256", help="Refuse a model (or segmenter) without a .sha256 sidecar."),
@@ -147,7 +148,7 @@ def infer(
         from .arrays import parse_box
 
         mask_arg = parse_box(roi)
-    inputs = expand_inputs(paths)
+    inputs = expand_inputs(paths, allow_modality=allow_modality)
     files = inputs.files
     if not files:
         raise UsageError("no images found in " + ", ".join(paths))
@@ -171,7 +172,7 @@ def infer(
     dicom_writer = DicomWriter(dicom_out, f"mask={mask_arg} threshold={threshold} tta={tta} frames={frames or frame}") \
         if dicom_out is not None else None
     stream = out is None and fmt is Format.jsonl
-    n_roi = 0
+    n_roi = n_out_failed = 0
     for i, r in enumerate(it, 1):
         d = r.to_dict()
         if "error" in d:
@@ -190,8 +191,9 @@ def infer(
                 raise WriteError(explain, f"cannot write ({e.strerror or e})") from None
         if dicom_writer is not None and isinstance(r, (Prediction, NeedsRoi)):  # abstained: an SR that says so
             problem = dicom_writer.add(r)
-            if problem:
-                n_fail += 1
+            if problem:  # the image keeps its class (or its needs_roi); its record says the output failed
+                n_out_failed += 1
+                d["dicom_output_error"] = problem
                 write_stderr(f"error: {problem}\n")
         if stream:
             emit(json.dumps(d) + "\n")
@@ -226,12 +228,13 @@ def infer(
         f"busi: {ok}/{n_images} images classified in {dt:.2f}s on {pred.provider.replace('ExecutionProvider', '')}"
         + (f", {n_fail} failed" if n_fail else "")
         + (f", {n_roi} need an ROI (--mask auto abstained: give --roi or a mask)" if n_roi else "")
+        + (f", DICOM output failed for {n_out_failed} (dicom_output_error in the record)" if n_out_failed else "")
         + (f"; output in {out}" if out else "")
         + (f"; Grad-CAM overlays in {explain}" if explain else "") + (f"; report {report}" if report else "")
         + (f"; {inputs.summary()}" if inputs.summary() else "")
         + (f"; {dicom_writer.summary()}" if dicom_writer is not None else "")
     )
-    raise typer.Exit(1 if n_fail else 3 if n_roi else 0)
+    raise typer.Exit(1 if n_fail or n_out_failed else 3 if n_roi else 0)
 
 
 def emit(text: str) -> None:
