@@ -61,10 +61,13 @@ class DicomWriter:
                 _LOG.warning("busi: PNG and JPEG inputs get no DICOM output (--dicom-out): they carry no patient or study")
             self.not_dicom += 1
             return None
+        notes: list[str] = []
         try:
-            self.written += write(r, r.path, self.folder, options=self.options)
+            self.written += write(r, r.path, self.folder, options=self.options, notes=notes)
         except InputError as e:  # this source cannot have DICOM output; a full disk (WriteError) stops the run
             return str(e)
+        finally:  # what was done to the source's values to write them (a value left empty, a date rewritten)
+            r.notes.extend(f"DICOM output: {n}" for n in notes)
         return None
 
     def summary(self) -> str:
@@ -191,6 +194,7 @@ def infer(
                 raise WriteError(explain, f"cannot write ({e.strerror or e})") from None
         if dicom_writer is not None and isinstance(r, (Prediction, NeedsRoi)):  # abstained: an SR that says so
             problem = dicom_writer.add(r)
+            d["notes"] = list(r.notes)
             if problem:  # the image keeps its class (or its needs_roi); its record says the output failed
                 n_out_failed += 1
                 d["dicom_output_error"] = problem
