@@ -132,7 +132,7 @@ def clean(src, path=None) -> CleanSource:
             except Exception:  # a value pydicom cannot read at all: left out (a Type 2 one is written empty)
                 notes.append(f"{_keyword(tag)} cannot be read; left out")
     charset_warned = [str(w.message) for w in said if "character set" in str(w.message).lower()
-                      or "encoding" in str(w.message).lower()]
+                      or "encoding" in str(w.message).lower()] or _charset_invalid(charset)
     if charset_warned:
         notes.append(f"SpecificCharacterSet {_show(charset)} is not valid as written; the text was read as pydicom "
                      "interprets it and is written as UTF-8 (ISO_IR 192)")
@@ -191,6 +191,23 @@ def clean(src, path=None) -> CleanSource:
     if meta is not None and "TransferSyntaxUID" in meta:
         c.file_meta.TransferSyntaxUID = meta.TransferSyntaxUID
     return CleanSource(c, real, notes)
+
+
+def _charset_invalid(charset) -> bool:
+    """Whether pydicom has to guess what a SpecificCharacterSet means (a misspelling such as
+    'ISO-IR 100', an unknown term)."""
+    from pydicom.charset import convert_encodings
+
+    if charset is None:
+        return False
+    values = [charset] if isinstance(charset, str) else list(charset)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            convert_encodings(values)
+        except Exception:
+            return True
+    return bool(said)
 
 
 def _first(v):
