@@ -340,6 +340,8 @@ def study_report(sources: list, p_malignant: dict[str, float], threshold: float,
     from busi import __version__
 
     no_units = hd.sr.CodedConcept("1", "UCUM", "no units")
+    cleaned = [clean(d) for d in sources]  # the headers as archives hold them: see dicom_source
+    sources = [c.dataset for c in cleaned]
     study = sources[0].StudyInstanceUID
     top = max(sources, key=lambda d: p_malignant[d.SOPInstanceUID])
     p_top = float(p_malignant[top.SOPInstanceUID])
@@ -366,12 +368,16 @@ def study_report(sources: list, p_malignant: dict[str, float], threshold: float,
         procedure_reported=codes.SCT.UltrasonographyOfBreast, imaging_measurements=[group],
         title=codes.DCM.ImagingMeasurementReport)
     covered = sorted(d.SOPInstanceUID for d in sources)
-    return hd.sr.Comprehensive3DSR(
-        evidence=sources, content=report, manufacturer=MANUFACTURER,
-        series_instance_uid=_uid(study, "study", sha, options), series_number=SERIES_NUMBERS["study"],
-        sop_instance_uid=_uid(study, "study", sha, options, *covered), instance_number=version,
-        series_description="busi study summary (research use only, not a medical device)",
-        coding_schemes=[_coding_scheme()])
+    with _highdicom_said(f"study {study}"):
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=sources, content=report, manufacturer=MANUFACTURER,
+            series_instance_uid=_uid(study, "study", sha, options), series_number=SERIES_NUMBERS["study"],
+            sop_instance_uid=_uid(study, "study", sha, options, *covered), instance_number=version,
+            series_description="busi study summary (research use only, not a medical device)",
+            coding_schemes=[_coding_scheme()])
+    for c in cleaned:
+        c.restore(sr)
+    return sr
 
 
 def overlay_image(prediction: "Prediction") -> np.ndarray:

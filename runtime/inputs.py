@@ -109,8 +109,8 @@ def named_refusal(path: str, allow_modality: bool) -> InputError | None:
     ds = read_header(p, head)
     if ds is None or str(ds.get("Manufacturer", "")).startswith(BUSI_MANUFACTURER):
         return None
-    if allow_modality and not not_an_image(ds.get("SOPClassUID", "")):
-        return None
+    if not not_an_image(ds.get("SOPClassUID", "")) and (allow_modality or not ds.busi_has_pixels):
+        return None  # an image, allowed; or no pixel data: tried, so that problem is reported
     return refusal(path, ds)
 
 
