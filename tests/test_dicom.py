@@ -248,7 +248,7 @@ def test_a_us_image_in_each_transfer_syntax_the_tests_can_encode(tmp_path, grey,
 # ---- every file in a folder accounted for (issue 27) ------------------------------------------
 
 def _vendor_cine(path: Path, grey, frames: int) -> Path:
-    """A US cine loop over 2 MiB whose header holds a vendor's private sequence of 1.2 MiB
+    """A US cine loop over 2 MiB whose header holds a vendor's private sequence of 1.9 MiB
     before the pixel data, as scanners write them: a reader of the first 1 MiB runs out of
     data inside the sequence."""
     from pydicom.dataset import Dataset
@@ -257,10 +257,10 @@ def _vendor_cine(path: Path, grey, frames: int) -> Path:
     p = make_dicom(path, cine, frames=frames)
     ds = pydicom.dcmread(p)
     item = Dataset()
-    item.add_new(0x00290010, "LO", "BUSI TEST VENDOR")
-    item.add_new(0x00291010, "OB", bytes(range(256)) * (1200 * 1024 // 256))
-    ds.add_new(0x00290010, "LO", "BUSI TEST VENDOR")
-    ds.add_new(0x00291001, "SQ", [item])
+    item.add_new(0x00090010, "LO", "BUSI TEST VENDOR")
+    item.add_new(0x00091010, "OB", bytes(range(256)) * (1900 * 1024 // 256))
+    ds.add_new(0x00090010, "LO", "BUSI TEST VENDOR")
+    ds.add_new(0x00091001, "SQ", [item])  # group 0009: before Rows and the pixel data
     ds.save_as(p, enforce_file_format=True)
     return p
 
@@ -274,7 +274,7 @@ def test_every_file_in_a_folder_is_accounted_for(exported, tmp_path, grey):
 
     folder = tmp_path / "pacs"
     folder.mkdir()
-    cine = _vendor_cine(folder / "CINE0001", grey, 24)
+    cine = _vendor_cine(folder / "CINE0001", grey, 6)
     assert cine.stat().st_size > 2 << 20
     make_dicom(folder / "IM0001", grey)
     make_dicom(folder / "SEG0001", (grey > 128).astype(np.uint8), SOPClassUID=SegmentationStorage, Modality="SEG")
@@ -287,7 +287,7 @@ def test_every_file_in_a_folder_is_accounted_for(exported, tmp_path, grey):
     r = cli("busi-infer", folder, "--model", model, "--roi", "40,40,80,60", "--frames", "all", check=False)
     assert r.returncode == 1, r.stderr
     recs = {Path(x["path"]).name: x for x in map(json.loads, r.stdout.splitlines())}
-    assert recs["CINE0001"]["cine"]["frames"] == 24 and "error" not in recs["CINE0001"]
+    assert recs["CINE0001"]["cine"]["frames"] == 6 and "error" not in recs["CINE0001"]
     assert "error" not in recs["IM0001"]
     assert "Modality CT" in recs["CT0001"]["error"] and "--allow-modality" in recs["CT0001"]["error"]
     assert "TRUNC001" in recs and recs["TRUNC001"]["error"]

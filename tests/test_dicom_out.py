@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import cv2
@@ -196,6 +197,7 @@ def quirk_corpus(folder: Path, grey: np.ndarray) -> dict[str, Path]:
                 InstanceNumber=1, Laterality="L")
     folder.mkdir(parents=True)
     out = {}
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$")  # the quirks are on purpose
 
     def make(name, frames=1, drop=(), **kw):
         px = np.stack([grey, 255 - grey]) if frames > 1 else grey
