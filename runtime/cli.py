@@ -2,7 +2,8 @@
 
 Machine-readable output on stdout (or --out, written atomically), human notes on stderr.
 Exit 0: every image succeeded; 1: some failed (each still a record), an output could not be
-written, or --device cuda cannot run; 2: bad usage or model (see busi.runtime.errors); 3: none
+written (a classified image whose --dicom-out objects could not be built keeps its class and
+gains `dicom_output_error`), or --device cuda cannot run; 2: bad usage or model (see busi.runtime.errors); 3: none
 failed, but --mask auto abstained on some (`needs_roi` records: no class, give a box).
 """
 
