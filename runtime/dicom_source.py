@@ -125,7 +125,7 @@ def clean(src, path=None) -> CleanSource:
         charset = src.get("SpecificCharacterSet")
         elements = []
         for tag in src.keys():
-            if tag in PIXEL_TAGS or tag.is_private:
+            if tag in PIXEL_TAGS or tag.is_private or tag.group == 0xFFFE:  # FFFE: a stray item delimiter
                 continue
             try:
                 elements.append(src[tag])
