@@ -87,7 +87,7 @@ def _date(v: str) -> str | None:
         datetime.date(int(s[:4]), int(s[4:6]), int(s[6:]))
     except ValueError:
         return None
-    return s
+    return s if int(s[:4]) >= 1000 else None  # year 0 or 0095: validators reject a leading zero
 
 
 def _time(v: str) -> str | None:
@@ -104,7 +104,7 @@ def _datetime(v: str) -> str | None:
     if not s:
         return ""
     body = re.split(r"[+-]", s, maxsplit=1)[0]
-    if not re.fullmatch(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?", body) or int(body[:4]) < 1:
+    if not re.fullmatch(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?", body) or int(body[:4]) < 1000:
         return None
     if len(body) >= 8 and _date(body[:8]) is None:
         return None
