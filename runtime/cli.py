@@ -2,7 +2,8 @@
 
 Machine-readable output on stdout (or --out, written atomically), human notes on stderr.
 Exit 0: every image succeeded; 1: some failed (each still a record), an output could not be
-written, or --device cuda cannot run; 2: bad usage or model (see busi.runtime.errors); 3: none
+written (a classified image whose --dicom-out objects could not be built keeps its class and
+gains `dicom_output_error`), or --device cuda cannot run; 2: bad usage or model (see busi.runtime.errors); 3: none
 failed, but --mask auto abstained on some (`needs_roi` records: no class, give a box).
 """
 
@@ -61,12 +62,15 @@ class DicomWriter:
                 _LOG.warning("busi: PNG and JPEG inputs get no DICOM output (--dicom-out): they carry no patient or study")
             self.not_dicom += 1
             return None
+        notes: list[str] = []
         try:
-            self.written += write(r, r.path, self.folder, options=self.options)
+            self.written += write(r, r.path, self.folder, options=self.options, notes=notes)
         except (InputError, OutputError) as e:  # this source cannot have DICOM output, or it could not be written
             return str(e)
         except OSError as e:
             return f"{self.folder}: cannot write the DICOM output of {r.path} ({e.strerror or e})"
+        finally:  # what was done to the source's values to write them (a value left empty, a date rewritten)
+            r.notes.extend(f"DICOM output: {n}" for n in notes)
         return None
 
     def summary(self) -> str:
@@ -96,6 +100,7 @@ def infer(
     by: Optional[By] = typer.Option(None, "--by", help="'study': add one summary record per DICOM study (image count, highest P(malignant) and its image)."),
     prevalence: Optional[str] = typer.Option(None, "--prevalence", help="The site's case mix, e.g. 'malignant=0.02' (others share the rest as in training): adds probabilities adjusted by prior shift and bases the likelihood band on them; the malignant flag keeps the calibrated, unadjusted P(malignant)."),
     coverage: Optional[float] = typer.Option(None, "--coverage", min=0.5, max=0.999, help="Coverage of the conformal prediction sets (default: the model's, 0.9)."),
+    allow_modality: bool = typer.Option(False, "--allow-modality", help="Classify DICOM images whose Modality is not US (CT, MR, ...) instead of refusing them; the model is for breast ultrasound."),
     dicom_out: Optional[Path] = typer.Option(None, "--dicom-out", help="Write a DICOM SR, an overlay (Secondary Capture) and, with --mask auto, a SEG for every DICOM input into this folder."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the .sha256 check of the model file."),
     require_sha256: bool = typer.Option(False, "--require-sha256", help="Refuse a model (or segmenter) without a .sha256 sidecar."),
@@ -125,7 +130,7 @@ def infer(
     if server and model is not None:
         raise UsageError("give either --model or --server, not both")
     model = None if server else (model or DEFAULT_MODEL)
-    inputs = expand_inputs(paths)
+    inputs = expand_inputs(paths, allow_modality=allow_modality)
     files = inputs.files
     if not files:
         raise UsageError("no images found in " + ", ".join(paths))
@@ -175,7 +180,7 @@ def infer(
     dicom_writer = DicomWriter(dicom_out, f"mask={mask_arg} threshold={threshold} tta={tta} frames={frames or frame}") \
         if dicom_out is not None else None
     stream = out is None and fmt is Format.jsonl
-    n_roi = 0
+    n_roi = n_out_failed = 0
     for i, r in enumerate(it, 1):
         d = r.to_dict()
         if "error" in d:
@@ -187,7 +192,7 @@ def infer(
         records.append(d)
         if html is not None:
             html.add(r)
-        problems = []  # an output of this image that could not be written: its failure, the batch goes on
+        problems = []  # an output of this image that could not be written: the batch goes on
         if explain is not None and isinstance(r, Prediction):
             try:
                 _write_explanation(explain, r, written, sources)
@@ -195,11 +200,16 @@ def infer(
                 problems.append(str(e))
             except OSError as e:
                 problems.append(f"{explain}: cannot write the Grad-CAM overlay of {r.path} ({e.strerror or e})")
+            if problems:
+                d["output_error"] = problems[0]
         if dicom_writer is not None and isinstance(r, (Prediction, NeedsRoi)):  # abstained: an SR that says so
-            problems += [p for p in [dicom_writer.add(r)] if p]
-        if problems:
-            n_fail += 1
-            d["output_error"] = "; ".join(problems)
+            problem = dicom_writer.add(r)
+            d["notes"] = list(r.notes)
+            if problem:
+                d["dicom_output_error"] = problem
+                problems.append(problem)
+        if problems:  # the image keeps its class (or its needs_roi); its record says which output failed
+            n_out_failed += 1
             for problem in problems:
                 write_stderr(f"error: {problem}\n")
         if stream:
@@ -235,12 +245,13 @@ def infer(
         f"busi: {ok}/{n_images} images classified in {dt:.2f}s on {pred.provider.replace('ExecutionProvider', '')}"
         + (f", {n_fail} failed" if n_fail else "")
         + (f", {n_roi} need an ROI (--mask auto abstained: give --roi or a mask)" if n_roi else "")
+        + (f", outputs failed for {n_out_failed} (output_error or dicom_output_error in the record)" if n_out_failed else "")
         + (f"; output in {out}" if out else "")
         + (f"; Grad-CAM overlays in {explain}" if explain else "") + (f"; report {report}" if report else "")
         + (f"; {inputs.summary()}" if inputs.summary() else "")
         + (f"; {dicom_writer.summary()}" if dicom_writer is not None else "")
     )
-    raise typer.Exit(1 if n_fail else 3 if n_roi else 0)
+    raise typer.Exit(1 if n_fail or n_out_failed else 3 if n_roi else 0)
 
 
 def emit(text: str) -> None:

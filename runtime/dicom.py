@@ -186,6 +186,46 @@ def _check_encapsulated(path, ds, rows: int, cols: int, max_pixels: int) -> None
         return
 
 
+def _check_transfer_syntax(path, ds) -> None:
+    """A transfer syntax that pydicom does not know (JPEG XL, a private one) is named as
+    unsupported, not as a corrupt file."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None:
+        return
+    try:
+        ts.is_compressed
+    except ValueError:
+        what = UNKNOWN_SYNTAX_NAMES.get(str(ts), "")
+        raise InputError(path, f"transfer syntax {str(ts)!r}{f' ({what})' if what else ''} is not supported by busi's "
+                               "decoders") from None
+
+
+def _drop_unusable_luts(ds) -> list[str]:
+    """A Modality or VOI LUT Sequence whose item is empty or malformed (no descriptor or data)
+    is ignored when the pixels decode without it: removed from the dataset, with a note."""
+    notes = []
+    for keyword, tag in (("ModalityLUTSequence", "(0028,3000)"), ("VOILUTSequence", "(0028,3010)")):
+        if keyword not in ds:
+            continue
+        items = ds[keyword].value or []
+        ok = bool(items) and all(_lut_ok(item) for item in items)
+        if not ok:
+            del ds[keyword]
+            notes.append(f"{tag} {keyword} is empty or malformed; ignored"
+                         + (" (the rescale slope/intercept or the stored values are used)" if keyword.startswith("Mod")
+                            else " (the window, or the full pixel range, is used)"))
+    return notes
+
+
+def _lut_ok(item) -> bool:
+    try:
+        desc = item.get("LUTDescriptor")
+        data = item.get("LUTData")
+        return desc is not None and len(desc) == 3 and data is not None and len(data) > 0
+    except Exception:
+        return False
+
+
 def _voi_window_ok(ds) -> bool:
     try:
         widths = ds.WindowWidth
@@ -203,6 +243,11 @@ def _voi_window_ok(ds) -> bool:
 PLUGIN_ORDER = ("gdcm", "pylibjpeg", "pyjpegls", "pydicom", "pillow")
 DECODER_EXTRA = "pip install 'busi[dicom]'"
 GPL_EXTRA = "pip install 'busi[dicom-gpl]'"
+#: the compressed syntaxes that busi[dicom] / busi[dicom-gpl] add decoders for (JPEG family, JPEG-LS, JPEG 2000)
+EXTRA_SYNTAXES = {f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91)} | {"1.2.840.10008.1.2.5"}
+#: transfer syntaxes pydicom 3.0 does not know, named for the error line
+UNKNOWN_SYNTAX_NAMES = {"1.2.840.10008.1.2.4.110": "JPEG XL Lossless", "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression",
+                        "1.2.840.10008.1.2.4.112": "JPEG XL"}
 #: the DICOM identifiers a result carries
 IDENTITY = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
@@ -218,6 +263,11 @@ class DicomImage:
             ds = self.ds = _read_dataset(path, data, max_pixels)
             if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
                 raise InputError(path, "DICOM has no pixel data")
+            pixels = next(ds[k].value for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds)
+            if not pixels:
+                raise InputError(path, "pixel data is empty (zero length)")
+            _check_transfer_syntax(path, ds)
+            self.notes = _drop_unusable_luts(ds)
             self.rows, self.cols = _int(path, ds, "Rows", 0), _int(path, ds, "Columns", 0)
             if self.rows * self.cols == 0:
                 raise InputError(path, "DICOM has no image size (Rows/Columns)")
@@ -232,7 +282,8 @@ class DicomImage:
         if not 0 <= index < self.n_frames:
             raise InputError(self.path, f"frame {index} requested, the DICOM has {self.n_frames} frame(s) (0-based)")
         with _as_input_error(self.path):
-            return _to_rgb(self.path, self.ds, _decode(self.path, self.ds, index if self.n_frames > 1 else None))
+            rgb, notes = _to_rgb(self.path, self.ds, _decode(self.path, self.ds, index if self.n_frames > 1 else None))
+            return rgb, self.notes + notes
 
 
 def read_dicom_rgb(path, data: bytes, *, max_pixels: int, frame: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -282,10 +333,15 @@ def _decode(path, ds, index: int | None) -> np.ndarray:
                 return pixel_array(ds, index=index, decoding_plugin=plugin)
         except Exception as e:
             native = said[0].strip().splitlines()[0][:100] if said and said[0].strip() else ""
-            errors.append(f"{plugin}: {native or (str(e).strip().splitlines()[-1][:100] if str(e).strip() else type(e).__name__)}")
+            said_ = native or (str(e).strip().splitlines()[-1][:100] if str(e).strip() else type(e).__name__)
+            while said_.lower().startswith(f"{plugin}:"):  # the plugin's own message may name it already
+                said_ = said_[len(plugin) + 1:].strip()
+            errors.append(f"{plugin}: {said_}")
     bits = _int(path, ds, "BitsStored", 8)
     if str(ts) in ("1.2.840.10008.1.2.4.51",) and bits > 8 and "pylibjpeg" not in plugins:
         raise InputError(path, f"{name} with {bits}-bit samples needs the GPL-3 decoder: {GPL_EXTRA}")
+    if not plugins and str(ts) not in EXTRA_SYNTAXES:
+        raise InputError(path, f"{name} is not supported: no decoder for it is installed or known to busi")
     if not plugins or (plugins == ["pillow"] and errors):
         why = f" ({errors[0]})" if errors else ""
         raise InputError(path, f"{name} cannot be decoded by this install{why}; {DECODER_EXTRA} adds the decoders")

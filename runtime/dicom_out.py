@@ -34,13 +34,15 @@ PREDICTION-SET (one item per class in the conformal set, valued Normal/Benign/Ma
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .atomic import atomic_path
-from .errors import InputError, WriteError, describe
+from .dicom_source import clean
+from .errors import InputError, WriteError, describe, first_line
 from .log import get as get_logger
 
 _LOG = get_logger(__name__)
@@ -86,37 +88,55 @@ def read_source(source) -> "object":
         raise InputError(source, f"cannot read the DICOM source for the output ({type(e).__name__})") from None
 
 
-def write(prediction: "Prediction | NeedsRoi", source, out_dir: str | Path, *, options: str = "") -> list[Path]:
+def write(prediction: "Prediction | NeedsRoi", source, out_dir: str | Path, *, options: str = "",
+          notes: list[str] | None = None) -> list[Path]:
     """SR, SC and (when a lesion was found) SEG for one prediction of a DICOM source image; for
     a `NeedsRoi` (--mask auto abstained) one SR that says the image was not classified and why.
-    `options`: what else changed the result (mask, threshold, TTA, frame), for the UIDs."""
-    src = read_source(source)
+    `options`: what else changed the result (mask, threshold, TTA, frame), for the UIDs.
+    `notes`, when given, receives what was done to the source's values to write them (a value
+    left empty, a date rewritten; see `dicom_source`)."""
+    raw = read_source(source)
+    path = getattr(prediction, "path", None)
     for key in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        if not src.get(key):
-            raise InputError(getattr(prediction, "path", None), f"DICOM source lacks {key}; no DICOM output written")
+        if not str(raw.get(key, "") or "").strip():
+            raise InputError(path, f"DICOM output not written: the source has no {key}")
+    cleaned = clean(raw, path)
+    src = cleaned.dataset
+    if notes is not None:
+        notes.extend(cleaned.notes)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WriteError(out, f"cannot create the output folder ({e.strerror or e})") from None
     key = (src.SOPInstanceUID, prediction.model_sha256, options)
+    building = "the DICOM output"
     try:
         abstained = getattr(prediction, "needs_roi", False)
-        if abstained:  # auto abstained: an SR that says so, nothing else (no overlay, no SEG of a guess)
-            objects = {"sr": not_classified_report(prediction, src, key)}
-        else:
-            objects = {"sr": structured_report(prediction, src, key), "sc": secondary_capture(prediction, src, key)}
+        with _highdicom_said(path):
+            building = "the SR"
+            if abstained:  # auto abstained: an SR that says so, nothing else (no overlay, no SEG of a guess)
+                objects = {"sr": not_classified_report(prediction, src, key)}
+            else:
+                objects = {"sr": structured_report(prediction, src, key)}
+                building = "the SC"
+                objects["sc"] = secondary_capture(prediction, src, key, cleaned.sop_class)
         lesion = prediction.extras.get("lesion_mask")
         if not abstained and prediction.mask_source == "auto" and lesion is not None and lesion.any():
             if int(src.get("NumberOfFrames", 1) or 1) > 1 and "FrameOfReferenceUID" not in src:
                 _LOG.warning("busi: %s: no SEG for a cine loop without a Frame of Reference (highdicom segments one "
                              "frame there); its SR carries the lesion box", prediction.path)
             else:
-                objects["seg"] = segmentation(prediction, src, key, lesion)
+                building = "the SEG"
+                with _highdicom_said(path):
+                    objects["seg"] = segmentation(prediction, src, key, lesion)
     except InputError:
         raise
-    except Exception as e:  # highdicom refuses a source it cannot reference (an odd SOP class, bad values)
-        raise InputError(getattr(prediction, "path", None), f"cannot build the DICOM output ({describe(e)})") from None
+    except Exception as e:  # highdicom refuses a source it cannot reference (values busi does not clean)
+        raise InputError(path, f"DICOM output not written: highdicom cannot build {building} from this source's "
+                               f"attributes ({describe(e)})") from None
+    for ds in objects.values():
+        cleaned.restore(ds)
     written = []
     for kind, ds in objects.items():
         final = out / f"{src.SOPInstanceUID}.{kind}.dcm"
@@ -210,7 +230,7 @@ def structured_report(prediction: "Prediction", src, key):
         title=codes.DCM.ImagingMeasurementReport)
     return hd.sr.Comprehensive3DSR(
         evidence=[src], content=report, manufacturer=MANUFACTURER, **_series(src, "sr", key),
-        series_description="busi finding (research use only, not a medical device)")
+        series_description="busi finding (research use only, not a medical device)", coding_schemes=[_coding_scheme()])
 
 
 def not_classified_report(result: "NeedsRoi", src, key):
@@ -254,7 +274,44 @@ def not_classified_report(result: "NeedsRoi", src, key):
         title=codes.DCM.ImagingMeasurementReport)
     return hd.sr.Comprehensive3DSR(
         evidence=[src], content=report, manufacturer=MANUFACTURER, **_series(src, "sr", key),
-        series_description="busi: not classified, ROI needed (research use only)")
+        series_description="busi: not classified, ROI needed (research use only)", coding_schemes=[_coding_scheme()])
+
+
+def _coding_scheme():
+    """busi's private coding scheme, declared in the SR (Coding Scheme Identification Sequence)
+    so that a reader knows who defines the 99BUSI codes."""
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+
+    return CodingSchemeIdentificationItem(
+        designator=SCHEME, name="busi private codes (classifier outputs and settings)",
+        responsible_organization="busi project (research software, not a medical device)")
+
+
+@contextmanager
+def _highdicom_said(path):
+    """What highdicom says while it builds an output (warnings, its logger's warnings: a
+    person name with one component, a long string) goes to the busi logger (debug, -v), not
+    raw to stderr with site-packages paths."""
+    import logging
+
+    hd_log = logging.getLogger("highdicom")
+
+    class Forward(logging.Handler):
+        def emit(self, record):
+            _LOG.debug("busi: %s: DICOM output: highdicom: %s", path, record.getMessage())
+
+    handler, propagate = Forward(logging.WARNING), hd_log.propagate
+    hd_log.addHandler(handler)
+    hd_log.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        hd_log.removeHandler(handler)
+        hd_log.propagate = propagate
+        for w in locals().get("said") or []:
+            _LOG.debug("busi: %s: DICOM output: %s", path, first_line(w.message))
 
 
 def _device(sha: str):
@@ -283,6 +340,8 @@ def study_report(sources: list, p_malignant: dict[str, float], threshold: float,
     from busi import __version__
 
     no_units = hd.sr.CodedConcept("1", "UCUM", "no units")
+    cleaned = [clean(d) for d in sources]  # the headers as archives hold them: see dicom_source
+    sources = [c.dataset for c in cleaned]
     study = sources[0].StudyInstanceUID
     top = max(sources, key=lambda d: p_malignant[d.SOPInstanceUID])
     p_top = float(p_malignant[top.SOPInstanceUID])
@@ -309,11 +368,16 @@ def study_report(sources: list, p_malignant: dict[str, float], threshold: float,
         procedure_reported=codes.SCT.UltrasonographyOfBreast, imaging_measurements=[group],
         title=codes.DCM.ImagingMeasurementReport)
     covered = sorted(d.SOPInstanceUID for d in sources)
-    return hd.sr.Comprehensive3DSR(
-        evidence=sources, content=report, manufacturer=MANUFACTURER,
-        series_instance_uid=_uid(study, "study", sha, options), series_number=SERIES_NUMBERS["study"],
-        sop_instance_uid=_uid(study, "study", sha, options, *covered), instance_number=version,
-        series_description="busi study summary (research use only, not a medical device)")
+    with _highdicom_said(f"study {study}"):
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=sources, content=report, manufacturer=MANUFACTURER,
+            series_instance_uid=_uid(study, "study", sha, options), series_number=SERIES_NUMBERS["study"],
+            sop_instance_uid=_uid(study, "study", sha, options, *covered), instance_number=version,
+            series_description="busi study summary (research use only, not a medical device)",
+            coding_schemes=[_coding_scheme()])
+    for c in cleaned:
+        c.restore(sr)
+    return sr
 
 
 def overlay_image(prediction: "Prediction") -> np.ndarray:
@@ -345,8 +409,11 @@ def overlay_image(prediction: "Prediction") -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([banner, shown], axis=0))
 
 
-def secondary_capture(prediction: "Prediction", src, key):
+def secondary_capture(prediction: "Prediction", src, key, sop_class: str | None = None):
+    """The overlay as a Secondary Capture. `sop_class`: the source's real SOP class (the
+    cleaned source may carry a stand-in) for the SourceImageSequence."""
     import highdicom as hd
+    from pydicom.dataset import Dataset
 
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=src, pixel_array=overlay_image(prediction), photometric_interpretation="RGB", bits_allocated=8,
@@ -354,8 +421,19 @@ def secondary_capture(prediction: "Prediction", src, key):
         series_description="busi overlay (research use only, not a medical device)", **_series(src, "sc", key))
     # an ultrasound image has no patient orientation to copy: left empty (type 2), not invented
     sc.PatientOrientation = src.get("PatientOrientation", None)
-    sc.Laterality = src.get("Laterality", None)
+    # copied where the source has it (Laterality, or the Image Laterality of a breast image: R or L);
+    # else empty, which the module allows only when it is unknown, as it is then (absent is an error)
+    side = str(src.get("Laterality", "") or src.get("ImageLaterality", "") or "").strip().upper()
+    sc.Laterality = side if side in ("R", "L") else None
     sc.ImageComments = RESEARCH
+    # what it was derived from: the source image (and the frame behind the finding)
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = sop_class or src.SOPClassUID
+    ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    frames = _frame(prediction, src)
+    if frames:
+        ref.ReferencedFrameNumber = frames[0]
+    sc.SourceImageSequence = [ref]
     return sc
 
 

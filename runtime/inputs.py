@@ -22,6 +22,7 @@ from .dicom_out import MANUFACTURER as BUSI_MANUFACTURER
 from .gradcam import is_busi_png
 from .html_report import GENERATOR
 from .masks import mask_stem
+from .sop_classes import modality_problem, not_an_image, sop_class_name
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
 #: how much of a file is read to tell whether it is DICOM and has pixel data
@@ -49,8 +50,10 @@ class Inputs:
         return f"skipped {n} file{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} not images ({parts})"
 
 
-def kind_of(path: Path) -> str | None:
-    """None for an image to classify; else the kind of file it is, for the skip count."""
+def kind_of(path: Path, allow_modality: bool = True) -> str | InputError | None:
+    """None for an image to classify; else the kind of file it is, for the skip count; an
+    InputError for a DICOM image that is refused by name (not ultrasound, without
+    `allow_modality`), to be reported in its place."""
     if path.is_symlink() and path.is_dir():
         return LINKED_DIR
     if path.suffix.lower() in RASTER_SUFFIXES:
@@ -68,28 +71,139 @@ def kind_of(path: Path) -> str | None:
         return None  # unreadable: tried, so the problem is reported
     if not is_dicom(head):
         return OWN_REPORT if f'<meta name="generator" content="{GENERATOR}'.encode() in head[:4096] else OTHER
-    return _dicom_kind(head)
+    return _dicom_kind(path, head, allow_modality)
 
 
-def _dicom_kind(head: bytes) -> str | None:
-    """None for a DICOM image (or one that cannot be parsed: it is tried and its problem
-    reported); else why it is skipped: no pixel data, or made by busi (--dicom-out)."""
-    import io
+def _dicom_kind(path: Path, head: bytes, allow_modality: bool = True) -> str | InputError | None:
+    """None for a DICOM image, or for a file whose header cannot be read (it is tried, and
+    its problem reported in a record); else why it is skipped: made by busi (--dicom-out), an
+    object that is not an image of a patient (by SOP class), or no pixel data; an InputError
+    for a non-ultrasound image (refused by name unless allowed)."""
+    ds = read_header(path, head)
+    if ds is None:
+        return None
+    if str(ds.get("Manufacturer", "")).startswith(BUSI_MANUFACTURER):
+        return OWN
+    kind = not_an_image(ds.get("SOPClassUID", ""))
+    if kind:
+        return kind
+    if ds.get("DirectoryRecordSequence") is not None or str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10":
+        return DICOMDIR
+    if not ds.busi_complete:
+        return None  # cannot tell what it is: tried, so the full read names the problem in a record
+    if not ds.busi_has_pixels:
+        return NO_PIXELS
+    return None if allow_modality else refusal(path, ds)
+
+
+def refusal(path, ds) -> InputError | None:
+    """An InputError for a DICOM dataset that busi-infer does not classify: not an image of a
+    patient (by SOP class) or not ultrasound; None for an ultrasound image."""
+    sop = ds.get("SOPClassUID", "")
+    kind = not_an_image(sop)
+    if kind:
+        return InputError(path, f"is a {kind.split(' (')[0]} object ({sop_class_name(sop)}), not an image of a patient; "
+                                "not classified")
+    problem = modality_problem(ds.get("Modality", ""), sop)
+    return InputError(path, problem) if problem else None
+
+
+def named_refusal(path: str, allow_modality: bool) -> InputError | None:
+    """For a file named on the command line (or by a DICOMDIR): its refusal when it is a DICOM
+    object busi-infer does not classify; None otherwise (it is tried, so its problem is reported)."""
+    p = Path(path)
+    try:
+        head = read_regular(p, what="a file", head=SNIFF_BYTES)
+    except InputError:
+        return None
+    if not is_dicom(head):
+        return None
+    ds = read_header(p, head)
+    if ds is None or str(ds.get("Manufacturer", "")).startswith(BUSI_MANUFACTURER):
+        return None
+    if not not_an_image(ds.get("SOPClassUID", "")) and (allow_modality or not ds.busi_has_pixels):
+        return None  # an image, allowed; or no pixel data: tried, so that problem is reported
+    return refusal(path, ds)
+
+
+#: a deflated header is inflated up to this many bytes to find what the object is (a bomb guard);
+#: a header that does not fit is decided on the full read, which has its own cap
+DEFLATED_HEADER_BYTES = 64 << 20
+_PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+
+
+def read_header(path: Path, head: bytes = b""):
+    """The dataset up to its pixel data, parsed from the whole file (never a fixed prefix:
+    pydicom running out of data inside a sequence returns an empty dataset, not an error),
+    with `busi_has_pixels` and `busi_complete` (the parse reached the pixel data or the end of
+    the file) set; None when it cannot be parsed (the full read reports why)."""
+    import os
+    import struct
     import warnings
 
     import pydicom
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(head), force=True, defer_size=256,
-                                 specific_tags=["PixelData", "FloatPixelData", "DoubleFloatPixelData", "Rows", "Manufacturer"])
-    except Exception:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
         return None
-    if str(ds.get("Manufacturer", "")).startswith(BUSI_MANUFACTURER):
-        return OWN
-    pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")) or "Rows" in ds
-    return None if pixels else NO_PIXELS
+    with os.fdopen(fd, "rb") as fp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if b"1.2.840.10008.1.2.1.99" in head[:4096]:  # deflated: inflate the header only, capped
+                    return _deflated_header(head if len(head) < SNIFF_BYTES else fp.read())
+                ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True, defer_size=1 << 16)
+                tag = fp.read(4)
+        except Exception:
+            return None
+    if len(tag) == 4:
+        _, little = ds.original_encoding
+        g, e = struct.unpack("<HH" if little is not False else ">HH", tag)
+        ds.busi_has_pixels = (g << 16 | e) in _PIXEL_TAGS
+    else:
+        ds.busi_has_pixels = False
+    # 'no pixel data' is believed only when the parse reached the end of the file (pydicom stops
+    # quietly at a truncated element or sequence)
+    ds.busi_complete = ds.busi_has_pixels or _ends_at(ds, os.path.getsize(path))
+    return ds
+
+
+def _ends_at(ds, size: int) -> bool:
+    """Whether the last element of a dataset read without stopping ends where the data ends:
+    pydicom stops quietly at a truncated element or sequence, so 'no pixel data' is only
+    believed when the whole file was parsed."""
+    if not len(ds):
+        return False
+    last = ds.get_item(max(ds.keys()), keep_deferred=True)
+    tell = getattr(last, "value_tell", None)
+    if tell is None:
+        return True
+    length = last.length
+    if length == 0xFFFFFFFF:
+        return tell + len(last.value or b"") + 8 == size
+    return tell + length == size
+
+
+def _deflated_header(data: bytes):
+    import io
+    import zlib
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset
+
+    fp = io.BytesIO(data)
+    fp.seek(132 if data[128:132] == b"DICM" else 0)
+    FileMetaDataset(read_dataset(fp, is_implicit_VR=False, is_little_endian=True,
+                                 stop_when=lambda tag, vr, length: tag.group != 2))
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    body = inflater.decompress(data[fp.tell():], DEFLATED_HEADER_BYTES)
+    seen = []
+    ds = read_dataset(io.BytesIO(body), is_implicit_VR=False, is_little_endian=True,
+                      stop_when=lambda tag, vr, length: seen.append(tag) or tag in _PIXEL_TAGS)
+    ds.busi_has_pixels = bool(seen) and seen[-1] in _PIXEL_TAGS
+    ds.busi_complete = ds.busi_has_pixels or (inflater.eof and _ends_at(ds, len(body)))
+    return ds
 
 
 def dicomdir_images(path: Path) -> list[str]:
@@ -135,12 +249,14 @@ def walk(folder: Path) -> list[tuple[Path, str | None]]:
     return sorted(out, key=lambda t: t[0])
 
 
-def expand_inputs(args: list[str]) -> Inputs:
+def expand_inputs(args: list[str], allow_modality: bool = True) -> Inputs:
     """Files as given; folders searched recursively (non-images skipped and counted); globs
     expanded; a DICOMDIR (named, not found in a folder) replaced by the images it references.
 
     A name that matches nothing is kept, so it is reported as a failure record; a folder
-    without images is an InputError in its place."""
+    without images is an InputError in its place. A DICOM object that is not an image of a
+    patient (SEG, SR, SM, ...) named explicitly, and without `allow_modality` a DICOM image
+    that is not ultrasound, is an InputError in its place (refused by name)."""
     res = Inputs()
     for a in args:
         if not str(a).strip():  # Path("") is ".": an empty argument would classify the whole current folder
@@ -153,9 +269,9 @@ def expand_inputs(args: list[str]) -> Inputs:
                 if problem is not None:  # unreadable: a failure record in its place, never skipped in silence
                     found.append(InputError(f, problem))
                     continue
-                kind = kind_of(f)
-                if kind is None:
-                    found.append(str(f))
+                kind = kind_of(f, allow_modality)
+                if kind is None or isinstance(kind, InputError):
+                    found.append(kind or str(f))
                 else:
                     here[kind] += 1
             res.skipped.update(here)
@@ -169,10 +285,11 @@ def expand_inputs(args: list[str]) -> Inputs:
                 images = dicomdir_images(p)
             except InputError as e:
                 images = [e]
-            res.files.extend(images or [InputError(p, "DICOMDIR references no images")])
+            res.files.extend([named_refusal(f, allow_modality) or f if isinstance(f, str) else f for f in images]
+                             or [InputError(p, "DICOMDIR references no images")])
         elif not os.path.exists(p) and glob.has_magic(a):
             # a pattern that matches nothing stays, to be reported as a failure record
-            res.files.extend(sorted(glob.glob(a, recursive=True)) or [a])
+            res.files.extend([named_refusal(f, allow_modality) or f for f in sorted(glob.glob(a, recursive=True))] or [a])
         else:
-            res.files.append(a)
+            res.files.append(named_refusal(a, allow_modality) or a)
     return res

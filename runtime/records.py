@@ -1,7 +1,8 @@
 """busi-infer's output formats: JSON lines, CSV and a table; per-study summaries (`--by study`).
 
 A record is `Prediction.to_dict()`, `NeedsRoi.to_dict()` (`"needs_roi": true`: auto abstained,
-no class) or `Failure.to_dict()`; a study summary has `"record": "study"`.
+no class) or `Failure.to_dict()`; a study summary has `"record": "study"`. A classified image whose DICOM
+output (--dicom-out) could not be written keeps its class and gains `dicom_output_error`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ CSV_FIELDS = ("path", "class", "confidence", "p_normal", "p_benign", "p_malignan
               "mask_source", "lesion_found", "lesion_box", "provider", "error", "study_uid", "series_uid", "sop_uid",
               "frame", "cine_frames", "cine_max_malignant", "cine_max_frame", "record", "images", "band", "prediction_set",
               "coverage", "p_malignant_adjusted", "out_of_distribution", "ood_score", "lesion_presence", "needs_roi",
-              "needs_roi_reason", "output_error")
+              "needs_roi_reason", "output_error", "dicom_output_error")
 #: JSON `dicom` keys -> CSV columns
 DICOM_COLUMNS = {"StudyInstanceUID": "study_uid", "SeriesInstanceUID": "series_uid", "SOPInstanceUID": "sop_uid",
                  "frame": "frame"}
@@ -118,6 +119,8 @@ def _table(records: list[dict]) -> str:
             if r.get("cine"):
                 c = r["cine"]
                 where += f" [cine: {c['frames']} frames, highest P(mal) in frame {c['max_malignant_frame']}]"
+            if r.get("dicom_output_error"):
+                where += " [DICOM output failed]"
             band = (r.get("likelihood") or {}).get("band", "")
             cset = "".join(c[0].upper() for c in r["prediction_set"]) if r.get("prediction_set") is not None else ""
             ood = {True: "OOD", False: "-", None: ""}[r.get("out_of_distribution")]
@@ -140,7 +143,7 @@ def _flat(r: dict) -> dict:
                 "needs_roi_reason": r["reason"], "lesion_presence": f"{r['lesion_presence']:.6g}",
                 "lesion_box": " ".join(map(str, r["lesion_box"])) if r.get("lesion_box") else "", "provider": r["provider"],
                 **{col: (r.get("dicom") or {}).get(key, "") for key, col in DICOM_COLUMNS.items()},
-                "output_error": r.get("output_error", "")}
+                "output_error": r.get("output_error", ""), "dicom_output_error": r.get("dicom_output_error", "")}
     return {
         "record": "image", "path": r["path"], "class": r["class"], "confidence": f"{r['confidence']:.6f}",
         **{f"p_{k}": f"{v:.6f}" for k, v in r["probabilities"].items()},
@@ -156,5 +159,5 @@ def _flat(r: dict) -> dict:
         "out_of_distribution": "" if r.get("out_of_distribution") is None else int(r["out_of_distribution"]),
         "ood_score": f"{r['ood_score']:.6g}" if r.get("ood_score") is not None else "",
         "lesion_presence": f"{r['lesion_presence']:.6g}" if r.get("lesion_presence") is not None else "",
-        "needs_roi": 0, "output_error": r.get("output_error", ""),
+        "needs_roi": 0, "output_error": r.get("output_error", ""), "dicom_output_error": r.get("dicom_output_error", ""),
     }

@@ -96,7 +96,6 @@ EXPECTED_FAILURES = {
     "SC_rgb_small_odd.dcm": "image is only 3x3 pixels",
     "SC_rgb_small_odd_big_endian.dcm": "image is only 3x3 pixels",
     "SC_rgb_small_odd_jpeg.dcm": "image is only 3x3 pixels",
-    "badVR.dcm": "(0028,0008) NumberOfFrames: invalid value '1A'",
     "meta_missing_tsyntax.dcm": "DICOM has no image size (Rows/Columns)",
     "nested_priv_SQ.dcm": "DICOM has no image size (Rows/Columns)",
 }
@@ -146,7 +145,7 @@ def test_a_pacs_folder_is_read_by_content_with_identity_and_skips_counted(export
     for row in rows:
         assert row["class"] and not row["error"]
         assert (row["study_uid"], row["series_uid"], row["sop_uid"]) == (study, series, uids[Path(row["path"]).name])
-    assert "skipped 2 files that are not images (1 DICOM objects without pixel data, 1 other files)" in r.stderr
+    assert "skipped 2 files that are not images (1 DICOM SR (structured reports), 1 other files)" in r.stderr
 
 
 def test_a_dicomdir_names_its_images(exported, tmp_path, grey):
@@ -170,7 +169,9 @@ def test_a_dicomdir_names_its_images(exported, tmp_path, grey):
 
 def test_pydicoms_shipped_files_each_classified_or_one_line(exported):
     pytest.importorskip("gdcm", reason="the counts below are for the install make test uses (busi[dicom])")
-    r = cli("busi-infer", PYDICOM_FILES, "--model", exported / "model.onnx", "--mask", "none", check=False)
+    # --allow-modality: CT, MR and the rest are classified here, to check that they decode
+    r = cli("busi-infer", PYDICOM_FILES, "--model", exported / "model.onnx", "--mask", "none", "--allow-modality",
+            check=False)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     recs = [json.loads(ln) for ln in r.stdout.splitlines()]
     failed = {Path(x["path"]).name: x["error"] for x in recs if "error" in x}
@@ -180,9 +181,11 @@ def test_pydicoms_shipped_files_each_classified_or_one_line(exported):
     errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     others = [ln for ln in r.stderr.splitlines() if not ln.startswith(("error:", "busi: "))]
     assert len(errs) == len(failed) and others == []  # nothing native on the terminal
-    assert len(recs) - len(failed) == 85
-    assert ("skipped 81 files that are not images (69 DICOM objects without pixel data, 2 DICOMDIR, "
-            "10 other files)") in r.stderr
+    assert len(recs) - len(failed) == 77  # the 2 SEG and 6 RT Dose objects with pixel data are skipped by SOP class
+    assert ("skipped 90 files that are not images (12 DICOM RT objects, 2 DICOM SEG (segmentations), 3 DICOM SR "
+            "(structured reports), 54 DICOM objects without pixel data, 1 DICOM waveforms, 8 DICOMDIR, 10 other files)"
+            ) in r.stderr
+    assert len(recs) + 90 == sum(1 for f in PYDICOM_FILES.rglob("*") if f.is_file())  # every file accounted for
 
 
 def test_ybr_full_422_and_no_preamble_files_decode():
@@ -240,3 +243,94 @@ def test_a_us_image_in_each_transfer_syntax_the_tests_can_encode(tmp_path, grey,
         np.testing.assert_array_equal(got, grey)
     else:
         assert np.abs(got - grey.astype(int)).mean() < 3
+
+
+# ---- every file in a folder accounted for (issue 27) ------------------------------------------
+
+def _vendor_cine(path: Path, grey, frames: int) -> Path:
+    """A US cine loop over 2 MiB whose header holds a vendor's private sequence of 1.9 MiB
+    before the pixel data, as scanners write them: a reader of the first 1 MiB runs out of
+    data inside the sequence."""
+    from pydicom.dataset import Dataset
+
+    cine = np.stack([np.roll(grey, 7 * i, axis=1) for i in range(frames)]).astype(np.uint8)
+    p = make_dicom(path, cine, frames=frames)
+    ds = pydicom.dcmread(p)
+    item = Dataset()
+    item.add_new(0x00090010, "LO", "BUSI TEST VENDOR")
+    item.add_new(0x00091010, "OB", bytes(range(256)) * (1900 * 1024 // 256))
+    ds.add_new(0x00090010, "LO", "BUSI TEST VENDOR")
+    ds.add_new(0x00091001, "SQ", [item])  # group 0009: before Rows and the pixel data
+    ds.save_as(p, enforce_file_format=True)
+    return p
+
+
+def test_every_file_in_a_folder_is_accounted_for(exported, tmp_path, grey):
+    """A cine loop over 2 MiB with a sequence before its pixel data is found and classified; a
+    SEG and a slide-microscopy tile are skipped by SOP class and counted; a CT image is refused by
+    name (--allow-modality classifies it); a truncated header is a record with its reason; the
+    summary's counts add up to the files in the folder."""
+    from pydicom.uid import CTImageStorage, SegmentationStorage, VLWholeSlideMicroscopyImageStorage
+
+    folder = tmp_path / "pacs"
+    folder.mkdir()
+    cine = _vendor_cine(folder / "CINE0001", grey, 6)
+    assert cine.stat().st_size > 2 << 20
+    make_dicom(folder / "IM0001", grey)
+    make_dicom(folder / "SEG0001", (grey > 128).astype(np.uint8), SOPClassUID=SegmentationStorage, Modality="SEG")
+    make_dicom(folder / "SM0001", np.stack([grey] * 3, axis=2), "RGB", SOPClassUID=VLWholeSlideMicroscopyImageStorage,
+               Modality="SM")
+    make_dicom(folder / "CT0001", grey.astype(np.uint16) * 4, SOPClassUID=CTImageStorage, Modality="CT")
+    (folder / "TRUNC001").write_bytes(cine.read_bytes()[:600_000])  # ends inside the private sequence
+    n_files = len(list(folder.iterdir()))
+    model = exported / "model.onnx"
+    r = cli("busi-infer", folder, "--model", model, "--roi", "40,40,80,60", "--frames", "all", check=False)
+    assert r.returncode == 1, r.stderr
+    recs = {Path(x["path"]).name: x for x in map(json.loads, r.stdout.splitlines())}
+    assert recs["CINE0001"]["cine"]["frames"] == 6 and "error" not in recs["CINE0001"]
+    assert "error" not in recs["IM0001"]
+    assert "Modality CT" in recs["CT0001"]["error"] and "--allow-modality" in recs["CT0001"]["error"]
+    assert "TRUNC001" in recs and recs["TRUNC001"]["error"]
+    skipped = "skipped 2 files that are not images (1 DICOM SEG (segmentations), 1 DICOM SM (slide microscopy))"
+    assert skipped in r.stderr
+    assert len(recs) + 2 == n_files  # every file is a record or a counted skip
+    assert "2/4 images classified" in r.stderr and "2 failed" in r.stderr
+    # the CT image classified on request; a SEG named on the command line is refused by name
+    r = cli("busi-infer", folder / "CT0001", folder / "SEG0001", "--model", model, "--roi", "40,40,80,60",
+            "--allow-modality", check=False)
+    ct, seg = map(json.loads, r.stdout.splitlines())
+    assert "error" not in ct and ct["class"]
+    assert "is a DICOM SEG object (Segmentation Storage" in seg["error"] and "not an image of a patient" in seg["error"]
+
+
+def test_lut_items_zero_length_pixels_and_unknown_syntaxes_are_named(tmp_path, grey):
+    from pydicom.dataset import Dataset
+    from pydicom.encaps import encapsulate
+
+    p = make_dicom(tmp_path / "lut.dcm", grey)
+    ds = pydicom.dcmread(p)
+    ds.ModalityLUTSequence = [Dataset()]  # an empty item: the pixels decode without it
+    ds.save_as(p)
+    from busi.runtime.imageio import read_image
+
+    d = read_image(p)
+    np.testing.assert_array_equal(d.rgb[..., 0], grey)
+    assert any("(0028,3000) ModalityLUTSequence is empty or malformed; ignored" in n for n in d.notes)
+    p = make_dicom(tmp_path / "empty.dcm", grey)
+    ds = pydicom.dcmread(p)
+    ds.PixelData = b""
+    ds.save_as(p)
+    with pytest.raises(InputError, match="pixel data is empty"):
+        read_rgb(p)
+    mpeg = "1.2.840.10008.1.2.4.100"
+    p = make_dicom(tmp_path / "jxl.dcm", grey)
+    ds = pydicom.dcmread(p)
+    ds.file_meta.TransferSyntaxUID = mpeg
+    ds.PixelData = encapsulate([b"\xff\x0a" + bytes(64)])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(p, enforce_file_format=True)
+    with pytest.raises(InputError, match=r"MPEG2 .* is not supported"):
+        read_rgb(p)
+    p.write_bytes(p.read_bytes().replace(mpeg.encode(), b"1.2.840.10008.1.2.4.110"))  # JPEG XL: unknown to pydicom 3.0
+    with pytest.raises(InputError, match=r"'1.2.840.10008.1.2.4.110' \(JPEG XL Lossless\) is not supported"):
+        read_rgb(p)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import cv2
@@ -165,3 +166,123 @@ def test_a_dicom_study_gets_the_predictions_of_its_png_export(exported, tmp_path
     assert len(dcm) == 6 and len({d["dicom"]["StudyInstanceUID"] for d in dcm}) == 1
     for d, p in zip(sorted(dcm, key=lambda r: r["path"]), order):
         assert d["probabilities"] == pytest.approx(png[p]["probabilities"], abs=1e-6), (d["path"], p)
+
+
+# ---- DICOM out from any source a PACS holds (issue 27) --------------------------------------
+
+#: dciodvfy warnings that come from what a quirky source lacks, not from busi's content: values
+#: a DICOMDIR would need (the source has none), a Laterality that is unknown because the source
+#: has none; and busi's private codes, declared in the SR's Coding Scheme Identification
+#: Sequence, which dciodvfy checks against its fixed list of designators only
+SOURCE_CAUSED = ("would be needed to build DICOMDIR", "attribute <Laterality>")
+DECLARED_PRIVATE = "Unrecognized defined term <99BUSI>"
+
+
+def dciodvfy_lines(path: Path) -> tuple[list[str], list[str]]:
+    exe = shutil.which("dciodvfy") or str(BIN / "dciodvfy")
+    r = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    lines = (r.stdout + r.stderr).splitlines()
+    return [ln for ln in lines if ln.startswith("Error")], [ln for ln in lines if ln.startswith("Warning")]
+
+
+def quirk_corpus(folder: Path, grey: np.ndarray) -> dict[str, Path]:
+    """One file per quirk that real archives hold, each made from the same valid US image."""
+    from pydicom.uid import UltrasoundImageStorage
+
+    from hostile import patch_text_element
+
+    base = dict(StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), PatientID="PH001",
+                PatientName="Phantom^One", PatientBirthDate="19700101", PatientSex="F", StudyDate="20261125",
+                StudyTime="120000", AccessionNumber="ACC1", StudyID="1", SeriesNumber=1, ReferringPhysicianName="",
+                InstanceNumber=1, Laterality="L")
+    folder.mkdir(parents=True)
+    out = {}
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$")  # the quirks are on purpose
+
+    def make(name, frames=1, drop=(), **kw):
+        px = np.stack([grey, 255 - grey]) if frames > 1 else grey
+        p = make_dicom(folder / name, px, frames=frames, SOPInstanceUID=generate_uid(), **{**base, **kw})
+        if drop:
+            ds = pydicom.dcmread(p)
+            for k in drop:
+                delattr(ds, k)
+            ds.save_as(p)
+        out[name] = p
+        return p
+
+    make("valid")
+    for k in ("PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "Modality"):
+        make(f"no-{k}", drop=(k,))
+    make("sex-0000", PatientSex="0000")
+    make("sex-question", PatientSex="?")
+    make("charset-empty-first", SpecificCharacterSet=["", "ISO 2022 IR 100"], PatientName="M\u00fcller^Anna")
+    p = make("charset-ISO-IR-100", SpecificCharacterSet="ISO_IR 100", PatientName="M\u00fcller^Anna")
+    patch_text_element(p, (0x0008, 0x0005), b"CS", b"ISO_IR 100", b"ISO-IR 100")
+    make("da-0", StudyDate="0")
+    make("year-0", PatientBirthDate="00000101")
+    make("tm-colons", StudyTime="14:04:38")
+    make("frames-on-single-frame-class", frames=2, SOPClassUID=UltrasoundImageStorage)
+    make("unknown-sop-class", SOPClassUID="1.2.826.0.1.3680043.9.7433.99.1")
+    make("retired-us-class", SOPClassUID="1.2.840.10008.5.1.4.1.1.6")
+    for p in out.values():  # the file meta says what the dataset says
+        ds = pydicom.dcmread(p)
+        if ds.file_meta.MediaStorageSOPClassUID != ds.SOPClassUID:
+            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+            ds.save_as(p)
+    return out
+
+
+@pytest.mark.parametrize("mask", ["roi", "auto"])
+def test_dicom_out_from_quirky_sources(exported, tmp_path, lesion_grey, mask):
+    """Every quirk gets its SR and SC (and SEG where auto found a lesion) with no dciodvfy error
+    and no warning from busi's own content; what was done to a value is a note in the record."""
+    corpus = quirk_corpus(tmp_path / "in", lesion_grey)
+    out = tmp_path / "out"
+    how = ["--roi", "120,100,90,70"] if mask == "roi" else ["--mask", "auto"]
+    r = cli("busi-infer", tmp_path / "in", "--model", exported / "model.onnx", *how, "--dicom-out", out, check=False)
+    assert r.returncode in (0, 3), r.stderr
+    assert "Traceback" not in r.stderr and "UserWarning" not in r.stderr and "site-packages" not in r.stderr
+    recs = {Path(x["path"]).name: x for x in map(json.loads, r.stdout.splitlines())}
+    assert set(recs) == set(corpus)
+    for name, rec in recs.items():
+        assert "error" not in rec and "dicom_output_error" not in rec, (name, rec)
+        sop = str(pydicom.dcmread(corpus[name]).SOPInstanceUID)
+        kinds = ["sr"] if rec.get("needs_roi") else ["sr", "sc"] + (["seg"] if rec.get("lesion_found") else [])
+        for k in kinds:
+            f = out / f"{sop}.{k}.dcm"
+            errors, warns = dciodvfy_lines(f)
+            busi_warns = [w for w in warns if not any(s in w for s in SOURCE_CAUSED) and DECLARED_PRIVATE not in w]
+            assert errors == [] and busi_warns == [], (name, k, errors, busi_warns)
+            ds = pydicom.dcmread(f)
+            assert ds.StudyInstanceUID == pydicom.dcmread(corpus[name]).StudyInstanceUID
+        if "charset" in name:
+            sr = pydicom.dcmread(out / f"{sop}.sr.dcm")
+            assert str(sr.PatientName) == "M\u00fcller^Anna" and sr.SpecificCharacterSet == "ISO_IR 192"
+        if "sc" in kinds:
+            sc = pydicom.dcmread(out / f"{sop}.sc.dcm")
+            assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == sop and sc.Laterality == "L"
+            assert sc.SourceImageSequence[0].ReferencedSOPClassUID == pydicom.dcmread(corpus[name]).SOPClassUID
+    notes = {name: " ".join(rec["notes"]) for name, rec in recs.items()}
+    assert "PatientSex '0000' is not M, F or O; left empty" in notes["sex-0000"]
+    assert "StudyDate '0' is not a valid DA; left empty" in notes["da-0"]
+    assert "StudyTime '14:04:38' written as '140438'" in notes["tm-colons"]
+    assert "referenced as a single-frame image" in notes["frames-on-single-frame-class"]
+    sr = hd.sr.srread(out / f"{pydicom.dcmread(corpus['retired-us-class']).SOPInstanceUID}.sr.dcm")
+    refs = [x for x in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence]
+    assert refs[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.6"  # referenced by its own UID
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99BUSI"
+
+
+def test_an_output_that_cannot_be_written_keeps_the_class(exported, tmp_path, lesion_grey):
+    """A source without a SOP Instance UID is classified, but no output can reference it: the
+    record keeps its class and says dicom_output_error, the summary counts it, exit 1."""
+    p = make_dicom(tmp_path / "IM0001", lesion_grey, StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid())
+    ds = pydicom.dcmread(p)
+    del ds.SOPInstanceUID
+    ds.save_as(p, enforce_file_format=False)
+    r = cli("busi-infer", p, "--model", exported / "model.onnx", "--mask", "none", "--dicom-out", tmp_path / "out",
+            check=False)
+    rec = json.loads(r.stdout)
+    assert r.returncode == 1 and rec["class"] and "error" not in rec
+    assert "DICOM output not written: the source has no SOPInstanceUID" in rec["dicom_output_error"]
+    assert "1/1 images classified" in r.stderr and "DICOM output failed for 1" in r.stderr

@@ -115,7 +115,7 @@ def test_run_corpus_through_busi_infer(exported, good, tmp_path):
         assert case.expect in r.stderr, (kind, r.stderr)
         if any(case.expect in e for e in errors):  # a failure: its record says it too
             recs = [json.loads(ln) for ln in r.stdout.splitlines()]
-            assert any(case.expect in (x.get("error") or x.get("output_error") or "") for x in recs), (kind, recs)
+            assert any(case.expect in (x.get("error") or x.get("output_error") or x.get("dicom_output_error") or "") for x in recs), (kind, recs)
     d = tmp_path / "runs"
     assert not (d / "same.out").exists() and not (d / "cams").exists()  # refused before anything was written
     assert (d / "blocked" / "second.gradcam.png").stat().st_size > 100  # the batch went on past the blocked overlay
