@@ -146,6 +146,7 @@ def test_a_pacs_folder_is_read_by_content_with_identity_and_skips_counted(export
         assert row["class"] and not row["error"]
         assert (row["study_uid"], row["series_uid"], row["sop_uid"]) == (study, series, uids[Path(row["path"]).name])
     assert "skipped 2 files that are not images (1 DICOM SR (structured reports), 1 other files)" in r.stderr
+    assert len(rows) + 2 == sum(1 for f in (tmp_path / "export").rglob("*") if f.is_file())  # all accounted for
 
 
 def test_a_dicomdir_names_its_images(exported, tmp_path, grey):
