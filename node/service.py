@@ -242,19 +242,14 @@ class Node:
         if full:
             self.event("refused", sop=sop, calling=calling, reason=f"queue full ({self.cfg.queue} images waiting)")
             return refusal(OUT_OF_RESOURCES, "queue full; try again later")
-        path = None
         try:
-            path = self.spool.receive(sop, event.encoded_dataset(include_meta=True))
-            problem = self.check_spooled(path)
+            problem, status = self.spool.receive(sop, event.encoded_dataset(include_meta=True), self.check_spooled), \
+                CANNOT_UNDERSTAND
         except OSError as e:  # full disk, lost spool: the sender hears it, nothing is lost silently
             problem, status = f"cannot spool ({e.strerror or e})", OUT_OF_RESOURCES
-        else:
-            status = CANNOT_UNDERSTAND
         if problem:
             with self._lock:
                 self._waiting -= 1
-            if path is not None and status != OUT_OF_RESOURCES:
-                path.unlink(missing_ok=True)
             self.event("refused", sop=sop, calling=calling, reason=problem)
             return refusal(status, problem)
         self.event("received", sop=sop, calling=calling, sop_class=str(ds.get("SOPClassUID", "")),
@@ -269,11 +264,11 @@ class Node:
 
         try:
             ds = pydicom.dcmread(path, force=True)
+            if "SOPInstanceUID" not in ds or "TransferSyntaxUID" not in ds.file_meta:
+                return "the dataset read back from the spool is incomplete (cut short?)"
+            return pixel_problem(ds)
         except Exception as e:
             return f"cannot read it back from the spool ({describe(e)})"
-        if "SOPInstanceUID" not in ds or "file_meta" not in dir(ds):
-            return "the dataset read back from the spool is incomplete (cut short?)"
-        return pixel_problem(ds)
 
     # ---- processing (one worker) ------------------------------------------------------------
     def work(self) -> None:
@@ -356,7 +351,10 @@ class Node:
             self.event("skipped", **base, reason=reason)
             return None
         frames = int(head.get("NumberOfFrames", 1) or 1)
-        pred = self.predictor.predict(str(path), mask=self.mask, frame="all" if frames > 1 else 0, keep_view=True)
+        try:
+            pred = self.predictor.predict(str(path), mask=self.mask, frame="all" if frames > 1 else 0, keep_view=True)
+        except OSError as e:  # reading the image (the writing steps below are where a full disk is transient)
+            raise InputError(None, f"cannot read ({describe(e)})") from None
         staged = self.spool.stage()
         try:
             return self._commit(path, sop, head, base, pred, staged)

@@ -42,15 +42,22 @@ def is_uid(uid) -> bool:
     return bool(_SAFE.match(str(uid).strip()))
 
 
-def durable_write(path: Path, data: bytes) -> None:
-    """Write, fsync, rename: all or nothing at `path` (OSError on a full disk, nothing left behind)."""
+def durable_write(path: Path, data: bytes, check=None) -> str | None:
+    """Write, fsync, rename: all or nothing at `path` (OSError on a full disk, nothing left
+    behind). `check(written)`: why the file as written and read back must not take the place
+    of `path` (then it does not, and that reason is returned), or None."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        problem = check(Path(tmp)) if check is not None else None
+        if problem:
+            os.unlink(tmp)
+            return problem
         os.replace(tmp, path)
+        return None
     except BaseException:
         try:
             os.unlink(tmp)
@@ -76,10 +83,10 @@ class Spool:
         shutil.rmtree(self.staging, ignore_errors=True)  # results of a crash mid-write: redone with their image
         self.staging.mkdir(exist_ok=True)
 
-    def receive(self, sop_uid: str, data: bytes) -> Path:
-        path = self.incoming / f"{safe_name(sop_uid)}.dcm"
-        durable_write(path, data)
-        return path
+    def receive(self, sop_uid: str, data: bytes, check=None) -> str | None:
+        """Into incoming, unless `check` (on the copy read back from disk) says why not; a
+        copy that fails it never replaces one received before."""
+        return durable_write(self.incoming / f"{safe_name(sop_uid)}.dcm", data, check)
 
     def waiting(self) -> list[Path]:
         """Received instances not finished yet, oldest first."""
