@@ -56,8 +56,8 @@ def node(
 
     cfg = NodeConfig.from_sources(
         config, model=model, spool=spool, dest=dest, ae=ae, host=host, port=port, allow=tuple(allow or ()),
-        allow_hosts=tuple(allow_host or ()), check_called_ae=check_called_ae, send_tries=send_tries, mask=mask, segmenter=segmenter, queue=queue, max_pixels=max_pixels,
-        threads=threads, study_idle=study_idle, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, server=server,
+        allow_hosts=tuple(allow_host or ()), check_called_ae=check_called_ae, send_tries=send_tries, mask=mask,
+        segmenter=segmenter, queue=queue, max_pixels=max_pixels, threads=threads, study_idle=study_idle, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, server=server,
         token=token, expect_sha256=expect_sha256)
     if cfg.server is None and not Path(cfg.model).is_file():
         raise UsageError(f"{cfg.model}: model not found")

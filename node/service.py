@@ -27,10 +27,9 @@ from .spool import Spool, durable_write, is_uid, safe_name
 
 _LOG = get_logger(__name__)
 
-# C-STORE statuses (PS3.4 B.2.3): 0xA7xx is "try again later", 0xA9xx and 0xCxxx "never"
+# C-STORE statuses (PS3.4 B.2.3): 0xA7xx is "try again later", 0xCxxx (like 0xA9xx) "never"
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
-DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 #: SOP classes whose instances carry pixel data that the node checks before it acknowledges
 IMAGE_CLASSES = {"1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1", "1.2.840.10008.5.1.4.1.1.7",
@@ -247,6 +246,8 @@ class Node:
                 CANNOT_UNDERSTAND
         except OSError as e:  # full disk, lost spool: the sender hears it, nothing is lost silently
             problem, status = f"cannot spool ({e.strerror or e})", OUT_OF_RESOURCES
+        except Exception as e:  # not the instance's fault as far as anyone knows: the sender keeps it
+            problem, status = f"cannot spool ({type(e).__name__}: {describe(e)})", OUT_OF_RESOURCES
         if problem:
             with self._lock:
                 self._waiting -= 1
@@ -458,7 +459,7 @@ class Node:
     def _set_aside(self, f: Path, reason: str, status: int | None = None) -> None:
         """A result the destination will never take (or that cannot be read): into
         failed/results with the reason, and a `failed` event naming its image."""
-        sop = f.parent.name if f.parent != self.spool.outgoing else f.name.split(".")[0]
+        sop = f.parent.name if f.parent != self.spool.outgoing else f.name.rsplit(".", 2)[0]  # <UID>.<kind>.dcm
         record = {"event": "failed", "sop": sop, "file": f.name, "dest": self._dest(), "reason": reason,
                   "status": None if status is None else f"0x{status:04X}", "tries": self._tries.pop(f.name, 0)}
         try:
