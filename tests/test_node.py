@@ -520,12 +520,12 @@ def failed_records(spool: Path) -> dict[str, str]:
     """SOP Instance UID -> reason, for every instance with a failed record (the image, or a
     result the destination refused for good)."""
     out = {}
-    for p in (spool / "done").glob("*.json"):
+    for p in (spool / "done").glob("[!.]*.json"):  # not the node's temp files (.tmp-*)
         r = json.loads(p.read_text())
         if r["event"] == "failed":
             assert (spool / "failed" / f"{p.stem}.dcm").is_file()
             out[r["sop"]] = r["reason"]
-    for p in (spool / "failed" / "results").glob("*.json"):
+    for p in (spool / "failed" / "results").glob("[!.]*.json"):
         r = json.loads(p.read_text())
         out[r["sop"]] = f"{r['file']}: {r['reason']}"
     return out
