@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from busi.runtime.errors import UsageError
+from busi.runtime.errors import BusiError, UsageError
 from busi.runtime.log import verbosity_callback
 
 from .config import NodeConfig
@@ -28,6 +28,8 @@ def node(
     port: Optional[int] = typer.Option(None, "--port", help="DICOM port (default 11112)."),
     allow: Optional[List[str]] = typer.Option(None, "--allow", help="Calling AE title allowed to send (repeat); default: any."),
     allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", help="Sender address allowed (repeat); default: any."),
+    check_called_ae: Optional[bool] = typer.Option(None, "--check-called-ae/--any-called-ae", help="Refuse associations addressed to another AE title than --ae (default: check)."),
+    send_tries: Optional[int] = typer.Option(None, "--send-tries", min=1, help="Set a result aside after the destination refused it this many times (5; 0xCxxx: at once)."),
     mask: Optional[str] = typer.Option(None, "--mask", help="auto (default when segmenter.onnx is beside the model) or none."),
     segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Segmenter .onnx for mask auto."),
     queue: Optional[int] = typer.Option(None, "--queue", min=1, help="Images waiting before C-STOREs are answered 'out of resources' (256)."),
@@ -54,8 +56,8 @@ def node(
 
     cfg = NodeConfig.from_sources(
         config, model=model, spool=spool, dest=dest, ae=ae, host=host, port=port, allow=tuple(allow or ()),
-        allow_hosts=tuple(allow_host or ()), mask=mask, segmenter=segmenter, queue=queue, max_pixels=max_pixels,
-        threads=threads, study_idle=study_idle, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, server=server,
+        allow_hosts=tuple(allow_host or ()), check_called_ae=check_called_ae, send_tries=send_tries, mask=mask,
+        segmenter=segmenter, queue=queue, max_pixels=max_pixels, threads=threads, study_idle=study_idle, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, server=server,
         token=token, expect_sha256=expect_sha256)
     if cfg.server is None and not Path(cfg.model).is_file():
         raise UsageError(f"{cfg.model}: model not found")
@@ -64,9 +66,11 @@ def node(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     n.start()
-    while not stop.wait(0.5):
+    while not stop.wait(0.5) and not n.died.is_set():
         pass
     n.shutdown()
+    if n.died.is_set():  # exit non-zero: a service manager (systemd Restart=on-failure) starts it again
+        raise BusiError(f"busi-node stopped: {n.death}; what it acknowledged waits in the spool for the next start")
 
 
 def main() -> None:

@@ -49,6 +49,8 @@ class NodeConfig:
     #: calling AE titles allowed to associate (empty: any); host addresses likewise
     allow: tuple[str, ...] = ()
     allow_hosts: tuple[str, ...] = ()
+    #: refuse associations whose called AE title is not `ae`
+    check_called_ae: bool = True
     #: auto (the segmenter beside the model) when there is one, else none
     mask: str | None = None
     segmenter: Path | None = None
@@ -59,6 +61,9 @@ class NodeConfig:
     #: seconds between delivery attempts, doubling up to retry_max
     retry: float = 2.0
     retry_max: float = 60.0
+    #: a result the destination refuses this many times with a transient status (0xAxxx, ...)
+    #: is set aside in failed/results; 0xCxxx sets it aside at once
+    send_tries: int = 5
     threads: int | None = None
     #: a study with no new instance for this many seconds gets a study summary SR (0: none)
     study_idle: float = 30.0
@@ -104,6 +109,8 @@ class NodeConfig:
     def checked(self) -> "NodeConfig":
         check_ae(self.ae, "--ae")
         check_port(self.port, "--port")
+        if int(self.send_tries) < 1:
+            raise UsageError(f"--send-tries {self.send_tries}: at least 1")
         for a in self.allow:
             check_ae(a, "--allow")
         if self.mask not in (None, "auto", "none"):

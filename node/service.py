@@ -10,25 +10,30 @@ so a restart resumes where the last run stopped.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import threading
 import time
+import traceback
 import warnings
 from pathlib import Path
 
-from busi.runtime.errors import BusiError, UsageError, describe
+from busi.runtime.errors import BusiError, InputError, UsageError, WriteError, describe
 from busi.runtime.log import get as get_logger, write_stderr
 from busi.runtime.results import NeedsRoi
 
 from .config import NodeConfig
-from .spool import Spool, durable_write, safe_name
+from .spool import Spool, durable_write, is_uid, safe_name
 
 _LOG = get_logger(__name__)
 
-# C-STORE statuses (PS3.4 B.2.3)
+# C-STORE statuses (PS3.4 B.2.3): 0xA7xx is "try again later", 0xCxxx (like 0xA9xx) "never"
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+#: SOP classes whose instances carry pixel data that the node checks before it acknowledges
+IMAGE_CLASSES = {"1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1", "1.2.840.10008.5.1.4.1.1.7",
+                 "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4"}
 #: what a PACS sends with a breast-ultrasound study: the images, and derived objects (busi's own
 #: and others'), so that pushing a whole study never fails on them
 STORAGE_CLASSES = (
@@ -37,6 +42,54 @@ STORAGE_CLASSES = (
     "BasicTextSRStorage", "EnhancedSRStorage", "ComprehensiveSRStorage", "Comprehensive3DSRStorage",
     "SegmentationStorage", "GrayscaleSoftcopyPresentationStateStorage", "EncapsulatedPDFStorage",
 )
+
+
+class Transient(Exception):
+    """A condition of this machine (a full disk, a lost spool), not of the instance: it waits
+    in the spool and is tried again with a backoff."""
+
+
+def refusal(status: int, comment: str):
+    """A C-STORE response with its status and a short reason (Error Comment, LO: 64 characters)."""
+    from pydicom.dataset import Dataset
+
+    rsp = Dataset()
+    rsp.Status = status
+    rsp.ErrorComment = comment[:64]
+    return rsp
+
+
+def pixel_problem(ds) -> str | None:
+    """Why the pixel data of `ds` (read back from the spool) cannot be whole, or None: native
+    data at least Rows x Columns x frames x samples x bits long, encapsulated data a complete
+    fragment sequence with a fragment per frame. Nothing is decoded (that is the worker's)."""
+    if "PixelData" not in ds:
+        return "no pixel data (cut short?)" if str(ds.get("SOPClassUID", "")) in IMAGE_CLASSES or "Rows" in ds else None
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as e:
+        return f"pixel description incomplete ({describe(e)})"
+    data = ds.PixelData
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax.is_encapsulated:
+        items, off = [], 0
+        while off + 8 <= len(data):  # the item sequence (PS3.5 A.4), walked without decoding
+            length = int.from_bytes(data[off + 4:off + 8], "little")
+            if data[off:off + 4] != b"\xfe\xff\x00\xe0" or off + 8 + length > len(data):
+                return f"encapsulated pixel data cut short ({len(data):,} bytes, an item runs past the end)"
+            items.append(data[off + 8:off + 8 + length])
+            off += 8 + length
+        if off != len(data) or len(items) - 1 < frames:  # the first item is the offset table; a frame >= 1 fragment
+            return f"encapsulated pixel data cut short ({max(0, len(items) - 1)} fragment(s) for {frames} frame(s))"
+        if str(syntax).startswith("1.2.840.10008.1.2.4.") and b"\xff\xd9" not in items[-1][-3:]:
+            return "encapsulated pixel data cut short (the last JPEG stream has no end marker)"
+        return None
+    expected = (rows * cols * frames * samples * bits + 7) // 8
+    if len(data) < expected:
+        return f"pixel data {len(data):,} bytes, {rows}x{cols}x{frames} frame(s)x{samples} sample(s)x{bits} bits need {expected:,}"
+    return None
 
 
 def encoded(ds) -> bytes:
@@ -63,13 +116,19 @@ class Node:
         #: the option string busi-infer uses for the same settings: the same deterministic UIDs
         self.options = f"mask={self.mask} threshold=None tta=False frames=all"
         self.counts = {k: 0 for k in ("received", "refused", "classified", "needs_roi", "skipped", "failed", "sent",
-                                      "summarised")}
+                                      "summarised", "deferred")}
         self._stop = threading.Event()
         self._work = threading.Event()
         self._send = threading.Event()
+        #: set when the worker or the sender died: the SCP refuses, the process exits non-zero
+        self.died = threading.Event()
+        self.death: str | None = None
         self._threads: list[threading.Thread] = []
         self._server = None
+        self._lock = threading.Lock()
         self._waiting = len(self.spool.waiting())
+        #: result file -> sends the destination refused with a transient status
+        self._tries: dict[str, int] = {}
         #: study UID -> when it last got a classified image (studies waiting for their summary)
         self._studies = {uid: time.monotonic() for uid in self.spool.unsummarised()} if cfg.study_idle else {}
 
@@ -87,13 +146,22 @@ class Node:
         return True
 
     def event(self, kind: str, **fields) -> None:
-        """One JSON line per event on stdout (received, refused, classified, needs_roi, skipped, failed, sent)."""
+        """One JSON line per event on stdout (received, refused, classified, needs_roi, skipped,
+        failed, deferred, sent, warning, fatal)."""
         if kind in self.counts:
             self.counts[kind] += 1
-        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": kind, **fields})
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": kind, **fields}, default=str)
         with self._out_lock:
-            self._out.write(line + "\n")
-            self._out.flush()
+            try:
+                self._out.write(line + "\n")
+                self._out.flush()
+            except (OSError, ValueError):  # a log that cannot be written never stops the node
+                pass
+
+    def _warning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        """Python warnings (pydicom's about invalid values, ...) as events, not raw lines."""
+        self.event("warning", category=getattr(category, "__name__", str(category)), message=str(message),
+                   source=f"{Path(filename).parent.name}/{Path(filename).name}:{lineno}")
 
     def status_line(self) -> str:
         c = self.counts
@@ -112,6 +180,7 @@ class Node:
             ae.add_supported_context(getattr(sop_class, name), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(sop_class.Verification)
         ae.require_calling_aet = list(self.cfg.allow)
+        ae.require_called_aet = self.cfg.check_called_ae
         ae.maximum_pdu_size = 0  # no limit on what a sender may put in one PDU
         return ae
 
@@ -122,23 +191,36 @@ class Node:
             event.assoc.abort()
 
     def on_rejected(self, event) -> None:
-        calling = str(event.assoc.requestor.ae_title).strip()
-        self.event("refused", calling=calling, host=event.assoc.requestor.address,
-                   reason=f"association rejected (calling AE {calling!r} is not allowed)" if self.cfg.allow
-                   and calling not in self.cfg.allow else "association rejected")
+        rq = event.assoc.requestor
+        calling = str(rq.ae_title).strip()
+        called = str(getattr(getattr(rq, "primitive", None), "called_ae_title", "") or "").strip()
+        if self.cfg.allow and calling not in self.cfg.allow:
+            reason = f"association rejected (calling AE {calling!r} is not allowed)"
+        elif self.cfg.check_called_ae and called and called != self.cfg.ae:
+            reason = f"association rejected (called AE {called!r} is not this node's {self.cfg.ae!r})"
+        else:
+            reason = "association rejected"
+        self.event("refused", calling=calling, called=called, host=rq.address, reason=reason)
 
     def on_accepted(self, event) -> None:
         """Senders propose many SOP classes (storescu: every storage class); those busi-node does
-        not take are refused here, in negotiation, and named in the debug log."""
+        not take are refused here, in negotiation, and named in the debug log; an association
+        with none that busi-node takes is logged as refused (the sender then aborts it)."""
         refused = [str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts]
-        if refused:
+        if not event.assoc.accepted_contexts:
+            self.event("refused", calling=str(event.assoc.requestor.ae_title).strip(), host=event.assoc.requestor.address,
+                       reason=f"no proposed SOP class is one busi-node takes ({', '.join(sorted(set(refused))[:5])})")
+        elif refused:
             _LOG.debug(f"busi-node: {len(refused)} proposed SOP class(es) refused: {', '.join(refused[:20])}")
 
     def on_echo(self, event) -> int:
         return SUCCESS
 
-    def on_store(self, event) -> int:
+    def on_store(self, event):
         calling = str(event.assoc.requestor.ae_title).strip()
+        if self.died.is_set():  # nobody would classify it: the sender keeps it and retries
+            self.event("refused", calling=calling, reason=f"busi-node is stopping ({self.death})")
+            return refusal(OUT_OF_RESOURCES, "busi-node is stopping; try again later")
         try:
             ds = event.dataset
             sop = safe_name(ds.SOPInstanceUID)
@@ -146,61 +228,120 @@ class Node:
             pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * frames
         except Exception as e:  # a dataset pydicom cannot decode, or without a usable UID
             self.event("refused", calling=calling, reason=f"malformed dataset ({describe(e)})")
-            return CANNOT_UNDERSTAND
-        if pixels > self.cfg.max_pixels:
-            self.event("refused", sop=sop, calling=calling,
-                       reason=f"{pixels:,} pixels, above the limit of {self.cfg.max_pixels:,}")
-            return OUT_OF_RESOURCES
-        if self._waiting >= self.cfg.queue:
+            return refusal(CANNOT_UNDERSTAND, f"malformed dataset ({describe(e)})")
+        if pixels > self.cfg.max_pixels:  # the same instance will never fit: a permanent refusal
+            reason = f"{pixels:,} pixels, above the limit of {self.cfg.max_pixels:,}"
+            self.event("refused", sop=sop, calling=calling, reason=reason)
+            return refusal(CANNOT_UNDERSTAND, reason)
+        with self._lock:
+            if self._waiting >= self.cfg.queue:
+                full = True
+            else:
+                full, self._waiting = False, self._waiting + 1
+        if full:
             self.event("refused", sop=sop, calling=calling, reason=f"queue full ({self.cfg.queue} images waiting)")
-            return OUT_OF_RESOURCES
+            return refusal(OUT_OF_RESOURCES, "queue full; try again later")
         try:
-            data = event.encoded_dataset(include_meta=True)
-            self.spool.receive(sop, data)
+            problem, status = self.spool.receive(sop, event.encoded_dataset(include_meta=True), self.check_spooled), \
+                CANNOT_UNDERSTAND
         except OSError as e:  # full disk, lost spool: the sender hears it, nothing is lost silently
-            self.event("refused", sop=sop, calling=calling, reason=f"cannot spool ({e.strerror or e})")
-            return OUT_OF_RESOURCES
-        self._waiting += 1
+            problem, status = f"cannot spool ({e.strerror or e})", OUT_OF_RESOURCES
+        except Exception as e:  # not the instance's fault as far as anyone knows: the sender keeps it
+            problem, status = f"cannot spool ({type(e).__name__}: {describe(e)})", OUT_OF_RESOURCES
+        if problem:
+            with self._lock:
+                self._waiting -= 1
+            self.event("refused", sop=sop, calling=calling, reason=problem)
+            return refusal(status, problem)
         self.event("received", sop=sop, calling=calling, sop_class=str(ds.get("SOPClassUID", "")),
                    study=str(ds.get("StudyInstanceUID", "")), modality=str(ds.get("Modality", "")))
         self._work.set()
         return SUCCESS
 
+    def check_spooled(self, path: Path) -> str | None:
+        """Read the instance back from the spool: why it cannot be whole (a dataset cut short on
+        the wire, a file the disk did not keep), or None. Pixel data are measured, not decoded."""
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(path, force=True)
+            if "SOPInstanceUID" not in ds or "TransferSyntaxUID" not in ds.file_meta:
+                return "the dataset read back from the spool is incomplete (cut short?)"
+            return pixel_problem(ds)
+        except Exception as e:
+            return f"cannot read it back from the spool ({describe(e)})"
+
     # ---- processing (one worker) ------------------------------------------------------------
     def work(self) -> None:
+        delay = self.cfg.retry
         while not self._stop.is_set():
             files = self.spool.waiting()
-            self._waiting = len(files)
+            with self._lock:
+                self._waiting = len(files)
             if not files:
                 self.summarise_idle()
                 self._work.wait(1.0)
                 self._work.clear()
                 continue
+            deferred, waited = 0, False
             for f in files:
                 if self._stop.is_set():
                     break
-                self.process(f)
-                self._waiting = max(0, self._waiting - 1)
+                if self.process(f):
+                    deferred, delay = 0, self.cfg.retry
+                    with self._lock:
+                        self._waiting = max(0, self._waiting - 1)
+                    continue
+                deferred, waited = deferred + 1, True  # the spool's disk: the next ones may fit (a smaller image); three in a row
+                if deferred >= 3:  # do not: wait, then try them again
+                    break
+            if waited:
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.cfg.retry_max)
 
-    def process(self, path: Path) -> None:
+    def process(self, path: Path) -> bool:
+        """Everything one instance needs, each step inside its failure handling: True when it is
+        finished (classified, skipped or failed for good), False when a condition of this machine
+        (a full disk) stopped it: it stays in incoming, nothing of it in outgoing."""
+        sop = path.stem
+        try:
+            try:
+                self._process(path, sop)
+            except (Transient, WriteError, OSError):
+                raise
+            except BusiError as e:
+                self._fail(path, sop, str(e).replace(str(path), f"instance {sop}"), getattr(e, "base", None))
+            except Exception as e:  # never let one instance stop the node
+                self._fail(path, sop, f"{type(e).__name__}: {describe(e)}", getattr(e, "base", None))
+            return True
+        except (Transient, WriteError, OSError) as e:
+            self.event("deferred", sop=sop, reason=f"{describe(e)}; the image waits in the spool and is tried again")
+            return False
+
+    def _process(self, path: Path, sop: str) -> None:
         import pydicom
 
-        from busi.runtime import dicom_out
-
-        sop = path.stem
         if self.spool.is_done(sop):  # sent again, or finished just before a crash took it out of incoming
             path.unlink(missing_ok=True)
             self.event("skipped", sop=sop, reason="already processed (this SOP Instance UID was seen before; its results "
                                                   "were sent then)")
-            return
+            return None
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                head = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            head = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        except FileNotFoundError:
+            return None  # taken out of incoming meanwhile (a redo found it done)
         except Exception as e:
-            self._fail(path, sop, f"cannot read ({describe(e)})")
-            return
+            raise InputError(None, f"cannot read ({describe(e)})") from None
         base = {"sop": sop, "study": str(head.get("StudyInstanceUID", "")), "series": str(head.get("SeriesInstanceUID", ""))}
+        try:
+            return self._classify(path, sop, head, base)
+        except Exception as e:
+            e.base = base  # the failure record names the study and series too
+            raise
+
+    def _classify(self, path: Path, sop: str, head, base: dict) -> None:
+        from busi.runtime import dicom_out
+
         reason = None
         if str(head.get("Manufacturer", "")).startswith(dicom_out.MANUFACTURER):
             reason = "busi's own output"
@@ -209,33 +350,45 @@ class Node:
         if reason:
             self.spool.finish(path, {**base, "event": "skipped", "reason": reason})
             self.event("skipped", **base, reason=reason)
-            return
+            return None
         frames = int(head.get("NumberOfFrames", 1) or 1)
         try:
             pred = self.predictor.predict(str(path), mask=self.mask, frame="all" if frames > 1 else 0, keep_view=True)
-            written = dicom_out.write(pred, str(path), self.spool.outgoing, options=self.options)
-        except BusiError as e:
-            self._fail(path, sop, str(e).replace(str(path), f"instance {sop}"), base)
-            return
-        except Exception as e:  # never let one instance stop the node
-            self._fail(path, sop, f"{type(e).__name__}: {e}", base)
-            return
+        except OSError as e:  # reading the image (the writing steps below are where a full disk is transient)
+            raise InputError(None, f"cannot read ({describe(e)})") from None
+        staged = self.spool.stage()
+        try:
+            return self._commit(path, sop, head, base, pred, staged)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)  # gone when committed; else what was half-written
+
+    def _commit(self, path: Path, sop: str, head, base: dict, pred, staged: Path) -> None:
+        from busi.runtime import dicom_out
+
+        written = dicom_out.write(pred, str(path), staged, options=self.options)
+        outputs = [p.name for p in written]
+        study = base["study"] if self.cfg.study_idle and is_uid(base["study"]) else None
+        if self.cfg.study_idle and base["study"] and study is None:
+            self.event("warning", sop=sop, message=f"StudyInstanceUID {base['study'][:80]!r} is not a UID: "
+                                                   "no study summary for this image")
         if isinstance(pred, NeedsRoi):  # auto abstained: its SR says "not classified, ROI needed"; no class
             reason = pred.reason.replace(str(path), f"instance {sop}")
-            self.spool.finish(path, {**base, "event": "needs_roi", "reason": reason, "lesion_presence": pred.lesion_presence,
-                                     "outputs": [p.name for p in written]})
-            self.event("needs_roi", **base, reason=reason, outputs=[p.name for p in written])
-            self._send.set()
-            return
-        record = {**base, "event": "classified", "class": pred.label, "p_malignant": pred.flag_probability,
-                  "malignant": pred.malignant, "threshold": pred.threshold, "mask_source": pred.mask_source,
-                  "out_of_distribution": pred.out_of_distribution, "outputs": [p.name for p in written]}
-        if self.cfg.study_idle and base["study"]:
-            self.spool.keep_header(base["study"], sop, encoded(head))
+            record = {**base, "event": "needs_roi", "reason": reason, "lesion_presence": pred.lesion_presence,
+                      "outputs": outputs}
+            study = None
+        else:
+            record = {**base, "event": "classified", "class": pred.label, "p_malignant": pred.flag_probability,
+                      "malignant": pred.malignant, "threshold": pred.threshold, "mask_source": pred.mask_source,
+                      "out_of_distribution": pred.out_of_distribution, "outputs": outputs}
+        # all of its results at once into outgoing, then its study header, then its record (which
+        # takes it out of incoming): a crash or a full disk in between redoes it, the same UIDs
+        self.spool.commit(sop, staged)
+        if study:
+            self.spool.keep_header(study, sop, encoded(head))
         self.spool.finish(path, record)
-        self.event("classified", **{k: v for k, v in record.items() if k != "event"})
-        if self.cfg.study_idle and base["study"]:
-            self._studies[base["study"]] = time.monotonic()
+        self.event(record["event"], **{k: v for k, v in record.items() if k != "event"})
+        if study:
+            self._studies[study] = time.monotonic()
         self._send.set()
 
     # ---- study summaries --------------------------------------------------------------------
@@ -256,7 +409,7 @@ class Node:
 
         from busi.runtime import dicom_out
 
-        heads = {p.stem: p for p in self.spool.study_headers(study)}
+        heads = {p.stem: p for p in self.spool.study_headers(study) if (self.spool.done / f"{p.stem}.json").is_file()}
         state = self.spool.summary_state(study)
         if not heads or sorted(heads) == state["sops"]:
             return
@@ -271,12 +424,15 @@ class Node:
         self._send.set()
 
     def _fail(self, path: Path, sop: str, reason: str, base: dict | None = None) -> None:
+        """A permanent failure: its record, the image into failed/ (OSError: the disk, tried again)."""
         base = base or {"sop": sop}
         self.spool.finish(path, {**base, "event": "failed", "reason": reason}, keep=True)
         self.event("failed", **base, reason=reason)
 
     # ---- sending (one sender) ---------------------------------------------------------------
     def deliver(self) -> None:
+        """Send what waits in outgoing; after any failure (no answer, a refusal, a broken
+        association) wait 2 s, doubling to 60 s, before the next try."""
         delay = self.cfg.retry
         while not self._stop.is_set():
             files = self.spool.to_send()
@@ -285,11 +441,14 @@ class Node:
                 self._send.clear()
                 continue
             try:
-                self.send(files)
-                delay = self.cfg.retry
+                ok = self.send(files)
             except Exception as e:  # refused, unreachable, broken off: everything stays in the spool
                 _LOG.warning(f"busi-node: cannot deliver {len(files)} object(s) to {self._dest()}: {describe(e)}; "
                              f"next try in {delay:.0f}s")
+                ok = False
+            if ok:
+                delay = self.cfg.retry
+            else:
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.cfg.retry_max)
 
@@ -297,9 +456,24 @@ class Node:
         d = self.cfg.dest
         return f"{d.ae}@{d.host}:{d.port}"
 
-    def send(self, files: list[Path]) -> None:
+    def _set_aside(self, f: Path, reason: str, status: int | None = None) -> None:
+        """A result the destination will never take (or that cannot be read): into
+        failed/results with the reason, and a `failed` event naming its image."""
+        sop = f.parent.name if f.parent != self.spool.outgoing else f.name.rsplit(".", 2)[0]  # <UID>.<kind>.dcm
+        record = {"event": "failed", "sop": sop, "file": f.name, "dest": self._dest(), "reason": reason,
+                  "status": None if status is None else f"0x{status:04X}", "tries": self._tries.pop(f.name, 0)}
+        try:
+            self.spool.set_aside(f, record)
+        except OSError as e:  # a full disk: it stays in outgoing and is tried again later
+            _LOG.warning(f"busi-node: cannot set {f.name} aside ({describe(e)})")
+            return
+        self.event("failed", **{k: v for k, v in record.items() if k != "event"})
+
+    def send(self, files: list[Path]) -> bool:
         """C-STORE `files` to the destination in one association; each one acknowledged is
-        removed from the spool, the others stay for the next try."""
+        removed from the spool; one refused for good (0xCxxx, or any other failure status
+        `send_tries` times) is set aside with its status; the others stay for the next try.
+        True when every file was delivered or set aside."""
         import pydicom
         from pynetdicom import AE
 
@@ -308,34 +482,64 @@ class Node:
         for f in files[:100]:
             try:
                 meta = pydicom.dcmread(f, stop_before_pixels=True).file_meta
-            except Exception as e:
-                self.event("failed", file=f.name, reason=f"unreadable result, left in the spool ({describe(e)})")
+                metas[f] = meta
+                ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+            except FileNotFoundError:
                 continue
-            metas[f] = meta
-            ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+            except Exception as e:
+                self._set_aside(f, f"unreadable result ({describe(e)})")
+        if not metas:
+            return True
         d = self.cfg.dest
         assoc = ae.associate(d.host, d.port, ae_title=d.ae)
         if not assoc.is_established:
             raise ConnectionError("association rejected or no answer")
+        ok = True
         try:
             for f in metas:
                 status = assoc.send_c_store(f)
                 code = getattr(status, "Status", None)
                 if code is not None and (code == SUCCESS or 0xB000 <= code <= 0xBFFF):
-                    f.unlink(missing_ok=True)
+                    self.spool.sent(f)
+                    self._tries.pop(f.name, None)
                     self.event("sent", file=f.name, dest=self._dest())
                 elif code is None:
                     raise ConnectionError("the association broke off")
                 else:
-                    self.event("failed", file=f.name, dest=self._dest(), reason=f"C-STORE status 0x{code:04X}; kept for a retry")
+                    ok = False
+                    tries = self._tries[f.name] = self._tries.get(f.name, 0) + 1
+                    comment = str(getattr(status, "ErrorComment", "") or "")
+                    said = f"C-STORE status 0x{code:04X}" + (f" ({comment})" if comment else "")
+                    if 0xC000 <= code <= 0xCFFF or tries >= self.cfg.send_tries:
+                        self._set_aside(f, f"{said}; refused for good after {tries} tr{'y' if tries == 1 else 'ies'}",
+                                        code)
+                    else:
+                        self.event("deferred", file=f.name, dest=self._dest(), status=f"0x{code:04X}", tries=tries,
+                                   reason=f"{said}; kept for a retry")
         finally:
             if assoc.is_established:
                 assoc.release()
+        return ok
 
     # ---- life cycle -------------------------------------------------------------------------
+    def _guarded(self, target):
+        """A thread body that, should it die anyway, says so and stops the node (which then
+        exits non-zero, for a service manager to restart it)."""
+
+        def run():
+            try:
+                target()
+            except BaseException as e:  # noqa: BLE001: whatever it was, the node must not go on acknowledging
+                self.death = f"the {target.__name__} thread died ({type(e).__name__}: {describe(e)})"
+                self.event("fatal", reason=self.death, traceback=traceback.format_exc(limit=8))
+                self.died.set()
+
+        return run
+
     def start(self) -> None:
         from pynetdicom import evt
 
+        warnings.showwarning = self._warning
         ae = self.application_entity()
         handlers = [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, self.on_echo), (evt.EVT_CONN_OPEN, self.on_open),
                     (evt.EVT_REJECTED, self.on_rejected), (evt.EVT_ACCEPTED, self.on_accepted)]
@@ -344,10 +548,13 @@ class Node:
                                            ssl_context=self.ssl_context())
         except OSError as e:
             raise UsageError(f"cannot listen on {self.cfg.host}:{self.cfg.port} ({e.strerror or e})") from None
-        for target in (self.work, self.deliver, self.report_status):
-            t = threading.Thread(target=target, name=f"busi-node-{target.__name__}", daemon=True)
+        for target in (self.work, self.deliver):
+            t = threading.Thread(target=self._guarded(target), name=f"busi-node-{target.__name__}", daemon=True)
             t.start()
             self._threads.append(t)
+        t = threading.Thread(target=self.report_status, name="busi-node-status", daemon=True)
+        t.start()
+        self._threads.append(t)
         _LOG.warning(f"busi-node: {self.cfg.ae} listening on {self.cfg.host}:{self.cfg.port}, mask {self.mask}, "
                      f"results to {self._dest() if self.cfg.dest else 'the spool only (no --dest)'}; "
                      f"{len(self.spool.waiting())} waiting and {len(self.spool.to_send())} to send from the spool")
@@ -357,7 +564,24 @@ class Node:
             return None
         import ssl
 
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        node = self
+
+        class LoggedContext(ssl.SSLContext):
+            """A failed handshake is logged (pynetdicom's server drops it in silence)."""
+
+            def wrap_socket(self, sock, *args, **kwargs):
+                try:
+                    peer = sock.getpeername()[0]
+                except OSError:
+                    peer = "?"
+                try:
+                    return super().wrap_socket(sock, *args, **kwargs)
+                except (OSError, ValueError) as e:
+                    node.event("refused", host=peer, reason=f"TLS handshake failed ({describe(e)})")
+                    raise
+
+        ctx = LoggedContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(self.cfg.tls_cert), str(self.cfg.tls_key))
         if self.cfg.tls_ca is not None:
             ctx.load_verify_locations(str(self.cfg.tls_ca))
@@ -367,10 +591,13 @@ class Node:
     def report_status(self) -> None:
         last = None
         while not self._stop.wait(2.0):
-            line = self.status_line()
-            if line != last:
-                write_stderr(line + "\n")
-                last = line
+            try:  # files come and go under it: a status line is never worth a thread
+                line = self.status_line()
+                if line != last:
+                    write_stderr(line + "\n")
+                    last = line
+            except Exception as e:
+                _LOG.debug(f"busi-node: status line skipped ({describe(e)})")
 
     def shutdown(self) -> None:
         """Stop accepting, let the worker finish the instance in hand, stop the sender; what is
@@ -382,4 +609,7 @@ class Node:
         self._send.set()
         for t in self._threads:
             t.join(timeout=120)
-        write_stderr(self.status_line() + " (stopped)\n")
+        try:
+            write_stderr(self.status_line() + " (stopped)\n")
+        except Exception:
+            pass

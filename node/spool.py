@@ -1,9 +1,13 @@
 """The node's spool: what it has acknowledged and not yet finished survives a crash.
 
     SPOOL/incoming/<SOPInstanceUID>.dcm   received and acknowledged, waiting for the classifier
-    SPOOL/outgoing/<SOPInstanceUID>.<sr|sc|seg>.dcm   results waiting for the destination
+    SPOOL/outgoing/<SOPInstanceUID>/<SOPInstanceUID>.<sr|sc|seg>.dcm   an image's results waiting
+                                          for the destination (committed together: written into
+                                          SPOOL/staging/, then the folder renamed into outgoing)
+    SPOOL/outgoing/<UID>.study.dcm        study summaries waiting for the destination
     SPOOL/done/<SOPInstanceUID>.json      what became of an instance (classified, skipped, failed)
     SPOOL/failed/<SOPInstanceUID>.dcm     instances that could not be classified, kept for a person
+    SPOOL/failed/results/<name>.dcm(.json)  results the destination refused for good, with its status
     SPOOL/studies/<StudyInstanceUID>/     the headers of its classified images and summary.json:
                                           what its last study summary covered
 
@@ -15,9 +19,11 @@ and the deterministic UIDs of the results make a redo replace, not duplicate.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -32,15 +38,26 @@ def safe_name(uid: str) -> str:
     return uid
 
 
-def durable_write(path: Path, data: bytes) -> None:
-    """Write, fsync, rename: all or nothing at `path` (OSError on a full disk, nothing left behind)."""
+def is_uid(uid) -> bool:
+    return bool(_SAFE.match(str(uid).strip()))
+
+
+def durable_write(path: Path, data: bytes, check=None) -> str | None:
+    """Write, fsync, rename: all or nothing at `path` (OSError on a full disk, nothing left
+    behind). `check(written)`: why the file as written and read back must not take the place
+    of `path` (then it does not, and that reason is returned), or None."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        problem = check(Path(tmp)) if check is not None else None
+        if problem:
+            os.unlink(tmp)
+            return problem
         os.replace(tmp, path)
+        return None
     except BaseException:
         try:
             os.unlink(tmp)
@@ -54,26 +71,75 @@ class Spool:
         self.root = Path(root)
         self.incoming, self.outgoing = self.root / "incoming", self.root / "outgoing"
         self.done, self.failed = self.root / "done", self.root / "failed"
-        self.studies = self.root / "studies"
-        for d in (self.incoming, self.outgoing, self.done, self.failed, self.studies):
+        self.studies, self.staging = self.root / "studies", self.root / "staging"
+        self.refused = self.failed / "results"
+        for d in (self.incoming, self.outgoing, self.done, self.failed, self.studies, self.staging, self.refused):
             d.mkdir(parents=True, exist_ok=True)
-        for d in (self.incoming, self.outgoing, self.done):  # temp files of a crash mid-write
-            for t in d.glob(".*"):
-                if t.is_file():
-                    t.unlink(missing_ok=True)
+        for d in (self.incoming, self.outgoing, self.done, *self.outgoing.iterdir()):  # temp files of a crash mid-write
+            if d.is_dir():
+                for t in d.glob(".*"):
+                    if t.is_file():
+                        t.unlink(missing_ok=True)
+        shutil.rmtree(self.staging, ignore_errors=True)  # results of a crash mid-write: redone with their image
+        self.staging.mkdir(exist_ok=True)
 
-    def receive(self, sop_uid: str, data: bytes) -> Path:
-        path = self.incoming / f"{safe_name(sop_uid)}.dcm"
-        durable_write(path, data)
-        return path
+    def receive(self, sop_uid: str, data: bytes, check=None) -> str | None:
+        """Into incoming, unless `check` (on the copy read back from disk) says why not; a
+        copy that fails it never replaces one received before."""
+        return durable_write(self.incoming / f"{safe_name(sop_uid)}.dcm", data, check)
 
     def waiting(self) -> list[Path]:
         """Received instances not finished yet, oldest first."""
-        files = [p for p in self.incoming.glob("*.dcm") if not p.name.startswith(".")]
-        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        files = []
+        for p in self.incoming.glob("*.dcm"):
+            if p.name.startswith("."):
+                continue
+            try:  # the worker may take it out between the listing and here
+                files.append((p.stat().st_mtime_ns, p.name, p))
+            except FileNotFoundError:
+                continue
+        return [p for *_, p in sorted(files)]
 
     def to_send(self) -> list[Path]:
-        return sorted(p for p in self.outgoing.glob("*.dcm") if not p.name.startswith("."))  # not temp files
+        """Results waiting for the destination (not temp files), an image's together."""
+        found = glob.glob(str(self.outgoing / "*.dcm")) + glob.glob(str(self.outgoing / "*" / "*.dcm"))
+        return sorted(Path(p) for p in found)  # glob skips temp files (.name) and folders that vanish meanwhile
+
+    def stage(self) -> Path:
+        """An empty folder for an image's results, on the spool's file system."""
+        return Path(tempfile.mkdtemp(dir=self.staging))
+
+    def commit(self, sop_uid: str, staged: Path) -> None:
+        """An image's results into outgoing, all of them or none: one rename of their folder (a
+        redo of the same image replaces its files: the UIDs are deterministic)."""
+        final = self.outgoing / safe_name(sop_uid)
+        try:
+            os.rename(staged, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            for f in staged.iterdir():
+                os.replace(f, final / f.name)
+            staged.rmdir()
+
+    def sent(self, result: Path) -> None:
+        """A result the destination acknowledged: out of the spool (and its image's folder when empty)."""
+        result.unlink(missing_ok=True)
+        if result.parent != self.outgoing:
+            try:
+                result.parent.rmdir()
+            except OSError:
+                pass
+
+    def set_aside(self, result: Path, record: dict) -> None:
+        """A result the destination refused for good: into failed/results with what it answered."""
+        durable_write(self.refused / f"{result.name}.json", (json.dumps(record) + "\n").encode())
+        os.replace(result, self.refused / result.name)
+        if result.parent != self.outgoing:
+            try:
+                result.parent.rmdir()
+            except OSError:
+                pass
 
     def is_done(self, sop_uid: str) -> bool:
         return (self.done / f"{safe_name(sop_uid)}.json").exists()
