@@ -59,9 +59,10 @@ def native_stderr_captured():
     out: list[str] = []
     with STDERR_LOCK:
         try:
-            sys.stderr.flush()
+            if sys.stderr is not None:
+                sys.stderr.flush()
             saved = os.dup(2)
-        except (OSError, ValueError):  # no real descriptor (embedded interpreter)
+        except (OSError, ValueError):  # no real descriptor (a closed stderr, an embedded interpreter)
             yield out
             return
         with tempfile.TemporaryFile() as tmp:

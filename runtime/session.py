@@ -91,10 +91,11 @@ def captured_output():
     """
     out: list[str] = []
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: closed when Python started (2>&-)
+                stream.flush()
         saved = (os.dup(1), os.dup(2))
-    except (OSError, ValueError):  # no real descriptors (embedded interpreter): nothing to hide
+    except (OSError, ValueError):  # no real descriptors (a closed one, an embedded interpreter): nothing to hide
         yield out
         return
     py = io.StringIO()  # Python-level prints (preload_dlls) too, whatever sys.stdout is now
