@@ -120,6 +120,7 @@ def infer(
 
     if mask is not None and roi is not None:
         raise UsageError("give either --mask or --roi, not both")
+    _check_mask_arg(mask)
     if server and model is not None:
         raise UsageError("give either --model or --server, not both")
     model = None if server else (model or DEFAULT_MODEL)
@@ -129,6 +130,10 @@ def infer(
                          max_bytes=max_bytes, prevalence=prevalence, coverage=coverage, server=server, token=token,
                          expect_sha256=expect_sha256)
         model = model or pred.path
+        if mask is None and roi is None:
+            mask = pred.default_mask  # auto where the model has a segmenter, else the whole image (said once)
+            if mask == "none":
+                mask = None  # the Predictor says so, once, on the first image
         if mask == "auto":
             pred.segmenter  # load (and verify) it now: a missing segmenter is bad usage, not 100 failures
     if (explain or report) and not pred.explainable:
@@ -151,6 +156,9 @@ def infer(
     files = inputs.files
     if not files:
         raise UsageError("no images found in " + ", ".join(paths))
+    if all(isinstance(f, InputError) and f.path and (Path(f.path).is_dir() or Path(f.path).name.upper() == "DICOMDIR")
+           for f in files):  # nothing named holds an image: bad usage, not a batch with failures
+        raise UsageError("; ".join(map(str, files)))
     # outputs never replace what is read: images, mask files, the models
     sources = [*(f for f in files if isinstance(f, str)), model, *([mask] if mask not in (None, "auto", "none") else []),
                *([pred._segmenter] if isinstance(pred._segmenter, (str, Path)) else [])]
@@ -232,6 +240,20 @@ def infer(
         + (f"; {dicom_writer.summary()}" if dicom_writer is not None else "")
     )
     raise typer.Exit(1 if n_fail else 3 if n_roi else 0)
+
+
+def _check_mask_arg(mask: str | None) -> None:
+    """--mask names a file, a folder, auto or none: a mask-source name (box, gt) or a path that
+    does not exist is bad usage, with the option that gives a box."""
+    from .predictor import MASK_SOURCE_NAMES, source_name_hint
+
+    if mask is None or mask in ("auto", "none") or ("," in mask and not Path(mask).exists()):  # a box as x,y,w,h
+        return
+    if mask in MASK_SOURCE_NAMES and not Path(mask).exists():
+        raise UsageError(source_name_hint(mask))
+    if not Path(mask).exists():
+        raise UsageError(f"--mask {mask}: no such file or folder; give a mask PNG, a folder of <stem>_mask*.png, "
+                         "auto or none, or a lesion box with --roi x,y,w,h")
 
 
 def emit(text: str) -> None:
