@@ -50,6 +50,11 @@ class Bar:
         if self._bar is not None:
             self._bar.advance(self._task, n)
 
+    def set(self, completed: int) -> None:
+        """Jump to `completed` (a resumed training run starts at its saved epoch)."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=completed)
+
     def close(self) -> None:
         if self._bar is not None:
             bar, self._bar = self._bar, None
