@@ -38,7 +38,8 @@ def test_export_passes_the_gate_and_round_trips_metadata(exported):
     for section in ("## Intended use", "## Not for", "## Training data", "## Evaluation", "## Calibration",
                     "## Out-of-distribution guard", "## Limits", "## Ethical considerations", "## Export"):
         assert section in md, section
-    assert "False negatives" in md and "not a medical device" in md and "synthetic B-mode phantoms" in md
+    assert "False negatives" in md and "not a medical device" in md
+    assert "synthetic B-mode phantoms" in md or card.data.kind is None  # None: a card from before busi recorded it
     assert f"{card.info.operating_point.malignant_threshold:.4f}" in md
     assert m.producer_name == "busi" and "not a medical device" in m.doc_string
     meta = {p.key: p.value for p in m.metadata_props}
