@@ -6,10 +6,7 @@ out-of-distribution guard, limits and ethical considerations."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .card import ModelCard
+from typing import Any
 
 BUSI_CITATION = ("W. Al-Dhabyani, M. Gomaa, H. Khaled, A. Fahmy, \"Dataset of breast ultrasound images\", "
                  "Data in Brief 28 (2020) 104863, doi:10.1016/j.dib.2019.104863")
@@ -59,7 +56,7 @@ def _metrics_table(metrics: dict, trained: str) -> list[str]:
     return out
 
 
-def _data_lines(card: "ModelCard") -> list[str]:
+def _data_lines(card) -> list[str]:
     d = card.data
     lines = [f"- Folder: `{d.root}` (fingerprint `{d.fingerprint[:16]}…` of the split manifest)"]
     if d.split_counts:
@@ -81,7 +78,7 @@ def _data_lines(card: "ModelCard") -> list[str]:
     return lines
 
 
-def render(card: "ModelCard") -> str:
+def render(card) -> str:
     """The model card as Markdown."""
     i = card.info
     op = i.operating_point

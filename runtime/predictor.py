@@ -3,6 +3,7 @@
     from busi.runtime import Predictor, predict_breast_cancer
     p = Predictor("models/demo/model.onnx")
     r = p.predict("case.png", mask=(120, 80, 60, 40))   # ROI box x, y, w, h
+    r = p.predict("case.png")   # "auto" where segmenter.onnx is beside the model, else the whole image
     r.label, r.confidence, r.probabilities, r.malignant
     predict_breast_cancer("case.png", p)["class"]
 """

@@ -174,11 +174,11 @@ def create_session(
     if device == "cpu":
         return _load(model, so, [CPU]), CPU
     reason = None
-    if CUDA not in ort.get_available_providers():
-        reason = "this onnxruntime build has no CUDA provider"
-    elif device == "auto" and not nvidia_driver():  # no GPU here: not a misconfiguration, and no CUDA probe to pay
+    if device == "auto" and not nvidia_driver():  # no GPU here: not a misconfiguration, and no CUDA probe to pay
         _LOG.debug("busi: running on CPU: no NVIDIA driver (libcuda) on this machine")
         return _load(model, so, [CPU]), CPU
+    if CUDA not in ort.get_available_providers():
+        reason = "this onnxruntime build has no CUDA provider"
     else:
         with captured_output() as err:
             try:
