@@ -108,10 +108,14 @@ class FakeSession:
         return self._providers
 
 
-def fake_ort(monkeypatch, available, cuda_runs=True, cuda_raises=False):
+def fake_ort(monkeypatch, available, cuda_runs=True, cuda_raises=False, driver=True):
+    """A stand-in onnxruntime (CUDA cannot be made to fail on demand), on a machine with an
+    NVIDIA driver unless `driver` is False."""
     import onnxruntime as ort
 
     from busi.runtime import session as s
+
+    monkeypatch.setattr(s, "nvidia_driver", lambda: driver)
 
     calls = {"available": 0}
 
@@ -155,6 +159,15 @@ def test_device_cuda_absent_and_cpu_never_probes(monkeypatch):
     n = calls["available"]
     _, prov = s.create_session("m.onnx", "cpu", notice=notes.append)
     assert prov == "CPUExecutionProvider" and calls["available"] == n and len(notes) == 1
+
+
+@pytest.mark.parametrize("available", [["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]])
+def test_device_auto_without_a_driver_neither_probes_nor_notices(monkeypatch, available):
+    s, calls = fake_ort(monkeypatch, available, driver=False)
+    notes = []
+    sess, prov = s.create_session("m.onnx", "auto", notice=notes.append)
+    assert prov == "CPUExecutionProvider" and sess.get_providers() == ["CPUExecutionProvider"] and not notes
+    assert calls["available"] == 0  # decided before onnxruntime is asked anything
 
 
 def test_real_auto_device_keeps_stdout_clean(exported, phantoms):
