@@ -98,7 +98,7 @@ def _print_schema(value: bool) -> None:
 
 @app.command(epilog=EXAMPLES)
 def infer(
-    paths: List[str] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM), folders (searched recursively) or globs.", rich_help_panel=INPUT),
+    paths: List[str] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM), folders (searched recursively) or globs."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", envvar="BUSI_MODEL", help="busi .onnx model (default: $BUSI_MODEL or models/demo/model.onnx).", rich_help_panel=MODEL),
     mask: Optional[str] = typer.Option(None, "--mask", help="Lesion mask: a mask PNG, a folder holding <stem>_mask*.png (an empty one, a normal image's, gets the trained placeholder), 'auto' (the lesion segmenter) or 'none' (whole image). Default: auto where segmenter.onnx is beside the model, else none (said once). A box: --roi.", rich_help_panel=MASK),
     roi: Optional[str] = typer.Option(None, "--roi", help="Lesion box x,y,w,h in image pixels (the trained margin is added).", rich_help_panel=MASK),
