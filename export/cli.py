@@ -8,9 +8,10 @@ from typing import Optional
 import typer
 
 from busi.runtime.errors import UsageError
+from busi.runtime.cli_options import TYPER, quiet_option, verbose_option, version_option
 from busi.runtime.log import verbosity_callback
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(**TYPER)
 
 
 @app.command()
@@ -25,8 +26,9 @@ def export(
     triton_only: bool = typer.Option(False, "--triton-only", help="With --triton: write the repository from the exported files, without converting again."),
     triton_max_batch: int = typer.Option(32, "--triton-max-batch", min=1, max=1024, help="max_batch_size in the Triton configs."),
     tensorrt: bool = typer.Option(False, "--tensorrt", help="With --triton: a TensorRT FP16 accelerator block in the GPU config."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail in the log (debug)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Errors only."),
+    verbose: int = verbose_option(),
+    quiet: bool = quiet_option(),
+    version: bool = version_option(),
 ):
     """Convert MODEL_DIR/model.keras to a self-describing ONNX file and prove parity.
 

@@ -99,6 +99,10 @@ def classifier_function(model):
     return serving
 
 
+#: the name of the dynamic first axis of every input and output
+BATCH_AXIS = "batch"
+
+
 def _to_onnx(fn, spec, opset: int, outputs: set[str]):
     import tf2onnx
 
@@ -109,7 +113,21 @@ def _to_onnx(fn, spec, opset: int, outputs: set[str]):
     got = {o.name for o in onnx_model.graph.output}
     if got != outputs:
         raise ExportError(f"converted graph has outputs {sorted(got)}, expected {sorted(outputs)}")
+    name_batch_axis(onnx_model)
     return onnx_model
+
+
+def name_batch_axis(onnx_model, name: str = BATCH_AXIS) -> None:
+    """tf2onnx names the dynamic first axis of each input and output `unk__1524` and the like:
+    call it `batch` wherever that symbol appears (inputs, outputs, inner shapes), so that a
+    reader of the graph (Netron, Triton, onnx tools) sees what it is."""
+    g = onnx_model.graph
+    symbols = {t.type.tensor_type.shape.dim[0].dim_param for t in [*g.input, *g.output]
+               if t.type.tensor_type.shape.dim and t.type.tensor_type.shape.dim[0].dim_param}
+    for t in [*g.input, *g.output, *g.value_info]:
+        for d in t.type.tensor_type.shape.dim:
+            if d.dim_param in symbols:
+                d.dim_param = name
 
 
 def convert(md: Loaded, opset: int):

@@ -10,11 +10,12 @@ from typing import List, Optional
 import typer
 
 from busi.runtime.errors import BusiError, UsageError
+from busi.runtime.cli_options import TYPER, early_version, quiet_option, verbose_option, version_option
 from busi.runtime.log import verbosity_callback
 
 from .config import NodeConfig
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(**TYPER)
 
 
 @app.command()
@@ -42,8 +43,9 @@ def node(
     server: Optional[str] = typer.Option(None, "--server", help="Run the models on this inference server (http://host:port: busi-serve or Triton) instead of --model."),
     token: Optional[str] = typer.Option(None, "--token", envvar="BUSI_TOKEN", help="Bearer token for --server (default: $BUSI_TOKEN)."),
     expect_sha256: Optional[str] = typer.Option(None, "--expect-sha256", help="Refuse a model (local or served) whose sha256 is another."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: int = verbose_option(),
+    quiet: bool = quiet_option(),
+    version: bool = version_option(),
 ):
     """Receive ultrasound images over DICOM (C-STORE), classify them, store SR + overlay (+ SEG) to --dest.
 
@@ -78,6 +80,7 @@ def main() -> None:
 
     from busi.runtime.errors import run_cli
 
+    early_version("busi-node")  # answered without the extra
     if importlib.util.find_spec("pynetdicom") is None or importlib.util.find_spec("highdicom") is None:
         import sys
 

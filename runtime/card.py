@@ -46,6 +46,8 @@ class DataInfo:
     split_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     duplicate_groups: int | None = None
     conflicting_groups_excluded: int | None = None
+    #: "phantoms" (busi-train phantoms) or "busi-layout" (real images; for the card's licence line)
+    kind: str | None = None
 
     def to_json(self) -> dict:
         return drop_none(asdict(self))
@@ -100,7 +102,7 @@ class ModelCard:
             "calibration": None if i.calibration is None else i.calibration.to_json(),
             "prevalence": i.prevalence,
             "conformal": None if i.conformal is None else i.conformal.to_json(),
-            "ood": None if i.ood is None else i.ood.to_json(),
+            "ood": None if i.ood is None else _ood_summary(i.ood),
             "architecture": self.architecture,
             "training": self.training,
             "data": self.data.to_json(),
@@ -132,7 +134,7 @@ class ModelCard:
                 calibration=Calibration.from_json(d.get("calibration"), path),
                 prevalence=prevalence_of(d.get("prevalence"), path, "prevalence"),
                 conformal=Conformal.from_json(d.get("conformal"), path),
-                ood=OodGuard.from_json(d.get("ood"), path),
+                ood=_load_ood(d.get("ood"), path),
             )
             return cls(info=info, name=d.get("name", ""), data=data, training=training, architecture=arch,
                        task=d.get("task", cls.task), intended_use=d.get("intended_use", ""),
@@ -143,8 +145,16 @@ class ModelCard:
         return cls.from_json(_read_json(path), str(path))
 
     def write(self, path: str | Path) -> None:
-        """The one writer of card.json (atomically)."""
-        atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
+        """The one writer of card.json (atomically), with what belongs to it beside it: the
+        OOD guard's statistics (ood.json; the card keeps their summary, so it stays small) and
+        MODEL_CARD.md (the same card for people)."""
+        from .card_markdown import render
+
+        path = Path(path)
+        if self.info.ood is not None:
+            atomic_write_text(path.parent / OOD_FILE, json.dumps(self.info.ood.to_json()) + "\n")
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
+        atomic_write_text(path.parent / MARKDOWN_FILE, render(self) + "\n")
 
 
 @dataclass(frozen=True)
@@ -208,6 +218,29 @@ class SegmenterCard:
 
     def write(self, path: str | Path) -> None:
         atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
+
+
+#: beside card.json: the OOD guard's statistics (about 1 MB for ResNet50's 2048 features) and the readable card
+OOD_FILE = "ood.json"
+MARKDOWN_FILE = "MODEL_CARD.md"
+
+
+def _ood_summary(guard: OodGuard) -> dict:
+    """What card.json says of the OOD guard: everything but the statistics, and where they are."""
+    full = guard.to_json()
+    full.pop("sources")
+    return {**full, "thresholds": guard.thresholds, "statistics": OOD_FILE}
+
+
+def _load_ood(d, path: str | None) -> OodGuard | None:
+    """The card's OOD guard: inline (cards before ood.json) or from the file the card names."""
+    if not isinstance(d, dict) or "sources" in d or "statistics" not in d:
+        return OodGuard.from_json(d, path)
+    name = d["statistics"]
+    if not isinstance(name, str) or Path(name).name != name or path is None:
+        raise ModelError(path, f"card.ood.statistics is {name!r}: expected a file name beside the card")
+    side = Path(path).parent / name
+    return OodGuard.from_json(_read_json(side), str(side))
 
 
 def _read_json(path: str | Path) -> dict:

@@ -9,6 +9,7 @@ failed, but --mask auto abstained on some (`needs_roi` records: no class, give a
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import warnings
@@ -20,6 +21,7 @@ import typer
 
 from .atomic import output_target
 from .errors import InputError, OutputError, UsageError, WriteError
+from .cli_options import DICOM, INPUT, MASK, MODEL, OUTPUT, SERVER, TYPER, quiet_option, verbose_option, version_option
 from .log import verbosity_callback, write_stderr
 from .log import get as get_logger
 from .inputs import expand_inputs
@@ -29,7 +31,19 @@ from .records import Format, json_line, render, study_summaries
 _LOG = get_logger(__name__)
 
 DEFAULT_MODEL = Path("models/demo/model.onnx")
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(**TYPER)
+
+EXAMPLES = """[bold]Examples[/bold]
+
+busi-infer case.png                      [dim]# auto mask where the model has a segmenter[/dim]
+
+busi-infer case.png --roi 120,80,60,40   [dim]# lesion box x,y,w,h in image pixels[/dim]
+
+busi-infer scans/ --mask masks/ -f csv -o results.csv   [dim]# <stem>_mask.png files[/dim]
+
+busi-infer pacs-export/ --frames all --by study --dicom-out results/
+
+busi-infer scans/ --server http://gpu-host:8080   [dim]# the model on busi-serve/Triton[/dim]"""
 
 
 class Frames(str, Enum):
@@ -81,38 +95,49 @@ class DicomWriter:
         return f"DICOM output in {self.folder}: {what}"
 
 
-@app.command()
+def _print_schema(value: bool) -> None:
+    if value:
+        from .schema import record_schema
+
+        typer.echo(json.dumps(record_schema(), indent=2))
+        raise typer.Exit(0)
+
+
+@app.command(epilog=EXAMPLES)
 def infer(
     paths: List[str] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM), folders (searched recursively) or globs."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", envvar="BUSI_MODEL", help="busi .onnx model (default: $BUSI_MODEL or models/demo/model.onnx)."),
-    mask: Optional[str] = typer.Option(None, "--mask", help="Lesion mask: a mask PNG, a folder holding <stem>_mask*.png, 'auto' (the lesion segmenter) or 'none' (whole image)."),
-    roi: Optional[str] = typer.Option(None, "--roi", help="Lesion box x,y,w,h in image pixels (the trained margin is added)."),
-    fmt: Format = typer.Option(Format.jsonl, "--format", "-f", help="Output format."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the output to this file (atomically) instead of stdout."),
-    tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, max=256),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if it really works, else CPU) | cuda | cpu."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="P(malignant) flag threshold (default: the model's operating point)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads (default: all cores)."),
-    max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1, help="Refuse images with more pixels (before decoding)."),
-    frame: int = typer.Option(0, "--frame", min=0, help="Frame of a multi-frame DICOM (0-based)."),
-    frames: Optional[Frames] = typer.Option(None, "--frames", help="'all': classify every frame of a cine loop (multi-frame DICOM), in batches of --batch-size; one result per loop, its malignant flag from the frame with the highest P(malignant)."),
-    by: Optional[By] = typer.Option(None, "--by", help="'study': add one summary record per DICOM study (image count, highest P(malignant) and its image)."),
-    prevalence: Optional[str] = typer.Option(None, "--prevalence", help="The site's case mix, e.g. 'malignant=0.02' (others share the rest as in training): adds probabilities adjusted by prior shift and bases the likelihood band on them; the malignant flag keeps the calibrated, unadjusted P(malignant)."),
-    coverage: Optional[float] = typer.Option(None, "--coverage", min=0.5, max=0.999, help="Coverage of the conformal prediction sets (default: the model's, 0.9)."),
-    allow_modality: bool = typer.Option(False, "--allow-modality", help="Classify DICOM images whose Modality is not US (CT, MR, ...) instead of refusing them; the model is for breast ultrasound."),
-    dicom_out: Optional[Path] = typer.Option(None, "--dicom-out", help="Write a DICOM SR, an overlay (Secondary Capture) and, with --mask auto, a SEG for every DICOM input into this folder."),
-    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the .sha256 check of the model file."),
-    require_sha256: bool = typer.Option(False, "--require-sha256", help="Refuse a model (or segmenter) without a .sha256 sidecar."),
-    max_bytes: int = typer.Option(1 << 30, "--max-bytes", min=1, help="Refuse input files larger than this (bytes)."),
-    server: Optional[str] = typer.Option(None, "--server", envvar="BUSI_SERVER", help="Run the model on this inference server (http://host:port): busi-serve, or Triton serving busi-export --triton. Decoding, masks, the segmenter's decision and the reports stay here."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="BUSI_TOKEN", help="Bearer token for --server (default: $BUSI_TOKEN)."),
-    expect_sha256: Optional[str] = typer.Option(None, "--expect-sha256", help="Refuse a model (local or served) whose sha256 is another."),
-    segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Segmenter .onnx for --mask auto (default: segmenter.onnx beside the model)."),
-    explain: Optional[Path] = typer.Option(None, "--explain", help="Write a Grad-CAM overlay PNG of the predicted class per image into this folder."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML case report (images, Grad-CAM, probabilities)."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail in the log (debug)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Errors only: no notices, no summary line."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", envvar="BUSI_MODEL", help="busi .onnx model (default: $BUSI_MODEL or models/demo/model.onnx).", rich_help_panel=MODEL),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Lesion mask: a mask PNG, a folder holding <stem>_mask*.png (an empty one, a normal image's, gets the trained placeholder), 'auto' (the lesion segmenter) or 'none' (whole image). Default: auto where segmenter.onnx is beside the model, else none (said once). A box: --roi.", rich_help_panel=MASK),
+    roi: Optional[str] = typer.Option(None, "--roi", help="Lesion box x,y,w,h in image pixels (the trained margin is added).", rich_help_panel=MASK),
+    fmt: Format = typer.Option(Format.jsonl, "--format", "-f", help="Output format.", rich_help_panel=OUTPUT),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the output to this file (atomically) instead of stdout.", rich_help_panel=OUTPUT),
+    tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image.", rich_help_panel=MODEL),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, max=256, rich_help_panel=MODEL),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if it really works, else CPU) | cuda | cpu.", rich_help_panel=MODEL),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="P(malignant) flag threshold (default: the model's operating point).", rich_help_panel=OUTPUT),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads (default: all cores).", rich_help_panel=MODEL),
+    max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1, help="Refuse images with more pixels (before decoding).", rich_help_panel=INPUT),
+    frame: int = typer.Option(0, "--frame", min=0, help="Frame of a multi-frame DICOM (0-based).", rich_help_panel=DICOM),
+    frames: Optional[Frames] = typer.Option(None, "--frames", help="'all': classify every frame of a cine loop (multi-frame DICOM), in batches of --batch-size; one result per loop, its malignant flag from the frame with the highest P(malignant).", rich_help_panel=DICOM),
+    by: Optional[By] = typer.Option(None, "--by", help="'study': add one summary record per DICOM study (image count, highest P(malignant) and its image).", rich_help_panel=DICOM),
+    prevalence: Optional[str] = typer.Option(None, "--prevalence", help="The site's case mix, e.g. 'malignant=0.02' (others share the rest as in training): adds probabilities adjusted by prior shift and bases the likelihood band on them; the malignant flag keeps the calibrated, unadjusted P(malignant).", rich_help_panel=OUTPUT),
+    coverage: Optional[float] = typer.Option(None, "--coverage", min=0.5, max=0.999, help="Coverage of the conformal prediction sets (default: the model's, 0.9).", rich_help_panel=OUTPUT),
+    allow_modality: bool = typer.Option(False, "--allow-modality", help="Classify DICOM images whose Modality is not US (CT, MR, ...) instead of refusing them; the model is for breast ultrasound.", rich_help_panel=DICOM),
+    dicom_out: Optional[Path] = typer.Option(None, "--dicom-out", help="Write a DICOM SR, an overlay (Secondary Capture) and, with --mask auto, a SEG for every DICOM input into this folder.", rich_help_panel=DICOM),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the .sha256 check of the model file.", rich_help_panel=MODEL),
+    require_sha256: bool = typer.Option(False, "--require-sha256", help="Refuse a model (or segmenter) without a .sha256 sidecar.", rich_help_panel=MODEL),
+    max_bytes: int = typer.Option(1 << 30, "--max-bytes", min=1, help="Refuse input files larger than this (bytes).", rich_help_panel=INPUT),
+    server: Optional[str] = typer.Option(None, "--server", envvar="BUSI_SERVER", help="Run the model on this inference server (http://host:port): busi-serve, or Triton serving busi-export --triton. Decoding, masks, the segmenter's decision and the reports stay here.", rich_help_panel=SERVER),
+    token: Optional[str] = typer.Option(None, "--token", envvar="BUSI_TOKEN", help="Bearer token for --server (default: $BUSI_TOKEN).", rich_help_panel=SERVER),
+    expect_sha256: Optional[str] = typer.Option(None, "--expect-sha256", help="Refuse a model (local or served) whose sha256 is another.", rich_help_panel=MODEL),
+    segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Segmenter .onnx for --mask auto (default: segmenter.onnx beside the model).", rich_help_panel=MASK),
+    explain: Optional[Path] = typer.Option(None, "--explain", help="Write a Grad-CAM overlay PNG of the predicted class per image into this folder.", rich_help_panel=OUTPUT),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML case report (images, Grad-CAM, probabilities).", rich_help_panel=OUTPUT),
+    schema: bool = typer.Option(False, "--schema", is_eager=True, callback=_print_schema, rich_help_panel=OUTPUT,
+                                help="Print the JSON Schema of the output records (JSON lines) and exit."),
+    verbose: int = verbose_option(),
+    quiet: bool = quiet_option(),
+    version: bool = version_option(),
 ):
     """Classify breast ultrasound images as normal / benign / malignant.
 
@@ -127,6 +152,7 @@ def infer(
 
     if mask is not None and roi is not None:
         raise UsageError("give either --mask or --roi, not both")
+    _check_mask_arg(mask)
     if server and model is not None:
         raise UsageError("give either --model or --server, not both")
     model = None if server else (model or DEFAULT_MODEL)
@@ -134,9 +160,13 @@ def infer(
     files = inputs.files
     if not files:
         raise UsageError("no images found in " + ", ".join(paths))
+    if all(isinstance(f, InputError) and f.path and (Path(f.path).is_dir() or Path(f.path).name.upper() == "DICOMDIR")
+           for f in files):  # nothing named holds an image: bad usage, not a batch with failures
+        raise UsageError("; ".join(map(str, files)))
     # every output is checked before the model loads and the first image: writable, and colliding
     # neither with another output nor with what the run reads (images, masks, models, sidecars)
-    seg = segmenter if segmenter is not None else (Path(model).parent / "segmenter.onnx" if model and mask == "auto" else None)
+    seg = segmenter if segmenter is not None else (
+        Path(model).parent / "segmenter.onnx" if model and (mask == "auto" or (mask is None and roi is None)) else None)
     models = [] if server else model_files(model, seg)
     images = [f for f in files if isinstance(f, str)]
     sources = [*images, *models, *([mask] if mask not in (None, "auto", "none") else [])]
@@ -149,6 +179,10 @@ def infer(
                          max_bytes=max_bytes, prevalence=prevalence, coverage=coverage, server=server, token=token,
                          expect_sha256=expect_sha256)
         model = model or pred.path
+        if mask is None and roi is None:
+            mask = pred.default_mask  # auto where the model has a segmenter, else the whole image (said once)
+            if mask == "none":
+                mask = None  # the Predictor says so, once, on the first image
         if mask == "auto":
             pred.segmenter  # load (and verify) it now: a missing segmenter is bad usage, not 100 failures
     if (explain or report) and not pred.explainable:
@@ -170,7 +204,9 @@ def infer(
     t0 = time.time()
     records: list[dict] = []
     n_fail = 0
-    show_bar = not quiet and sys.stderr.isatty() and len(files) > 1
+    from .progress import Bar
+
+    bar = Bar(len(files), "busi-infer", enabled=len(files) > 1)
     from .results import Failure, NeedsRoi, Prediction
 
     items = [Failure(f.path, str(f)) if isinstance(f, InputError) else f for f in files]
@@ -214,10 +250,8 @@ def infer(
                 write_stderr(f"error: {problem}\n")
         if stream:
             emit(json_line(d))
-        if show_bar:
-            write_stderr(f"\r{i}/{len(files)} images")
-    if show_bar:
-        write_stderr("\n")
+        bar.advance()
+    bar.close()
     n_images = len(records)
     if by is not None:
         summaries = study_summaries(records)
@@ -252,6 +286,20 @@ def infer(
         + (f"; {dicom_writer.summary()}" if dicom_writer is not None else "")
     )
     raise typer.Exit(1 if n_fail or n_out_failed else 3 if n_roi else 0)
+
+
+def _check_mask_arg(mask: str | None) -> None:
+    """--mask names a file, a folder, auto or none: a mask-source name (box, gt) or a path that
+    does not exist is bad usage, with the option that gives a box."""
+    from .predictor import MASK_SOURCE_NAMES, source_name_hint
+
+    if mask is None or mask in ("auto", "none") or ("," in mask and not Path(mask).exists()):  # a box as x,y,w,h
+        return
+    if mask in MASK_SOURCE_NAMES and not Path(mask).exists():
+        raise UsageError(source_name_hint(mask))
+    if not Path(mask).exists():
+        raise UsageError(f"--mask {mask}: no such file or folder; give a mask PNG, a folder of <stem>_mask*.png, "
+                         "auto or none, or a lesion box with --roi x,y,w,h")
 
 
 def emit(text: str) -> None:

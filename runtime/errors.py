@@ -190,7 +190,8 @@ def run_cli(app) -> None:
     # typer >= 0.20 vendors click; older versions use click itself: find the classes either way.
     click_errors = {c.__name__: c for c in typer.BadParameter.__mro__}
     try:
-        rv = app(standalone_mode=False)
+        # the console script's own name (also under `python -m busi COMMAND`, which sets argv[0])
+        rv = app(standalone_mode=False, prog_name=os.path.basename(sys.argv[0]) or None)
     except click_errors["UsageError"] as e:
         if type(e).__name__ == "NoArgsIsHelpError":
             app()  # typer's own help page (exit 2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .card import ModelCard, SegmenterCard
+from .card import MARKDOWN_FILE, OOD_FILE, ModelCard, SegmenterCard
 
 @dataclass(frozen=True)
 class ModelDir:
@@ -26,6 +26,16 @@ class ModelDir:
     @property
     def manifest(self) -> Path:
         return self.path / "manifest.csv"
+
+    @property
+    def ood(self) -> Path:
+        """The OOD guard's statistics, beside the card (card.json names the file)."""
+        return self.path / OOD_FILE
+
+    @property
+    def model_card_md(self) -> Path:
+        """MODEL_CARD.md: the card for people (written with card.json)."""
+        return self.path / MARKDOWN_FILE
 
     @property
     def history(self) -> Path:

@@ -3,6 +3,7 @@
     from busi.runtime import Predictor, predict_breast_cancer
     p = Predictor("models/demo/model.onnx")
     r = p.predict("case.png", mask=(120, 80, 60, 40))   # ROI box x, y, w, h
+    r = p.predict("case.png")   # "auto" where segmenter.onnx is beside the model, else the whole image
     r.label, r.confidence, r.probabilities, r.malignant
     predict_breast_cancer("case.png", p)["class"]
 """
@@ -122,6 +123,10 @@ class Predictor:
             raise UsageError(f"coverage must lie strictly between 0 and 1, got {coverage}")
         self.qhat = model_qhat(self.info.conformal, self.coverage)
         self.size = self.info.input.size
+        #: what mask=None means: "auto" where a lesion segmenter is at hand (given, or
+        #: segmenter.onnx beside the model) and the model was trained with lesion masks, else "none"
+        self.default_mask = "auto" if self.info.mask.source != "none" and (
+            segmenter is not None or (not server and _segmenter_beside(self.path))) else "none"
         if not server:  # a served model is the server's to check (busi-serve loads it through this class)
             self._probe()
 
@@ -174,8 +179,10 @@ class Predictor:
         mask "auto", a `NeedsRoi` instead when the segmenter is unsure or what it found is not a
         plausible lesion (see `Segmenter.assess`).
 
-        mask: None or "none" (whole image), "auto" (the lesion segmenter), a box (x, y, w, h)
-        or "x,y,w,h", a bool/0-1/0-255 array, a mask file, or a folder of `<stem>_mask*.png`.
+        mask: None (`default_mask`: "auto" where the model has a segmenter, else "none"), "none"
+        (whole image), "auto" (the lesion segmenter), a box (x, y, w, h) or "x,y,w,h", a
+        bool/0-1/0-255 array, a mask file, or a folder of `<stem>_mask*.png` (an empty mask, a
+        normal image's, gets what training gave normal images, with a note).
         The lesion is turned into the mask the model was trained with (its box with the
         trained margin, the mask itself, or the whole image)."""
         path = None if isinstance(image, (np.ndarray, bytes, bytearray, memoryview)) else str(image)
@@ -206,7 +213,15 @@ class Predictor:
         spec = self.info.mask
         trained = spec.source
         lesion, found, presence, notes = None, None, None, list(decoded.notes)
-        if mask is None or (isinstance(mask, str) and mask == "none"):
+        if mask is None:
+            mask = self.default_mask
+            if mask == "none" and trained != "none":  # one line, instead of the mismatch notice
+                self.notice_once("mode:none", f"busi: {self.path}: the model has no lesion segmenter (segmenter.onnx beside it), so the whole image is "
+                                 f"classified, outside its training conditions ('{trained}' masks): give the lesion box with "
+                                 "--roi x,y,w,h or a mask with --mask FILE|FOLDER (mask= in the Python API)")
+        if isinstance(mask, str) and mask in MASK_SOURCE_NAMES:
+            raise UsageError(source_name_hint(mask))
+        if isinstance(mask, str) and mask == "none":
             source = "none"
         elif isinstance(mask, str) and mask == "auto":
             source = "auto"
@@ -224,12 +239,7 @@ class Predictor:
             lesion = finding.lesion
             found = lesion is not None
             if not found:
-                notes.append(
-                    "the segmenter found no lesion; classified with "
-                    + {"box": "a lesion-sized box in the image centre, as normal images were shown in training",
-                       "gt": "an empty mask, as normal images were shown in training",
-                       "none": "the whole image"}[trained]
-                )
+                notes.append("the segmenter found no lesion; classified with " + NO_LESION[trained])
         elif (isinstance(mask, (tuple, list)) or (isinstance(mask, np.ndarray) and mask.ndim == 1)
               or (isinstance(mask, str) and "," in mask and not Path(mask).exists())):
             box = parse_box(mask)
@@ -250,13 +260,13 @@ class Predictor:
                 lesion = mask_array(mask, spec.threshold)
                 label = "mask array"
             else:
-                lesion = self._mask_from_path(Path(mask), path, (H, W))
-                label = str(mask)
+                lesion, label = self._mask_from_path(Path(mask), path, (H, W))
             if lesion.shape != (H, W):
                 self.notice_once(f"size:{label}", f"busi: {label}: mask is {lesion.shape[1]}x{lesion.shape[0]}, image is {W}x{H}; resized (nearest)")
                 lesion = resize_mask(lesion, (H, W))
-            if not lesion.any():
-                raise InputError(path, f"mask {label} is empty (no lesion pixels); give --roi x,y,w,h or --mask none")
+            if not lesion.any():  # a normal image in a BUSI-style mask folder: shown as in training
+                notes.append(f"mask {label} is empty (no lesion, as for a normal image); classified with {NO_LESION[trained]}")
+                lesion = None
             source = "box" if trained == "box" else "gt"  # a box-trained model gets the mask's box
         if source == "none":
             m, lesion_box = np.ones((S, S), bool), None
@@ -300,7 +310,8 @@ class Predictor:
             msg = f"busi: model was trained with '{trained}' masks (lesion outlines); a box is outside its training conditions"
         self.notice_once(f"mode:{source}", msg)
 
-    def _mask_from_path(self, mask: Path, image_path: str | None, shape) -> np.ndarray:
+    def _mask_from_path(self, mask: Path, image_path: str | None, shape) -> tuple[np.ndarray, str]:
+        """The lesion mask (OR of a BUSI image's mask files) and the file names, for messages."""
         if mask.is_dir():
             if image_path is None:
                 raise InputError(None, "a mask folder needs an image path to look up <stem>_mask*.png")
@@ -316,7 +327,7 @@ class Predictor:
                 self.notice_once(f"size:{f}", f"busi: {f}: mask is {m.shape[1]}x{m.shape[0]}, image is {shape[1]}x{shape[0]}; resized (nearest)")
                 m = resize_mask(m, shape)
             out = m if out is None else (out | m)
-        return out
+        return out, " + ".join(map(str, files))
 
     # ---- inference ------------------------------------------------------------------------
     def run(self, images: np.ndarray, masks: np.ndarray, tta: bool = False, explain: bool = False):
@@ -568,6 +579,25 @@ class Predictor:
 
     def predict_many(self, items: Iterable[Any], mask: MaskArg = None, **kw) -> list[Prediction | NeedsRoi | Failure]:
         return list(self.iter_predict(items, mask, **kw))
+
+
+#: what a model is given where there is no lesion (a normal image), by its trained mask source
+NO_LESION = {"box": "a lesion-sized box in the image centre, as normal images were shown in training",
+             "gt": "an empty mask, as normal images were shown in training",
+             "none": "the whole image"}
+#: mask-source names that are not a mask the user can give by name (a box comes with --roi)
+MASK_SOURCE_NAMES = ("box", "roi", "gt")
+
+
+def source_name_hint(name: str) -> str:
+    return (f"--mask {name}: not a mask file or folder; give a lesion box with --roi x,y,w,h (image pixels), "
+            "or --mask FILE|FOLDER (lesion masks), auto (the lesion segmenter) or none (the whole image)")
+
+
+def _segmenter_beside(model: Path) -> bool:
+    from .model_dir import ModelDir
+
+    return ModelDir(model.parent).segmenter_onnx.is_file()
 
 
 def _view(rgb: np.ndarray, model_mask_: np.ndarray, lesion: np.ndarray | None, max_side: int = 512) -> dict:

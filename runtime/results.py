@@ -50,14 +50,17 @@ class Prediction:
     #: with keep_view=True
     extras: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    #: the fields a record leaves out when they are None (the rest are always there)
+    OPTIONAL = ("dicom", "cine", "likelihood", "adjusted_probabilities", "prediction_set", "coverage",
+                "out_of_distribution", "ood_score", "ood_threshold", "lesion_presence")
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "extras"}
         d["probabilities"] = dict(self.probabilities)
         d["notes"] = list(self.notes)
         d = {"class" if k == "label" else k: v for k, v in d.items()}
         d["lesion_box"] = list(self.lesion_box) if self.lesion_box else None
-        for key in ("dicom", "cine", "likelihood", "adjusted_probabilities", "prediction_set", "coverage",
-                    "out_of_distribution", "ood_score", "ood_threshold", "lesion_presence"):
+        for key in self.OPTIONAL:
             if d[key] is None:
                 del d[key]
             elif isinstance(d[key], dict):

@@ -163,6 +163,23 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return so
 
 
+def nvidia_driver() -> bool:
+    """Whether the NVIDIA driver's CUDA library (libcuda) can be loaded: without it no CUDA
+    session can run, and trying one costs hundreds of MB and a second of CPU time."""
+    import ctypes
+    import ctypes.util
+
+    for name in ("libcuda.so.1", ctypes.util.find_library("cuda"), "nvcuda.dll"):
+        if not name:
+            continue
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return True
+    return False
+
+
 def _cpu_session(model: str | bytes, so) -> ort.InferenceSession:
     return ort.InferenceSession(model, so, providers=[CPU])
 
@@ -172,8 +189,10 @@ def create_session(
 ) -> tuple[ort.InferenceSession, str]:
     """Create a session; returns (session, provider that runs it).
 
-    auto: CUDA when onnxruntime lists it and a session really runs on it, else CPU with one
-    short `notice` saying why. cuda: the same, but failing with DeviceError. cpu: no probing.
+    auto: CUDA when onnxruntime lists it, the NVIDIA driver (libcuda) loads and a session
+    really runs on it, else CPU: without a driver silently (a debug line), where a driver is
+    there but CUDA cannot run with one short `notice` saying why. cuda: the same, but failing
+    with DeviceError. cpu: no probing.
     """
     if device not in DEVICES:  # a usage error (exit 2), as the README's table says; DeviceError is CUDA failing
         raise UsageError(f"unknown device {device!r} (choose {', '.join(DEVICES)})")
@@ -183,6 +202,9 @@ def create_session(
     if device == "cpu":
         return _load(model, so, [CPU]), CPU
     reason = None
+    if device == "auto" and not nvidia_driver():  # no GPU here: not a misconfiguration, and no CUDA probe to pay
+        _LOG.debug("busi: running on CPU: no NVIDIA driver (libcuda) on this machine")
+        return _load(model, so, [CPU]), CPU
     if CUDA not in ort.get_available_providers():
         reason = "this onnxruntime build has no CUDA provider"
     else:

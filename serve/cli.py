@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 
+from busi.runtime.cli_options import TYPER, early_version, quiet_option, verbose_option, version_option
 from busi.runtime.log import verbosity_callback
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(**TYPER)
 
 
 @app.command()
@@ -29,8 +30,9 @@ def serve(
     insecure_no_token: bool = typer.Option(False, "--insecure-no-token", help="Listen beyond loopback without a token (only behind something that checks every request)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads (default: all cores)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if it really works, else CPU) | cuda | cpu."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: int = verbose_option(),
+    quiet: bool = quiet_option(),
+    version: bool = version_option(),
 ):
     """Serve the classifier, the segmenter and a record endpoint (`busi`) on the v2 inference protocol.
 
@@ -50,6 +52,7 @@ def main() -> None:
 
     from busi.runtime.errors import run_cli
 
+    early_version("busi-serve")  # answered without the extra
     if importlib.util.find_spec("kserve") is None:
         import sys
 

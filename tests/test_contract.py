@@ -110,7 +110,20 @@ def test_card_round_trip_and_the_same_contract_as_the_onnx_file(tmp_path):
     back = ModelCard.load(tmp_path / "card.json")
     assert back == card and back.seed == 3 and back.lesion_box_sizes == [[20, 16]]
     assert ModelInfo.from_metadata(back.info.to_metadata()) == INFO
-    assert not [p for p in tmp_path.iterdir() if p.name != "card.json"]  # written through a temp file
+    # written through temp files: the card, its OOD statistics beside it, and the card for people
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MODEL_CARD.md", "card.json", "ood.json"]
+    raw = json.loads((tmp_path / "card.json").read_text())
+    assert raw["ood"]["statistics"] == "ood.json" and "sources" not in raw["ood"]
+    assert raw["ood"]["thresholds"] == INFO.ood.thresholds
+    # a card with the statistics inline (before ood.json) loads the same
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "card.json").write_text(json.dumps({**raw, "ood": INFO.ood.to_json()}))
+    assert ModelCard.load(tmp_path / "old" / "card.json") == card
+    (tmp_path / "ood.json").unlink()
+    with pytest.raises(ModelError, match="ood.json: not found"):
+        ModelCard.load(tmp_path / "card.json")
+    md = (tmp_path / "MODEL_CARD.md").read_text()
+    assert md.startswith("# Model card: demo") and "## Ethical considerations" in md and "diagnosis" in md
 
 
 def test_version_1_card_loads(tmp_path):

@@ -102,7 +102,7 @@ def test_sr_sc_seg_are_valid_and_say_what_the_prediction_says(exported, tmp_path
     r = cli("busi-infer", tmp_path / "in", "--model", exported / "model.onnx", "--mask", "none")
     assert len(r.stdout.splitlines()) == 1 and f"({len(files)} busi's own DICOM outputs)" in r.stderr
     r = cli("busi-infer", out, "--model", exported / "model.onnx", check=False)
-    assert r.returncode == 1 and f"{out}: is a directory without images ({len(files)} busi's own DICOM outputs)" in r.stderr
+    assert r.returncode == 2 and f"{out}: is a directory without images ({len(files)} busi's own DICOM outputs)" in r.stderr
 
 
 def test_a_whole_image_sr_and_png_inputs(exported, tmp_path, lesion_grey, phantoms):

@@ -29,6 +29,18 @@ def test_export_passes_the_gate_and_round_trips_metadata(exported):
     assert sorted(o.name for o in m.graph.output) == ["cam_weights", "features", "probabilities"]  # + Grad-CAM
     dims = m.graph.input[0].type.tensor_type.shape.dim
     assert not dims[0].HasField("dim_value") and [d.dim_value for d in dims[1:]] == [64, 64, 3]
+    assert {t.type.tensor_type.shape.dim[0].dim_param for t in [*m.graph.input, *m.graph.output]} == {"batch"}
+    # card.json stays small: the OOD statistics live in the ONNX metadata and ood.json beside the card
+    assert (exported / "card.json").stat().st_size < 64_000 and raw["ood"]["statistics"] == "ood.json"
+    assert (exported / "ood.json").is_file() and "sources" not in raw["ood"]
+    # MODEL_CARD.md, the same card for people, updated by the export
+    md = (exported / "MODEL_CARD.md").read_text()
+    for section in ("## Intended use", "## Not for", "## Training data", "## Evaluation", "## Calibration",
+                    "## Out-of-distribution guard", "## Limits", "## Ethical considerations", "## Export"):
+        assert section in md, section
+    assert "False negatives" in md and "not a medical device" in md
+    assert "synthetic B-mode phantoms" in md or card.data.kind is None  # None: a card from before busi recorded it
+    assert f"{card.info.operating_point.malignant_threshold:.4f}" in md
     assert m.producer_name == "busi" and "not a medical device" in m.doc_string
     meta = {p.key: p.value for p in m.metadata_props}
     info = ModelInfo.from_metadata(meta)

@@ -108,10 +108,14 @@ class FakeSession:
         return self._providers
 
 
-def fake_ort(monkeypatch, available, cuda_runs=True, cuda_raises=False):
+def fake_ort(monkeypatch, available, cuda_runs=True, cuda_raises=False, driver=True):
+    """A stand-in onnxruntime (CUDA cannot be made to fail on demand), on a machine with an
+    NVIDIA driver unless `driver` is False."""
     import onnxruntime as ort
 
     from busi.runtime import session as s
+
+    monkeypatch.setattr(s, "nvidia_driver", lambda: driver)
 
     calls = {"available": 0}
 
@@ -155,6 +159,15 @@ def test_device_cuda_absent_and_cpu_never_probes(monkeypatch):
     n = calls["available"]
     _, prov = s.create_session("m.onnx", "cpu", notice=notes.append)
     assert prov == "CPUExecutionProvider" and calls["available"] == n and len(notes) == 1
+
+
+@pytest.mark.parametrize("available", [["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]])
+def test_device_auto_without_a_driver_neither_probes_nor_notices(monkeypatch, available):
+    s, calls = fake_ort(monkeypatch, available, driver=False)
+    notes = []
+    sess, prov = s.create_session("m.onnx", "auto", notice=notes.append)
+    assert prov == "CPUExecutionProvider" and sess.get_providers() == ["CPUExecutionProvider"] and not notes
+    assert calls["available"] == 0  # decided before onnxruntime is asked anything
 
 
 def test_real_auto_device_keeps_stdout_clean(exported, phantoms):
@@ -278,8 +291,10 @@ def test_mask_problems(exported, phantoms, tmp_path):
     assert r.returncode == 0 and "resized (nearest)" in r.stderr
     empty = tmp_path / "empty_mask.png"
     cv2.imwrite(str(empty), np.zeros((h, w), np.uint8))
-    r = infer(img, "--model", model, "--mask", empty)
-    assert r.returncode == 1 and "is empty" in r.stderr and str(img) in r.stderr
+    r = infer(img, "--model", model, "--mask", empty)  # as a normal image's: the trained placeholder, said in a note
+    rec = json.loads(r.stdout)
+    assert r.returncode == 0 and "class" in rec and rec["lesion_box"] is None
+    assert any(f"mask {empty} is empty" in n for n in rec["notes"]), rec["notes"]
     for roi, problem in (("0,0,0,10", "zero or negative size"), (f"{w - 5},10,50,50", "outside"), ("1,2,3", "four numbers")):
         r = infer(img, "--model", model, "--roi", roi)
         assert r.returncode in (1, 2) and problem in r.stderr and "Traceback" not in r.stderr, (roi, r.stderr)

@@ -15,13 +15,27 @@ _LOG = get_logger(__name__)
 def epoch_log(keras, epochs: int):
     """One log line per epoch: every metric and the epoch's time."""
 
+    from busi.runtime.progress import Bar
+
     class EpochLog(keras.callbacks.Callback):
+        bar = None
+
         def on_epoch_begin(self, epoch, logs=None):
             self.t = time.time()
+            if self.bar is None:  # a bar with rate and ETA on a terminal (early stopping may end it sooner)
+                self.bar = Bar(epochs, "epochs", unit="epochs")
+                self.bar.set(epoch)
 
         def on_epoch_end(self, epoch, logs=None):
             items = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
             _LOG.info("epoch %d/%d %s (%.1fs)", epoch + 1, epochs, items, time.time() - self.t)
+            if self.bar is not None:
+                self.bar.set(epoch + 1)
+
+        def on_train_end(self, logs=None):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
 
     return EpochLog()
 

@@ -10,21 +10,22 @@ import typer
 
 from busi.runtime.contract import MASK_SOURCES
 from busi.runtime.errors import DataError, UsageError
+from busi.runtime.cli_options import TYPER, quiet_option, verbose_option, version_option
 from busi.runtime.log import verbosity_callback
 from busi.runtime.model_dir import ModelDir
 
 app = typer.Typer(
-    add_completion=False,
+    **TYPER,
     no_args_is_help=True,
     help="Train and evaluate the busi masked ResNet50 (research software, not a medical device).",
-    pretty_exceptions_enable=False,
 )
 
 
 @app.callback()
 def _options(
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail in the log (debug)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Errors only."),
+    verbose: int = verbose_option(),
+    quiet: bool = quiet_option(),
+    version: bool = version_option(),
 ):
     """Train and evaluate the busi masked ResNet50 (research software, not a medical device)."""
     verbosity_callback(verbose, quiet)
@@ -37,6 +38,8 @@ def phantoms(
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed = same images)."),
     dicom: Optional[Path] = typer.Option(None, "--dicom", help="Also write them into this folder as one ultrasound study of a phantom patient, as a PACS exports it."),
     site: str = typer.Option("A", "--site", help="Scanner profile: A (the original phantoms) or B (another hospital's scanner: gain, dynamic range, speckle grain, attenuation, resolution, size, burned-in text, calipers, near-field artefacts)."),
+    verbose: int = verbose_option(),  # -v/-q also after the subcommand
+    quiet: bool = quiet_option(),
 ):
     """Write synthetic B-mode breast ultrasound phantoms in the BUSI layout."""
     from .phantoms import site_profile, write_dicom_study, write_phantoms
@@ -57,6 +60,8 @@ def check_data(
     data: Path = typer.Argument(..., help="BUSI-layout folder: <data>/{benign,malignant,normal}/*.png"),
     as_json: bool = typer.Option(False, "--json", help="Print the full summary as JSON on stdout."),
     distance: int = typer.Option(4, "--distance", min=0, max=64, help="Perceptual-hash Hamming distance for duplicates."),
+    verbose: int = verbose_option(),  # -v/-q also after the subcommand
+    quiet: bool = quiet_option(),
 ):
     """Check a data folder: counts, multi-mask images, duplicates, conflicts, per-file problems."""
     from . import dataset as ds
@@ -118,6 +123,8 @@ def fit(
     strategy: str = typer.Option("default", "--strategy", help="default | mirrored: tf.distribute.MirroredStrategy over this host's GPUs; --batch-size is the global batch (split across them)."),
     precision: str = typer.Option("float32", "--precision", help="float32 | mixed: mixed_float16 on GPU (softmax kept float32); the saved model is float32 either way."),
     cpu_replicas: int = typer.Option(0, "--cpu-replicas", min=0, max=64, help="With --strategy mirrored: split the CPU into this many devices (to test the distributed path without GPUs)."),
+    verbose: int = verbose_option(),  # -v/-q also after the subcommand
+    quiet: bool = quiet_option(),
 ):
     """Split the data (duplicate-aware), train the masked ResNet50, evaluate it on the test split."""
     from .fit import FitConfig, parse_stages
@@ -173,6 +180,8 @@ def segmenter(
     strategy: str = typer.Option("default", "--strategy", help="default | mirrored: tf.distribute.MirroredStrategy over this host's GPUs; --batch-size is the global batch (split across them)."),
     precision: str = typer.Option("float32", "--precision", help="float32 | mixed: mixed_float16 on GPU (softmax kept float32); the saved model is float32 either way."),
     cpu_replicas: int = typer.Option(0, "--cpu-replicas", min=0, max=64, help="With --strategy mirrored: split the CPU into this many devices (to test the distributed path without GPUs)."),
+    verbose: int = verbose_option(),  # -v/-q also after the subcommand
+    quiet: bool = quiet_option(),
 ):
     """Train the lesion segmenter for --mask auto (U-Net), report Dice/IoU, re-evaluate the classifier with auto."""
     from .fit_segmenter import SegConfig, train_segmenter
@@ -197,6 +206,8 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="BUSI-layout folder to evaluate on (an external set)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the report (default MODEL_DIR/eval-<data name>)."),
     seed: int = typer.Option(0, "--seed"),
+    verbose: int = verbose_option(),  # -v/-q also after the subcommand
+    quiet: bool = quiet_option(),
 ):
     """Evaluate a trained model on every usable image of a BUSI-layout folder."""
     from .evaluate import evaluate_folder
@@ -213,6 +224,8 @@ def report(
     model_dir: Path = typer.Argument(..., help="Model folder with report.json."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="README to update between the results markers."),
     block: str = typer.Option("results", "--block", help="Which README block: 'results' (<!-- results:start -->) or another NAME (<!-- NAME:start --> ... <!-- NAME:end -->)."),
+    verbose: int = verbose_option(),  # -v/-q also after the subcommand
+    quiet: bool = quiet_option(),
 ):
     """Print the results table of a model folder or evaluation folder (and write it into the README)."""
     from .report import results_table, segmenter_line, update_readme

@@ -104,7 +104,9 @@ def inspect(scan: Scan, hash_size: int = 8) -> None:
     import imagehash
     from PIL import Image
 
-    for s in scan.samples:
+    from busi.runtime.progress import tracked
+
+    for s in tracked(scan.samples, len(scan.samples), "check-data"):
         s.sha256 = sha256_file(s.path)
         try:
             rgb = read_rgb(s.path)

@@ -15,7 +15,7 @@ from .report import prediction_rows
 #: the figures of each mask source that the card (and the ONNX metadata) carries
 CARD_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_auc", "malignant_sensitivity", "malignant_specificity", "ece",
              "nll", "brier", "ece_raw", "coverage", "set_size", "ood_flagged", "ood_auroc_far", "ood_auroc_near",
-             "abstained", "balanced_accuracy_kept", "malignant_sensitivity_kept")
+             "abstained", "balanced_accuracy_kept", "malignant_sensitivity_kept", "ci95")
 POOLED_LAYER = "avg_pool"
 SEGMENTER_CARD_KEYS = ("n_lesion", "dice", "iou", "lesion_found_rate", "normal_empty_rate", "dice_found", "presence_auroc",
                        "needs_roi_rate")

@@ -36,6 +36,7 @@ from busi.runtime.model_dir import ModelDir
 from . import dataset as ds
 from .calibrate import fit_temperature, split_validation
 from .callbacks import best_weights, epoch_log
+from .phantoms import PHANTOM_MARKER
 from .evaluation import card_metrics, evaluate_model, predict, predict_with_features
 from .inputs import Arrays, eval_masks, lesion_sizes, load_rows
 from .metrics import operating_point
@@ -423,5 +424,6 @@ def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, 
             split_counts=counts,
             duplicate_groups=len(s["duplicate_groups"]),
             conflicting_groups_excluded=0 if cfg.keep_conflicts else len(s["conflicting_groups"]),
+            kind="phantoms" if (Path(cfg.data) / PHANTOM_MARKER).is_file() else "busi-layout",
         ),
     )

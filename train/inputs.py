@@ -51,7 +51,9 @@ def load_rows(root: str | Path, rows: list[dict], size: int) -> Arrays:
     gt = np.zeros((n, size, size), bool)
     labels = np.zeros(n, np.int64)
     shapes = []
-    for i, r in enumerate(rows):
+    from busi.runtime.progress import tracked
+
+    for i, r in enumerate(tracked(rows, n, "decode")):
         rgb = read_rgb(root / r["path"])
         shapes.append(rgb.shape[:2])
         images[i] = resize_rgb(rgb, size)
