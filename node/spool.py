@@ -146,7 +146,7 @@ class Spool:
 
     def finish(self, incoming: Path, record: dict, keep: bool = False) -> None:
         """Record what became of an instance, then take it out of incoming (into failed/ with `keep`)."""
-        durable_write(self.done / f"{incoming.stem}.json", (json.dumps(record) + "\n").encode())
+        durable_write(self.done / f"{incoming.stem}.json", (json.dumps(record, allow_nan=False) + "\n").encode())
         if keep:
             os.replace(incoming, self.failed / incoming.name)
         else:

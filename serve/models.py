@@ -195,7 +195,7 @@ class RecordModel(Model):
         finally:
             self._inflight -= 1
         out = InferOutput("record", [1], "BYTES")
-        out.set_data_from_numpy(np.array([json.dumps(res.to_dict(), sort_keys=True).encode()], dtype=object),
+        out.set_data_from_numpy(np.array([json.dumps(res.to_dict(), sort_keys=True, allow_nan=False).encode()], dtype=object),
                                 binary_data=_binary(payload, "record"))
         return InferResponse(payload.id or "", "busi", [out], use_binary_outputs=payload.use_binary_outputs)
 
