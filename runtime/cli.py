@@ -216,7 +216,7 @@ def infer(
     dicom_writer = DicomWriter(dicom_out, f"mask={mask_arg} threshold={threshold} tta={tta} frames={frames or frame}") \
         if dicom_out is not None else None
     stream = out is None and fmt is Format.jsonl
-    n_roi = n_out_failed = 0
+    n_roi = n_cam_failed = n_dicom_failed = 0
     for i, r in enumerate(it, 1):
         d = r.to_dict()
         if "error" in d:
@@ -238,16 +238,16 @@ def infer(
                 problems.append(f"{explain}: cannot write the Grad-CAM overlay of {r.path} ({e.strerror or e})")
             if problems:
                 d["output_error"] = problems[0]
+                n_cam_failed += 1
         if dicom_writer is not None and isinstance(r, (Prediction, NeedsRoi)):  # abstained: an SR that says so
             problem = dicom_writer.add(r)
             d["notes"] = list(r.notes)
             if problem:
                 d["dicom_output_error"] = problem
                 problems.append(problem)
-        if problems:  # the image keeps its class (or its needs_roi); its record says which output failed
-            n_out_failed += 1
-            for problem in problems:
-                write_stderr(f"error: {problem}\n")
+                n_dicom_failed += 1
+        for problem in problems:  # the image keeps its class (or its needs_roi); its record says which output failed
+            write_stderr(f"error: {problem}\n")
         if stream:
             emit(json_line(d))
         bar.advance()
@@ -279,13 +279,14 @@ def infer(
         f"busi: {ok}/{n_images} images classified in {dt:.2f}s on {pred.provider.replace('ExecutionProvider', '')}"
         + (f", {n_fail} failed" if n_fail else "")
         + (f", {n_roi} need an ROI (--mask auto abstained: give --roi or a mask)" if n_roi else "")
-        + (f", outputs failed for {n_out_failed} (output_error or dicom_output_error in the record)" if n_out_failed else "")
+        + (f", DICOM output failed for {n_dicom_failed} (dicom_output_error in the record)" if n_dicom_failed else "")
+        + (f", Grad-CAM overlay failed for {n_cam_failed} (output_error in the record)" if n_cam_failed else "")
         + (f"; output in {out}" if out else "")
         + (f"; Grad-CAM overlays in {explain}" if explain else "") + (f"; report {report}" if report else "")
         + (f"; {inputs.summary()}" if inputs.summary() else "")
         + (f"; {dicom_writer.summary()}" if dicom_writer is not None else "")
     )
-    raise typer.Exit(1 if n_fail or n_out_failed else 3 if n_roi else 0)
+    raise typer.Exit(1 if n_fail or n_cam_failed or n_dicom_failed else 3 if n_roi else 0)
 
 
 def _check_mask_arg(mask: str | None) -> None:
