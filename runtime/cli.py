@@ -10,6 +10,7 @@ failed, but --mask auto abstained on some (`needs_roi` records: no class, give a
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -160,8 +161,9 @@ def infer(
     files = inputs.files
     if not files:
         raise UsageError("no images found in " + ", ".join(paths))
-    if all(isinstance(f, InputError) and f.path and (Path(f.path).is_dir() or Path(f.path).name.upper() == "DICOMDIR")
-           for f in files):  # nothing named holds an image: bad usage, not a batch with failures
+    if all(isinstance(f, InputError) and f.path and (os.path.isdir(f.path) or Path(f.path).name.upper() == "DICOMDIR")
+           for f in files):  # nothing named holds an image: bad usage, not a batch with failures (os.path: a
+        # name too long is no folder, where Path.is_dir raises)
         raise UsageError("; ".join(map(str, files)))
     # every output is checked before the model loads and the first image: writable, and colliding
     # neither with another output nor with what the run reads (images, masks, models, sidecars)

@@ -130,7 +130,7 @@ def predictor(exported):
 @FUZZ
 @given(image=arrays(), box=st.one_of(st.none(), st.tuples(*[st.one_of(st.floats(-50, 100), st.sampled_from([np.nan, np.inf]))] * 4)))
 def test_fuzz_predictor_prepare(predictor, image, box):
-    prep = _check_bounded(lambda: predictor.prepare(image, box))
+    prep = _check_bounded(lambda: predictor.prepare(image, box if box is not None else "none"))  # None: auto (a segmenter is beside)
     if prep is not None:
         S = predictor.size
         assert prep.image.shape == (S, S, 3) and prep.image.dtype == np.float32
@@ -141,6 +141,6 @@ def test_fuzz_predictor_prepare(predictor, image, box):
 @FUZZ
 @given(data=mutated())
 def test_fuzz_predictor_prepare_bytes(predictor, data):
-    prep = _check_bounded(lambda: predictor.prepare(data, None))
+    prep = _check_bounded(lambda: predictor.prepare(data, "none"))
     if prep is not None:
         assert prep.image.shape == (predictor.size, predictor.size, 3)
