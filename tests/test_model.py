@@ -118,7 +118,7 @@ def standin_h5(tmp_path_factory):
 
 
 def test_fine_tuning_unfreezes_exactly_the_named_stages_and_never_batch_norm(standin_h5):
-    from busi.train.fit import parse_stages
+    from busi.train.stages import parse_stages
     from busi.train.model import unfreeze
 
     path, ref = standin_h5
@@ -149,14 +149,15 @@ def test_pretrained_fine_tuning_end_to_end_on_the_real_sample(standin_h5, sample
     r = cli("busi-train", "fit", "--data", sample, "--out", out, "--weights", path, "--image-size", 32, "--epochs", 1,
             "--batch-size", 8, "--fine-tune", "conv5", "--fine-tune-epochs", 1, "--patience", 3, "--near-ood", "none")
     import csv
-    import json
 
-    card = json.loads((out / "card.json").read_text())
+    from busi.runtime.card import ModelCard
+
+    card = ModelCard.load(out / "card.json")
     conv5 = sum(int(np.prod(w.shape)) for lay in ref.layers
                 if lay.name.startswith("conv5_") and isinstance(lay, keras.layers.Conv2D) for w in lay.weights)
-    assert card["architecture"]["trainable_parameters"] == 525_315 + conv5
-    assert card["training"]["fine_tune"] == "conv5" and card["training"]["fine_tune_from_epoch"] == 1
-    assert card["training"]["epochs_run"] == 2
+    assert card.architecture["trainable_parameters"] == 525_315 + conv5
+    assert card.training["fine_tune"] == "conv5" and card.training["fine_tune_from_epoch"] == 1
+    assert card.training["epochs_run"] == 2
     m = keras.saving.load_model(out / "model.keras", compile=False)
     for name in ("conv1_conv", "conv4_block6_3_conv", "conv5_block1_1_bn", "conv5_block3_3_bn"):
         for a, b in zip(m.get_layer(name).get_weights(), ref.get_layer(name).get_weights()):

@@ -127,8 +127,9 @@ def fit(
     quiet: bool = quiet_option(),
 ):
     """Split the data (duplicate-aware), train the masked ResNet50, evaluate it on the test split."""
-    from .fit import FitConfig, parse_stages
+    from .fit import FitConfig
     from .fit import fit as run_fit
+    from .stages import parse_stages
 
     try:
         stages = parse_stages(fine_tune)

@@ -57,7 +57,7 @@ def cross_validated_operating_point(cfg, pool: Arrays, groups: list[str], sizes:
 
     from .backend import keras
     from .evaluation import predict
-    from .fit import parse_stages
+    from .stages import parse_stages
     from .model import build_classifier, unfreeze
     from .pipeline import train_dataset
     from .report import prediction_rows

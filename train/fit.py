@@ -40,27 +40,12 @@ from .phantoms import PHANTOM_MARKER
 from .evaluation import card_metrics, evaluate_model, predict, predict_with_features
 from .inputs import Arrays, eval_masks, lesion_sizes, load_rows
 from .metrics import operating_point
+from .stages import parse_stages
 from .ood import fit_guard_from_features, guard_summary, ood_sets
 from .provenance import git_commit, now, versions
 from .report import plots, prediction_rows, write_report
 
 _LOG = get_logger(__name__)
-
-
-#: ResNet50's stages, by the prefix of their layer names (conv1 is the stem)
-STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
-
-
-def parse_stages(text: str) -> tuple[str, ...]:
-    """'none' -> (); 'conv5' or 'conv4,conv5' -> the stages, in network order. ValueError names
-    what is allowed."""
-    names = [t.strip() for t in text.replace("+", ",").split(",") if t.strip()]
-    if names in ([], ["none"]):
-        return ()
-    bad = [n for n in names if n not in STAGES]
-    if bad:
-        raise ValueError(f"unknown ResNet50 stage(s) {', '.join(bad)}: give none or stages among {', '.join(STAGES)}, e.g. conv5 or conv4,conv5")
-    return tuple(s for s in STAGES if s in names)
 
 
 @dataclass
