@@ -92,8 +92,8 @@ demo: $(BIN)/.installed $(DEMO_DATA)/.done
 	@echo "(Secondary Capture) and a SEG of the found lesion per image, and one summary line for the study:"
 	$(BIN)/busi-infer $(DEMO_DATA)-new-dicom --mask auto --model $(DEMO_OUT)/model.onnx --format table --by study \
 		--dicom-out $(DEMO_OUT)/dicom-out $(AUTO_OK)
-	@echo "images that are not breast ultrasound (pydicom's CT and MR test files): the out-of-distribution guard flags them (ood OOD):"
-	$(BIN)/busi-infer $(PYDICOM_TESTS)/CT_small.dcm $(PYDICOM_TESTS)/MR_small.dcm --mask none --model $(DEMO_OUT)/model.onnx --format table
+	@echo "images that are not breast ultrasound (pydicom's CT and MR test files), classified anyway with --allow-modality (busi-infer refuses them by default): the out-of-distribution guard flags them (ood OOD):"
+	$(BIN)/busi-infer $(PYDICOM_TESTS)/CT_small.dcm $(PYDICOM_TESTS)/MR_small.dcm --allow-modality --mask none --model $(DEMO_OUT)/model.onnx --format table
 	@echo "look at them: dsrdump $(DEMO_OUT)/dicom-out/*.sr.dcm (dcmtk), dcmdump ..., or highdicom: hd.sr.srread(path)"
 	@echo "another hospital's scanner (site B phantoms: gain, dynamic range, speckle, resolution, text, calipers, near-field"
 	@echo "artefacts), never seen in training: busi-train evaluate, all four mask sources and the segmenter:"
