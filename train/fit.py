@@ -232,7 +232,8 @@ def fit(cfg: FitConfig) -> Path:
                       callbacks=extra + _callbacks(cfg, backup, keras),
                       shuffle=False,  # the tf.data pipeline shuffles (seeded) itself
                       verbose=0)
-            _save_weights(model, head_done)
+            if stages:  # a fine-tuning run killed later resumes from here
+                _save_weights(model, head_done)
         head_epochs = len(_history(backup))
         if stages:
             names = unfreeze(model, stages)
