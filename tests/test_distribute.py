@@ -61,14 +61,15 @@ def test_a_mirrored_fit_is_the_one_device_fit():
     assert out["loss_m"][-1] < out["loss_m"][0]  # it did learn something
 
 
-def test_mixed_precision_keeps_the_softmax_in_float32_and_saves_float32():
+@pytest.mark.parametrize("name, inner", [("mixed", "float16"), ("bf16", "bfloat16")])
+def test_mixed_precision_keeps_the_softmax_in_float32_and_saves_float32(name, inner):
     out = run_py("""
         import json
         import numpy as np
         from busi.train.distribute import plain_copy, precision
         from busi.train.model import build_classifier
 
-        with precision("mixed"):
+        with precision("NAME"):
             m = build_classifier(32, "none")
             conv = next(l for l in m.layers if l.__class__.__name__ == "Conv2D")
             inner = conv.dtype_policy.compute_dtype
@@ -78,8 +79,8 @@ def test_mixed_precision_keeps_the_softmax_in_float32_and_saves_float32():
         same = all(np.array_equal(a, b) for a, b in zip(m.get_weights(), plain.get_weights()))
         kinds = sorted({l.dtype_policy.compute_dtype for l in plain.layers if hasattr(l, "dtype_policy")})
         print(json.dumps({"inner": inner, "head": head, "out": str(y.dtype.name), "same": same, "plain": kinds}))
-    """)
-    assert out == {"inner": "float16", "head": "float32", "out": "float32", "same": True, "plain": ["float32"]}
+    """.replace("NAME", name))
+    assert out == {"inner": inner, "head": "float32", "out": "float32", "same": True, "plain": ["float32"]}
 
 
 @pytest.mark.slow
