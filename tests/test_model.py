@@ -92,6 +92,49 @@ def test_mask_follows_the_image_through_augmentation():
     assert moved >= n // 2, "augmentation left most masks unchanged"
 
 
+def test_extra_augmentations_keep_image_mask_and_label_consistent():
+    """--augment-extra: MixUp's input to the model (image*mask) is exactly the mix of the two
+    masked images, its mask their union, its label the same mix; intensity changes the look of
+    the image only; vflip turns lesions upside down with their masks; unknown names are refused."""
+    from busi.train.backend import tf
+    from busi.train.inputs import Arrays
+    from busi.train.pipeline import mix_pairs, mixup, train_dataset
+    from busi.train.stages import parse_extra
+
+    rng = np.random.default_rng(2)
+    img = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    m = (rng.uniform(size=(8, 16, 16, 1)) > 0.5).astype("float32")
+    y = np.eye(3, dtype="float32")[rng.integers(0, 3, 8)]
+    lam, perm = rng.uniform(size=8).astype("float32"), rng.permutation(8)
+    mi, mm, my = (t.numpy() for t in mix_pairs(*map(tf.constant, (img, m, y, lam, perm))))
+    for i, j in enumerate(perm):
+        np.testing.assert_allclose(mi[i] * mm[i], lam[i] * img[i] * m[i] + (1 - lam[i]) * img[j] * m[j], atol=1e-3)
+        assert np.array_equal(mm[i], np.maximum(m[i], m[j]))
+        np.testing.assert_allclose(my[i], lam[i] * y[i] + (1 - lam[i]) * y[j], atol=1e-6)
+    mi, mm, my = (t.numpy() for t in mixup(tf.constant(img), tf.constant(m), tf.constant(y), tf.constant([3, 4], tf.int64)))
+    assert np.allclose(my.sum(axis=1), 1) and (my >= 0).all() and not np.array_equal(my, y)  # seeded draw: real mixing
+
+    S, n = 32, 8
+    gt = np.zeros((n, S, S), bool)
+    gt[:, 2:10, 12:20] = True  # every lesion near the top
+    images = np.repeat((gt * 200 + 20).astype(np.uint8)[..., None], 3, axis=3)
+    arr = Arrays(images, gt, np.arange(n) % 3, [f"p{i}" for i in range(n)])
+    top = lambda msk: (msk[: S // 2].sum(), msk[S // 2 :].sum())  # rows above, below the middle  # noqa: E731
+    flipped = sum(top(m[..., 0])[1] > top(m[..., 0])[0] for b in range(3)
+                  for m in next(iter(train_dataset(arr, "gt", np.zeros((0, 2)), n, b, extra=parse_extra("vflip"))))[0]["mask"].numpy())
+    assert flipped > 0  # the geometry now flips vertically too (never without vflip: see below)
+    plain = sum(top(m[..., 0])[1] > top(m[..., 0])[0] for b in range(3)
+                for m in next(iter(train_dataset(arr, "gt", np.zeros((0, 2)), n, b)))[0]["mask"].numpy())
+    assert plain == 0
+    x, _ = next(iter(train_dataset(arr, "gt", np.zeros((0, 2)), n, 0, augment=False, extra=parse_extra("intensity"))))
+    assert np.array_equal(x["mask"].numpy()[..., 0] > 0.5, gt)  # the mask untouched
+    assert not np.allclose(x["image"].numpy(), images) and x["image"].numpy().max() <= 255
+    assert parse_extra("mixup, VFLIP") == ("vflip", "mixup") and parse_extra("none") == ()
+    for bad in ("cutmix", "vflip,vflip"):
+        with pytest.raises(ValueError, match="vflip, intensity, mixup"):
+            parse_extra(bad)
+
+
 def test_preprocessing_is_keras_resnet50_caffe_preprocessing_exactly():
     """The in-graph preprocessing (RGB->BGR as a product with a permutation, then the ImageNet
     mean) is keras.applications.resnet50.preprocess_input to the bit."""

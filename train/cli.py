@@ -108,6 +108,8 @@ def fit(
     keep_conflicts: bool = typer.Option(False, "--keep-conflicts", help="Keep label-conflicting duplicate groups in train."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Switch augmentation off."),
     scanner_augment: bool = typer.Option(False, "--scanner-augment/--no-scanner-augment", help="Also augment how a scanner shows the tissue: gain, gamma, resolution, blur, noise (the image only)."),
+    augment_extra: str = typer.Option("none", "--augment-extra", help="Add to the seed's augmentation: vflip (vertical "
+                                      "flip), intensity (brightness, contrast), mixup (MixUp of masked images), comma-separated."),
     near_ood: str = typer.Option("phantoms", "--near-ood", help="Near-OOD set for the out-of-distribution guard's "
                                  "report: a BUSI-layout folder, 'phantoms' (generated; skipped when training on "
                                  "phantoms) or 'none'."),
@@ -129,12 +131,16 @@ def fit(
     """Split the data (duplicate-aware), train the masked ResNet50, evaluate it on the test split."""
     from .fit import FitConfig
     from .fit import fit as run_fit
-    from .stages import parse_stages
+    from .stages import parse_extra, parse_stages
 
     try:
         stages = parse_stages(fine_tune)
     except ValueError as e:
         raise UsageError(f"--fine-tune {fine_tune}: {e}") from None
+    try:
+        parse_extra(augment_extra)
+    except ValueError as e:
+        raise UsageError(f"--augment-extra {augment_extra}: {e}") from None
     if stages and weights == "none":
         raise UsageError("--fine-tune needs pretrained --weights (imagenet or PATH.h5); --weights none trains the whole backbone already")
     if init is not None and not stages:
@@ -144,8 +150,8 @@ def fit(
         data=str(data), out=str(out), weights=weights, freeze=freeze, mask_source=mask_source,
         image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
         val_frac=val_frac, test_frac=test_frac, dup_distance=distance, keep_conflicts=keep_conflicts,
-        augment=not no_augment, scanner_augment=scanner_augment, near_ood=near_ood, cv=cv, strategy=strategy,
-        precision=precision, cpu_replicas=cpu_replicas, fine_tune=",".join(stages) or "none", fine_tune_lr=fine_tune_lr,
+        augment=not no_augment, scanner_augment=scanner_augment, augment_extra=",".join(parse_extra(augment_extra)) or "none",
+        near_ood=near_ood, cv=cv, strategy=strategy, precision=precision, cpu_replicas=cpu_replicas, fine_tune=",".join(stages) or "none", fine_tune_lr=fine_tune_lr,
         fine_tune_epochs=fine_tune_epochs, init=str(init) if init else None,
     )
     if cv == 1:

@@ -60,6 +60,7 @@ def cross_validated_operating_point(cfg, pool: Arrays, groups: list[str], sizes:
     from .stages import parse_stages
     from .model import build_classifier, unfreeze
     from .pipeline import train_dataset
+    from .stages import parse_extra
     from .report import prediction_rows
 
     t0 = time.time()
@@ -70,7 +71,7 @@ def cross_validated_operating_point(cfg, pool: Arrays, groups: list[str], sizes:
         model = build_classifier(cfg.image_size, cfg.weights, cfg.freeze, bn_momentum=cfg.bn_momentum)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr), loss="categorical_crossentropy")
         ds = train_dataset(part, cfg.mask_source, sizes, cfg.batch_size, cfg.seed + 101 * (i + 1), cfg.augment,
-                           cfg.scanner_augment)
+                           cfg.scanner_augment, extra=parse_extra(cfg.augment_extra))
         weights = {j: float(w) for j, w in enumerate(cw)}
         model.fit(ds, epochs=epochs[0], class_weight=weights, shuffle=False, verbose=0)
         if epochs[1]:

@@ -40,7 +40,7 @@ from .phantoms import PHANTOM_MARKER
 from .evaluation import card_metrics, evaluate_model, predict, predict_with_features
 from .inputs import Arrays, eval_masks, lesion_sizes, load_rows
 from .metrics import operating_point
-from .stages import parse_stages
+from .stages import EXTRA_TEXT, parse_extra, parse_stages
 from .ood import fit_guard_from_features, guard_summary, ood_sets
 from .provenance import git_commit, now, versions
 from .report import plots, prediction_rows, write_report
@@ -67,6 +67,7 @@ class FitConfig:
     keep_conflicts: bool = False
     augment: bool = True
     scanner_augment: bool = False  # pipeline.scanner_augment: gain, gamma, resolution, blur, noise
+    augment_extra: str = "none"  # pipeline.EXTRA_AUGMENTS, comma-separated: vflip, intensity, mixup
     bn_momentum: float | None = None
     #: the near-OOD set of the out-of-distribution guard's evaluation: a BUSI-layout folder,
     #: "phantoms" (generated; skipped when the training data are phantoms) or "none"
@@ -210,7 +211,7 @@ def fit(cfg: FitConfig) -> Path:
         validation = None if twin else (val_x, val_y)
         extra = [one_device_validation(keras, twin, val_x, val_y, cfg.batch_size)] if twin else []
         train_ds = train_dataset(arrays["train"], cfg.mask_source, sizes, cfg.batch_size, cfg.seed, cfg.augment,
-                                 cfg.scanner_augment, drop_remainder=replicas > 1)
+                                 cfg.scanner_augment, drop_remainder=replicas > 1, extra=parse_extra(cfg.augment_extra))
         if cfg.init:
             weights, init_history, init_seconds = _initial_weights(cfg, manifest, keras)
             model.set_weights(weights)
@@ -400,7 +401,8 @@ def make_card(cfg, report, rows, s, n_trainable, n_params, epochs_run, seconds, 
             "loss": "categorical_crossentropy",
             "class_weights": "balanced (sklearn compute_class_weight)",
             "augmentation": "rotation 20deg, shift 10%, shear 0.2, zoom 20%, horizontal flip (joint image+mask)"
-                            + ("; scanner: gain, gamma, resolution, blur, noise (image only)" if cfg.scanner_augment else ""),
+                            + ("; scanner: gain, gamma, resolution, blur, noise (image only)" if cfg.scanner_augment else "")
+                            + "".join(f"; {EXTRA_TEXT[e]}" for e in parse_extra(cfg.augment_extra)),
             "seconds": round(seconds, 1),
             "lesion_box_sizes": sizes.tolist() if len(sizes) <= 2000 else None,
         },

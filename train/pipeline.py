@@ -8,8 +8,9 @@ from .backend import keras, tf
 from .inputs import TRAIN_MARGIN, Arrays, source_mask
 
 
-def augmenter(seed: int) -> keras.Sequential:
-    """Rotation ±20°, shift 10 %, shear 0.2, zoom 20 %, horizontal flip (Keras layers).
+def augmenter(seed: int, vflip: bool = False) -> keras.Sequential:
+    """Rotation ±20°, shift 10 %, shear 0.2, zoom 20 %, horizontal flip (Keras layers); with
+    `vflip` also a vertical flip (`--augment-extra vflip`).
 
     Applied to the 4-channel stack [R, G, B, mask], so image and mask share one geometry.
     Areas moved in from outside the frame are filled with 0 (black, outside the mask).
@@ -22,6 +23,7 @@ def augmenter(seed: int) -> keras.Sequential:
             keras.layers.RandomShear(x_factor=0.2, seed=seed + 2, **kw),
             keras.layers.RandomZoom(0.2, 0.2, seed=seed + 3, **kw),
             keras.layers.RandomFlip("horizontal", seed=seed + 4),
+            *([keras.layers.RandomFlip("vertical", seed=seed + 5)] if vflip else []),
         ],
         name="joint_augment",
     )
@@ -62,6 +64,40 @@ def scanner_augment(img, seed):
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
+def intensity_augment(img, seed):
+    """Brightness (an offset of up to ±10 % of full scale) and contrast (x0.8-1.2 about the image's
+    mean), drawn per image (stateless, from `seed`), the image only."""
+    n = tf.shape(img)[0]
+    u = lambda k, lo, hi: tf.random.stateless_uniform([n, 1, 1, 1], seed + k, lo, hi)  # noqa: E731
+    mean = tf.reduce_mean(img, axis=[1, 2, 3], keepdims=True)
+    img = (img - mean) * u(1, 0.8, 1.2) + mean + u(2, -25.5, 25.5)
+    return tf.clip_by_value(img, 0.0, 255.0)
+
+
+def mixup(img, m, y, seed, alpha: float = 0.2):
+    """MixUp of masked images (Zhang et al. 2018) with a partner from the same batch: the model's
+    input image*mask becomes lam*(image1*mask1) + (1-lam)*(image2*mask2) exactly (the image is the
+    mix of the masked images, the mask their union), the label lam*y1 + (1-lam)*y2; lam ~
+    Beta(alpha, alpha) per image. Class weights then follow the larger part (Keras weighs soft
+    labels by their argmax)."""
+    n = tf.shape(img)[0]
+    g1 = tf.random.stateless_gamma([n], seed + 1, alpha)
+    g2 = tf.random.stateless_gamma([n], seed + 2, alpha)
+    lam = g1 / tf.maximum(g1 + g2, 1e-12)
+    perm = tf.argsort(tf.random.stateless_uniform([n], seed + 3))
+    return mix_pairs(img, m, y, lam, perm)
+
+
+def mix_pairs(img, m, y, lam, perm):
+    """Image i mixed with image perm[i] with weight lam[i] (see `mixup`)."""
+    li = lam[:, None, None, None]
+    masked = img * m
+    img = li * masked + (1.0 - li) * tf.gather(masked, perm)
+    m = tf.maximum(m, tf.gather(m, perm))
+    y = lam[:, None] * y + (1.0 - lam[:, None]) * tf.gather(y, perm)
+    return img, m, y
+
+
 def train_dataset(
     arr: Arrays,
     source: str,
@@ -71,6 +107,7 @@ def train_dataset(
     augment: bool = True,
     scanner: bool = False,
     drop_remainder: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> tf.data.Dataset:
     """Shuffled, augmented batches of ({"image", "mask"}, one-hot label) for training.
     `drop_remainder`: only full batches (a mirrored fit splits each batch evenly over its
@@ -78,7 +115,9 @@ def train_dataset(
 
     The mask source is drawn afresh every epoch (box margin 0-20 %, placeholder boxes for
     normal images) from a seeded numpy generator, then augmented together with the image.
-    `scanner` adds `scanner_augment` (after the geometry, on the image only).
+    `scanner` adds `scanner_augment` (after the geometry, on the image only). `extra` (see
+    EXTRA_AUGMENTS): "vflip" adds a vertical flip to the joint geometry, "intensity" brightness and
+    contrast (image only), "mixup" mixes each batch's masked images and labels (`mixup`).
     """
     rng = np.random.default_rng(seed)
     n = len(arr)
@@ -97,10 +136,10 @@ def train_dataset(
     labels = tf.constant(onehot)
     ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(load, num_parallel_calls=1, deterministic=True).batch(batch_size, drop_remainder=drop_remainder)
-    aug = augmenter(seed)
+    aug = augmenter(seed, vflip="vflip" in extra)
 
     # the scanner augmentation's seeds come from a seeded generator, as the Keras layers' do
-    seeds = keras.random.SeedGenerator(seed + 7) if scanner else None
+    seeds = keras.random.SeedGenerator(seed + 7) if scanner or extra else None
 
     def finish(img, m, y):
         img = tf.cast(img, tf.float32)
@@ -108,6 +147,10 @@ def train_dataset(
             img, m = augment_pair(aug, img, m)
         if scanner:
             img = scanner_augment(img, tf.cast(seeds.next(), tf.int64))
+        if "intensity" in extra:
+            img = intensity_augment(img, tf.cast(seeds.next(), tf.int64))
+        if "mixup" in extra:
+            img, m, y = mixup(img, m, y, tf.cast(seeds.next(), tf.int64))
         return {"image": img, "mask": m}, y
 
     return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
