@@ -325,8 +325,9 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
     rows.append(row("memory", "peak RSS: busi-infer one.png (FP32 model); import tensorflow", "import tensorflow", {"peak_mb": t_rss},
                     "busi-infer", {"peak_mb": c_rss, **extra}, c_rss / t_rss, "busi-infer <= 400 MB", c_rss <= 400, unit="MB"))
 
-    # 8: training input pipeline vs in-memory tensors
+    # 8: training input pipeline vs in-memory tensors; the frozen recipe's step, float32 vs bfloat16
     rows.append(training_input_row(card, model_dir, quick))
+    rows.append(training_step_row(quick))
 
     # 8b: busi-node throughput vs busi-infer on the same DICOM files
     rows.append(node_row(fp32_path, tmp, quick))
@@ -525,6 +526,38 @@ def training_input_row(card: ModelCard, model_dir: Path, quick: bool) -> dict:
     r = b["images_per_s"] / a["images_per_s"]
     return row("training input", f"fit, tf.data with augmentation vs in-memory tensors ({len(arr)} images, {S} px, batch {bs})",
                "in-memory", a, "tf.data+aug", b, r, ">= 0.9x", r >= 0.9, unit="images/s")
+
+
+def training_step_row(quick: bool, size: int = 224, batch: int = 32) -> dict:
+    """One training step of the seed's recipe (frozen ResNet50 at 224 px, batch 32; the weights'
+    values do not change the time, so no ImageNet file is needed), float32 against
+    `--precision bf16`, and how much of the float32 step is the frozen backbone's forward pass
+    (what an epoch mostly is, with a frozen backbone)."""
+    from busi.train.backend import keras
+    from busi.train.distribute import cpu_has_bf16, precision
+    from busi.train.model import build_classifier
+
+    rng = np.random.default_rng(0)
+    x = {"image": rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32),
+         "mask": np.ones((batch, size, size, 1), np.float32)}
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, batch)]
+
+    def compiled(policy):
+        with precision(policy):
+            m = build_classifier(size, "none", freeze=True)
+            m.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy")
+        return m
+
+    f32, b16 = compiled("float32"), compiled("bf16")
+    reps = 2 if quick else 5
+    a, b, r = paired(lambda: f32.train_on_batch(x, y), lambda: b16.train_on_batch(x, y), reps, warmup=1)
+    fwd = timeit(lambda: f32.predict_on_batch(x), reps, warmup=1)
+    extra = {"forward_share": fwd["median_s"] / a["median_s"], "cpu_bf16": cpu_has_bf16(),
+             "note": "forward_share: the float32 model's inference on the batch / its training step"}
+    per = lambda t: {"images_per_s": batch / t["median_s"], **t}  # noqa: E731
+    return row("training step", f"the frozen recipe's train_on_batch ({size} px, batch {batch}): float32 vs --precision bf16",
+               "float32", per(a), "bf16", per(b), r, ">= 1.2x where the CPU has bf16", r >= 1.2 if cpu_has_bf16() else None,
+               unit="images/s", extra=extra)
 
 
 def markdown(res: dict) -> str:

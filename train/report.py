@@ -283,6 +283,10 @@ def compare_table(model_dirs: list[Path]) -> str:
 
     row("backbone", lambda d, rep, tr, *_: "frozen" if tr.get("fine_tune", "none") == "none" else
         f"fine-tuned {tr['fine_tune']} from epoch {tr.get('fine_tune_from_epoch')} (Adam {tr['fine_tune_lr']:g})")
+    row("augmentation beyond the seed's", lambda d, rep, tr, *_: ", ".join(
+        [*(["scanner"] if tr.get("scanner_augment") else []), *[e for e in tr.get("augment_extra", "none").split(",") if e != "none"]]
+        ) or ("none" if tr.get("augment", True) else "switched off"))
+    row("precision", lambda d, rep, tr, *_: tr.get("precision", "float32"))
     row("epochs run (best kept)", lambda d, rep, tr, *_: str(tr["epochs_run"]))
     row("training time", lambda d, rep, tr, *_: f"{tr['seconds'] / 60:.0f} min")
     row("mask source (trained)", lambda d, rep, tr, src, *_: src)
