@@ -223,12 +223,12 @@ def evaluate(
 @app.command()
 def report(
     model_dir: Path = typer.Argument(..., help="Model folder with report.json."),
-    readme: Optional[Path] = typer.Option(None, "--readme", help="README to update between the results markers."),
-    block: str = typer.Option("results", "--block", help="Which README block: 'results' (<!-- results:start -->) or another NAME (<!-- NAME:start --> ... <!-- NAME:end -->)."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Markdown file to update between the block's markers (docs/results.md holds the results blocks)."),
+    block: str = typer.Option("results", "--block", help="Which block: 'results' (<!-- results:start -->) or another NAME (<!-- NAME:start --> ... <!-- NAME:end -->)."),
     verbose: int = verbose_option(),  # -v/-q also after the subcommand
     quiet: bool = quiet_option(),
 ):
-    """Print the results table of a model folder or evaluation folder (and write it into the README)."""
+    """Print the results table of a model folder or evaluation folder (and write it into a Markdown file)."""
     from .report import results_table, segmenter_line, update_readme
 
     rp = ModelDir(model_dir).report_json
@@ -243,8 +243,8 @@ def report(
 @app.command()
 def compare(
     model_dirs: list[Path] = typer.Argument(..., help="Model folders written by `busi-train fit` on the same split."),
-    readme: Optional[Path] = typer.Option(None, "--readme", help="README to write the table into, between <!-- BLOCK:start --> and <!-- BLOCK:end -->."),
-    block: str = typer.Option("compare", "--block", help="The README block's name."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Markdown file to write the table into, between <!-- BLOCK:start --> and <!-- BLOCK:end --> (docs/results.md)."),
+    block: str = typer.Option("compare", "--block", help="The block's name."),
 ):
     """Recipes side by side: validation figures (where a recipe is chosen) and test figures."""
     from .report import compare_table, replace_block
@@ -258,7 +258,7 @@ def compare(
         raise UsageError("the model folders were trained on different data or splits: their figures do not compare")
     table = compare_table(model_dirs)
     typer.echo(table)
-    cmd = "busi-train compare " + " ".join(map(str, model_dirs)) + f" --readme README.md --block {block}"
+    cmd = "busi-train compare " + " ".join(map(str, model_dirs)) + f" --readme {readme} --block {block}"
     if readme is not None and not replace_block(readme, block, f"_Written by `{cmd}`._\n\n{table}\n"):
         raise UsageError(f"{readme}: no {block} markers found")
 
