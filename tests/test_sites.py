@@ -104,7 +104,7 @@ def test_abstaining_keeps_the_images_whose_auto_mask_is_right(site_b_eval):
     often than all images would: a lesion image outlined (Dice >= 0.5), a normal image with
     nothing found. For an abstained image, "would" is the region the segmenter found (what the
     runtime would have boxed). The tests' classifier (2 epochs) is at chance and cannot show
-    the accuracy itself; the demo's report does (README, site B: balanced accuracy 0.511 on
+    the accuracy itself; the demo's report does (docs/results.md, site B: balanced accuracy 0.511 on
     all images, 0.538 on the kept ones)."""
     rows = read_csv(site_b_eval / "segmentation.csv")
 

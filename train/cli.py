@@ -167,7 +167,7 @@ def fit(
 def segmenter(
     data: Path = typer.Option(..., "--data", help="BUSI-layout folder (the classifier's --data)."),
     out: Path = typer.Option(..., "--out", help="Model folder: the classifier's (its split is reused), or a new one."),
-    image_size: int = typer.Option(256, "--image-size", min=32, max=1024, help="Input side in pixels, divisible by 16 (128: a quarter of the cost, somewhat lower Dice; README)."),
+    image_size: int = typer.Option(256, "--image-size", min=32, max=1024, help="Input side in pixels, divisible by 16 (128: a quarter of the cost, somewhat lower Dice; docs/model.md)."),
     epochs: int = typer.Option(60, "--epochs", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     lr: float = typer.Option(1e-3, "--lr", min=0.0),

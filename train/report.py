@@ -1,4 +1,4 @@
-"""Write predictions.csv, report.json, report.md and the plots; update the README table."""
+"""Write predictions.csv, report.json, report.md and the plots; update a results table in a Markdown file (docs/results.md)."""
 
 from __future__ import annotations
 
