@@ -238,3 +238,16 @@ def test_the_readme_record_kinds_are_the_schema_variants():
     for kind, told_by in rows.items():
         field = re.search(r"`\"?(\w+)", told_by).group(1)
         assert field in variants[kind]["required"], (kind, field)
+
+
+def test_the_readme_and_the_model_card_cite_busi_and_state_the_same_terms():
+    from busi.runtime.card_markdown import BUSI_CITATION, BUSI_IMAGES_TERMS
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    doi = re.search(r"doi:(\S+)", BUSI_CITATION).group(1)
+    assert f"doi:{doi}" in readme and "Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A." in readme
+    commit = re.search(r"commit ([0-9a-f]{7,})", BUSI_IMAGES_TERMS).group(1)
+    assert f"github:yirutsai/Breast-ultrasound-dataset at commit {commit}" in readme
+    assert "no licence file" in readme and "no licence file" in BUSI_IMAGES_TERMS
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License") and 'license = { text = "MIT" }' in \
+        (ROOT / "pyproject.toml").read_text()
