@@ -17,7 +17,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from busi.runtime import NeedsRoi, Prediction, Predictor, predict_breast_cancer
 from busi.runtime.verify import sha256_file, sidecar
 from busi.train.phantoms import SITES, make_phantom
-from helpers import cli
+from helpers import PROGRESS_MARKS, cli
 
 CLASSES = ("normal", "benign", "malignant")
 #: the presence AUROC on site B must stay above this. The test's segmenter (64 px, trained on 34
@@ -64,7 +64,8 @@ def site_b(tmp_path_factory):
 @pytest.fixture(scope="module")
 def site_b_eval(exported, site_b, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "site-b"
-    cli("busi-train", "evaluate", exported, "--data", site_b, "--out", out)
+    r = cli("busi-train", "evaluate", exported, "--data", site_b, "--out", out)
+    assert not [m for m in PROGRESS_MARKS if m in r.stderr], r.stderr[-2000:]  # stderr not a terminal: no progress bar
     return out
 
 
