@@ -22,7 +22,7 @@ SEG_ARGS  ?=
 DEMO_SEG_ARGS ?= --image-size 64
 PYDICOM_TESTS = $(shell $(BIN)/python -c 'import pathlib, pydicom.data; print(pathlib.Path(pydicom.data.__file__).parent / "test_files")')
 
-# the whole real-data pipeline (README "Results on real BUSI"): full BUSI + ImageNet weights
+# the whole real-data pipeline (docs/results.md, "Results on real BUSI"): full BUSI + ImageNet weights
 REAL_OUT ?= models/real
 REAL_FIT_ARGS ?=
 REAL_SEG_ARGS ?= --image-size 128
@@ -37,7 +37,7 @@ help:
 	@echo "make test-deps - Orthanc and dcmtk for the busi-node tests (apt-get, as root)"
 	@echo "make fuzz   - property-based fuzzing of the decoders and the API (FUZZ_EXAMPLES=20000)"
 	@echo "make train DATA=/path/to/Dataset_BUSI_with_GT [WEIGHTS=imagenet|none|file.h5] [OUT=models/busi]"
-	@echo "make real DATA=/path/to/Dataset_BUSI_with_GT WEIGHTS=file.h5 [SEED=1] - fit, segmenter, export, README table (hours on 2 cores)"
+	@echo "make real DATA=/path/to/Dataset_BUSI_with_GT WEIGHTS=file.h5 [SEED=1] - fit, segmenter, export, the table in docs/results.md (hours on 2 cores)"
 	@echo "make segmenter DATA=... OUT=...   (lesion segmenter for --mask auto, on the classifier's split)"
 	@echo "make export [OUT=models/demo]   make bench [OUT=models/demo]   make clean"
 
@@ -67,13 +67,13 @@ export: $(BIN)/.installed
 
 # make real DATA=/path/to/Dataset_BUSI_with_GT WEIGHTS=/path/to/resnet50_..._notop.h5: fit (the default
 # recipe), the lesion segmenter on the same split (auto is then evaluated next to gt/box/none), export
-# with the INT8 gate, and the README's real-data table from the run's report.json
+# with the INT8 gate, and the real-data table in docs/results.md from the run's report.json
 real: $(BIN)/.installed
 	@test -d "$(DATA)" -a "$(DATA)" != "$(DEMO_DATA)" || { echo "make real needs DATA=/path/to/Dataset_BUSI_with_GT (and WEIGHTS=PATH.h5 without network)"; exit 2; }
 	$(BIN)/busi-train fit --data $(DATA) --out $(REAL_OUT) --weights $(WEIGHTS) --seed $(SEED) $(REAL_FIT_ARGS)
 	$(BIN)/busi-train segmenter --data $(DATA) --out $(REAL_OUT) --seed $(SEED) $(REAL_SEG_ARGS)
 	$(BIN)/busi-export $(REAL_OUT) --int8 --allow-int8-refusal
-	$(BIN)/busi-train report $(REAL_OUT) --readme README.md --block real
+	$(BIN)/busi-train report $(REAL_OUT) --readme docs/results.md --block real
 
 demo: $(BIN)/.installed $(DEMO_DATA)/.done
 	$(BIN)/busi-train fit --data $(DEMO_DATA) --out $(DEMO_OUT) --seed $(SEED) $(DEMO_ARGS)

@@ -1,4 +1,4 @@
-"""`busi-node`: run busi as a DICOM node beside the PACS (see README, "Running as a DICOM node")."""
+"""`busi-node`: run busi as a DICOM node beside the PACS (see docs/node.md)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ from typing import Any
 
 BUSI_CITATION = ("W. Al-Dhabyani, M. Gomaa, H. Khaled, A. Fahmy, \"Dataset of breast ultrasound images\", "
                  "Data in Brief 28 (2020) 104863, doi:10.1016/j.dib.2019.104863")
+#: what can be sourced about the images' own terms (the README's "Data and licences" says the same)
+BUSI_IMAGES_TERMS = ("No licence for the images is stated in the copy busi was measured on "
+                     "(github:yirutsai/Breast-ultrasound-dataset, commit 6c0fac85: no licence file; it points to a "
+                     "Kaggle page): check the terms of the copy you use.")
 
 #: (key, label) of the evaluation table, in its order
 ROWS = (
@@ -67,14 +71,14 @@ def _data_lines(card) -> list[str]:
                      f"excluded: {d.conflicting_groups_excluded}")
     if d.kind is None:
         lines.append(f"- Source and licence: not recorded in this card (written before busi recorded them). For the "
-                     f"public BUSI dataset: {BUSI_CITATION}.")
+                     f"public BUSI dataset: {BUSI_CITATION}. {BUSI_IMAGES_TERMS}")
     elif d.kind == "phantoms":
         lines.append("- Source and licence: synthetic B-mode phantoms written by `busi-train phantoms` (part of busi, "
                      "MIT). They test the plumbing; no figure here says anything about real patients.")
     else:
         lines.append(f"- Source and licence: a BUSI-layout folder. The public BUSI dataset: {BUSI_CITATION}; 780 "
-                     "images of 600 women aged 25–75, one hospital in Cairo, 2018. Published with the open-access "
-                     "article for research use; cite it, and check the terms of the copy you use.")
+                     "images of 600 women aged 25–75, one hospital in Cairo, 2018. Cite the article (open access, CC BY). "
+                     f"{BUSI_IMAGES_TERMS}")
     return lines
 
 

@@ -33,7 +33,8 @@ class Bar:
 
         class Rate(TaskProgressColumn):
             def render(self, task):
-                speed = task.finished_speed or task.speed
+                # rich's speed needs two updates within 30 s; slow steps (evaluation) get the mean rate
+                speed = task.finished_speed or task.speed or (task.completed / task.elapsed if task.elapsed else None)
                 from rich.text import Text
 
                 return Text(f"{speed:.2f} {unit}/s" if speed else f"- {unit}/s", style="progress.data.speed")

@@ -55,6 +55,9 @@ MEANING = {
     "images": "images of the study classified",
     "max_malignant": "the highest P(malignant) of the study's images (null when none was classified)",
     "max_malignant_path": "the image with that P(malignant)",
+    "output_error": "--explain: why this image's Grad-CAM overlay could not be written (the image keeps its class)",
+    "dicom_output_error": "--dicom-out: why this image's DICOM objects could not be built or written (it keeps its "
+                          "class)",
 }
 
 #: --by study: one summary record per DICOM study (busi.runtime.records.study_summaries)
@@ -123,6 +126,10 @@ def record_schema() -> dict[str, Any]:
     prediction["properties"]["probabilities"]["additionalProperties"].update(minimum=0, maximum=1)
     needs_roi = _from_dataclass(results.NeedsRoi, optional=("dicom",))
     needs_roi["properties"]["needs_roi"]["const"] = True
+    # what busi-infer adds to a record when one of its outputs fails (the batch goes on, exit 1)
+    prediction["properties"]["output_error"] = {"type": "string", "description": MEANING["output_error"]}
+    for variant in (prediction, needs_roi):
+        variant["properties"]["dicom_output_error"] = {"type": "string", "description": MEANING["dicom_output_error"]}
     failure = _from_dataclass(results.Failure)
     study = {"type": "object", "additionalProperties": False, "required": list(STUDY_FIELDS),
              "properties": {k: {**v, "description": v.get("description", MEANING.get(k, ""))} for k, v in STUDY_FIELDS.items()}}

@@ -1,4 +1,4 @@
-"""`busi-serve MODEL_DIR`: one inference service for many scanners (see README, "Serving and scaling")."""
+"""`busi-serve MODEL_DIR`: one inference service for many scanners (see docs/serving.md)."""
 
 from __future__ import annotations
 

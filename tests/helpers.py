@@ -26,6 +26,33 @@ def cli(name: str, *args, check: bool = True, timeout: int = 900, env: dict | No
     return r
 
 
+def on_a_terminal(name: str, *args, timeout: int = 900) -> tuple[subprocess.CompletedProcess, str]:
+    """Run a console script with stderr on a pseudo-terminal (stdout piped), as a user at a
+    terminal sees it: (the result with its stdout, what the terminal showed)."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(BIN / name), *map(str, args)], stdout=subprocess.PIPE, stderr=slave,
+                            env={**os.environ, "COLUMNS": "120"})
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out, _ = proc.communicate(timeout=timeout)
+    os.close(master)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), ""), seen.decode("utf-8", "replace")
+
+
+#: what a progress bar leaves in a stream (rate, ETA, carriage returns); none of it off a terminal
+PROGRESS_MARKS = ("images/s", "ETA", "\r")
+
+
 def bench(*args, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     """`make bench`'s command: the bench script beside the project, not a console script."""
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), *map(str, args)], capture_output=True, text=True,

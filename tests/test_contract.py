@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -124,6 +125,11 @@ def test_card_round_trip_and_the_same_contract_as_the_onnx_file(tmp_path):
         ModelCard.load(tmp_path / "card.json")
     md = (tmp_path / "MODEL_CARD.md").read_text()
     assert md.startswith("# Model card: demo") and "## Ethical considerations" in md and "diagnosis" in md
+    # real BUSI data: the citation and what is known of the images' terms (the README says the same)
+    from busi.runtime.card_markdown import render
+
+    real = render(dataclasses.replace(card, data=dataclasses.replace(card.data, kind="busi-layout")))
+    assert "doi:10.1016/j.dib.2019.104863" in real and "CC BY" in real and "no licence file" in real
 
 
 def test_version_1_card_loads(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from busi.train import dataset as ds
-from helpers import bench, cli
+from helpers import PROGRESS_MARKS, bench, cli, on_a_terminal
 
 
 def test_check_data_on_the_real_sample(sample):
@@ -28,8 +28,12 @@ def test_check_data_on_the_real_sample(sample):
     ]
     assert sorted(sorted(g) for g in s["conflicting_groups"]) == [groups[1], groups[2]]
     assert s["problems"] == {} and s["unusable"] is None
-    text = cli("busi-train", "check-data", sample).stdout
-    assert "duplicate groups (4" in text and "label-conflicting groups (2)" in text
+    assert not [m for m in PROGRESS_MARKS if m in r.stderr], r.stderr  # stderr not a terminal: no progress bar
+    r, terminal = on_a_terminal("busi-train", "check-data", sample)  # on a terminal: a bar with rate and ETA
+    assert r.returncode == 0 and "check-data" in terminal and "24/24" in terminal and "images/s" in terminal \
+        and "ETA" in terminal, terminal[-2000:]
+    text = r.stdout  # the summary stays on stdout
+    assert "duplicate groups (4" in text and "label-conflicting groups (2)" in text and "images/s" not in text
 
 
 def test_multi_mask_or_merge_on_real_files(sample):

@@ -285,4 +285,9 @@ def test_an_output_that_cannot_be_written_keeps_the_class(exported, tmp_path, le
     rec = json.loads(r.stdout)
     assert r.returncode == 1 and rec["class"] and "error" not in rec
     assert "DICOM output not written: the source has no SOPInstanceUID" in rec["dicom_output_error"]
+    import jsonschema
+
+    from busi.runtime.schema import record_schema
+
+    jsonschema.validate(rec, record_schema())  # the record's reference (busi-infer --schema) knows the field
     assert "1/1 images classified" in r.stderr and "DICOM output failed for 1" in r.stderr

@@ -19,7 +19,7 @@ import pytest
 from busi.runtime import Predictor
 from busi.runtime.contract import CONTRACT_VERSION
 from busi.runtime.session import nvidia_driver
-from helpers import BIN, cli
+from helpers import PROGRESS_MARKS, cli, on_a_terminal
 
 COMMANDS = ("busi-infer", "busi-train", "busi-export", "busi-node", "busi-serve")
 
@@ -190,26 +190,10 @@ def test_a_folder_without_images_is_bad_usage(exported, tmp_path, setup):
 
 
 def test_a_progress_bar_with_rate_and_eta_only_on_a_terminal(exported, phantoms):
-    import pty
-
     imgs = [f"{p}.png" for p in images(phantoms)]
-    args = [str(BIN / "busi-infer"), *imgs, "--model", str(exported / "model.onnx"), "--roi", "10,10,40,30"]
-    piped = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert piped.returncode == 0 and "images/s" not in piped.stderr and "\r" not in piped.stderr
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "COLUMNS": "120"})
-    os.close(slave)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    out, _ = proc.communicate(timeout=300)
-    os.close(master)
-    text = seen.decode("utf-8", "replace")
-    assert proc.returncode == 0 and len(out.decode().splitlines()) == 4  # the records stay on stdout
+    args = [*imgs, "--model", exported / "model.onnx", "--roi", "10,10,40,30"]
+    piped = infer(*args)
+    assert piped.returncode == 0 and not [m for m in PROGRESS_MARKS if m in piped.stderr], piped.stderr
+    r, text = on_a_terminal("busi-infer", *args, timeout=300)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 4  # the records stay on stdout
     assert "images/s" in text and "ETA" in text and "4/4" in text, text[-2000:]

@@ -20,7 +20,7 @@ from busi.runtime.card import SegmenterCard
 from busi.runtime.contract import SegmenterInfo
 from busi.runtime.imageio import read_mask
 from busi.runtime.segmenter import Segmenter
-from helpers import SAMPLE, cli
+from helpers import SAMPLE, cli, on_a_terminal
 
 #: Dice floor for the segmenter on held-out phantoms. A segmenter that learned nothing finds
 #: no lesion (Dice 0) or marks the whole image (Dice about 0.05: phantom lesions cover 1-5 %
@@ -287,7 +287,9 @@ def test_external_evaluation_shows_all_four_mask_sources(exported, tmp_path):
     """`busi-train evaluate` on another BUSI-layout folder (the real sample) reports auto next to
     gt, box and none on the same images, and the segmenter's Dice there."""
     out = tmp_path / "eval"
-    cli("busi-train", "evaluate", exported, "--data", SAMPLE, "--out", out)
+    r, terminal = on_a_terminal("busi-train", "evaluate", exported, "--data", SAMPLE, "--out", out)
+    assert r.returncode == 0, terminal[-3000:]
+    assert "evaluate" in terminal and "images/s" in terminal and "ETA" in terminal, terminal[-2000:]  # a progress bar
     rep = json.loads((out / "report.json").read_text())
     assert list(rep["mask_sources"]) == ["gt", "box", "none", "auto"]
     assert len({m["n"] for m in rep["mask_sources"].values()}) == 1

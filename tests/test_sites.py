@@ -17,7 +17,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from busi.runtime import NeedsRoi, Prediction, Predictor, predict_breast_cancer
 from busi.runtime.verify import sha256_file, sidecar
 from busi.train.phantoms import SITES, make_phantom
-from helpers import cli
+from helpers import PROGRESS_MARKS, cli
 
 CLASSES = ("normal", "benign", "malignant")
 #: the presence AUROC on site B must stay above this. The test's segmenter (64 px, trained on 34
@@ -64,7 +64,8 @@ def site_b(tmp_path_factory):
 @pytest.fixture(scope="module")
 def site_b_eval(exported, site_b, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "site-b"
-    cli("busi-train", "evaluate", exported, "--data", site_b, "--out", out)
+    r = cli("busi-train", "evaluate", exported, "--data", site_b, "--out", out)
+    assert not [m for m in PROGRESS_MARKS if m in r.stderr], r.stderr[-2000:]  # stderr not a terminal: no progress bar
     return out
 
 
@@ -104,7 +105,7 @@ def test_abstaining_keeps_the_images_whose_auto_mask_is_right(site_b_eval):
     often than all images would: a lesion image outlined (Dice >= 0.5), a normal image with
     nothing found. For an abstained image, "would" is the region the segmenter found (what the
     runtime would have boxed). The tests' classifier (2 epochs) is at chance and cannot show
-    the accuracy itself; the demo's report does (README, site B: balanced accuracy 0.511 on
+    the accuracy itself; the demo's report does (docs/results.md, site B: balanced accuracy 0.511 on
     all images, 0.538 on the kept ones)."""
     rows = read_csv(site_b_eval / "segmentation.csv")
 

@@ -138,6 +138,7 @@ def test_readme_table_comes_from_the_report(trained, tmp_path):
     r = cli("busi-train", "report", trained, "--readme", readme)
     text = readme.read_text()
     assert "old" not in text and r.stdout.strip() in text and text.startswith("intro") and text.endswith("end\n")
+    assert f"`busi-train report {trained} --readme {readme}`" in text  # the command shown writes this very file
     acc = json.loads((trained / "report.json").read_text())["mask_sources"]["box"]["accuracy"]
     assert f"{acc:.3f}" in text
 
@@ -151,6 +152,7 @@ def test_recipes_compare_on_validation_and_test_from_their_own_files(trained, tm
     r = cli("busi-train", "compare", trained, trained, "--readme", readme, "--block", "real")
     text = readme.read_text()
     assert "stale table" not in text and r.stdout.strip() in text and text.endswith("b\n")
+    assert f"--readme {readme} --block real`" in text  # the command shown writes this very file
     rows = [x for x in read_predictions(trained) if x["split"] == "val" and x["mask_source"] == "box"]
     y, P = arrays(rows)
     val_row = next(ln for ln in text.splitlines() if ln.startswith("| validation: balanced accuracy"))

@@ -173,7 +173,7 @@ def fit(
 def segmenter(
     data: Path = typer.Option(..., "--data", help="BUSI-layout folder (the classifier's --data)."),
     out: Path = typer.Option(..., "--out", help="Model folder: the classifier's (its split is reused), or a new one."),
-    image_size: int = typer.Option(256, "--image-size", min=32, max=1024, help="Input side in pixels, divisible by 16 (128: a quarter of the cost, somewhat lower Dice; README)."),
+    image_size: int = typer.Option(256, "--image-size", min=32, max=1024, help="Input side in pixels, divisible by 16 (128: a quarter of the cost, somewhat lower Dice; docs/model.md)."),
     epochs: int = typer.Option(60, "--epochs", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     lr: float = typer.Option(1e-3, "--lr", min=0.0),
@@ -229,12 +229,12 @@ def evaluate(
 @app.command()
 def report(
     model_dir: Path = typer.Argument(..., help="Model folder with report.json."),
-    readme: Optional[Path] = typer.Option(None, "--readme", help="README to update between the results markers."),
-    block: str = typer.Option("results", "--block", help="Which README block: 'results' (<!-- results:start -->) or another NAME (<!-- NAME:start --> ... <!-- NAME:end -->)."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Markdown file to update between the block's markers (docs/results.md holds the results blocks)."),
+    block: str = typer.Option("results", "--block", help="Which block: 'results' (<!-- results:start -->) or another NAME (<!-- NAME:start --> ... <!-- NAME:end -->)."),
     verbose: int = verbose_option(),  # -v/-q also after the subcommand
     quiet: bool = quiet_option(),
 ):
-    """Print the results table of a model folder or evaluation folder (and write it into the README)."""
+    """Print the results table of a model folder or evaluation folder (and write it into a Markdown file)."""
     from .report import results_table, segmenter_line, update_readme
 
     rp = ModelDir(model_dir).report_json
@@ -249,8 +249,8 @@ def report(
 @app.command()
 def compare(
     model_dirs: list[Path] = typer.Argument(..., help="Model folders written by `busi-train fit` on the same split."),
-    readme: Optional[Path] = typer.Option(None, "--readme", help="README to write the table into, between <!-- BLOCK:start --> and <!-- BLOCK:end -->."),
-    block: str = typer.Option("compare", "--block", help="The README block's name."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Markdown file to write the table into, between <!-- BLOCK:start --> and <!-- BLOCK:end --> (docs/results.md)."),
+    block: str = typer.Option("compare", "--block", help="The block's name."),
 ):
     """Recipes side by side: validation figures (where a recipe is chosen) and test figures."""
     from .report import compare_table, replace_block
@@ -264,7 +264,7 @@ def compare(
         raise UsageError("the model folders were trained on different data or splits: their figures do not compare")
     table = compare_table(model_dirs)
     typer.echo(table)
-    cmd = "busi-train compare " + " ".join(map(str, model_dirs)) + f" --readme README.md --block {block}"
+    cmd = "busi-train compare " + " ".join(map(str, model_dirs)) + f" --readme {readme} --block {block}"
     if readme is not None and not replace_block(readme, block, f"_Written by `{cmd}`._\n\n{table}\n"):
         raise UsageError(f"{readme}: no {block} markers found")
 

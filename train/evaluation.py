@@ -63,25 +63,32 @@ def evaluate_model(
     `abstained` marks, per such source, the images the runtime does not classify: its figures
     are then on all images (as if it classified the guessed boxes) and, with `_kept`, on the
     images it keeps, beside the fraction it abstains on."""
+    from busi.runtime.progress import Bar
+
     results, rows = {}, []
     sources = {src: None for src in MASK_SOURCES} | dict(extra_masks or {})
-    for src, masks in sources.items():
-        masks = eval_masks(test, src, sizes, seed) if masks is None else masks
-        raw, feats = predict_with_features(model, test, masks, batch_size)
-        proba = raw if temperature is None else apply_temperature(raw, temperature)
-        results[src] = evaluate(test.labels, proba, threshold, seed, raw=None if temperature is None else raw, qhat=qhat)
-        if guard is not None:
-            sets = {}
-            for name, entry in (ood_sets or {}).items():
-                m = None if entry is None else entry.masks(src, sizes, seed)
-                sets[name] = None if m is None else predict_with_features(model, entry.arrays, m, batch_size)[1]
-            results[src].update(guard_metrics(guard, src, trained or src, feats, sets))
-        skip = (abstained or {}).get(src)
-        if skip is not None:
-            kept = kept_metrics(test.labels, proba, skip, threshold, seed)
-            results[src]["ci95"].update(kept.pop("ci95_kept", {}))
-            results[src].update(kept)
-        rows += prediction_rows(test.paths, test.labels, proba, split_name, src, raw, needs_roi=skip)
+    n_ood = sum(len(e.arrays.labels) for e in (ood_sets or {}).values() if e is not None) if guard is not None else 0
+    bar = Bar(len(sources) * (len(test.labels) + n_ood), "evaluate")  # rate and ETA on a terminal, else nothing
+    with bar:
+        for src, masks in sources.items():
+            masks = eval_masks(test, src, sizes, seed) if masks is None else masks
+            raw, feats = predict_with_features(model, test, masks, batch_size)
+            bar.advance(len(test.labels))
+            proba = raw if temperature is None else apply_temperature(raw, temperature)
+            results[src] = evaluate(test.labels, proba, threshold, seed, raw=None if temperature is None else raw, qhat=qhat)
+            if guard is not None:
+                sets = {}
+                for name, entry in (ood_sets or {}).items():
+                    m = None if entry is None else entry.masks(src, sizes, seed)
+                    sets[name] = None if m is None else predict_with_features(model, entry.arrays, m, batch_size)[1]
+                    bar.advance(0 if entry is None else len(entry.arrays.labels))
+                results[src].update(guard_metrics(guard, src, trained or src, feats, sets))
+            skip = (abstained or {}).get(src)
+            if skip is not None:
+                kept = kept_metrics(test.labels, proba, skip, threshold, seed)
+                results[src]["ci95"].update(kept.pop("ci95_kept", {}))
+                results[src].update(kept)
+            rows += prediction_rows(test.paths, test.labels, proba, split_name, src, raw, needs_roi=skip)
     return results, rows
 
 

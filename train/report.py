@@ -1,4 +1,4 @@
-"""Write predictions.csv, report.json, report.md and the plots; update the README table."""
+"""Write predictions.csv, report.json, report.md and the plots; update a results table in a Markdown file (docs/results.md)."""
 
 from __future__ import annotations
 
@@ -306,7 +306,7 @@ def compare_table(model_dirs: list[Path]) -> str:
 
 
 def replace_block(readme: Path, block: str, body: str) -> bool:
-    """Replace the README's `block` (between `<!-- results:start -->` and `<!-- results:end -->`
+    """Replace the Markdown file's `block` (between `<!-- results:start -->` and `<!-- results:end -->`
     for "results", `<!-- NAME:start -->` ... for another) with `body`. False if no markers."""
     text = readme.read_text()
     start, end = (README_START, README_END) if block == "results" else (f"<!-- {block}:start -->", f"<!-- {block}:end -->")
@@ -318,10 +318,11 @@ def replace_block(readme: Path, block: str, body: str) -> bool:
 
 
 def update_readme(readme: Path, report: dict, model_dir: str, block: str = "results") -> bool:
-    """The block holds this report's table and the command that wrote it."""
+    """The block holds this report's table and the command that wrote it (naming `readme` as
+    given, so that the command shown above a table writes that very file)."""
     again = "" if block == "results" else f" --block {block}"
     return replace_block(readme, block, (
-        f"_Written by `busi-train report {model_dir} --readme README.md{again}` from "
+        f"_Written by `busi-train report {model_dir} --readme {readme}{again}` from "
         f"`{model_dir}/report.json` (data `{report['data']}`, {report['split']} split)._\n\n"
         f"{results_table(report)}\n{segmenter_line(report)}"
     ))
