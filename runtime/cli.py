@@ -149,6 +149,8 @@ def infer(
 
     # pydicom warns (on stderr) about each malformed value it meets; the record says it once
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$")
+    # Pillow too (a malformed EXIF block, read for its orientation only): the pixels are fine
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\..*)?$")
     verbosity_callback(verbose, quiet)
 
     if mask is not None and roi is not None:
