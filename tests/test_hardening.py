@@ -21,7 +21,7 @@ import onnx
 import pytest
 from PIL import Image, ImageOps
 
-from busi.runtime import Predictor
+from busi.runtime import Predictor, predict_breast_cancer
 from busi.runtime import errors
 from busi.runtime.errors import InputError, ModelError
 from busi.runtime.imageio import read_image, read_rgb
@@ -452,7 +452,11 @@ def test_api_corpus(exported, predictor, good, kind):
     kw = dict(kw)
     with pytest.raises(getattr(errors, cls)) as e:
         if call == "init":
-            Predictor(exported / "model.onnx", device="cpu", **kw)
+            Predictor(kw.pop("model", exported / "model.onnx"), **{"device": "cpu", **kw})
+        elif call == "pbc":
+            predict_breast_cancer(good, kw["model"], mask=(10, 10, 50, 50))
+        elif call == "items":
+            predictor.predict_many(kw["items"])
         elif call == "predict":
             predictor.predict(kw.pop("image", good), **kw)
         else:
