@@ -298,6 +298,8 @@ def _check_mask_arg(mask: str | None) -> None:
     does not exist is bad usage, with the option that gives a box."""
     from .predictor import MASK_SOURCE_NAMES, source_name_hint
 
+    if mask is not None and not mask.strip():  # Path("") is "." and exists: an empty value is no mask
+        raise UsageError("--mask: an empty value was given; give a mask PNG, a folder of <stem>_mask*.png, auto or none")
     if mask is None or mask in ("auto", "none") or ("," in mask and not Path(mask).exists()):  # a box as x,y,w,h
         return
     if mask in MASK_SOURCE_NAMES and not Path(mask).exists():

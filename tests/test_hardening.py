@@ -467,7 +467,8 @@ def test_api_corpus(exported, predictor, good, kind):
 @pytest.mark.parametrize("kind", list(CLI_CORPUS))
 def test_cli_corpus(exported, good, kind):
     options, code, problem = CLI_CORPUS[kind]
-    r = infer(good, "--model", exported / "model.onnx", "--roi", ROI, *options)
+    roi = [] if options[0] in ("--roi", "--mask") else ["--roi", ROI]
+    r = infer(good, "--model", exported / "model.onnx", *roi, *options)
     errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == code and len(errs) == 1 and problem in errs[0] and "Traceback" not in r.stderr, r.stderr
     if code == 2:  # refused before any image
