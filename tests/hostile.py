@@ -1170,3 +1170,68 @@ def path_kinds(folder: Path, good: Path, put) -> None:
     put("/proc file (size 0, content on read)", "/proc/self/status", None, "not a PNG, JPEG or DICOM")
     put("a URL instead of a path", "https://example.org/scan.png", None, "is a URL; busi reads files", raw=True)
     put("'-' (standard input)", "-", None, "standard input is not read", raw=True)
+
+
+# ---- model files: damaged, foreign, or from another contract --------------------------------------
+
+def model_corpus(folder: Path, model: Path) -> dict[str, tuple[Path, dict, str]]:
+    """kind -> (model path, Predictor keyword arguments, what its ModelError must say). Each is
+    the suite's model copied and patched (or a file that is no model at all)."""
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = model.read_bytes()
+    c: dict[str, tuple[Path, dict, str]] = {}
+
+    def put(kind, name, blob: bytes | None, expect, **kw):
+        p = folder / name
+        if blob is not None:
+            p.write_bytes(blob)
+        c[kind] = (p, {"verify": False, **kw}, expect)
+        return p
+
+    put("model truncated to half", "half.onnx", data[: len(data) // 2], "")
+    put("text file named .onnx", "text.onnx", b"this is not a model\n" * 10, "")
+    put("zero-byte model.onnx", "zero.onnx", b"", "")
+    (folder / "dir.onnx").mkdir(exist_ok=True)
+    put("directory named model.onnx", "dir.onnx", None, "")
+    put("PNG named .onnx", "png.onnx", png_bytes(np.zeros((16, 16), np.uint8)), "")
+    m = onnx.load_from_string(data)
+
+    def patched(kind, name, change, expect, **kw):
+        mm = onnx.ModelProto()
+        mm.CopyFrom(m)
+        change(mm)
+        put(kind, name, mm.SerializeToString(), expect, **kw)
+
+    def drop(key):
+        return lambda mm: mm.metadata_props.__delitem__(next(i for i, p in enumerate(mm.metadata_props) if p.key == key))
+
+    def setkey(key, value):
+        def f(mm):
+            next(p for p in mm.metadata_props if p.key == key).value = value
+        return f
+
+    patched("metadata without busi.classes", "noclasses.onnx", drop("busi.classes"), "busi.classes")
+    patched("metadata without busi.input", "noinput.onnx", drop("busi.input"), "busi.input")
+    patched("metadata from contract version 99", "future.onnx", setkey("busi.contract_version", "99"), "contract")
+    patched("metadata busi.classes not JSON", "badjson.onnx", setkey("busi.classes", "[normal, benign"), "busi.classes")
+    patched("no busi metadata at all (another vendor's model)", "foreign.onnx", lambda mm: mm.metadata_props.clear(), "busi")
+    patched("opset 999", "opset999.onnx", lambda mm: setattr(mm.opset_import[0], "version", 999), "")
+
+    def rename_input(mm):
+        old = mm.graph.input[0].name
+        mm.graph.input[0].name = "img"
+        for node in mm.graph.node:
+            node.input[:] = ["img" if i == old else i for i in node.input]
+    patched("graph input named img, not image", "inputname.onnx", rename_input, "model inputs")
+    side = put("sidecar of another model", "other.onnx", data, "sha256", verify=True)
+    (folder / "other.onnx.sha256").write_text("0" * 64 + "  other.onnx\n")
+    return c
+
+
+#: the kinds model_corpus writes, for parametrising (names only)
+MODEL_KINDS = ["model truncated to half", "text file named .onnx", "zero-byte model.onnx", "directory named model.onnx",
+               "PNG named .onnx", "metadata without busi.classes", "metadata without busi.input", "metadata from contract version 99",
+               "metadata busi.classes not JSON", "no busi metadata at all (another vendor's model)", "opset 999",
+               "graph input named img, not image", "sidecar of another model"]

@@ -27,7 +27,7 @@ from busi.runtime.errors import InputError, ModelError
 from busi.runtime.imageio import read_image, read_rgb
 from busi.runtime.verify import sha256_file
 from helpers import BIN, cli
-from hostile import (API_CORPUS, CLI_CORPUS, PENDING, corpus, deflated_bomb, dicom, encapsulated_dicom, exif_jpeg, jpeg_bytes,
+from hostile import (API_CORPUS, CLI_CORPUS, MODEL_KINDS, PENDING, corpus, model_corpus, deflated_bomb, dicom, encapsulated_dicom, exif_jpeg, jpeg_bytes,
                      jpeg_declaring, palette_dicom, png16_sbit, run_corpus)
 
 ROI = "10,10,50,50"
@@ -292,6 +292,22 @@ def test_model_metadata_is_validated_at_load(exported, good, tmp_path, case):
     r = infer(good, "--model", bad, "--roi", ROI)
     errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2 and len(errs) == 1 and problem in errs[0] and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def model_kinds(exported, tmp_path_factory):
+    return model_corpus(tmp_path_factory.mktemp("models"), exported / "model.onnx")
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_model_corpus(model_kinds, kind):
+    """Each damaged or foreign model file: one ModelError naming the file, never a raw error."""
+    path, kw, problem = model_kinds[kind]
+    with pytest.raises(ModelError) as e:
+        Predictor(path, device="cpu", **kw)
+    msg = str(e.value)
+    assert str(path) in msg and problem in msg and "\n" not in msg, (kind, msg)
+    assert not re.search(r"(?:^|: )(?:\w+Error|Exception): ", msg[len(str(path)):]), (kind, msg)
 
 
 # ---- outputs ----------------------------------------------------------------------------------
