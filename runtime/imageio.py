@@ -378,9 +378,14 @@ def read_mask(path: str | os.PathLike, *, threshold: int = 127, max_pixels: int 
         raw = _dicom_mask(path, data, max_pixels)
     else:
         raw = _decode_raster(path, data, max_pixels)[0]
+    check_min_side(path, raw.shape[1], raw.shape[0])  # a 1x1 "mask" would be resized over the whole image
     if raw.size and raw.dtype.kind in "biu" and int(raw.max()) <= 1:  # a 0/1 label map, any bit depth
         return (raw > 0).any(axis=2) if raw.ndim == 3 else raw > 0
     arr = to_uint8(raw)
+    top = int(arr[:, :, :3].max() if arr.ndim == 3 else arr.max())
+    if 1 < top <= threshold and not (arr.ndim == 3 and arr.shape[2] == 4 and top == 0):
+        raise InputError(path, f"mask values reach only {top}: neither lesion pixels (above {threshold}) nor a 0/1 label map; "
+                               "save the lesion as 255 (or 1) on 0")
     if arr.ndim == 2:
         grey = arr
     elif arr.shape[2] == 1:

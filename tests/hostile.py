@@ -1235,3 +1235,62 @@ MODEL_KINDS = ["model truncated to half", "text file named .onnx", "zero-byte mo
                "PNG named .onnx", "metadata without busi.classes", "metadata without busi.input", "metadata from contract version 99",
                "metadata busi.classes not JSON", "no busi metadata at all (another vendor's model)", "opset 999",
                "graph input named img, not image", "sidecar of another model"]
+
+
+# ---- mask files ----------------------------------------------------------------------------------
+
+def mask_corpus(folder: Path, good: Path) -> dict[str, tuple[Path, str | None]]:
+    """kind -> (the mask given for `good`, what its error must say; None: classified; a text
+    starting with 'note:' classified with that note)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    grey = cv2.imread(str(good), cv2.IMREAD_GRAYSCALE)
+    h, w = grey.shape
+    m = np.zeros((h, w), np.uint8)
+    m[h // 4:h // 2, w // 4:w // 2] = 255
+    c: dict[str, tuple[Path, str | None]] = {}
+
+    def put(kind, name, data, expect):
+        p = folder / name
+        if isinstance(data, np.ndarray):
+            data = png_bytes(data)
+        if data is not None:
+            p.write_bytes(data)
+        c[kind] = (p, expect)
+        return p
+
+    put("mask half the image's size", "half.png", cv2.resize(m, (w // 2, h // 2), interpolation=cv2.INTER_NEAREST), None)
+    put("mask RGB, lesion in red", "rgb.png", np.dstack([np.zeros_like(m), np.zeros_like(m), m]), None)
+    put("mask 16-bit, 0/65535", "m16.png", m.astype(np.uint16) * 257, None)
+    put("mask all ones (0/1 label map)", "ones.png", np.ones_like(m), None)
+    put("mask inverted (lesion black on white)", "inverted.png", 255 - m, None)
+    put("mask JPEG with compression noise", "noisy.jpg", jpeg_bytes(m, 40), None)
+    put("mask drawn in the alpha channel only", "alpha.png", np.dstack([np.zeros((h, w, 3), np.uint8), m]), None)
+    put("mask all zeros (a normal image's)", "zeros.png", np.zeros_like(m), "note:is empty")
+    put("mask label map 0/2 (a second label, no 1)", "labels.png", (m > 0).astype(np.uint8) * 2, "mask values reach only 2")
+    dicom(folder / "mask.dcm", m)
+    put("mask as a DICOM image", "mask.dcm", None, None)
+    dicom(folder / "seg.dcm", (m > 0).astype(np.uint8), SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4")
+    put("mask as a DICOM Segmentation", "seg.dcm", None, "is a DICOM Segmentation (SEG)")
+    dicom(folder / "cine.dcm", np.stack([m, m]), frames=2)
+    put("mask as a 2-frame DICOM", "cine.dcm", None, "is a DICOM with 2 frames; a mask must be one image")
+    put("mask empty file", "empty.png", b"", "empty file")
+    put("mask text file", "text.png", b"lesion at 10,10\n", "not a PNG, JPEG or DICOM")
+    put("mask PNG truncated", "trunc.png", png_bytes(m)[:200], "corrupt PNG")
+    put("mask 1x1", "one.png", np.full((1, 1), 255, np.uint8), "is only 1x1 pixels")
+    put("mask declaring 60000x60000", "huge.png", png_with_ihdr(60000, 60000), "above the limit")
+    (folder / "nomasks").mkdir(exist_ok=True)
+    put("mask folder without this image's mask", "nomasks", None, "_mask*.png in")
+    two = folder / "two"
+    two.mkdir(exist_ok=True)
+    stem = good.stem
+    (two / f"{stem}_mask.png").write_bytes(png_bytes(m))
+    m1 = np.zeros_like(m)
+    m1[h // 2:, w // 2:] = 255
+    (two / f"{stem}_mask_1.png").write_bytes(png_bytes(m1))
+    put("mask folder with _mask and _mask_1 (OR-merged)", "two", None, None)
+    put("mask missing file", "missing.png", None, "file not found")
+    fifo = folder / "fifo.png"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    put("mask FIFO", "fifo.png", None, "FIFO")
+    return c

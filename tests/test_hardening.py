@@ -27,7 +27,7 @@ from busi.runtime.errors import InputError, ModelError
 from busi.runtime.imageio import read_image, read_rgb
 from busi.runtime.verify import sha256_file
 from helpers import BIN, cli
-from hostile import (API_CORPUS, CLI_CORPUS, MODEL_KINDS, PENDING, corpus, model_corpus, deflated_bomb, dicom, encapsulated_dicom, exif_jpeg, jpeg_bytes,
+from hostile import (API_CORPUS, CLI_CORPUS, MODEL_KINDS, PENDING, corpus, mask_corpus, model_corpus, deflated_bomb, dicom, encapsulated_dicom, exif_jpeg, jpeg_bytes,
                      jpeg_declaring, palette_dicom, png16_sbit, run_corpus)
 
 ROI = "10,10,50,50"
@@ -292,6 +292,26 @@ def test_model_metadata_is_validated_at_load(exported, good, tmp_path, case):
     r = infer(good, "--model", bad, "--roi", ROI)
     errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2 and len(errs) == 1 and problem in errs[0] and "Traceback" not in r.stderr
+
+
+def test_mask_corpus(exported, good, tmp_path):
+    """Each kind of mask file, given with a good image in one predict_many: classified (with
+    its note where one is due) or that image's one-line failure naming the mask; the others go on."""
+    cases = mask_corpus(tmp_path / "masks", good)
+    p = Predictor(exported / "model.onnx", device="cpu", notice=lambda m: None)
+    out = p.predict_many([(good, str(path)) for path, _ in cases.values()])
+    wrong = {}
+    for (kind, (path, expect)), r in zip(cases.items(), out):
+        err = getattr(r, "error", None)
+        if expect is None:
+            ok = err is None and r.label in ("normal", "benign", "malignant")
+        elif expect.startswith("note:"):
+            ok = err is None and any(expect[5:] in n for n in r.notes)
+        else:
+            ok = err is not None and expect in err and str(path) in err and "\n" not in err
+        if not ok:
+            wrong[kind] = err or getattr(r, "notes", None)
+    assert not wrong, wrong
 
 
 @pytest.fixture(scope="module")
