@@ -500,18 +500,29 @@ def test_api_corpus(exported, predictor, good, kind):
     assert type(e.value).__name__ == cls and problem in str(e.value) and "\n" not in str(e.value), (kind, e.value)
 
 
-@pytest.mark.parametrize("kind", list(CLI_CORPUS))
-def test_cli_corpus(exported, good, kind):
-    options, code, problem = CLI_CORPUS[kind]
-    roi = [] if options[0] in ("--roi", "--mask") else ["--roi", ROI]
-    r = infer(good, "--model", exported / "model.onnx", *roi, *options)
-    errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert r.returncode == code and len(errs) == 1 and problem in errs[0] and "Traceback" not in r.stderr, r.stderr
-    if code == 2:  # refused before any image
-        assert not r.stdout
-    else:  # a failure record in its place, the good image classified
-        recs = [json.loads(ln) for ln in r.stdout.splitlines()]
-        assert len(recs) == 2 and "class" in recs[0] and problem in recs[1]["error"]
+def test_cli_corpus(exported, good):
+    """Each bad option (value at or past its bounds, a malformed --roi or --mask): one error
+    line and exit 2 before any image, or that image's failure record; the runs side by side."""
+    def run(kind):
+        options = CLI_CORPUS[kind][0]
+        roi = [] if options[0] in ("--roi", "--mask") else ["--roi", ROI]
+        return infer(good, "--model", exported / "model.onnx", *roi, *options)
+
+    with ThreadPoolExecutor(4) as pool:
+        runs = dict(zip(CLI_CORPUS, pool.map(run, CLI_CORPUS)))
+    wrong = {}
+    for kind, r in runs.items():
+        _, code, problem = CLI_CORPUS[kind]
+        errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        ok = r.returncode == code and len(errs) == 1 and problem in errs[0] and "Traceback" not in r.stderr
+        if ok and code == 2:  # refused before any image
+            ok = not r.stdout
+        elif ok:  # a failure record in its place, the good image classified
+            recs = [json.loads(ln) for ln in r.stdout.splitlines()]
+            ok = len(recs) == 2 and "class" in recs[0] and problem in recs[1]["error"]
+        if not ok:
+            wrong[kind] = (r.returncode, r.stderr[-300:])
+    assert not wrong, wrong
 
 
 def test_float_arrays_are_read_on_0_255(predictor, good):
