@@ -1004,6 +1004,11 @@ def dicom_kinds(folder: Path, grey: np.ndarray, put) -> None:
     p = case("dicom RescaleSlope empty", "slope_empty.dcm", "(0028,1053) RescaleSlope: invalid value ''", grey.astype(np.int16),
              PixelRepresentation=1, RescaleSlope="1", RescaleIntercept=0)
     patch_text_element(p, (0x0028, 0x1053), b"DS", b"1 ", b"  ")
+    case("dicom RescaleSlope zero-length", "slope_none.dcm", "(0028,1053) RescaleSlope: invalid value", grey.astype(np.int16),
+         PixelRepresentation=1, RescaleSlope=None, RescaleIntercept=0)
+    case("dicom RescaleIntercept zero-length", "intercept_none.dcm", "(0028,1052) RescaleIntercept: invalid value",
+         grey.astype(np.int16), PixelRepresentation=1, RescaleSlope=1, RescaleIntercept=None)
+    case("dicom WindowCenter and WindowWidth zero-length", "window_none.dcm", None, grey, WindowCenter=None, WindowWidth=None)
     # frames
     two = np.stack([grey, 255 - grey])
     p = case("dicom NumberOfFrames larger than the pixel data", "frames_more.dcm", "pixel data is truncated", two, frames=2)
@@ -1022,6 +1027,9 @@ def dicom_kinds(folder: Path, grey: np.ndarray, put) -> None:
     case("dicom implicit VR little endian", "implicit.dcm", None, g12, ts=ImplicitVRLittleEndian, BitsStored=12, HighBit=11)
     dicom(d / "big.dcm", g12, ts=ExplicitVRBigEndian, BitsStored=12, HighBit=11, PixelData=g12.astype(">u2").tobytes())
     put("dicom explicit VR big endian (retired)", "big.dcm", None, None)
+    data = (d / "big.dcm").read_bytes()
+    (d / "big_bare.dcm").write_bytes(data[132 + 12 + int.from_bytes(data[140:144], "little"):])
+    put("dicom big endian bare dataset (no file meta)", "big_bare.dcm", None, None)
     ds = dcmread(dicom(d / "deflated.dcm", grey))
     ds.file_meta.TransferSyntaxUID = DEFLATED
     ds.save_as(d / "deflated.dcm", enforce_file_format=True)
