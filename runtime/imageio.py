@@ -169,13 +169,16 @@ def _check_png_data_length(path, data: bytes) -> None:
     else:
         need = h * (1 + (w * bits + 7) // 8)
     inflater, got = zlib.decompressobj(), 0
-    for k, start, n in _png_chunk_list(data):
-        if k == b"IDAT":
-            got += len(inflater.decompress(data[start:start + n], 1 << 20))  # in bounded pieces
-            while inflater.unconsumed_tail and got <= need:
-                got += len(inflater.decompress(inflater.unconsumed_tail, 1 << 20))
-        if got >= need:
-            return
+    try:
+        for k, start, n in _png_chunk_list(data):
+            if k == b"IDAT":
+                got += len(inflater.decompress(data[start:start + n], 1 << 20))  # in bounded pieces
+                while inflater.unconsumed_tail and got <= need:
+                    got += len(inflater.decompress(inflater.unconsumed_tail, 1 << 20))
+            if got >= need:
+                return
+    except zlib.error as e:
+        raise InputError(path, f"corrupt PNG image data ({e}); not classified") from None
     raise InputError(path, f"truncated PNG image data: {got:,} of {need:,} bytes of scanlines; not classified")
 
 
