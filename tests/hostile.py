@@ -1101,7 +1101,7 @@ def dicom_kinds(folder: Path, grey: np.ndarray, put) -> None:
     encapsulated_dicom(d / "j2k.dcm", cs[cs.find(b"\xff\x4f\xff\x51"):], h, w, JPEG_2000)
     put("dicom JPEG 2000", "j2k.dcm", None, None)
     # attributes
-    p = case("dicom sequences nested 3000 deep", "nested.dcm", "sequences nested", grey)
+    p = case("dicom sequences nested 3000 deep", "deepseq.dcm", "nested", grey)
     insert_before_pixels(p, nested_sequences(3000))
     case("dicom Modality CT", "ct.dcm", "Modality CT", grey, Modality="CT")
     case("dicom Rows 0", "rows0.dcm", "no image size", grey, Rows=0)
