@@ -135,8 +135,12 @@ def _check_png_layout(path, data: bytes) -> None:
     one IHDR first; PLTE at most once, before IDAT, required for a palette image; the IDAT
     chunks in one run; no unknown critical chunk (Apple's CgBI PNGs are not standard PNG)."""
     kinds = [k for k, _, _ in _png_chunk_list(data)]
+    unknown = [k for k in kinds if k[:1].isupper() and k not in (b"IHDR", b"PLTE", b"IDAT", b"IEND")]
     bad = None
-    if kinds.count(b"IHDR") != 1 or kinds[0] != b"IHDR":
+    if unknown:
+        what = unknown[0].decode("latin-1")
+        bad = f"unknown critical chunk {what!r}" + (" (an Apple iOS-optimised PNG, not standard PNG)" if what == "CgBI" else "")
+    elif kinds.count(b"IHDR") != 1 or kinds[0] != b"IHDR":
         bad = "IHDR must come first, once"
     elif kinds.count(b"PLTE") > 1:
         bad = "PLTE appears more than once"
@@ -146,12 +150,8 @@ def _check_png_layout(path, data: bytes) -> None:
         bad = "PLTE after the image data"
     else:
         idat = [i for i, k in enumerate(kinds) if k == b"IDAT"]
-        unknown = [k for k in kinds if k[:1].isupper() and k not in (b"IHDR", b"PLTE", b"IDAT", b"IEND")]
         if idat and idat[-1] - idat[0] + 1 != len(idat):
             bad = "IDAT chunks are not consecutive"
-        elif unknown:
-            what = unknown[0].decode("latin-1")
-            bad = f"unknown critical chunk {what!r}" + (" (an Apple iOS-optimised PNG, not standard PNG)" if what == "CgBI" else "")
     if bad:
         raise InputError(path, f"corrupt PNG structure: {bad}; not classified")
 
@@ -226,6 +226,11 @@ def _decode_jpeg(path, data: bytes, max_pixels: int):
     except Exception as e:
         raise InputError(path, f"truncated or corrupt JPEG header ({_short(e)})") from None
     check_pixel_limit(path, w, h, max_pixels)
+    sof = _jpeg_sof(data)
+    if sof is not None and (sof[1] != 8 or sof[0] in (0xC3, 0xC7, 0xCB, 0xCF)):
+        kind = "lossless " if sof[0] in (0xC3, 0xC7, 0xCB, 0xCF) else ""
+        raise InputError(path, f"{sof[1]}-bit {kind}JPEG (SOF{sof[0] - 0xC0}) is not supported: busi reads 8-bit JPEG; "
+                               "convert it to PNG")
     if colorspace in ("CMYK", "YCCK"):
         raise InputError(path, "CMYK JPEG is not supported; save the image as RGB or greyscale")
     try:
@@ -243,6 +248,22 @@ def _decode_jpeg(path, data: bytes, max_pixels: int):
         except Exception:
             orientation = 1
     return arr, orientation
+
+
+def _jpeg_sof(data: bytes) -> tuple[int, int] | None:
+    """(start-of-frame marker, sample precision in bits) of a JPEG, read from its header."""
+    i = 2
+    while i + 4 < len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker, data[i + 4]
+        if marker == 0xDA:
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
 
 
 def _decode_raster(path, data: bytes, max_pixels: int) -> tuple[np.ndarray, tuple[str, ...]]:

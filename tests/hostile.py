@@ -730,7 +730,7 @@ def png_kinds(folder: Path, grey: np.ndarray, put) -> None:
     put("png scanline filter type 7", "filter7.png", png_raw([b"\x07" + r[1:] for r in rows], w, h, 8, 0), corrupt)
     put("png chunk length 0x7fffffff", "len_huge.png", png[:33] + struct.pack(">I", 0x7FFFFFFF) + b"tEXt" + b"x" * 32, corrupt)
     put("png unknown critical chunk (CgBI, Apple's Xcode PNG)", "cgbi.png",
-        png_join(ch[:0] + [(b"CgBI", b"\x50\x00\x20\x02")] + ch), corrupt)
+        png_join([(b"CgBI", b"\x50\x00\x20\x02")] + ch), "unknown critical chunk 'CgBI'")
     put("png signature mangled by a text-mode transfer (CRLF -> LF)", "crlf.png", png.replace(b"\r\n", b"\n", 1),
         "not a PNG, JPEG or DICOM")
     # odd but valid: classified
@@ -822,14 +822,15 @@ def jpeg_kinds(folder: Path, grey: np.ndarray, put) -> None:
         put(f"jpeg with EXIF orientation {o} (invalid)", f"exif{o}.jpg", None, None)
     # 12-bit and lossless JPEG, as dcmtk writes them into DICOM, taken out as .jpg files
     src = dicom(folder / "_twelve.dcm", (grey.astype(np.uint16) * 16), BitsStored=12, HighBit=11)
-    for flag, name, kind in (("+ee", "jpeg12.jpg", "jpeg 12-bit (extended, SOF1)"), ("+el", "lossless.jpg", "jpeg lossless (SOF3)")):
+    for flag, name, kind, says in (("+ee", "jpeg12.jpg", "jpeg 12-bit (extended, SOF1)", "12-bit JPEG (SOF1) is not supported"),
+                                   ("+el", "lossless.jpg", "jpeg lossless (SOF3)", "lossless JPEG (SOF3) is not supported")):
         dst = folder / f"_{name}.dcm"
         dcmtk("dcmcjpeg", flag, src, dst)
         from pydicom import dcmread
         from pydicom.encaps import generate_frames
 
         frame = next(generate_frames(dcmread(dst).PixelData, number_of_frames=1))
-        put(kind, name, frame, "JPEG")
+        put(kind, name, frame, says)
         dst.unlink()
     src.unlink()
 
