@@ -48,6 +48,8 @@ def frame_index(frame) -> int:
     """A frame number (0-based) from an int or a string; 'all' is handled by the caller."""
     try:
         f = int(frame)
+        if isinstance(frame, bool) or (isinstance(frame, float) and frame != f):  # 1.5 is no frame
+            raise ValueError
     except (TypeError, ValueError):
         raise InputError(None, f"frame must be a number (0-based) or 'all', got {frame!r}") from None
     if f < 0:

@@ -149,6 +149,8 @@ def infer(
 
     # pydicom warns (on stderr) about each malformed value it meets; the record says it once
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$")
+    # Pillow too (a malformed EXIF block, read for its orientation only): the pixels are fine
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\..*)?$")
     verbosity_callback(verbose, quiet)
 
     if mask is not None and roi is not None:
@@ -296,6 +298,8 @@ def _check_mask_arg(mask: str | None) -> None:
     does not exist is bad usage, with the option that gives a box."""
     from .predictor import MASK_SOURCE_NAMES, source_name_hint
 
+    if mask is not None and not mask.strip():  # Path("") is "." and exists: an empty value is no mask
+        raise UsageError("--mask: an empty value was given; give a mask PNG, a folder of <stem>_mask*.png, auto or none")
     if mask is None or mask in ("auto", "none") or ("," in mask and not Path(mask).exists()):  # a box as x,y,w,h
         return
     if mask in MASK_SOURCE_NAMES and not Path(mask).exists():

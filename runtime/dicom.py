@@ -106,6 +106,39 @@ def _read_dataset(path, data: bytes, max_pixels: int):
     return ds
 
 
+#: the photometric interpretations busi shows, with their samples per pixel (HSV, ARGB, CMYK are retired)
+PHOTOMETRIC_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3, "YBR_FULL_422": 3,
+                       "YBR_PARTIAL_420": 3, "YBR_PARTIAL_422": 3, "YBR_ICT": 3, "YBR_RCT": 3}
+#: interpretations that only describe compressed data (JPEG 2000, JPEG 4:2:0)
+COMPRESSED_ONLY = ("YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
+
+
+def _check_photometric(path, ds) -> None:
+    """PhotometricInterpretation present, one busi shows, matching SamplesPerPixel; HighBit
+    where the standard puts it (BitsStored - 1): a mismatch would decode to wrong grey levels
+    or colours without an error."""
+    if "PhotometricInterpretation" not in ds:
+        raise InputError(path, f"{_tag_name('PhotometricInterpretation')} is missing")
+    pi = str(ds.PhotometricInterpretation).strip().upper()
+    if pi not in PHOTOMETRIC_SAMPLES:
+        raise InputError(path, f"{_tag_name('PhotometricInterpretation')} {pi!r} is not supported (busi shows MONOCHROME1/2, "
+                               "PALETTE COLOR, RGB and YBR; HSV, ARGB and CMYK are retired)")
+    samples = _int(path, ds, "SamplesPerPixel", 1)
+    if samples != PHOTOMETRIC_SAMPLES[pi]:
+        raise InputError(path, f"{_tag_name('SamplesPerPixel')} {samples} does not fit PhotometricInterpretation {pi} "
+                               f"({PHOTOMETRIC_SAMPLES[pi]} expected)")
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    native = ts is None or not getattr(ts, "is_compressed", False)
+    if native and pi in COMPRESSED_ONLY:
+        raise InputError(path, f"PhotometricInterpretation {pi} is only used with compressed (JPEG 2000 or JPEG) data; "
+                               "this pixel data is not compressed")
+    if native and "HighBit" in ds and "BitsStored" in ds:
+        high, stored = _int(path, ds, "HighBit"), _int(path, ds, "BitsStored")
+        if high != stored - 1:
+            raise InputError(path, f"{_tag_name('HighBit')} {high} with BitsStored {stored}: values stored away from the "
+                                   "low bits (a retired layout) are not supported")
+
+
 def _check_declared_size(path, ds, rows: int, cols: int, frames: int) -> None:
     """Native pixel data must hold what Rows x Columns x frames x samples x bits declare."""
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -221,7 +254,11 @@ def _lut_ok(item) -> bool:
     try:
         desc = item.get("LUTDescriptor")
         data = item.get("LUTData")
-        return desc is not None and len(desc) == 3 and data is not None and len(data) > 0
+        if desc is None or len(desc) != 3 or data is None or len(data) == 0:
+            return False
+        entries = int(desc[0]) or 65536  # 0 means 2^16
+        have = len(data) // 2 if isinstance(data, bytes) else len(data)  # OW bytes, or values
+        return have >= entries
     except Exception:
         return False
 
@@ -230,7 +267,10 @@ def _voi_window_ok(ds) -> bool:
     try:
         widths = ds.WindowWidth
         widths = list(widths) if hasattr(widths, "__iter__") and not isinstance(widths, str) else [widths]
-        return all(np.isfinite(float(w)) and float(w) >= 1 for w in widths) and "WindowCenter" in ds
+        centers = ds.WindowCenter
+        centers = list(centers) if hasattr(centers, "__iter__") and not isinstance(centers, str) else [centers]
+        return (all(np.isfinite(float(w)) and float(w) >= 1 for w in widths)
+                and all(np.isfinite(float(c)) for c in centers))
     except Exception:
         return False
 
@@ -274,6 +314,7 @@ class DicomImage:
             check_pixel_limit(path, self.cols, self.rows, max_pixels)
             _check_encapsulated(path, ds, self.rows, self.cols, max_pixels)
             self.n_frames = max(1, _int(path, ds, "NumberOfFrames", 1))
+            _check_photometric(path, ds)
             _check_declared_size(path, ds, self.rows, self.cols, self.n_frames)
             self.identity = {k: str(ds.get(k)) for k in IDENTITY if ds.get(k)}
 
@@ -282,7 +323,9 @@ class DicomImage:
         if not 0 <= index < self.n_frames:
             raise InputError(self.path, f"frame {index} requested, the DICOM has {self.n_frames} frame(s) (0-based)")
         with _as_input_error(self.path):
-            rgb, notes = _to_rgb(self.path, self.ds, _decode(self.path, self.ds, index if self.n_frames > 1 else None))
+            # always one frame: NumberOfFrames 1 (or 0, or absent) over data for more frames would
+            # otherwise decode as a stack of them
+            rgb, notes = _to_rgb(self.path, self.ds, _decode(self.path, self.ds, index))
             return rgb, self.notes + notes
 
 
@@ -369,6 +412,10 @@ def _check_rescale_slope(path, ds) -> None:
         raise InputError(path, f"{_tag_name('RescaleSlope')}: invalid value {_raw(ds, 'RescaleSlope')!r}") from None
     if slope == 0:
         raise InputError(path, f"{_tag_name('RescaleSlope')} is 0: every pixel would map to one value; not classified")
+    try:
+        float(ds.get("RescaleIntercept", 0))
+    except (TypeError, ValueError):
+        raise InputError(path, f"{_tag_name('RescaleIntercept')}: invalid value {_raw(ds, 'RescaleIntercept')!r}") from None
 
 
 def _to_rgb(path, ds, arr: np.ndarray) -> tuple[np.ndarray, list[str]]:

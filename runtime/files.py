@@ -43,9 +43,15 @@ def kind_of(mode: int) -> str:
 def regular_stat(path: str | os.PathLike, error: ErrorType = InputError, what: str = "an image file") -> os.stat_result:
     """`os.stat` of a path that must be a regular file (symlinks followed); else `error`."""
     p = Path(path)
+    if isinstance(path, str) and "://" in path[:12]:  # Path() would fold the slashes: name it as given
+        raise error(path, "is a URL; busi reads files: download it first")
+    if str(path) == "-":
+        raise error("-", "standard input is not read ('-'); give image files, folders or globs")
     try:
         st = os.stat(p)
     except FileNotFoundError:
+        if os.path.islink(p):
+            raise error(p, f"broken symbolic link (to {os.readlink(p)}, which does not exist)") from None
         raise error(p, "no file matches this pattern" if glob.has_magic(str(p)) else "file not found") from None
     except PermissionError:
         raise error(p, "permission denied") from None
@@ -66,7 +72,7 @@ def read_regular(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES, er
     for anything else: missing, a directory, a FIFO or device, unreadable, empty, too large.
     With `head`, only the first `head` bytes (to tell what a file is), whatever its size."""
     p = Path(path)
-    st = regular_stat(p, error, what)
+    st = regular_stat(path, error, what)
     if head:
         max_bytes = 0
     elif max_bytes and st.st_size > max_bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,8 +81,10 @@ def _decode_png(path, data: bytes, max_pixels: int):
     except UnidentifiedImageError:
         raise InputError(path, "truncated or corrupt PNG header (not a readable PNG)") from None
     except Exception as e:
+        _text_bomb(path, e)
         raise InputError(path, f"truncated or corrupt PNG header ({_short(e)})") from None
     check_pixel_limit(path, w, h, max_pixels)
+    _check_png_layout(path, data)
     try:
         im.verify()  # CRC of every chunk up to IEND: a truncated or altered file fails here
         im = Image.open(io.BytesIO(data), formats=["PNG"])
@@ -99,13 +102,84 @@ def _decode_png(path, data: bytes, max_pixels: int):
     except InputError:
         raise
     except Exception as e:
+        _text_bomb(path, e)
         raise InputError(path, f"truncated or corrupt PNG ({_short(e)}); not classified") from None
+    _check_png_data_length(path, data)
     notes: tuple[str, ...] = ()
     if arr.dtype.kind in "iu" and arr.dtype != np.uint8:  # 16-bit grey ('I;16', 'I;16B', 'I')
         if arr.min() < 0 or arr.max() > 65535:
             raise InputError(path, f"unsupported PNG pixel values (mode {mode})")
         arr, notes = _significant_bits(arr.astype(np.uint16), _png_chunk(data, b"sBIT"))
     return arr, orientation, notes
+
+
+def _text_bomb(path, e: Exception) -> None:
+    """Pillow's limits on PNG text chunks (MAX_TEXT_CHUNK, MAX_TEXT_MEMORY), said as what they are."""
+    if isinstance(e, ValueError) and ("text" in str(e).lower() or "decompressed data too large" in str(e).lower()):
+        raise InputError(path, f"PNG text chunk too large ({_short(e)}); refused as a decompression bomb") from None
+
+
+def _png_chunk_list(data: bytes):
+    """(type, offset of its data, length) of each chunk up to IEND."""
+    i = 8
+    while i + 8 <= len(data):
+        n, k = int.from_bytes(data[i:i + 4], "big"), data[i + 4:i + 8]
+        yield k, i + 8, n
+        if k == b"IEND":
+            return
+        i += 12 + n
+
+
+def _check_png_layout(path, data: bytes) -> None:
+    """The critical chunks as the PNG standard orders them (libpng refuses the same files):
+    one IHDR first; PLTE at most once, before IDAT, required for a palette image; the IDAT
+    chunks in one run; no unknown critical chunk (Apple's CgBI PNGs are not standard PNG)."""
+    kinds = [k for k, _, _ in _png_chunk_list(data)]
+    unknown = [k for k in kinds if k[:1].isupper() and k not in (b"IHDR", b"PLTE", b"IDAT", b"IEND")]
+    bad = None
+    if unknown:
+        what = unknown[0].decode("latin-1")
+        bad = f"unknown critical chunk {what!r}" + (" (an Apple iOS-optimised PNG, not standard PNG)" if what == "CgBI" else "")
+    elif kinds.count(b"IHDR") != 1 or kinds[0] != b"IHDR":
+        bad = "IHDR must come first, once"
+    elif kinds.count(b"PLTE") > 1:
+        bad = "PLTE appears more than once"
+    elif data[25:26] == b"\x03" and b"PLTE" not in kinds:
+        bad = "a palette image without its PLTE chunk"
+    elif b"IDAT" in kinds and b"PLTE" in kinds and kinds.index(b"PLTE") > kinds.index(b"IDAT"):
+        bad = "PLTE after the image data"
+    else:
+        idat = [i for i, k in enumerate(kinds) if k == b"IDAT"]
+        if idat and idat[-1] - idat[0] + 1 != len(idat):
+            bad = "IDAT chunks are not consecutive"
+    if bad:
+        raise InputError(path, f"corrupt PNG structure: {bad}; not classified")
+
+
+def _check_png_data_length(path, data: bytes) -> None:
+    """The image data must inflate to every scanline the header declares: a zlib stream that
+    ends early (a writer cut short) otherwise decodes as black rows without an error."""
+    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, colour, interlace = data[24], data[25], data[28]
+    bits = depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1)
+    if interlace:
+        passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+        sizes = [(-(-(w - x0) // dx), -(-(h - y0) // dy)) for x0, y0, dx, dy in passes]
+        need = sum(ph * (1 + (pw * bits + 7) // 8) for pw, ph in sizes if pw > 0 and ph > 0)
+    else:
+        need = h * (1 + (w * bits + 7) // 8)
+    inflater, got = zlib.decompressobj(), 0
+    try:
+        for k, start, n in _png_chunk_list(data):
+            if k == b"IDAT":
+                got += len(inflater.decompress(data[start:start + n], 1 << 20))  # in bounded pieces
+                while inflater.unconsumed_tail and got <= need:
+                    got += len(inflater.decompress(inflater.unconsumed_tail, 1 << 20))
+            if got >= need:
+                return
+    except zlib.error as e:
+        raise InputError(path, f"corrupt PNG image data ({e}); not classified") from None
+    raise InputError(path, f"truncated PNG image data: {got:,} of {need:,} bytes of scanlines; not classified")
 
 
 def _png_chunk(data: bytes, kind: bytes) -> bytes | None:
@@ -128,6 +202,9 @@ def _significant_bits(arr: np.ndarray, sbit: bytes | None) -> tuple[np.ndarray, 
     instead (0..4095 for 12 bits), which read as 16-bit are 1/16 as bright: values that all
     fit in s bits and are not all multiples of 2^(16-s) are read on the s-bit scale, with a note."""
     s = sbit[0] if sbit else 16
+    if sbit is None and arr.size and 0 < int(arr.max()) < 256:
+        return arr, ("16-bit PNG whose values all lie below 256: read on the 16-bit scale, nearly black; if it holds "
+                     "8-bit values, save it as an 8-bit PNG",)
     if not 1 <= s < 16:
         return arr, ()
     top, step = (1 << s) - 1, 1 << (16 - s)
@@ -149,6 +226,11 @@ def _decode_jpeg(path, data: bytes, max_pixels: int):
     except Exception as e:
         raise InputError(path, f"truncated or corrupt JPEG header ({_short(e)})") from None
     check_pixel_limit(path, w, h, max_pixels)
+    sof = _jpeg_sof(data)
+    if sof is not None and (sof[1] != 8 or sof[0] in (0xC3, 0xC7, 0xCB, 0xCF)):
+        kind = "lossless " if sof[0] in (0xC3, 0xC7, 0xCB, 0xCF) else ""
+        raise InputError(path, f"{sof[1]}-bit {kind}JPEG (SOF{sof[0] - 0xC0}) is not supported: busi reads 8-bit JPEG; "
+                               "convert it to PNG")
     if colorspace in ("CMYK", "YCCK"):
         raise InputError(path, "CMYK JPEG is not supported; save the image as RGB or greyscale")
     try:
@@ -168,6 +250,22 @@ def _decode_jpeg(path, data: bytes, max_pixels: int):
     return arr, orientation
 
 
+def _jpeg_sof(data: bytes) -> tuple[int, int] | None:
+    """(start-of-frame marker, sample precision in bits) of a JPEG, read from its header."""
+    i = 2
+    while i + 4 < len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker, data[i + 4]
+        if marker == 0xDA:
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def _decode_raster(path, data: bytes, max_pixels: int) -> tuple[np.ndarray, tuple[str, ...]]:
     """PNG/JPEG bytes -> (array as stored, oriented as a viewer shows it: grey, RGB or RGBA;
     8 or 16 bit; notes)."""
@@ -181,7 +279,8 @@ def _decode_raster(path, data: bytes, max_pixels: int) -> tuple[np.ndarray, tupl
     elif data.startswith(JPEG_MAGIC):
         arr, orientation = _decode_jpeg(path, data, max_pixels)
     else:
-        raise InputError(path, "not a PNG, JPEG or DICOM image")
+        looks = looks_like(data)
+        raise InputError(path, "not a PNG, JPEG or DICOM image" + (f"; it looks like {looks}: convert it to PNG" if looks else ""))
     if arr.size == 0:
         raise InputError(path, "corrupt image data (no pixels decoded)")
     if orientation != 1:
@@ -190,6 +289,31 @@ def _decode_raster(path, data: bytes, max_pixels: int) -> tuple[np.ndarray, tupl
         notes += (f"EXIF orientation {orientation} applied ({what}), as image viewers show it; "
                  "ROI coordinates refer to the image as shown",)
     return arr, notes
+
+
+#: magic bytes of what else arrives named .png/.jpg/.dcm -> what to call it
+_FOREIGN = ((b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"), (b"GIF8", "GIF"), (b"%PDF", "PDF"),
+            (b"PK\x03\x04", "ZIP (an archive)"), (b"\x1f\x8b", "gzip (a compressed file)"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+            (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+            (b"HTTP/", "HTTP response headers before the data (saved with curl -i?)"), (b"iVBORw0KGgo", "base64 text of a PNG"),
+            (b"/9j/", "base64 text of a JPEG"), (b"data:image/", "a data: URI (base64 text)"))
+
+
+def looks_like(data: bytes) -> str:
+    """What a file that is not PNG, JPEG or DICOM seems to be, from its first bytes ('' if unknown)."""
+    for magic, name in _FOREIGN:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"hevc", b"avif"):
+        return "HEIC/AVIF (an iPhone or camera photo)"
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "HTML (a web page: a failed download?)"
+    if head.startswith(b"<?xml") and b"<svg" in head or head.startswith(b"<svg"):
+        return "SVG (a vector drawing)"
+    return ""
 
 
 def _stored_to_rgb(arr: np.ndarray) -> np.ndarray:
@@ -250,8 +374,8 @@ def decode_image(data: bytes, path=None, *, max_pixels: int = DEFAULT_MAX_PIXELS
 def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0,
                max_bytes: int = DEFAULT_MAX_BYTES) -> Decoded:
     """`decode_image` of a file: regular files only, at most `max_bytes` read."""
-    path = Path(path)
-    return decode_image(read_regular(path, max_bytes), path, max_pixels=max_pixels, frame=frame)
+    data = read_regular(path, max_bytes)  # as given: a URL's '//' is not folded before it is named
+    return decode_image(data, Path(path), max_pixels=max_pixels, frame=frame)
 
 
 def read_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0,
@@ -278,9 +402,14 @@ def read_mask(path: str | os.PathLike, *, threshold: int = 127, max_pixels: int 
         raw = _dicom_mask(path, data, max_pixels)
     else:
         raw = _decode_raster(path, data, max_pixels)[0]
+    check_min_side(path, raw.shape[1], raw.shape[0])  # a 1x1 "mask" would be resized over the whole image
     if raw.size and raw.dtype.kind in "biu" and int(raw.max()) <= 1:  # a 0/1 label map, any bit depth
         return (raw > 0).any(axis=2) if raw.ndim == 3 else raw > 0
     arr = to_uint8(raw)
+    top = int(arr[:, :, :3].max() if arr.ndim == 3 else arr.max())
+    if 1 < top <= threshold and not (arr.ndim == 3 and arr.shape[2] == 4 and top == 0):
+        raise InputError(path, f"mask values reach only {top}: neither lesion pixels (above {threshold}) nor a 0/1 label map; "
+                               "save the lesion as 255 (or 1) on 0")
     if arr.ndim == 2:
         grey = arr
     elif arr.shape[2] == 1:

@@ -78,6 +78,10 @@ class Predictor:
         `expect_sha256`: refuse a model (local or served) whose sha256 is another."""
         if model_path is None and server is None:
             raise UsageError("Predictor needs a model path or a server")
+        for what, value in (("threads", threads), ("max_pixels", max_pixels), ("max_bytes", max_bytes)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+                raise UsageError(f"{what} must be a whole number, 0 or more (0: {'the default' if what == 'threads' else 'no limit'}), "
+                                 f"got {value!r}")
         self.server, self._token = server, token
         self._notice = notice or _LOG.warning  # the "busi" log, unless the caller takes the notices
         self._noticed: set[str] = set()
@@ -459,8 +463,12 @@ class Predictor:
         (multi-frame DICOM) and gives one aggregated result for it (`aggregate`)."""
         if isinstance(items, (str, os.PathLike, bytes, bytearray, memoryview)):
             items = [items]
+        if not hasattr(items, "__iter__") or isinstance(items, np.ndarray) and items.ndim < 1:
+            raise UsageError(f"items must be an image or a sequence of images (paths, bytes, arrays), got {type(items).__name__}")
         if threshold is not None:
             check_threshold(threshold)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            raise UsageError(f"batch_size must be a whole number, got {batch_size!r}")
         batch_size = max(1, min(int(batch_size), MAX_BATCH))
         every_frame = frame == "all"
         if not every_frame:
@@ -630,6 +638,8 @@ def predict_breast_cancer(image_path, model, mask: MaskArg = None, **kw) -> dict
     `model` is a Predictor or a path to a busi .onnx file (loaded once and cached).
     """
     if not isinstance(model, Predictor):
+        if not isinstance(model, (str, os.PathLike)):
+            raise UsageError(f"model must be a Predictor or the path of a busi .onnx file, got {type(model).__name__}")
         key = str(Path(model).resolve())
         with _CACHE_LOCK:
             if key not in _CACHE:

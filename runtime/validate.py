@@ -78,8 +78,15 @@ def decode_json(meta: dict[str, str], required: tuple[str, ...], optional: tuple
     missing = [k for k in required if k not in meta]
     if missing:
         raise ModelError(path, f"not a busi {what}: metadata lacks {', '.join(missing)}")
-    with malformed(path):
-        return {k: json.loads(meta[k]) for k in required + optional if k in meta}
+    out = {}
+    for k in required + optional:
+        if k in meta:
+            try:
+                out[k] = json.loads(meta[k])
+            except ValueError as e:  # name the key and where its text breaks, not the parser's class
+                raise ModelError(path, f"{k} is not valid JSON ({str(e).split(':')[0].lower()} at character "
+                                       f"{getattr(e, 'pos', '?')} of {meta[k][:40]!r})") from None
+    return out
 
 
 def unpack_floats(text: str, shape: tuple[int, ...]) -> np.ndarray:
