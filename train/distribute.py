@@ -15,9 +15,8 @@ from it.
 
 `--precision bf16`: Keras' mixed_bfloat16 policy (bfloat16 compute, float32 variables, no loss
 scaling: bfloat16 has float32's exponent range). On CPUs with AVX512-BF16 or AMX, oneDNN runs the
-frozen backbone's convolutions in bfloat16: on a 2-core AMD EPYC (avx512_bf16) the ResNet50
-forward pass at batch 32, 224 px, took 0.68x the float32 time (README, training speed). CPUs
-without those instructions emulate it and get slower; busi says so.
+frozen backbone's convolutions in bfloat16 (`make bench`, row "training step", measures it
+against float32). CPUs without those instructions emulate it and get slower; busi says so.
 
 Either way the model that is saved, evaluated and exported is a plain float32 copy built
 outside the strategy, with the trained weights: the runtime's contract does not change.
