@@ -28,6 +28,21 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
 
 
+def algorithm_parameters(sr) -> list[str]:
+    """The Algorithm Parameters (DCM 111002) text items anywhere in an SR's content."""
+    found = []
+
+    def walk(items):
+        for item in items:
+            name = item.get("ConceptNameCodeSequence")
+            if name and name[0].CodeValue == "111002" and name[0].CodingSchemeDesignator == "DCM":
+                found.append(str(item.TextValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return found
+
+
 def study(folder: Path, images: dict[str, np.ndarray], **kw) -> dict[str, str]:
     """US DICOM files of one study (patient attributes included); name -> SOPInstanceUID."""
     base = dict(StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), PatientID="PH001",
@@ -71,14 +86,16 @@ def test_sr_sc_seg_are_valid_and_say_what_the_prediction_says(exported, tmp_path
     m = {x.name.meaning: x.value for x in group.get_measurements()}
     q = {x.name.meaning: x.value.meaning for x in group.get_qualitative_evaluations()}
     assert m["Probability of cancer"] == pytest.approx(rec["probabilities"]["malignant"], abs=1e-6)
-    for c, p in rec["probabilities"].items():
-        assert m[f"Probability of {c}"] == pytest.approx(p, abs=1e-6)
-    assert m["Malignant flag threshold (P(malignant))"] == pytest.approx(rec["threshold"], abs=1e-6)
-    assert q["Pathology"] == rec["class"].capitalize() and q["Mask source"] == "Lesion segmenter"
+    assert "Probability of malignant" not in m  # one image: P(malignant) is the Probability of cancer
+    for c in ("normal", "benign"):
+        assert m[f"Probability of {c}"] == pytest.approx(rec["probabilities"][c], abs=1e-6)
+    assert m["Threshold Value"] == pytest.approx(rec["threshold"], abs=1e-6)
+    params = algorithm_parameters(sr)
+    assert q["Pathology"] == rec["class"].capitalize() and "mask source auto" in params
     assert q["Malignant flag at the operating point"] == ("Yes" if rec["malignant"] else "No")
     assert q["Image unlike the training images (do not trust the class)"] == ("Yes" if rec["out_of_distribution"] else "No")
     assert m["Out-of-distribution score"] == pytest.approx(rec["ood_score"], rel=1e-5)
-    assert m["Out-of-distribution threshold"] == pytest.approx(rec["ood_threshold"], rel=1e-5)
+    assert f"out-of-distribution threshold {rec['ood_threshold']:.6g}" in params
     x, y, w, h = rec["lesion_box"]
     assert group.roi.value.tolist() == [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
     assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sops["IM0001"]
@@ -116,7 +133,7 @@ def test_a_whole_image_sr_and_png_inputs(exported, tmp_path, lesion_grey, phanto
     sr = hd.sr.srread(sr_path)
     assert not sr.content.get_planar_roi_measurement_groups()
     group = sr.content.get_image_measurement_groups()[0]
-    assert {x.name.meaning: x.value.meaning for x in group.get_qualitative_evaluations()}["Mask source"] == "Whole image"
+    assert "mask source none" in algorithm_parameters(sr)
     assert len(list((tmp_path / "out").iterdir())) == 2  # SR and SC for the DICOM; nothing for the PNG
 
 
@@ -147,6 +164,7 @@ def test_a_cine_loop_and_a_study_summary(exported, tmp_path, lesion_grey):
     group = sr.content.get_planar_roi_measurement_groups()[0]
     m = {x.name.meaning: x.value for x in group.get_measurements()}
     assert m["Probability of cancer"] == pytest.approx(max(p_mal), abs=1e-5)  # the frame behind the flag
+    assert m["Probability of malignant"] == pytest.approx(loop["probabilities"]["malignant"], abs=1e-5)  # the mean
     assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedFrameNumber == c["max_malignant_frame"] + 1
     assert dciodvfy_errors(tmp_path / "out" / f"{sops['CINE01']}.sr.dcm") == []
     table = cli("busi-infer", tmp_path / "in", "--model", model, "--roi", "120,100,90,70", "--frames", "all", "--by",
