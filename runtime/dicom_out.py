@@ -31,7 +31,7 @@ source, OOD threshold, the segmenter's presence band) are Algorithm Parameters (
 text). What DICOM has no code for is in busi's private scheme `99BUSI`, declared in the
 Coding Scheme Identification Sequence: P-NORMAL, P-BENIGN (and P-MALIGNANT for a cine loop,
 where the class probabilities are the mean over the frames), MALIGNANT-FLAG (Yes/No, SCT
-373066001/373067005), LIKELIHOOD-BAND (3, 4 or 5, a number), PREDICTION-SET (one item per
+373066001/373067005), LIKELIHOOD-BAND (BAND-2 ... BAND-5), PREDICTION-SET (one item per
 class in the conformal set, valued Normal/Benign/Malignant), OOD (Yes/No: the
 out-of-distribution guard) with OOD-SCORE; NEEDS-ROI and LESION-PRESENCE in the SR of an image
 --mask auto did not classify; IMAGES and IMAGES-FLAGGED in busi-node's study summary.
@@ -190,6 +190,11 @@ def structured_report(prediction: "Prediction", src, key):
         hd.sr.QualitativeEvaluation(name=_busi("MALIGNANT-FLAG", "Malignant flag at the operating point"),
                                     value=codes.SCT.Yes if prediction.malignant else codes.SCT.No),
     ]
+    if prediction.likelihood:  # 2, 3, 4A, 4B, 4C or 5
+        band = prediction.likelihood["band"]
+        qualitative.append(hd.sr.QualitativeEvaluation(
+            name=_busi("LIKELIHOOD-BAND", "Likelihood band aligned with BI-RADS (not an assessment)"),
+            value=_busi(f"BAND-{band}", f"P(malignant) {prediction.likelihood['range']}")))
     if prediction.out_of_distribution is not None:
         qualitative.append(hd.sr.QualitativeEvaluation(
             name=_busi("OOD", "Image unlike the training images (do not trust the class)"),
@@ -206,10 +211,6 @@ def structured_report(prediction: "Prediction", src, key):
                      for c, v in p.items() if c != "malignant" or prediction.cine]
     measurements.append(hd.sr.Measurement(name=hd.sr.CodedConcept(*THRESHOLD), value=float(prediction.threshold),
                                           unit=no_units))
-    if prediction.likelihood:
-        measurements.append(hd.sr.Measurement(
-            name=_busi("LIKELIHOOD-BAND", "Likelihood band aligned with BI-RADS (not an assessment)"),
-            value=int(prediction.likelihood["band"]), unit=no_units))
     if prediction.ood_score is not None:
         measurements.append(hd.sr.Measurement(name=_busi("OOD-SCORE", "Out-of-distribution score"),
                                               value=float(prediction.ood_score), unit=no_units))
