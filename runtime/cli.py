@@ -84,6 +84,10 @@ class DicomWriter:
             return str(e)
         except OSError as e:
             return f"{self.folder}: cannot write the DICOM output of {r.path} ({e.strerror or e})"
+        except Exception as e:  # never let one source's output stop the batch
+            from .dicom import dicom_problem
+
+            return f"{r.path}: DICOM output not written ({dicom_problem(e)})"
         finally:  # what was done to the source's values to write them (a value left empty, a date rewritten)
             r.notes.extend(f"DICOM output: {n}" for n in notes)
         return None

@@ -48,7 +48,8 @@ import numpy as np
 
 from .atomic import atomic_path
 from .dicom_source import clean
-from .errors import InputError, WriteError, describe, first_line
+from .dicom import dicom_problem
+from .errors import InputError, WriteError, first_line
 from .log import get as get_logger
 
 _LOG = get_logger(__name__)
@@ -91,7 +92,7 @@ def read_source(source) -> "object":
             warnings.simplefilter("ignore")
             return pydicom.dcmread(source, force=True)
     except Exception as e:
-        raise InputError(source, f"cannot read the DICOM source for the output ({type(e).__name__})") from None
+        raise InputError(source, f"cannot read the DICOM source for the output: {dicom_problem(e)}") from None
 
 
 def write(prediction: "Prediction | NeedsRoi", source, out_dir: str | Path, *, options: str = "",
@@ -106,7 +107,11 @@ def write(prediction: "Prediction | NeedsRoi", source, out_dir: str | Path, *, o
     for key in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if not str(raw.get(key, "") or "").strip():
             raise InputError(path, f"DICOM output not written: the source has no {key}")
-    cleaned = clean(raw, path)
+    try:
+        cleaned = clean(raw, path)
+    except Exception as e:  # a value no rule of dicom_source foresaw: this output's failure, not the run's
+        raise InputError(path, f"DICOM output not written: cannot copy the source's attributes ({dicom_problem(e)})") \
+            from None
     src = cleaned.dataset
     if notes is not None:
         notes.extend(cleaned.notes)
@@ -140,7 +145,7 @@ def write(prediction: "Prediction | NeedsRoi", source, out_dir: str | Path, *, o
         raise
     except Exception as e:  # highdicom refuses a source it cannot reference (values busi does not clean)
         raise InputError(path, f"DICOM output not written: highdicom cannot build {building} from this source's "
-                               f"attributes ({describe(e)})") from None
+                               f"attributes ({dicom_problem(e)})") from None
     for ds in objects.values():
         cleaned.restore(ds)
     written = []

@@ -242,6 +242,9 @@ def quirk_corpus(folder: Path, grey: np.ndarray) -> dict[str, Path]:
     make("frames-on-single-frame-class", frames=2, SOPClassUID=UltrasoundImageStorage)
     make("unknown-sop-class", SOPClassUID="1.2.826.0.1.3680043.9.7433.99.1")
     make("retired-us-class", SOPClassUID="1.2.840.10008.5.1.4.1.1.6")
+    from test_dicom import insert_before_pixels, nested_sequence
+
+    insert_before_pixels(make("deep-sequence"), nested_sequence(3000))  # decodes; too deep to copy into the outputs
     for p in out.values():  # the file meta says what the dataset says
         ds = pydicom.dcmread(p)
         if ds.file_meta.MediaStorageSOPClassUID != ds.SOPClassUID:
@@ -285,6 +288,7 @@ def test_dicom_out_from_quirky_sources(exported, tmp_path, lesion_grey, mask):
     assert "StudyDate '0' is not a valid DA; left empty" in notes["da-0"]
     assert "StudyTime '14:04:38' written as '140438'" in notes["tm-colons"]
     assert "referenced as a single-frame image" in notes["frames-on-single-frame-class"]
+    assert "ContentSequence: sequences nested more than 32 deep; left out" in notes["deep-sequence"]
     sr = hd.sr.srread(out / f"{pydicom.dcmread(corpus['retired-us-class']).SOPInstanceUID}.sr.dcm")
     refs = [x for x in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence]
     assert refs[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.6"  # referenced by its own UID
