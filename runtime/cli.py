@@ -219,7 +219,9 @@ def infer(
     it = pred.iter_predict(items, mask_arg, batch_size=batch_size, threshold=threshold, tta=tta,
                            frame="all" if frames is not None else frame,
                            explain=explain is not None or report is not None, keep_view=views)
-    dicom_writer = DicomWriter(dicom_out, f"mask={mask_arg} threshold={threshold} tta={tta} frames={frames or frame}") \
+    from .dicom_identity import options as uid_options
+
+    dicom_writer = DicomWriter(dicom_out, uid_options(mask_arg, threshold, tta, frames or frame)) \
         if dicom_out is not None else None
     stream = out is None and fmt is Format.jsonl
     n_roi = n_cam_failed = n_dicom_failed = 0

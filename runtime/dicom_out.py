@@ -47,8 +47,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .atomic import atomic_path
-from .dicom_source import clean
 from .dicom import dicom_problem
+from .dicom_identity import MANUFACTURER
+from .dicom_identity import uid as _uid
+from .dicom_source import clean
 from .errors import InputError, WriteError, first_line
 from .log import get as get_logger
 
@@ -58,7 +60,6 @@ if TYPE_CHECKING:
     from .results import NeedsRoi, Prediction
 
 SCHEME = "99BUSI"
-MANUFACTURER = "busi (research software, not a medical device)"
 RESEARCH = "Research software, not a medical device: not a diagnosis."
 SERIES_NUMBERS = {"sr": 9901, "sc": 9902, "seg": 9903, "study": 9904}
 #: registered codes busi uses that pydicom's code dictionary does not name: Threshold Value
@@ -71,18 +72,9 @@ def _busi(value: str, meaning: str):
     return hd.sr.CodedConcept(value, SCHEME, meaning)
 
 
-def _uid(*parts) -> str:
-    """A UID that depends only on `parts` (and the busi version): the same input, model and
-    options give the same UID, so a re-run replaces instead of duplicating."""
-    from pydicom.uid import generate_uid
-
-    from busi import __version__
-
-    return generate_uid(entropy_srcs=["busi", __version__, *map(str, parts)])
-
-
 def read_source(source) -> "object":
-    """The source as a pydicom Dataset (a path is read with its pixel data: SEG needs it)."""
+    """The source as a pydicom Dataset (a path is read again: a prediction made without keep_view
+    does not carry the dataset it was decoded from)."""
     import pydicom
 
     if isinstance(source, pydicom.Dataset):
@@ -102,7 +94,9 @@ def write(prediction: "Prediction | NeedsRoi", source, out_dir: str | Path, *, o
     `options`: what else changed the result (mask, threshold, TTA, frame), for the UIDs.
     `notes`, when given, receives what was done to the source's values to write them (a value
     left empty, a date rewritten; see `dicom_source`)."""
-    raw = read_source(source)
+    # the dataset the image was decoded from (a prediction made with keep_view), else the file read again
+    raw = prediction.extras.get("dicom_source") if isinstance(source, (str, Path)) else None
+    raw = raw if raw is not None else read_source(source)
     path = getattr(prediction, "path", None)
     for key in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if not str(raw.get(key, "") or "").strip():

@@ -122,6 +122,28 @@ def test_sr_sc_seg_are_valid_and_say_what_the_prediction_says(exported, tmp_path
     assert r.returncode == 2 and f"{out}: is a directory without images ({len(files)} busi's own DICOM outputs)" in r.stderr
 
 
+def test_a_dicom_image_is_parsed_once_for_its_header_and_once_to_decode(exported, tmp_path, lesion_grey, monkeypatch):
+    """Issue 30's DICOM seam: finding a file reads its header (without pixel data), decoding
+    parses it once, and the SR and SC reuse that dataset instead of reading the file again."""
+    from busi.runtime import dicom_out
+    from busi.runtime.inputs import expand_inputs
+    from busi.runtime.predictor import Predictor
+
+    study(tmp_path / "in", {"IM0001": lesion_grey, "IM0002": np.ascontiguousarray(lesion_grey[::-1])})
+    calls, real = [], pydicom.dcmread
+
+    def counting(fp, *a, **kw):
+        calls.append("header" if kw.get("stop_before_pixels") else "full")
+        return real(fp, *a, **kw)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    files = expand_inputs([str(tmp_path / "in")]).files
+    written = []
+    for r in Predictor(exported / "model.onnx").iter_predict(files, "none", keep_view=True):
+        written += dicom_out.write(r, r.path, tmp_path / "out")
+    assert len(written) == 4 and sorted(calls) == ["full", "full", "header", "header"], calls
+
+
 def test_a_whole_image_sr_and_png_inputs(exported, tmp_path, lesion_grey, phantoms):
     sops = study(tmp_path / "in", {"IM0001": lesion_grey})
     png = phantoms / "benign" / "benign (1).png"
