@@ -267,6 +267,7 @@ def quirk_corpus(folder: Path, grey: np.ndarray) -> dict[str, Path]:
     from test_dicom import insert_before_pixels, nested_sequence
 
     insert_before_pixels(make("deep-sequence"), nested_sequence(3000))  # decodes; too deep to copy into the outputs
+    make("empty-type3-sequences", ReferencedStudySequence=[], ProcedureCodeSequence=[])  # not copied empty
     for p in out.values():  # the file meta says what the dataset says
         ds = pydicom.dcmread(p)
         if ds.file_meta.MediaStorageSOPClassUID != ds.SOPClassUID:
