@@ -18,6 +18,8 @@ import traceback
 import warnings
 from pathlib import Path
 
+from busi.runtime.dicom_identity import is_busi_output
+from busi.runtime.dicom_identity import options as uid_options
 from busi.runtime.errors import BusiError, InputError, UsageError, WriteError, describe
 from busi.runtime.log import get as get_logger, write_stderr
 from busi.runtime.results import NeedsRoi
@@ -114,7 +116,7 @@ class Node:
                                    token=cfg.token, expect_sha256=cfg.expect_sha256)
         self.mask = cfg.mask or ("auto" if self._has_segmenter() else "none")
         #: the option string busi-infer uses for the same settings: the same deterministic UIDs
-        self.options = f"mask={self.mask} threshold=None tta=False frames=all"
+        self.options = uid_options(self.mask, None, False, "all")
         self.counts = {k: 0 for k in ("received", "refused", "classified", "needs_roi", "skipped", "failed", "sent",
                                       "summarised", "deferred")}
         self._stop = threading.Event()
@@ -340,10 +342,8 @@ class Node:
             raise
 
     def _classify(self, path: Path, sop: str, head, base: dict) -> None:
-        from busi.runtime import dicom_out
-
         reason = None
-        if str(head.get("Manufacturer", "")).startswith(dicom_out.MANUFACTURER):
+        if is_busi_output(head):
             reason = "busi's own output"
         elif str(head.get("Modality", "")).upper() != "US":
             reason = f"modality {head.get('Modality', 'missing')!s}, not ultrasound"

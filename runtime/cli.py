@@ -84,6 +84,10 @@ class DicomWriter:
             return str(e)
         except OSError as e:
             return f"{self.folder}: cannot write the DICOM output of {r.path} ({e.strerror or e})"
+        except Exception as e:  # never let one source's output stop the batch
+            from .dicom import dicom_problem
+
+            return f"{r.path}: DICOM output not written ({dicom_problem(e)})"
         finally:  # what was done to the source's values to write them (a value left empty, a date rewritten)
             r.notes.extend(f"DICOM output: {n}" for n in notes)
         return None
@@ -217,7 +221,9 @@ def infer(
     it = pred.iter_predict(items, mask_arg, batch_size=batch_size, threshold=threshold, tta=tta,
                            frame="all" if frames is not None else frame,
                            explain=explain is not None or report is not None, keep_view=views)
-    dicom_writer = DicomWriter(dicom_out, f"mask={mask_arg} threshold={threshold} tta={tta} frames={frames or frame}") \
+    from .dicom_identity import options as uid_options
+
+    dicom_writer = DicomWriter(dicom_out, uid_options(mask_arg, threshold, tta, frames or frame)) \
         if dicom_out is not None else None
     stream = out is None and fmt is Format.jsonl
     n_roi = n_cam_failed = n_dicom_failed = 0

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .errors import InputError, describe
+from .errors import InputError, first_line
 from .log import native_stderr_captured
 from .pixels import check_pixel_limit, to_uint8
 
@@ -250,6 +250,17 @@ def _drop_unusable_luts(ds) -> list[str]:
     return notes
 
 
+def _drop_empty_rescale(ds) -> list[str]:
+    """An empty RescaleSlope or RescaleIntercept (written as present without a value, as some
+    vendors' samples are) is ignored with a note: slope 1 and intercept 0, the stored values."""
+    notes = []
+    for keyword, tag, default in (("RescaleSlope", "(0028,1053)", 1), ("RescaleIntercept", "(0028,1052)", 0)):
+        if keyword in ds and ds[keyword].value in (None, "", b"", []):
+            del ds[keyword]
+            notes.append(f"{tag} {keyword} is empty; ignored ({default} is used)")
+    return notes
+
+
 def _lut_ok(item) -> bool:
     try:
         desc = item.get("LUTDescriptor")
@@ -307,7 +318,7 @@ class DicomImage:
             if not pixels:
                 raise InputError(path, "pixel data is empty (zero length)")
             _check_transfer_syntax(path, ds)
-            self.notes = _drop_unusable_luts(ds)
+            self.notes = _drop_unusable_luts(ds) + _drop_empty_rescale(ds)
             self.rows, self.cols = _int(path, ds, "Rows", 0), _int(path, ds, "Columns", 0)
             if self.rows * self.cols == 0:
                 raise InputError(path, "DICOM has no image size (Rows/Columns)")
@@ -334,6 +345,27 @@ def read_dicom_rgb(path, data: bytes, *, max_pixels: int, frame: int = 0) -> tup
     return DicomImage(path, data, max_pixels=max_pixels).frame(frame)
 
 
+def dicom_problem(e: BaseException) -> str:
+    """What an exception pydicom (or highdicom) raised on a file says is wrong with it, in
+    words: never the exception's class name, which tells a PACS administrator nothing."""
+    import re
+
+    text = first_line(e, 200)
+    if isinstance(e, RecursionError):
+        return "its sequences are nested too deeply to be read"
+    m = re.search(r"No tag to read at file position ([0-9a-fA-F]+)", text)
+    if m or isinstance(e, EOFError) or "end of file" in text.lower():
+        where = f" at byte {int(m.group(1), 16):,}" if m else ""  # pydicom gives the position in hex
+        return (f"the data set cannot be parsed{where}: the data ends inside an element (the file is cut short, or "
+                "an element's length or encoding is wrong)")
+    m = re.search(r"Missing required element: \((\w{4}),(\w{4})\) '([^']+)'", text)
+    if m:
+        return f"({m.group(1)},{m.group(2)}) {m.group(3).replace(' ', '')} is missing"
+    if isinstance(e, MemoryError):
+        return "it needs more memory than is available to decode"
+    return text or "it cannot be parsed"
+
+
 @contextmanager
 def _as_input_error(path):
     try:
@@ -343,7 +375,7 @@ def _as_input_error(path):
     except MemoryError:
         raise InputError(path, "DICOM needs more memory than is available to decode") from None
     except Exception as e:  # pydicom raises a zoo of types on hostile files
-        raise InputError(path, f"corrupt DICOM ({describe(e, 120)})") from None
+        raise InputError(path, f"corrupt DICOM: {dicom_problem(e)}") from None
 
 
 def _plugins(ts) -> list[str]:
@@ -366,7 +398,7 @@ def _decode(path, ds, index: int | None) -> np.ndarray:
         try:
             return pixel_array(ds, index=index)
         except Exception as e:
-            raise InputError(path, f"cannot decode DICOM pixel data ({type(e).__name__}: {str(e)[:120]})") from None
+            raise InputError(path, f"cannot decode DICOM pixel data: {dicom_problem(e)}") from None
     name = f"compressed transfer syntax '{getattr(ts, 'name', ts)}' ({ts})"
     plugins = _plugins(ts)
     errors = []

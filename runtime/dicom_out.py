@@ -21,14 +21,20 @@ options that change the result (pydicom's `generate_uid(entropy_srcs=...)`), so 
 again into the same folder replaces the same files instead of adding new objects. Files are
 written to a temp file and renamed.
 
-Coded concepts (SNOMED CT and DICOM where they exist; `99BUSI` is busi's private scheme):
-Pathology (DCM 111042) = Normal (SCT 17621005) / Benign (SCT 30807003) / Malignant
-(SCT 21594007); Probability of cancer (DCM 111047) = P(malignant); finding type Lesion
-(SCT 52988006) with an ROI, Breast (SCT 76752008) without; 99BUSI P-NORMAL, P-BENIGN,
-P-MALIGNANT (class probabilities), MALIGNANT-FLAG (Yes/No, SCT 373066001/373067005),
-FLAG-THRESHOLD, MASK-SOURCE (BOX, FILE, AUTO, NONE), LIKELIHOOD-BAND (BAND-3 ... BAND-5),
-PREDICTION-SET (one item per class in the conformal set, valued Normal/Benign/Malignant), OOD
-(Yes/No: the out-of-distribution guard) with OOD-SCORE and OOD-THRESHOLD.
+Coded concepts: SNOMED CT and DICOM codes wherever one exists (dciodvfy, like other
+validators, knows a fixed list of coding schemes and warns once for every code of any other,
+private ones included, declared or not). Pathology (DCM 111042) = Normal (SCT 17621005) /
+Benign (SCT 30807003) / Malignant (SCT 21594007); Probability of cancer (DCM 111047) =
+P(malignant) behind the flag; Threshold Value (DCM 122411) = the flag's threshold; finding
+type Lesion (SCT 52988006) with an ROI, Breast (SCT 76752008) without; the settings (mask
+source, OOD threshold, the segmenter's presence band) are Algorithm Parameters (DCM 111002,
+text). What DICOM has no code for is in busi's private scheme `99BUSI`, declared in the
+Coding Scheme Identification Sequence: P-NORMAL, P-BENIGN (and P-MALIGNANT for a cine loop,
+where the class probabilities are the mean over the frames), MALIGNANT-FLAG (Yes/No, SCT
+373066001/373067005), LIKELIHOOD-BAND (BAND-2 ... BAND-5), PREDICTION-SET (one item per
+class in the conformal set, valued Normal/Benign/Malignant), OOD (Yes/No: the
+out-of-distribution guard) with OOD-SCORE; NEEDS-ROI and LESION-PRESENCE in the SR of an image
+--mask auto did not classify; IMAGES and IMAGES-FLAGGED in busi-node's study summary.
 """
 
 from __future__ import annotations
@@ -41,8 +47,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .atomic import atomic_path
+from .dicom import dicom_problem
+from .dicom_identity import MANUFACTURER
+from .dicom_identity import uid as _uid
 from .dicom_source import clean
-from .errors import InputError, WriteError, describe, first_line
+from .errors import InputError, WriteError, first_line
 from .log import get as get_logger
 
 _LOG = get_logger(__name__)
@@ -51,11 +60,10 @@ if TYPE_CHECKING:
     from .results import NeedsRoi, Prediction
 
 SCHEME = "99BUSI"
-MANUFACTURER = "busi (research software, not a medical device)"
 RESEARCH = "Research software, not a medical device: not a diagnosis."
 SERIES_NUMBERS = {"sr": 9901, "sc": 9902, "seg": 9903, "study": 9904}
-MASK_SOURCES = {"box": ("BOX", "Lesion box"), "gt": ("FILE", "Lesion mask file"), "auto": ("AUTO", "Lesion segmenter"),
-                "none": ("NONE", "Whole image")}
+#: registered codes busi uses that pydicom's code dictionary does not name: Threshold Value
+THRESHOLD = ("122411", "DCM", "Threshold Value")
 
 
 def _busi(value: str, meaning: str):
@@ -64,18 +72,9 @@ def _busi(value: str, meaning: str):
     return hd.sr.CodedConcept(value, SCHEME, meaning)
 
 
-def _uid(*parts) -> str:
-    """A UID that depends only on `parts` (and the busi version): the same input, model and
-    options give the same UID, so a re-run replaces instead of duplicating."""
-    from pydicom.uid import generate_uid
-
-    from busi import __version__
-
-    return generate_uid(entropy_srcs=["busi", __version__, *map(str, parts)])
-
-
 def read_source(source) -> "object":
-    """The source as a pydicom Dataset (a path is read with its pixel data: SEG needs it)."""
+    """The source as a pydicom Dataset (a path is read again: a prediction made without keep_view
+    does not carry the dataset it was decoded from)."""
     import pydicom
 
     if isinstance(source, pydicom.Dataset):
@@ -85,7 +84,7 @@ def read_source(source) -> "object":
             warnings.simplefilter("ignore")
             return pydicom.dcmread(source, force=True)
     except Exception as e:
-        raise InputError(source, f"cannot read the DICOM source for the output ({type(e).__name__})") from None
+        raise InputError(source, f"cannot read the DICOM source for the output: {dicom_problem(e)}") from None
 
 
 def write(prediction: "Prediction | NeedsRoi", source, out_dir: str | Path, *, options: str = "",
@@ -95,12 +94,18 @@ def write(prediction: "Prediction | NeedsRoi", source, out_dir: str | Path, *, o
     `options`: what else changed the result (mask, threshold, TTA, frame), for the UIDs.
     `notes`, when given, receives what was done to the source's values to write them (a value
     left empty, a date rewritten; see `dicom_source`)."""
-    raw = read_source(source)
+    # the dataset the image was decoded from (a prediction made with keep_view), else the file read again
+    raw = prediction.extras.get("dicom_source") if isinstance(source, (str, Path)) else None
+    raw = raw if raw is not None else read_source(source)
     path = getattr(prediction, "path", None)
     for key in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if not str(raw.get(key, "") or "").strip():
             raise InputError(path, f"DICOM output not written: the source has no {key}")
-    cleaned = clean(raw, path)
+    try:
+        cleaned = clean(raw, path)
+    except Exception as e:  # a value no rule of dicom_source foresaw: this output's failure, not the run's
+        raise InputError(path, f"DICOM output not written: cannot copy the source's attributes ({dicom_problem(e)})") \
+            from None
     src = cleaned.dataset
     if notes is not None:
         notes.extend(cleaned.notes)
@@ -134,7 +139,7 @@ def write(prediction: "Prediction | NeedsRoi", source, out_dir: str | Path, *, o
         raise
     except Exception as e:  # highdicom refuses a source it cannot reference (values busi does not clean)
         raise InputError(path, f"DICOM output not written: highdicom cannot build {building} from this source's "
-                               f"attributes ({describe(e)})") from None
+                               f"attributes ({dicom_problem(e)})") from None
     for ds in objects.values():
         cleaned.restore(ds)
     written = []
@@ -168,22 +173,23 @@ def structured_report(prediction: "Prediction", src, key):
 
     no_units = hd.sr.CodedConcept("1", "UCUM", "no units")
     sha = prediction.model_sha256
+    settings = [f"mask source {prediction.mask_source}"]
+    if prediction.ood_threshold is not None:
+        settings.append(f"out-of-distribution threshold {float(prediction.ood_threshold):.6g}")
     algorithm = hd.sr.AlgorithmIdentification(
         name="busi", version=__version__, family=codes.DCM.ArtificialIntelligence,
-        parameters=[f"model sha256 {sha}", f"mask source {prediction.mask_source}", RESEARCH]
+        parameters=[f"model sha256 {sha}", *settings, RESEARCH]
         + ([f"cine loop of {prediction.cine['frames']} frames: class probabilities are the mean over the frames, "
             f"Probability of cancer and the flag are those of frame {prediction.cine['max_malignant_frame']} (0-based), "
             "the highest"] if prediction.cine else []))
     device = _device(sha)
     pathology = {"normal": codes.SCT.Normal, "benign": codes.SCT.Benign, "malignant": codes.SCT.Malignant}
-    src_code, src_meaning = MASK_SOURCES.get(prediction.mask_source, ("FILE", "Lesion mask file"))
     qualitative = [
         hd.sr.QualitativeEvaluation(name=hd.sr.CodedConcept("111042", "DCM", "Pathology"), value=pathology[prediction.label]),
         hd.sr.QualitativeEvaluation(name=_busi("MALIGNANT-FLAG", "Malignant flag at the operating point"),
                                     value=codes.SCT.Yes if prediction.malignant else codes.SCT.No),
-        hd.sr.QualitativeEvaluation(name=_busi("MASK-SOURCE", "Mask source"), value=_busi(src_code, src_meaning)),
     ]
-    if prediction.likelihood:
+    if prediction.likelihood:  # 2, 3, 4A, 4B, 4C or 5
         band = prediction.likelihood["band"]
         qualitative.append(hd.sr.QualitativeEvaluation(
             name=_busi("LIKELIHOOD-BAND", "Likelihood band aligned with BI-RADS (not an assessment)"),
@@ -197,17 +203,16 @@ def structured_report(prediction: "Prediction", src, key):
             name=_busi("PREDICTION-SET", f"In the {prediction.coverage:.0%} conformal prediction set"),
             value=pathology[c]))
     p = prediction.probabilities
-    # P(malignant) behind the flag (a cine loop's highest frame); the class probabilities as given (a cine's mean)
+    # P(malignant) behind the flag (a cine loop's highest frame); the class probabilities as given (a cine's mean):
+    # for one image P(malignant) is the Probability of cancer, not written twice
     measurements = [hd.sr.Measurement(name=codes.DCM.ProbabilityOfCancer, value=prediction.flag_probability, unit=no_units)]
     measurements += [hd.sr.Measurement(name=_busi(f"P-{c.upper()}", f"Probability of {c}"), value=float(v), unit=no_units)
-                     for c, v in p.items()]
-    measurements.append(hd.sr.Measurement(name=_busi("FLAG-THRESHOLD", "Malignant flag threshold (P(malignant))"),
-                                          value=float(prediction.threshold), unit=no_units))
+                     for c, v in p.items() if c != "malignant" or prediction.cine]
+    measurements.append(hd.sr.Measurement(name=hd.sr.CodedConcept(*THRESHOLD), value=float(prediction.threshold),
+                                          unit=no_units))
     if prediction.ood_score is not None:
         measurements.append(hd.sr.Measurement(name=_busi("OOD-SCORE", "Out-of-distribution score"),
                                               value=float(prediction.ood_score), unit=no_units))
-        measurements.append(hd.sr.Measurement(name=_busi("OOD-THRESHOLD", "Out-of-distribution threshold"),
-                                              value=float(prediction.ood_threshold), unit=no_units))
     tracking = hd.sr.TrackingIdentifier(uid=_uid(*key, "finding"), identifier="busi finding")
     frames = _frame(prediction, src)
     if prediction.lesion_box:
@@ -245,22 +250,18 @@ def not_classified_report(result: "NeedsRoi", src, key):
     no_units = hd.sr.CodedConcept("1", "UCUM", "no units")
     sha = result.model_sha256
     why = result.reason.split("needs an ROI: ", 1)[-1]
+    low, high = result.presence_band
     algorithm = hd.sr.AlgorithmIdentification(
         name="busi", version=__version__, family=codes.DCM.ArtificialIntelligence,
-        parameters=[f"model sha256 {sha}", "mask source auto", f"not classified, an ROI is needed: {why}", RESEARCH])
-    src_code, src_meaning = MASK_SOURCES["auto"]
+        parameters=[f"model sha256 {sha}", "mask source auto", f"not classified, an ROI is needed: {why}",
+                    f"lesion presence band {float(low):.6g} (at or below: no lesion found) to {float(high):.6g} (from: a "
+                    "lesion found)", RESEARCH])
     qualitative = [
         hd.sr.QualitativeEvaluation(name=_busi("NEEDS-ROI", "Not classified: a lesion ROI drawn by a reader is needed"),
                                     value=codes.SCT.Yes),
-        hd.sr.QualitativeEvaluation(name=_busi("MASK-SOURCE", "Mask source"), value=_busi(src_code, src_meaning)),
     ]
-    low, high = result.presence_band
     measurements = [
         hd.sr.Measurement(name=_busi("LESION-PRESENCE", "Lesion presence score"), value=float(result.lesion_presence),
-                          unit=no_units),
-        hd.sr.Measurement(name=_busi("PRESENCE-LOW", "Presence at or below which no lesion is found"), value=float(low),
-                          unit=no_units),
-        hd.sr.Measurement(name=_busi("PRESENCE-HIGH", "Presence from which a lesion is found"), value=float(high),
                           unit=no_units),
     ]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -357,8 +358,7 @@ def study_report(sources: list, p_malignant: dict[str, float], threshold: float,
             hd.sr.Measurement(name=codes.DCM.ProbabilityOfCancer, value=p_top, unit=no_units),
             hd.sr.Measurement(name=_busi("IMAGES", "Images classified in the study"), value=len(sources), unit=no_units),
             hd.sr.Measurement(name=_busi("IMAGES-FLAGGED", "Images with the malignant flag"), value=int(flagged), unit=no_units),
-            hd.sr.Measurement(name=_busi("FLAG-THRESHOLD", "Malignant flag threshold (P(malignant))"), value=float(threshold),
-                              unit=no_units)],
+            hd.sr.Measurement(name=hd.sr.CodedConcept(*THRESHOLD), value=float(threshold), unit=no_units)],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
             name=_busi("MALIGNANT-FLAG", "Malignant flag at the operating point"),
             value=codes.SCT.Yes if flagged else codes.SCT.No)],

@@ -140,11 +140,18 @@ def clean(src, path=None) -> CleanSource:
     for elem in elements:
         if elem.keyword == "SpecificCharacterSet":
             continue
-        elem = copy.deepcopy(elem)
         if elem.VR == "SQ":  # nested values are decoded with the dataset's character set too
+            depth = _depth(elem)
+            if depth is None:
+                notes.append(f"{_keyword(elem.tag)}: sequences nested more than {MAX_DEPTH} deep; left out")
+                continue
+            if not elem.value:  # an empty sequence copied says nothing (and a Type 3 one must not be empty)
+                continue
+            elem = copy.deepcopy(elem)
             non_ascii |= _has_non_ascii(elem)
             c.add(elem)
             continue
+        elem = copy.deepcopy(elem)
         values = _values(elem)
         if any(isinstance(v, str) and "\ufffd" in v for v in values) or (
                 any(isinstance(v, bytes) for v in values) and elem.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC")):
@@ -191,6 +198,28 @@ def clean(src, path=None) -> CleanSource:
     if meta is not None and "TransferSyntaxUID" in meta:
         c.file_meta.TransferSyntaxUID = meta.TransferSyntaxUID
     return CleanSource(c, real, notes)
+
+
+#: sequences nested deeper than this are not copied into the outputs (the patient, study and
+#: equipment attributes highdicom needs are a few levels deep at most; Python's recursion is not)
+MAX_DEPTH = 32
+
+
+def _depth(elem) -> int | None:
+    """How deep a sequence element nests (1: items without sequences), or None when deeper than
+    MAX_DEPTH or unreadable; walked without recursion."""
+    deepest, stack = 0, [(elem, 1)]
+    try:
+        while stack:
+            e, d = stack.pop()
+            if d > MAX_DEPTH:
+                return None
+            deepest = max(deepest, d)
+            for item in e.value or []:
+                stack += [(x, d + 1) for x in item if x.VR == "SQ"]
+    except Exception:  # a nested value pydicom cannot read (a RecursionError among them)
+        return None
+    return deepest
 
 
 def _charset_invalid(charset) -> bool:

@@ -49,6 +49,8 @@ class Decoded:
     identity: dict[str, str] | None = None
     #: DICOM only: the number of frames in the file
     frames: int = 1
+    #: DICOM only: the dataset parsed to decode it (pydicom), which the DICOM outputs reuse
+    dataset: object | None = None
 
 
 def _short(e: Exception) -> str:
@@ -353,13 +355,13 @@ def decode_image(data: bytes, path=None, *, max_pixels: int = DEFAULT_MAX_PIXELS
 
     Accepts every PNG mode (1-bit, grey, RGB, RGBA, palette, 16-bit). A truncated or corrupt
     image raises `InputError`; it is never decoded with grey fill and classified."""
-    identity, frames = None, 1
+    identity, frames, dataset = None, 1, None
     if is_dicom(data):
         from .dicom import DicomImage  # pydicom only when needed
 
         dcm = DicomImage(path, data, max_pixels=max_pixels)
         rgb, notes = dcm.frame(frame)
-        identity, frames = dict(dcm.identity), dcm.n_frames
+        identity, frames, dataset = dict(dcm.identity), dcm.n_frames, dcm.ds
     else:
         arr, notes = _decode_raster(path, data, max_pixels)
         try:
@@ -368,7 +370,7 @@ def decode_image(data: bytes, path=None, *, max_pixels: int = DEFAULT_MAX_PIXELS
             raise InputError(path, str(e)) from None
     h, w = rgb.shape[:2]
     check_min_side(path, w, h)
-    return Decoded(rgb if is_grey_view(rgb) else np.ascontiguousarray(rgb), tuple(notes), identity, frames)
+    return Decoded(rgb if is_grey_view(rgb) else np.ascontiguousarray(rgb), tuple(notes), identity, frames, dataset)
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0,

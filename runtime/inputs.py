@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import InputError
 from .files import read_regular
 from .imageio import is_dicom
-from .dicom_out import MANUFACTURER as BUSI_MANUFACTURER
+from .dicom_identity import is_busi_output
 from .gradcam import is_busi_png
 from .html_report import GENERATOR
 from .masks import mask_stem
@@ -82,7 +82,7 @@ def _dicom_kind(path: Path, head: bytes, allow_modality: bool = True) -> str | I
     ds = read_header(path, head)
     if ds is None:
         return None
-    if str(ds.get("Manufacturer", "")).startswith(BUSI_MANUFACTURER):
+    if is_busi_output(ds):
         return OWN
     kind = not_an_image(ds.get("SOPClassUID", ""))
     if kind:
@@ -119,7 +119,7 @@ def named_refusal(path: str, allow_modality: bool) -> InputError | None:
     if not is_dicom(head):
         return None
     ds = read_header(p, head)
-    if ds is None or str(ds.get("Manufacturer", "")).startswith(BUSI_MANUFACTURER):
+    if ds is None or is_busi_output(ds):
         return None
     if not not_an_image(ds.get("SOPClassUID", "")) and (allow_modality or not ds.busi_has_pixels):
         return None  # an image, allowed; or no pixel data: tried, so that problem is reported

@@ -205,7 +205,7 @@ class Predictor:
                 for i in range(dcm.n_frames):
                     rgb, notes = dcm.frame(i)
                     check_min_side(path, rgb.shape[1], rgb.shape[0])
-                    decoded = Decoded(np.ascontiguousarray(rgb), tuple(notes), dict(dcm.identity), dcm.n_frames)
+                    decoded = Decoded(np.ascontiguousarray(rgb), tuple(notes), dict(dcm.identity), dcm.n_frames, dcm.ds)
                     out.append(self._prepare(decoded, path if is_path else None, mask, i, keep_view))
                 return out
         return [self.prepare(image, mask, 0, keep_view)]
@@ -239,7 +239,7 @@ class Predictor:
                 cand = None if finding.candidate is None else bbox(finding.candidate)
                 return NeedsRoi(path, f"{path or 'image'}: needs an ROI: {finding.needs_roi}", presence,
                                 (pr.low, pr.high), cand, self.provider, self.sha256, notes, self._dicom(decoded, frame),
-                                extras=_view(rgb, np.zeros((S, S), bool), finding.candidate) if keep_view else {})
+                                extras=_view(rgb, np.zeros((S, S), bool), finding.candidate, decoded) if keep_view else {})
             lesion = finding.lesion
             found = lesion is not None
             if not found:
@@ -278,7 +278,7 @@ class Predictor:
             m, lesion_box = model_mask(lesion, (H, W), S, trained, spec.box_margin, spec.placeholder)
         self._notice_mismatch(source, trained)
         img = resize_rgb(rgb, S).astype(np.float32)
-        view = _view(rgb, m, lesion) if keep_view else None
+        view = _view(rgb, m, lesion, decoded) if keep_view else None
         return Prepared(path, img, m.astype(np.float32)[:, :, None], source, lesion_box, found, notes, view,
                         self._dicom(decoded, frame), presence)
 
@@ -608,8 +608,11 @@ def _segmenter_beside(model: Path) -> bool:
     return ModelDir(model.parent).segmenter_onnx.is_file()
 
 
-def _view(rgb: np.ndarray, model_mask_: np.ndarray, lesion: np.ndarray | None, max_side: int = 512) -> dict:
-    """A thumbnail of the image with what the classifier saw and the lesion, for reports."""
+def _view(rgb: np.ndarray, model_mask_: np.ndarray, lesion: np.ndarray | None, decoded: Decoded | None = None,
+          max_side: int = 512) -> dict:
+    """A thumbnail of the image with what the classifier saw and the lesion, for reports; for a
+    DICOM image the dataset it was decoded from ("dicom_source"), which the DICOM outputs reuse
+    instead of parsing the file again."""
     from .gradcam import thumbnail
 
     thumb = thumbnail(rgb, max_side)
@@ -618,6 +621,8 @@ def _view(rgb: np.ndarray, model_mask_: np.ndarray, lesion: np.ndarray | None, m
     if lesion is not None:
         out["lesion"] = resize_mask(lesion, hw)
         out["lesion_mask"] = lesion  # at the image's own size (a DICOM SEG needs it)
+    if decoded is not None and decoded.dataset is not None:
+        out["dicom_source"] = decoded.dataset
     return out
 
 

@@ -335,3 +335,62 @@ def test_lut_items_zero_length_pixels_and_unknown_syntaxes_are_named(tmp_path, g
     p.write_bytes(p.read_bytes().replace(mpeg.encode(), b"1.2.840.10008.1.2.4.110"))  # JPEG XL: unknown to pydicom 3.0
     with pytest.raises(InputError, match=r"'1.2.840.10008.1.2.4.110' \(JPEG XL Lossless\) is not supported"):
         read_rgb(p)
+
+
+def nested_sequence(depth: int, defined: bool = True) -> bytes:
+    """A Content Sequence (0040,A730) nested `depth` deep, explicit VR little endian, built as
+    bytes (pydicom's writer recurses): defined lengths (pydicom reads the inner levels only when
+    they are used) or undefined ones (pydicom parses them all on reading)."""
+    import struct
+
+    body = struct.pack("<HH2sH", 0x0008, 0x0100, b"SH", 2) + b"X1"  # CodeValue in the innermost item
+    for _ in range(depth):
+        if defined:
+            item = struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
+            body = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, len(item)) + item
+        else:
+            item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + body + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+            body = (struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF) + item
+                    + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    return body
+
+
+def insert_before_pixels(path: Path, blob: bytes) -> Path:
+    """`blob` (encoded elements) put into an explicit VR little endian file just before its pixel data."""
+    data = path.read_bytes()
+    at = data.rindex(b"\xe0\x7f\x10\x00")
+    path.write_bytes(data[:at] + blob + data[at:])
+    return path
+
+
+def test_empty_rescale_deep_sequences_and_an_unparseable_big_endian_file_are_named(tmp_path, grey):
+    """What real archives hold (LEADTOOLS samples with an empty RescaleSlope, Orthanc's deeply
+    nested sequence, a big-endian file pydicom cannot parse) is said in words, never as a raw
+    exception (TypeError, RecursionError, OSError): an empty rescale value is ignored with a
+    note, the others are one line that says what is wrong with the file."""
+    import struct
+
+    from busi.runtime.imageio import read_image
+    from pydicom.uid import ExplicitVRBigEndian
+
+    p = make_dicom(tmp_path / "slope.dcm", grey.astype(np.uint16) * 4)
+    ds = pydicom.dcmread(p)
+    ds.RescaleSlope, ds.RescaleIntercept = None, None
+    ds.save_as(p)
+    d = read_image(p)
+    np.testing.assert_array_equal(d.rgb[..., 0], read_rgb(make_dicom(tmp_path / "plain.dcm", grey.astype(np.uint16) * 4))[..., 0])
+    assert "(0028,1053) RescaleSlope is empty; ignored (1 is used)" in d.notes
+    deep = insert_before_pixels(make_dicom(tmp_path / "deep.dcm", grey), nested_sequence(3000, defined=False))
+    with pytest.raises(InputError) as e:
+        read_rgb(deep)
+    assert str(e.value) == f"{deep}: corrupt DICOM: its sequences are nested too deeply to be read"
+    p = make_dicom(tmp_path / "be.dcm", grey.astype(np.uint16), ts=ExplicitVRBigEndian)
+    data = p.read_bytes()
+    at = data.index(b"\x00\x10\x00\x10PN")  # before PatientName: a UN element of undefined length (CP-246)
+    un = (struct.pack(">HH", 0x0008, 0x2112) + b"UN\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+          + struct.pack("<HHI", 0x0008, 0x0100, 2) + b"AB" + b"\xfe\xff\x0d\xe0" + bytes(4) + b"\xfe\xff\xdd\xe0" + bytes(4))
+    p.write_bytes(data[:at] + un + data[at:])
+    with pytest.raises(InputError) as e:
+        read_rgb(p)
+    assert "corrupt DICOM: the data set cannot be parsed at byte" in str(e.value) and "Error" not in str(e.value)
+    assert "the data ends inside an element" in str(e.value)

@@ -28,6 +28,21 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
 
 
+def algorithm_parameters(sr) -> list[str]:
+    """The Algorithm Parameters (DCM 111002) text items anywhere in an SR's content."""
+    found = []
+
+    def walk(items):
+        for item in items:
+            name = item.get("ConceptNameCodeSequence")
+            if name and name[0].CodeValue == "111002" and name[0].CodingSchemeDesignator == "DCM":
+                found.append(str(item.TextValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return found
+
+
 def study(folder: Path, images: dict[str, np.ndarray], **kw) -> dict[str, str]:
     """US DICOM files of one study (patient attributes included); name -> SOPInstanceUID."""
     base = dict(StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), PatientID="PH001",
@@ -71,14 +86,16 @@ def test_sr_sc_seg_are_valid_and_say_what_the_prediction_says(exported, tmp_path
     m = {x.name.meaning: x.value for x in group.get_measurements()}
     q = {x.name.meaning: x.value.meaning for x in group.get_qualitative_evaluations()}
     assert m["Probability of cancer"] == pytest.approx(rec["probabilities"]["malignant"], abs=1e-6)
-    for c, p in rec["probabilities"].items():
-        assert m[f"Probability of {c}"] == pytest.approx(p, abs=1e-6)
-    assert m["Malignant flag threshold (P(malignant))"] == pytest.approx(rec["threshold"], abs=1e-6)
-    assert q["Pathology"] == rec["class"].capitalize() and q["Mask source"] == "Lesion segmenter"
+    assert "Probability of malignant" not in m  # one image: P(malignant) is the Probability of cancer
+    for c in ("normal", "benign"):
+        assert m[f"Probability of {c}"] == pytest.approx(rec["probabilities"][c], abs=1e-6)
+    assert m["Threshold Value"] == pytest.approx(rec["threshold"], abs=1e-6)
+    params = algorithm_parameters(sr)
+    assert q["Pathology"] == rec["class"].capitalize() and "mask source auto" in params
     assert q["Malignant flag at the operating point"] == ("Yes" if rec["malignant"] else "No")
     assert q["Image unlike the training images (do not trust the class)"] == ("Yes" if rec["out_of_distribution"] else "No")
     assert m["Out-of-distribution score"] == pytest.approx(rec["ood_score"], rel=1e-5)
-    assert m["Out-of-distribution threshold"] == pytest.approx(rec["ood_threshold"], rel=1e-5)
+    assert f"out-of-distribution threshold {rec['ood_threshold']:.6g}" in params
     x, y, w, h = rec["lesion_box"]
     assert group.roi.value.tolist() == [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
     assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sops["IM0001"]
@@ -105,6 +122,28 @@ def test_sr_sc_seg_are_valid_and_say_what_the_prediction_says(exported, tmp_path
     assert r.returncode == 2 and f"{out}: is a directory without images ({len(files)} busi's own DICOM outputs)" in r.stderr
 
 
+def test_a_dicom_image_is_parsed_once_for_its_header_and_once_to_decode(exported, tmp_path, lesion_grey, monkeypatch):
+    """Issue 30's DICOM seam: finding a file reads its header (without pixel data), decoding
+    parses it once, and the SR and SC reuse that dataset instead of reading the file again."""
+    from busi.runtime import dicom_out
+    from busi.runtime.inputs import expand_inputs
+    from busi.runtime.predictor import Predictor
+
+    study(tmp_path / "in", {"IM0001": lesion_grey, "IM0002": np.ascontiguousarray(lesion_grey[::-1])})
+    calls, real = [], pydicom.dcmread
+
+    def counting(fp, *a, **kw):
+        calls.append("header" if kw.get("stop_before_pixels") else "full")
+        return real(fp, *a, **kw)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    files = expand_inputs([str(tmp_path / "in")]).files
+    written = []
+    for r in Predictor(exported / "model.onnx").iter_predict(files, "none", keep_view=True):
+        written += dicom_out.write(r, r.path, tmp_path / "out")
+    assert len(written) == 4 and sorted(calls) == ["full", "full", "header", "header"], calls
+
+
 def test_a_whole_image_sr_and_png_inputs(exported, tmp_path, lesion_grey, phantoms):
     sops = study(tmp_path / "in", {"IM0001": lesion_grey})
     png = phantoms / "benign" / "benign (1).png"
@@ -116,7 +155,7 @@ def test_a_whole_image_sr_and_png_inputs(exported, tmp_path, lesion_grey, phanto
     sr = hd.sr.srread(sr_path)
     assert not sr.content.get_planar_roi_measurement_groups()
     group = sr.content.get_image_measurement_groups()[0]
-    assert {x.name.meaning: x.value.meaning for x in group.get_qualitative_evaluations()}["Mask source"] == "Whole image"
+    assert "mask source none" in algorithm_parameters(sr)
     assert len(list((tmp_path / "out").iterdir())) == 2  # SR and SC for the DICOM; nothing for the PNG
 
 
@@ -147,6 +186,7 @@ def test_a_cine_loop_and_a_study_summary(exported, tmp_path, lesion_grey):
     group = sr.content.get_planar_roi_measurement_groups()[0]
     m = {x.name.meaning: x.value for x in group.get_measurements()}
     assert m["Probability of cancer"] == pytest.approx(max(p_mal), abs=1e-5)  # the frame behind the flag
+    assert m["Probability of malignant"] == pytest.approx(loop["probabilities"]["malignant"], abs=1e-5)  # the mean
     assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedFrameNumber == c["max_malignant_frame"] + 1
     assert dciodvfy_errors(tmp_path / "out" / f"{sops['CINE01']}.sr.dcm") == []
     table = cli("busi-infer", tmp_path / "in", "--model", model, "--roi", "120,100,90,70", "--frames", "all", "--by",
@@ -224,6 +264,10 @@ def quirk_corpus(folder: Path, grey: np.ndarray) -> dict[str, Path]:
     make("frames-on-single-frame-class", frames=2, SOPClassUID=UltrasoundImageStorage)
     make("unknown-sop-class", SOPClassUID="1.2.826.0.1.3680043.9.7433.99.1")
     make("retired-us-class", SOPClassUID="1.2.840.10008.5.1.4.1.1.6")
+    from test_dicom import insert_before_pixels, nested_sequence
+
+    insert_before_pixels(make("deep-sequence"), nested_sequence(3000))  # decodes; too deep to copy into the outputs
+    make("empty-type3-sequences", ReferencedStudySequence=[], ProcedureCodeSequence=[])  # not copied empty
     for p in out.values():  # the file meta says what the dataset says
         ds = pydicom.dcmread(p)
         if ds.file_meta.MediaStorageSOPClassUID != ds.SOPClassUID:
@@ -267,6 +311,7 @@ def test_dicom_out_from_quirky_sources(exported, tmp_path, lesion_grey, mask):
     assert "StudyDate '0' is not a valid DA; left empty" in notes["da-0"]
     assert "StudyTime '14:04:38' written as '140438'" in notes["tm-colons"]
     assert "referenced as a single-frame image" in notes["frames-on-single-frame-class"]
+    assert "ContentSequence: sequences nested more than 32 deep; left out" in notes["deep-sequence"]
     sr = hd.sr.srread(out / f"{pydicom.dcmread(corpus['retired-us-class']).SOPInstanceUID}.sr.dcm")
     refs = [x for x in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence]
     assert refs[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.6"  # referenced by its own UID

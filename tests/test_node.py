@@ -195,9 +195,10 @@ def test_scanner_to_node_to_pacs(exported, tmp_path, pacs, study):
         time.sleep(1)
         assert len(pacs.series("SR")) == len(study) and len(pacs.series("OT")) == n
         pred = Predictor(exported / "model.onnx", device="cpu")
-        by_ref, not_classified = {}, {}
+        by_ref, not_classified, node_sr = {}, {}, set()
         for inst in sr:
             ds = hd.sr.srread(__import__("io").BytesIO(pacs.get(f"/instances/{inst['ID']}/file")))
+            node_sr.add(ds.SOPInstanceUID)
             ref = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
             group = (ds.content.get_planar_roi_measurement_groups() or ds.content.get_image_measurement_groups())[0]
             m = {x.name.meaning: x.value for x in group.get_measurements()}
@@ -216,6 +217,11 @@ def test_scanner_to_node_to_pacs(exported, tmp_path, pacs, study):
             p_mal, study_uid = by_ref[src.SOPInstanceUID]
             assert study_uid == src.StudyInstanceUID
             assert p_mal == pytest.approx(res.flag_probability, abs=1e-5)
+        # busi-infer with the node's settings gives the same objects the same UIDs (busi.runtime.dicom_identity)
+        r = cli("busi-infer", *study, "--model", exported / "model.onnx", "--mask", mask, "--frames", "all",
+                "--dicom-out", tmp_path / "infer-out", check=False)
+        assert r.returncode in (0, 3), r.stderr
+        assert {pydicom.dcmread(f).SOPInstanceUID for f in (tmp_path / "infer-out").glob("*.sr.dcm")} == node_sr
         kinds = [e["event"] for e in node.events()]
         assert kinds.count("received") == kinds.count("classified") + kinds.count("needs_roi") == len(study)
         assert kinds.count("sent") == len(sr) + len(sc) + sum(1 for _ in pacs.series("SEG"))
