@@ -369,10 +369,10 @@ def heldout(md: ModelDir, limit: int | None = None):
     """The model folder's held-out (test) split, decoded, with the masks of its trained source."""
     from types import SimpleNamespace
 
-    from busi.export.quantize import _split_arrays
+    from busi.export.quantize import split_arrays
 
     card = md.read_card()
-    arr, masks = _split_arrays(SimpleNamespace(dir=md, card=card, size=card.info.input.size), "test")
+    arr, masks = split_arrays(SimpleNamespace(dir=md, card=card, size=card.info.input.size), "test")
     return arr.images[:limit].astype(np.float32), masks[:limit]
 
 

@@ -74,7 +74,7 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def _split_arrays(md, split: str, limit: int | None = None):
+def split_arrays(md, split: str, limit: int | None = None):
     """A split of the model folder's manifest, decoded, with the masks of the trained source."""
     from busi.train.dataset import read_manifest
     from busi.train.inputs import eval_masks, lesion_sizes, load_rows
@@ -157,8 +157,8 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
 
     reuse_ranges = _has_calibration_cache()
     t0 = time.time()
-    cal_arr, cal_masks = _split_arrays(md, "train", calibration_images)
-    test_arr, test_masks = _split_arrays(md, "test")
+    cal_arr, cal_masks = split_arrays(md, "train", calibration_images)
+    test_arr, test_masks = split_arrays(md, "test")
     fp32 = ort_session(str(fp32_path))
     p32 = _calibrated(_run(fp32, test_arr.images, test_masks), info)
     ood32 = _ood_flags(fp32, test_arr.images, test_masks, info)
