@@ -44,7 +44,7 @@ help:
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,dev,dicom,node,serve]'
+	$(BIN)/python -m pip install -q -e '.[train,dev,dicom,node,serve,openvino]'
 	touch $@
 
 install: $(BIN)/.installed

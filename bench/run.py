@@ -248,6 +248,9 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
     else:
         rows.append({"row": "int8 vs fp32", "skipped": "no model.int8.onnx (export --int8 refused or not run)"})
 
+    # 3b: OpenVINO (busi[openvino]) on the same files, same threads
+    rows.extend(openvino_rows(md, fp32_path, int8_path, x, reps))
+
     # 4: end to end on a 564x474 PNG
     import cv2
 
@@ -361,6 +364,61 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
         "input_size": S,
         "rows": rows,
     }
+
+
+def heldout(md: ModelDir, limit: int | None = None):
+    """The model folder's held-out (test) split, decoded, with the masks of its trained source."""
+    from types import SimpleNamespace
+
+    from busi.export.quantize import split_arrays
+
+    card = md.read_card()
+    arr, masks = split_arrays(SimpleNamespace(dir=md, card=card, size=card.info.input.size), "test")
+    return arr.images[:limit].astype(np.float32), masks[:limit]
+
+
+def openvino_rows(md: ModelDir, fp32_path: Path, int8_path: Path, x: dict, reps: int) -> list[dict]:
+    """OpenVINO vs ONNX Runtime on the same ONNX files (FP32 and the INT8 QDQ file), the same
+    intra-op threads (the core count), batch 1 and 8, timed alternately; and argmax agreement
+    of the two runtimes on the held-out split. Context rows: they decide whether OpenVINO is
+    worth offering on this CPU."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return [{"row": "openvino", "skipped": "openvino not installed (pip install 'busi[openvino]')"}]
+    import onnxruntime as ort
+
+    from busi.runtime.contract import OUTPUT_NAME
+    from busi.runtime.openvino_session import OpenVINOSession
+    from busi.runtime.session import session_options
+
+    threads = os.cpu_count() or 1
+    try:
+        images, masks = heldout(md)
+    except Exception as e:  # no data at the card's root (a copied model folder): speed rows only
+        images, masks, why = None, None, str(e)[:120]
+    rows = []
+    for kind, path in (("fp32", fp32_path), ("int8", int8_path)):
+        if not path.is_file():
+            continue
+        o = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        v = OpenVINOSession(str(path), threads)
+        agree = None
+        if images is not None:
+            po = np.concatenate([o.run([OUTPUT_NAME], {"image": images[i:i + 8], "mask": masks[i:i + 8]})[0]
+                                 for i in range(0, len(images), 8)])
+            pv = np.concatenate([v.run([OUTPUT_NAME], {"image": images[i:i + 8], "mask": masks[i:i + 8]})[0]
+                                 for i in range(0, len(images), 8)])
+            agree = {"argmax_agreement": float((po.argmax(1) == pv.argmax(1)).mean()),
+                     "max_abs_diff": float(np.abs(po - pv).max()), "heldout_images": len(images)}
+        for b in (1, 8):
+            a, c, r = paired(lambda: o.run([OUTPUT_NAME], x[b]), lambda: v.run([OUTPUT_NAME], x[b]), reps)
+            a, c = per_image_ms(a, b), per_image_ms(c, b)
+            rows.append(row(f"openvino {kind}, batch {b}", f"OpenVINO {kind.upper()} vs ONNX Runtime on the same file, "
+                            f"{threads} threads (timed alternately)" + ("" if agree else f"; no held-out data ({why})"),
+                            f"ort {kind}", {**a, "images_per_s": 1000 / a["median_ms"]}, f"openvino {kind}",
+                            {**c, "images_per_s": 1000 / c["median_ms"]}, r, None, None, extra={"agreement": agree}))
+    return rows
 
 
 def node_row(model: Path, tmp: Path, quick: bool) -> dict:

@@ -20,7 +20,7 @@ def export(
     opset: int = typer.Option(17, "--opset", min=13, max=21, help="ONNX opset."),
     tolerance: float = typer.Option(1e-4, "--tolerance", min=0.0, help="Max abs difference of probabilities, Keras vs ONNX Runtime."),
     int8: bool = typer.Option(False, "--int8", help="Also write model.int8.onnx (static QDQ, per-channel), if it passes its gate."),
-    calibration_images: int = typer.Option(256, "--calibration-images", min=1, help="Training-split images (with their masks) used to calibrate INT8."),
+    calibration_images: int = typer.Option(0, "--calibration-images", min=0, help="Training-split images (with their masks) used to calibrate INT8; 0 = the whole training split."),
     allow_int8_refusal: bool = typer.Option(False, "--allow-int8-refusal", help="Exit 0 when only the INT8 gate refuses (FP32 written, figures in the card)."),
     triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository here (busi_classifier, busi_segmenter)."),
     triton_only: bool = typer.Option(False, "--triton-only", help="With --triton: write the repository from the exported files, without converting again."),

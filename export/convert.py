@@ -223,7 +223,7 @@ def _rel_diff(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def export(model_dir: str | Path, opset: int = 17, tolerance: float = 1e-4, int8: bool = False,
-           calibration_images: int = 256, int8_optional: bool = False) -> dict:
+           calibration_images: int = 0, int8_optional: bool = False) -> dict:
     """Convert, gate, annotate and write MODEL_DIR/model.onnx (+ .sha256); optional INT8.
     With `int8_optional`, an INT8 gate that refuses is a logged note, not an error."""
     import onnx

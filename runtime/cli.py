@@ -118,7 +118,7 @@ def infer(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the output to this file (atomically) instead of stdout.", rich_help_panel=OUTPUT),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image.", rich_help_panel=MODEL),
     batch_size: int = typer.Option(8, "--batch-size", min=1, max=256, rich_help_panel=MODEL),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if it really works, else CPU) | cuda | cpu.", rich_help_panel=MODEL),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if it really works, else CPU) | cuda | cpu | openvino (OpenVINO's CPU runtime: pip install 'busi[openvino]').", rich_help_panel=MODEL),
     threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="P(malignant) flag threshold (default: the model's operating point).", rich_help_panel=OUTPUT),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads (default: all cores).", rich_help_panel=MODEL),
     max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1, help="Refuse images with more pixels (before decoding).", rich_help_panel=INPUT),

@@ -172,7 +172,7 @@ class Predictor:
                 if not path.exists():
                     raise ModelError(path, "no lesion segmenter for --mask auto (train one: busi-train segmenter, then busi-export)")
                 # the classifier's device choice holds for the segmenter too: no second probe or notice
-                device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+                device = {"CUDAExecutionProvider": "cuda", "OpenVINO CPU": "openvino"}.get(self.provider, "cpu")
                 self._segmenter = Segmenter(path, device, self._verify, self._threads, self._notice, self._require)
             return self._segmenter
 

@@ -46,12 +46,11 @@ def _log_import_messages() -> None:
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-DEVICES = ("auto", "cuda", "cpu")
+DEVICES = ("auto", "cuda", "cpu", "openvino")
 
 
-def _mmap_threshold(nbytes: int) -> bool:
-    """glibc's M_MMAP_THRESHOLD: allocations of `nbytes` or more are served by mmap and go
-    back to the system when freed. False where it is not available (not glibc)."""
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's mallopt; False where it is not available (not glibc)."""
     if not sys.platform.startswith("linux"):
         return False
     import ctypes
@@ -60,7 +59,20 @@ def _mmap_threshold(nbytes: int) -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(-3, int(nbytes)))  # -3 = M_MMAP_THRESHOLD
+    return bool(mallopt(int(param), int(value)))
+
+
+def _mmap_threshold(nbytes: int) -> bool:
+    """glibc's M_MMAP_THRESHOLD: allocations of `nbytes` or more are served by mmap and go
+    back to the system when freed. False where it is not available (not glibc)."""
+    return _mallopt(-3, nbytes)  # -3 = M_MMAP_THRESHOLD
+
+
+def few_malloc_arenas(n: int = 2) -> bool:
+    """glibc's M_ARENA_MAX: a process with many threads (a server: its event loop, request
+    workers, the batcher, ONNX Runtime's pool) otherwise gets up to 8 heaps per core, each
+    keeping the memory its threads freed. Call it before the threads start."""
+    return _mallopt(-8, n)  # -8 = M_ARENA_MAX
 
 
 @contextmanager
@@ -192,12 +204,19 @@ def create_session(
     auto: CUDA when onnxruntime lists it, the NVIDIA driver (libcuda) loads and a session
     really runs on it, else CPU: without a driver silently (a debug line), where a driver is
     there but CUDA cannot run with one short `notice` saying why. cuda: the same, but failing
-    with DeviceError. cpu: no probing.
+    with DeviceError. cpu: no probing. openvino: OpenVINO's CPU runtime instead of ONNX Runtime
+    (a usage error naming the extra where it is not installed).
     """
     if device not in DEVICES:  # a usage error (exit 2), as the README's table says; DeviceError is CUDA failing
         raise UsageError(f"unknown device {device!r} (choose {', '.join(DEVICES)})")
     _log_import_messages()
     notice = notice or _LOG.warning
+    if device == "openvino":  # the same file run by OpenVINO (busi[openvino]); see openvino_session
+        from .openvino_session import PROVIDER, OpenVINOSession
+
+        if not isinstance(model, str):
+            raise UsageError("--device openvino runs a model file, not model bytes")
+        return OpenVINOSession(model, cap_threads(threads, notice)), PROVIDER
     so = session_options(cap_threads(threads, notice))
     if device == "cpu":
         return _load(model, so, [CPU]), CPU

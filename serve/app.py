@@ -240,7 +240,11 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, token: s
     _check_port(host, port)  # before the models load: a clear error, not uvicorn's after start-up
     ensure_open_files(max_connections)
     metrics = _metrics()
-    predictor, models = load_models(model, device, threads, max_batch, max_delay, max_queue, metrics)
+    from busi.runtime.session import few_malloc_arenas, low_peak_loading
+
+    few_malloc_arenas()  # before uvicorn, the batchers and ORT start their threads
+    with low_peak_loading():  # as busi-infer loads: what ORT frees while loading goes back
+        predictor, models = load_models(model, device, threads, max_batch, max_delay, max_queue, metrics)
     repository = ModelRepository()
     for m in models:
         repository.update(m)

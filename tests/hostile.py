@@ -42,6 +42,25 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
+def png_idat_damaged(png: bytes, what: str) -> bytes:
+    """The PNG with its zlib stream damaged and every chunk CRC made right again, so that only
+    the deflate data or its Adler-32 checksum can tell: `what` "adler" (the checksum's bits
+    inverted) or "flip" (one bit of the compressed data). Decoders that skip the Adler-32
+    check (libspng as pyspng builds it) decode such files to wrong pixels."""
+    chunks, i = [], 8
+    while i + 8 <= len(png):
+        n = int.from_bytes(png[i:i + 4], "big")
+        chunks.append([png[i + 4:i + 8], png[i + 8:i + 8 + n]])
+        i += 12 + n
+    idat = [c for c in chunks if c[0] == b"IDAT"]
+    if what == "adler":
+        idat[-1][1] = idat[-1][1][:-4] + bytes(b ^ 0xFF for b in idat[-1][1][-4:])
+    else:
+        d = idat[0][1]
+        idat[0][1] = d[:len(d) // 3] + bytes([d[len(d) // 3] ^ 0x01]) + d[len(d) // 3 + 1:]
+    return png[:8] + b"".join(png_chunk(k, d) for k, d in chunks)
+
+
 def png_with_ihdr(width: int, height: int) -> bytes:
     """A PNG whose (CRC-correct) header declares width x height over a tiny image's data."""
     good = png_bytes(np.zeros((8, 8), np.uint8))
@@ -227,6 +246,8 @@ def corpus(folder: Path, good: Path) -> dict[str, tuple[Path, str | None]]:
     flip = bytearray(png)
     flip[len(flip) // 2] ^= 0x01
     put("png one bit flipped in the image data", "bitflip.png", bytes(flip), "corrupt PNG")
+    put("png zlib checksum damaged, chunk CRCs recomputed", "adler.png", png_idat_damaged(png, "adler"), "corrupt PNG")
+    put("png deflate data damaged, chunk CRCs recomputed", "deflate_flip.png", png_idat_damaged(png, "flip"), "corrupt PNG")
     put("png header declaring 60000x60000", "ihdr_huge.png", png_with_ihdr(60000, 60000), "above the limit")
     put("png header declaring 0x0", "ihdr_zero.png", png_with_ihdr(0, 0), "corrupt PNG")
     put("png signature only", "sig_only.png", png[:8], "corrupt PNG")

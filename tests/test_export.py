@@ -127,6 +127,24 @@ def test_int8_gate_pass_path_writes_file_and_hash(model_copy, monkeypatch):
     q = model_copy / "model.int8.onnx"
     assert fig["passed"] and q.is_file()
     assert (model_copy / "model.int8.onnx.sha256").read_text().split()[0] == hashlib.sha256(q.read_bytes()).hexdigest()
+    # the recipe: the stem and stage 2 (the first 11 convolutions) stay float, every later
+    # convolution runs on dequantized INT8 weights (per channel: one scale per output channel)
+    g = onnx.load(str(q)).graph
+    made_by = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    assert len(convs) == 53
+    for i, c in enumerate(convs):
+        w = made_by.get(c.input[1])
+        if i < quantize.FLOAT_CONVS:
+            assert w is None and inits[c.input[1]].data_type == onnx.TensorProto.FLOAT, (i, c.name)
+            assert made_by[c.input[0]].op_type != "DequantizeLinear", (i, c.name)
+        else:
+            assert w is not None and w.op_type == "DequantizeLinear", (i, c.name)
+            scale = inits[w.input[1]]
+            assert inits[w.input[0]].data_type == onnx.TensorProto.INT8 and scale.dims[0] == inits[w.input[0]].dims[0] > 1
+    meta = json.loads({p.key: p.value for p in onnx.load(str(q)).metadata_props}["busi.quantization"])
+    assert meta["float"].startswith("the stem and stage 2") and meta["weights"] == "int8, per-channel symmetric"
 
 
 def test_a_perturbed_graph_fails_the_gate_and_writes_nothing(model_copy, monkeypatch):
