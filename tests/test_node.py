@@ -345,6 +345,12 @@ def test_the_example_config_reads(tmp_path):
 
     cfg = NodeConfig.from_sources(ROOT / "examples" / "busi-node.toml", port=11113)
     assert cfg.port == 11113 and cfg.dest.ae == "ORTHANC" and cfg.dest.port == 4242 and "ORTHANC" in cfg.allow
+    assert (cfg.batch_size, cfg.batch_delay) == (8, 0.02)
+    from busi.runtime.errors import UsageError
+
+    for bad in ({"batch_size": 0}, {"batch_size": 2.5}, {"batch_delay": -1}):  # as a TOML file may give them
+        with pytest.raises(UsageError, match="--batch-"):
+            NodeConfig.from_sources(None, model="m.onnx", spool=tmp_path, **bad)
 
 
 def test_results_wait_for_a_pacs_that_is_down(exported, tmp_path, pacs, study):
