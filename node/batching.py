@@ -79,7 +79,7 @@ class BatchWorker:
         ahead: list[Future] | None = None
         try:
             while not self._stop.is_set():
-                self._check_written(writing, 0 if writing else None)
+                self._check_written(writing, None)  # the finished ones, without waiting
                 if ahead is None:
                     files = self._take(size, wait=True)
                     if not files:
