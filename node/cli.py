@@ -36,6 +36,8 @@ def node(
     queue: Optional[int] = typer.Option(None, "--queue", min=1, help="Images waiting before C-STOREs are answered 'out of resources' (256)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="Refuse instances with more pixels (rows x columns x frames)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime threads."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=256, help="Classify what waits in the spool in batches of up to this many images, one model run each (8)."),
+    batch_delay: Optional[float] = typer.Option(None, "--batch-delay", min=0.0, max=10.0, help="Seconds the worker waits at most for more images to fill a batch when it has nothing else in hand (0.02)."),
     study_idle: Optional[float] = typer.Option(None, "--study-idle", min=0.0, help="Seconds without a new image after which a study gets its summary SR (30; 0: none)."),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate: DICOM over TLS."),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM key of --tls-cert."),
@@ -59,7 +61,7 @@ def node(
     cfg = NodeConfig.from_sources(
         config, model=model, spool=spool, dest=dest, ae=ae, host=host, port=port, allow=tuple(allow or ()),
         allow_hosts=tuple(allow_host or ()), check_called_ae=check_called_ae, send_tries=send_tries, mask=mask,
-        segmenter=segmenter, queue=queue, max_pixels=max_pixels, threads=threads, study_idle=study_idle, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, server=server,
+        segmenter=segmenter, queue=queue, max_pixels=max_pixels, threads=threads, batch_size=batch_size, batch_delay=batch_delay, study_idle=study_idle, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, server=server,
         token=token, expect_sha256=expect_sha256)
     if cfg.server is None and not Path(cfg.model).is_file():
         raise UsageError(f"{cfg.model}: model not found")

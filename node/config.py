@@ -65,6 +65,10 @@ class NodeConfig:
     #: is set aside in failed/results; 0xCxxx sets it aside at once
     send_tries: int = 5
     threads: int | None = None
+    #: the worker classifies what waits in the spool in batches of at most this many images
+    #: (one model run each), and waits at most batch_delay seconds for a burst to fill one
+    batch_size: int = 8
+    batch_delay: float = 0.02
     #: a study with no new instance for this many seconds gets a study summary SR (0: none)
     study_idle: float = 30.0
     tls_cert: Path | None = None
@@ -111,6 +115,10 @@ class NodeConfig:
         check_port(self.port, "--port")
         if int(self.send_tries) < 1:
             raise UsageError(f"--send-tries {self.send_tries}: at least 1")
+        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 256:
+            raise UsageError(f"--batch-size {self.batch_size!r}: a whole number from 1 to 256")
+        if not isinstance(self.batch_delay, (int, float)) or not 0 <= self.batch_delay <= 10:
+            raise UsageError(f"--batch-delay {self.batch_delay!r}: seconds from 0 to 10")
         for a in self.allow:
             check_ae(a, "--allow")
         if self.mask not in (None, "auto", "none"):

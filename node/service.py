@@ -2,7 +2,8 @@
 spool holds, and a Storage SCU that delivers the results to the destination.
 
 Threads: pynetdicom's (one per association) only write to the spool and answer; one worker
-runs the Predictor, so a slow model never holds an association open; one sender delivers,
+runs the Predictor on batches of what waits (busi.node.batching: decoding and writing results
+in threads of their own), so a slow model never holds an association open; one sender delivers,
 with a backoff, whatever sits in `outgoing`. Everything between them is a file in the spool,
 so a restart resumes where the last run stopped.
 """
@@ -10,7 +11,6 @@ so a restart resumes where the last run stopped.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import threading
 import time
@@ -18,12 +18,12 @@ import traceback
 import warnings
 from pathlib import Path
 
-from busi.runtime.dicom_identity import is_busi_output
 from busi.runtime.dicom_identity import options as uid_options
-from busi.runtime.errors import BusiError, InputError, UsageError, WriteError, describe
+from busi.runtime.errors import BusiError, UsageError, describe
 from busi.runtime.log import get as get_logger, write_stderr
 from busi.runtime.results import NeedsRoi
 
+from .batching import BatchWorker
 from .config import NodeConfig
 from .spool import Spool, durable_write, is_uid, safe_name
 
@@ -44,11 +44,6 @@ STORAGE_CLASSES = (
     "BasicTextSRStorage", "EnhancedSRStorage", "ComprehensiveSRStorage", "Comprehensive3DSRStorage",
     "SegmentationStorage", "GrayscaleSoftcopyPresentationStateStorage", "EncapsulatedPDFStorage",
 )
-
-
-class Transient(Exception):
-    """A condition of this machine (a full disk, a lost spool), not of the instance: it waits
-    in the spool and is tried again with a backoff."""
 
 
 def refusal(status: int, comment: str):
@@ -103,18 +98,22 @@ def encoded(ds) -> bytes:
     return buf.getvalue()
 
 
-class Node:
+class Node(BatchWorker):
     def __init__(self, cfg: NodeConfig, out=None):
         from busi.runtime.predictor import Predictor
+        from busi.runtime.session import low_peak_loading
 
         self.cfg = cfg
         self._out = out or sys.stdout
         self._out_lock = threading.Lock()
         self.spool = Spool(cfg.spool)
-        self.predictor = Predictor(cfg.model, threads=cfg.threads, max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes,
-                                   segmenter=cfg.segmenter, notice=lambda m: _LOG.warning(m), server=cfg.server,
-                                   token=cfg.token, expect_sha256=cfg.expect_sha256)
-        self.mask = cfg.mask or ("auto" if self._has_segmenter() else "none")
+        with low_peak_loading():  # as busi-infer loads: what ORT frees while loading goes back (~150 MB here)
+            self.predictor = Predictor(cfg.model, threads=cfg.threads, max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes,
+                                       segmenter=cfg.segmenter, notice=lambda m: _LOG.warning(m), server=cfg.server,
+                                       token=cfg.token, expect_sha256=cfg.expect_sha256)
+            self.mask = cfg.mask or ("auto" if self._has_segmenter() else "none")
+            if self.mask == "auto":
+                self.predictor.segmenter  # loaded now (not by the first image's decoding thread), checked at start
         #: the option string busi-infer uses for the same settings: the same deterministic UIDs
         self.options = uid_options(self.mask, None, False, "all")
         self.counts = {k: 0 for k in ("received", "refused", "classified", "needs_roi", "skipped", "failed", "sent",
@@ -273,95 +272,7 @@ class Node:
         except Exception as e:
             return f"cannot read it back from the spool ({describe(e)})"
 
-    # ---- processing (one worker) ------------------------------------------------------------
-    def work(self) -> None:
-        delay = self.cfg.retry
-        while not self._stop.is_set():
-            files = self.spool.waiting()
-            with self._lock:
-                self._waiting = len(files)
-            if not files:
-                self.summarise_idle()
-                self._work.wait(1.0)
-                self._work.clear()
-                continue
-            deferred, waited = 0, False
-            for f in files:
-                if self._stop.is_set():
-                    break
-                if self.process(f):
-                    deferred, delay = 0, self.cfg.retry
-                    with self._lock:
-                        self._waiting = max(0, self._waiting - 1)
-                    continue
-                deferred, waited = deferred + 1, True  # the spool's disk: the next ones may fit (a smaller image); three in a row
-                if deferred >= 3:  # do not: wait, then try them again
-                    break
-            if waited:
-                self._stop.wait(delay)
-                delay = min(delay * 2, self.cfg.retry_max)
-
-    def process(self, path: Path) -> bool:
-        """Everything one instance needs, each step inside its failure handling: True when it is
-        finished (classified, skipped or failed for good), False when a condition of this machine
-        (a full disk) stopped it: it stays in incoming, nothing of it in outgoing."""
-        sop = path.stem
-        try:
-            try:
-                self._process(path, sop)
-            except (Transient, WriteError, OSError):
-                raise
-            except BusiError as e:
-                self._fail(path, sop, str(e).replace(str(path), f"instance {sop}"), getattr(e, "base", None))
-            except Exception as e:  # never let one instance stop the node
-                self._fail(path, sop, f"{type(e).__name__}: {describe(e)}", getattr(e, "base", None))
-            return True
-        except (Transient, WriteError, OSError) as e:
-            self.event("deferred", sop=sop, reason=f"{describe(e)}; the image waits in the spool and is tried again")
-            return False
-
-    def _process(self, path: Path, sop: str) -> None:
-        import pydicom
-
-        if self.spool.is_done(sop):  # sent again, or finished just before a crash took it out of incoming
-            path.unlink(missing_ok=True)
-            self.event("skipped", sop=sop, reason="already processed (this SOP Instance UID was seen before; its results "
-                                                  "were sent then)")
-            return None
-        try:
-            head = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        except FileNotFoundError:
-            return None  # taken out of incoming meanwhile (a redo found it done)
-        except Exception as e:
-            raise InputError(None, f"cannot read ({describe(e)})") from None
-        base = {"sop": sop, "study": str(head.get("StudyInstanceUID", "")), "series": str(head.get("SeriesInstanceUID", ""))}
-        try:
-            return self._classify(path, sop, head, base)
-        except Exception as e:
-            e.base = base  # the failure record names the study and series too
-            raise
-
-    def _classify(self, path: Path, sop: str, head, base: dict) -> None:
-        reason = None
-        if is_busi_output(head):
-            reason = "busi's own output"
-        elif str(head.get("Modality", "")).upper() != "US":
-            reason = f"modality {head.get('Modality', 'missing')!s}, not ultrasound"
-        if reason:
-            self.spool.finish(path, {**base, "event": "skipped", "reason": reason})
-            self.event("skipped", **base, reason=reason)
-            return None
-        frames = int(head.get("NumberOfFrames", 1) or 1)
-        try:
-            pred = self.predictor.predict(str(path), mask=self.mask, frame="all" if frames > 1 else 0, keep_view=True)
-        except OSError as e:  # reading the image (the writing steps below are where a full disk is transient)
-            raise InputError(None, f"cannot read ({describe(e)})") from None
-        staged = self.spool.stage()
-        try:
-            return self._commit(path, sop, head, base, pred, staged)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)  # gone when committed; else what was half-written
-
+    # ---- processing (the worker: busi.node.batching) ----------------------------------------
     def _commit(self, path: Path, sop: str, head, base: dict, pred, staged: Path) -> None:
         from busi.runtime import dicom_out
 

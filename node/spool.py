@@ -13,8 +13,8 @@
 
 Every file is written to a temporary name in the same folder, flushed to disk and renamed, so
 a reader sees a whole file or none. An instance is removed from incoming only after its
-results are in outgoing and its record in done: a restart redoes at most the one in flight,
-and the deterministic UIDs of the results make a redo replace, not duplicate.
+results are in outgoing and its record in done: a restart redoes what the worker had in hand
+(a batch or two), and the deterministic UIDs of the results make a redo replace, not duplicate.
 """
 
 from __future__ import annotations

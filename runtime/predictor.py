@@ -470,42 +470,23 @@ class Predictor:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
             raise UsageError(f"batch_size must be a whole number, got {batch_size!r}")
         batch_size = max(1, min(int(batch_size), MAX_BATCH))
-        every_frame = frame == "all"
-        if not every_frame:
+        if frame != "all":
             frame = frame_index(frame)
 
         def prep(item):
-            if isinstance(item, Failure):  # already known to be unusable (busi-infer's folder walk)
-                return item
-            img, m = item if isinstance(item, tuple) and len(item) == 2 and not is_box(item) else (item, mask)
-            try:
-                if every_frame:
-                    frames = self.prepare_frames(img, m, keep_view)
-                    return frames[0] if len(frames) == 1 else frames
-                return self.prepare(img, m, frame, keep_view)
-            except BusiError as e:
-                return Failure(_label(img), str(e))
-            except Exception as e:  # never let one odd file stop a batch
-                return Failure(_label(img), f"{_label(img) or 'image'}: {type(e).__name__}: {e}")
+            return self.prepare_item(item, mask, frame, keep_view)
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             pending: deque = deque()
             it = iter(items)
             window = max(2, batch_size * 2)
             exhausted = False
-            batch: list[Prepared] = []
+            n_prepared = 0
             out_queue: list = []
 
             def flush():
-                results = {}
-                for i in range(0, len(batch), batch_size):
-                    results.update(self._run_split(batch[i:i + batch_size], threshold, tta, explain))
-                for i, x in enumerate(out_queue):
-                    if isinstance(x, Prepared):
-                        out_queue[i] = results[id(x)]
-                    elif isinstance(x, list):  # the frames of one cine loop
-                        out_queue[i] = self.aggregate([results[id(f)] if isinstance(f, Prepared) else f for f in x])
-                batch.clear()
+                out_queue[:] = self.classify(out_queue, threshold=threshold, tta=tta, explain=explain,
+                                             batch_size=batch_size)
 
             while True:
                 while not exhausted and len(pending) < window:
@@ -518,15 +499,57 @@ class Predictor:
                 x = pending.popleft().result()
                 out_queue.append(x)
                 if isinstance(x, Prepared):
-                    batch.append(x)
-                elif isinstance(x, list):
-                    batch.extend(f for f in x if isinstance(f, Prepared))
-                if len(batch) >= batch_size or (exhausted and not pending):
+                    n_prepared += 1
+                elif isinstance(x, list):  # the frames of a cine loop
+                    n_prepared += sum(isinstance(f, Prepared) for f in x)
+                if n_prepared >= batch_size or (exhausted and not pending):
                     flush()
                     yield from out_queue
                     out_queue.clear()
+                    n_prepared = 0
             flush()
             yield from out_queue
+
+    def prepare_item(self, item: Any, mask: MaskArg = None, frame: int | str = 0,
+                     keep_view: bool = False) -> "Prepared | list | NeedsRoi | Failure":
+        """One item of `iter_predict` made ready for the model, without raising for a bad
+        input: a `Prepared`, the list of a cine loop's frames (`frame="all"` on a multi-frame
+        DICOM), a `NeedsRoi`, or a `Failure` naming the input. Thread-safe: `iter_predict`
+        (and busi-node) run it in a pool of decoding threads while the session works."""
+        if isinstance(item, Failure):  # already known to be unusable (busi-infer's folder walk)
+            return item
+        img, m = item if isinstance(item, tuple) and len(item) == 2 and not is_box(item) else (item, mask)
+        try:
+            if frame == "all":
+                frames = self.prepare_frames(img, m, keep_view)
+                return frames[0] if len(frames) == 1 else frames
+            return self.prepare(img, m, frame_index(frame), keep_view)
+        except BusiError as e:
+            return Failure(_label(img), str(e))
+        except Exception as e:  # never let one odd file stop a batch
+            return Failure(_label(img), f"{_label(img) or 'image'}: {type(e).__name__}: {e}")
+
+    def classify(self, items: list, *, threshold: float | None = None, tta: bool = False, explain: bool = False,
+                 batch_size: int = MAX_BATCH) -> list["Prediction | NeedsRoi | Failure"]:
+        """Results, in order, for items from `prepare_item`: every `Prepared` among them (a
+        cine loop's frames included) goes through the model in runs of at most `batch_size`
+        images; a cine loop is aggregated; NeedsRoi and Failure pass through. A run the
+        session cannot do is split down to the image that fails, which becomes a Failure."""
+        if threshold is not None:
+            check_threshold(threshold)
+        batch_size = max(1, min(int(batch_size), MAX_BATCH))
+        batch = [f for x in items for f in (x if isinstance(x, list) else [x]) if isinstance(f, Prepared)]
+        results: dict = {}
+        for i in range(0, len(batch), batch_size):
+            results.update(self._run_split(batch[i:i + batch_size], threshold, tta, explain))
+        out = []
+        for x in items:
+            if isinstance(x, Prepared):
+                x = results[id(x)]
+            elif isinstance(x, list):  # the frames of one cine loop
+                x = self.aggregate([results[id(f)] if isinstance(f, Prepared) else f for f in x])
+            out.append(x)
+        return out
 
     def aggregate(self, frames: list) -> Prediction | NeedsRoi | Failure:
         """One result for a cine loop classified frame by frame (see `results.aggregate`). A

@@ -351,6 +351,12 @@ def test_the_example_config_reads(tmp_path):
 
     cfg = NodeConfig.from_sources(ROOT / "examples" / "busi-node.toml", port=11113)
     assert cfg.port == 11113 and cfg.dest.ae == "ORTHANC" and cfg.dest.port == 4242 and "ORTHANC" in cfg.allow
+    assert (cfg.batch_size, cfg.batch_delay) == (8, 0.02)
+    from busi.runtime.errors import UsageError
+
+    for bad in ({"batch_size": 0}, {"batch_size": 2.5}, {"batch_delay": -1}):  # as a TOML file may give them
+        with pytest.raises(UsageError, match="--batch-"):
+            NodeConfig.from_sources(None, model="m.onnx", spool=tmp_path, **bad)
 
 
 def test_results_wait_for_a_pacs_that_is_down(exported, tmp_path, pacs, study):
@@ -467,6 +473,55 @@ def test_load_200_instances_over_4_associations(exported, tmp_path, pacs, study)
         assert peak_kb < 2 * 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
     finally:
         node.stop()
+
+
+def test_a_burst_is_classified_in_batches_as_one_at_a_time_and_a_damaged_image_fails_alone(exported, tmp_path, pacs,
+                                                                                             study):
+    """Eight instances acknowledged by an earlier run (one with a JPEG stream that is whole on
+    the wire and damaged inside) are one batch at the start; then a burst of twelve over four
+    associations. Fewer model runs than images (the node's `batch` events), the damaged one
+    failed alone with its reason, and each SR's P(malignant) is what busi-infer gives for the
+    same file (one image at a time through the Predictor would give the same)."""
+    import highdicom as hd
+
+    files = copy_instances(study, tmp_path / "burst", 19, "burst")
+    bad = variant(study[0], tmp_path / "damaged")
+    ds = pydicom.dcmread(bad)
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xdb" + bytes(range(256)) * 8 + b"\xff\xd9"])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    ds.save_as(bad, enforce_file_format=True)
+    incoming = tmp_path / "spool" / "incoming"
+    incoming.mkdir(parents=True)
+    for f in [*files[:7], bad]:
+        shutil.copy(f, incoming / f"{sop_of(f)}.dcm")
+    node = start_node(exported, tmp_path, pacs, extra=("--batch-size", "8"))
+    try:
+        senders = [subprocess.Popen(["storescu", "-aet", "SCANNER", "-aec", "BUSI", "127.0.0.1", str(node.port),
+                                     *map(str, files[7 + i::4])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                   for i in range(4)]
+        assert [p.wait(120) for p in senders] == [0, 0, 0, 0]
+        sr, _ = results_in(pacs, len(files))
+        events = node.events()
+        batches = [e for e in events if e["event"] == "batch"]
+        assert batches and batches[0]["batch"] == 8 and batches[0]["classified"] == 8, batches
+        assert sum(b["batch"] for b in batches) == len(files) + 1 and len(batches) < len(files) + 1, batches
+        failed = [e for e in events if e["event"] == "failed"]
+        assert [e["sop"] for e in failed] == [ds.SOPInstanceUID] and "instance" in failed[0]["reason"], failed
+        assert sum(e["event"] == "classified" for e in events) == len(files)
+        r = cli("busi-infer", *files, "--model", exported / "model.onnx", "--mask", "none", "--frames", "all",
+                "--format", "jsonl", "--device", "cpu")
+        expected = {json.loads(ln)["dicom"]["SOPInstanceUID"]: json.loads(ln) for ln in r.stdout.splitlines()}
+        got = {}
+        for inst in sr:
+            d = hd.sr.srread(__import__("io").BytesIO(pacs.get(f"/instances/{inst['ID']}/file")))
+            ref = d.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+            group = (d.content.get_planar_roi_measurement_groups() or d.content.get_image_measurement_groups())[0]
+            got[ref.ReferencedSOPInstanceUID] = {x.name.meaning: x.value for x in group.get_measurements()}
+        assert sorted(got) == sorted(expected)
+        for sop, rec in expected.items():
+            assert got[sop]["Probability of cancer"] == pytest.approx(rec["probabilities"]["malignant"], abs=1e-5)
+    finally:
+        assert node.stop() == 0
 
 
 def test_node_settings_are_checked(tmp_path, exported):
