@@ -21,6 +21,7 @@ from pathlib import Path
 from busi.runtime.errors import BusiError, InputError, UsageError, WriteError, describe
 from busi.runtime.log import get as get_logger, write_stderr
 from busi.runtime.results import NeedsRoi
+from busi.runtime.study import summarise_study
 
 from .config import NodeConfig
 from .spool import Spool, durable_write, is_uid, safe_name
@@ -420,7 +421,7 @@ class Node:
         durable_write(self.spool.outgoing / f"{ds.SOPInstanceUID}.study.dcm", encoded(ds))
         self.spool.set_summary_state(study, {"sops": sorted(heads), "version": version, "sop": ds.SOPInstanceUID})
         self.event("summarised", study=study, images=len(heads), version=version, sop=ds.SOPInstanceUID,
-                   p_malignant=max(p_mal.values()), supersedes=state.get("sop"))
+                   p_malignant=summarise_study(p_mal, self.predictor.threshold).max_malignant, supersedes=state.get("sop"))
         self._send.set()
 
     def _fail(self, path: Path, sop: str, reason: str, base: dict | None = None) -> None:

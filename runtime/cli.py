@@ -22,7 +22,8 @@ import typer
 
 from .atomic import output_target
 from .errors import InputError, OutputError, UsageError, WriteError
-from .cli_options import DICOM, INPUT, MASK, MODEL, OUTPUT, SERVER, TYPER, quiet_option, verbose_option, version_option
+from .cli_options import (DICOM, INPUT, MASK, MODEL, OUTPUT, SERVER, TYPER, expect_sha256_option, quiet_option,
+                          token_option, verbose_option, version_option)
 from .log import verbosity_callback, write_stderr
 from .log import get as get_logger
 from .inputs import expand_inputs
@@ -129,8 +130,8 @@ def infer(
     require_sha256: bool = typer.Option(False, "--require-sha256", help="Refuse a model (or segmenter) without a .sha256 sidecar.", rich_help_panel=MODEL),
     max_bytes: int = typer.Option(1 << 30, "--max-bytes", min=1, help="Refuse input files larger than this (bytes).", rich_help_panel=INPUT),
     server: Optional[str] = typer.Option(None, "--server", envvar="BUSI_SERVER", help="Run the model on this inference server (http://host:port): busi-serve, or Triton serving busi-export --triton. Decoding, masks, the segmenter's decision and the reports stay here.", rich_help_panel=SERVER),
-    token: Optional[str] = typer.Option(None, "--token", envvar="BUSI_TOKEN", help="Bearer token for --server (default: $BUSI_TOKEN).", rich_help_panel=SERVER),
-    expect_sha256: Optional[str] = typer.Option(None, "--expect-sha256", help="Refuse a model (local or served) whose sha256 is another.", rich_help_panel=MODEL),
+    token: Optional[str] = token_option(SERVER),
+    expect_sha256: Optional[str] = expect_sha256_option(MODEL),
     segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Segmenter .onnx for --mask auto (default: segmenter.onnx beside the model).", rich_help_panel=MASK),
     explain: Optional[Path] = typer.Option(None, "--explain", help="Write a Grad-CAM overlay PNG of the predicted class per image into this folder.", rich_help_panel=OUTPUT),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML case report (images, Grad-CAM, probabilities).", rich_help_panel=OUTPUT),

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .errors import InputError, describe
+from .errors import InputError, describe, first_line
 from .log import native_stderr_captured
 from .pixels import check_pixel_limit, to_uint8
 
@@ -323,7 +323,7 @@ def _decode(path, ds, index: int | None) -> np.ndarray:
         try:
             return pixel_array(ds, index=index)
         except Exception as e:
-            raise InputError(path, f"cannot decode DICOM pixel data ({type(e).__name__}: {str(e)[:120]})") from None
+            raise InputError(path, f"cannot decode DICOM pixel data ({describe(e, 120)})") from None
     name = f"compressed transfer syntax '{getattr(ts, 'name', ts)}' ({ts})"
     plugins = _plugins(ts)
     errors = []
@@ -332,7 +332,7 @@ def _decode(path, ds, index: int | None) -> np.ndarray:
             with native_stderr_captured() as said:  # GDCM's OpenJPEG complains on the terminal
                 return pixel_array(ds, index=index, decoding_plugin=plugin)
         except Exception as e:
-            native = said[0].strip().splitlines()[0][:100] if said and said[0].strip() else ""
+            native = first_line(said[0], 100) if said else ""
             said_ = native or (str(e).strip().splitlines()[-1][:100] if str(e).strip() else type(e).__name__)
             while said_.lower().startswith(f"{plugin}:"):  # the plugin's own message may name it already
                 said_ = said_[len(plugin) + 1:].strip()

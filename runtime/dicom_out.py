@@ -44,6 +44,7 @@ from .atomic import atomic_path
 from .dicom_source import clean
 from .errors import InputError, WriteError, describe, first_line
 from .log import get as get_logger
+from .study import summarise_study
 
 _LOG = get_logger(__name__)
 
@@ -343,9 +344,9 @@ def study_report(sources: list, p_malignant: dict[str, float], threshold: float,
     cleaned = [clean(d) for d in sources]  # the headers as archives hold them: see dicom_source
     sources = [c.dataset for c in cleaned]
     study = sources[0].StudyInstanceUID
-    top = max(sources, key=lambda d: p_malignant[d.SOPInstanceUID])
-    p_top = float(p_malignant[top.SOPInstanceUID])
-    flagged = sum(p_malignant[d.SOPInstanceUID] >= threshold for d in sources)
+    summary = summarise_study({d.SOPInstanceUID: p_malignant[d.SOPInstanceUID] for d in sources}, threshold)
+    top = next(d for d in sources if d.SOPInstanceUID == summary.top)
+    p_top, flagged = summary.max_malignant, summary.flagged
     algorithm = hd.sr.AlgorithmIdentification(
         name="busi", version=__version__, family=codes.DCM.ArtificialIntelligence,
         parameters=[f"model sha256 {sha}", f"study summary of {len(sources)} classified images", RESEARCH])

@@ -12,6 +12,9 @@ import io
 import json
 from enum import Enum
 
+from .results import flag_probability
+from .study import summarise_study
+
 # the columns busi-infer always had first, in their order; what DICOM, cine and --by study add after them
 CSV_FIELDS = ("path", "class", "confidence", "p_normal", "p_benign", "p_malignant", "malignant", "threshold",
               "mask_source", "lesion_found", "lesion_box", "provider", "error", "study_uid", "series_uid", "sop_uid",
@@ -46,18 +49,17 @@ def study_summaries(records: list[dict]) -> list[dict]:
             out.append({"record": "study", "study_uid": uid, "images": 0, "needs_roi": abstained,
                         "max_malignant": None, "max_malignant_path": None, "malignant": None, "threshold": None})
             continue
-        top = max(rs, key=_p_malignant)
+        s = summarise_study({i: _p_malignant(r) for i, r in enumerate(rs)}, rs[0]["threshold"])
         out.append({
-            "record": "study", "study_uid": uid, "images": len(rs), "needs_roi": abstained,
-            "max_malignant": _p_malignant(top), "max_malignant_path": top["path"],
-            "malignant": any(r["malignant"] for r in rs), "threshold": top["threshold"],
+            "record": "study", "study_uid": uid, "images": s.images, "needs_roi": abstained,
+            "max_malignant": s.max_malignant, "max_malignant_path": rs[s.top]["path"],
+            "malignant": s.malignant, "threshold": rs[s.top]["threshold"],
         })
     return out
 
 
 def _p_malignant(r: dict) -> float:
-    """The P(malignant) behind a record's flag: a cine's highest frame, else the image's."""
-    return float((r.get("cine") or {}).get("max_malignant", r["probabilities"]["malignant"]))
+    return flag_probability(r.get("cine"), r["probabilities"])
 
 
 def json_line(record: dict) -> str:

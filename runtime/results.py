@@ -11,6 +11,12 @@ import numpy as np
 from .masks import Box
 
 
+def flag_probability(cine: dict | None, probabilities: dict[str, float]) -> float:
+    """The P(malignant) behind a result's (or a record's) malignant flag: a cine loop's highest
+    frame, else the image's."""
+    return float((cine or {}).get("max_malignant", probabilities["malignant"]))
+
+
 @dataclass
 class Prediction:
     path: str | None
@@ -72,7 +78,7 @@ class Prediction:
     @property
     def flag_probability(self) -> float:
         """The P(malignant) that set the malignant flag: a cine loop's highest frame, else the image's."""
-        return float((self.cine or {}).get("max_malignant", self.probabilities["malignant"]))
+        return flag_probability(self.cine, self.probabilities)
 
     def __getitem__(self, key: str):  # result["class"], result["confidence"] as in the seed
         return self.to_dict()[key]

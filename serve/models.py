@@ -26,7 +26,7 @@ from kserve import InferRequest, InferResponse, Model
 from kserve.protocol.infer_type import InferOutput
 
 from busi.runtime.contract import SHA256_KEY
-from busi.runtime.errors import BusiError, InputError
+from busi.runtime.errors import BusiError, InputError, describe
 from busi.runtime.served import FROM_ORT, NUMPY, triton_config
 
 from .batcher import Batcher, QueueFull
@@ -196,7 +196,7 @@ def _one_bytes(inp, name: str) -> bytes:
     try:
         arr = inp.as_numpy()
     except Exception as e:
-        raise Rejected(400, f"model busi: input {name}: {type(e).__name__}: {str(e)[:120]}") from None
+        raise Rejected(400, f"model busi: input {name}: {describe(e, 120)}") from None
     if inp.datatype == "UINT8" and arr.ndim == 1:
         return arr.tobytes()
     if inp.datatype != "BYTES" or arr.size != 1:
