@@ -295,7 +295,7 @@ def infer(
 def _check_mask_arg(mask: str | None) -> None:
     """--mask names a file, a folder, auto or none: a mask-source name (box, gt) or a path that
     does not exist is bad usage, with the option that gives a box."""
-    from .predictor import MASK_SOURCE_NAMES, source_name_hint
+    from .mask_arg import MASK_SOURCE_NAMES, source_name_hint
 
     if mask is None or mask in ("auto", "none") or ("," in mask and not Path(mask).exists()):  # a box as x,y,w,h
         return

@@ -20,18 +20,19 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 
-from .arrays import check_array, check_threshold, frame_index, is_box, mask_array, parse_box
-from .calibration import apply_temperature
-from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, SERVED_NAMES, ModelInfo, check_graph_shape
+from .arrays import check_array, check_threshold, frame_index, is_box, mask_array
+from .contract import SERVED_NAMES
 from .dicom import DicomImage
 from .errors import NOT_FINITE, BusiError, InputError, ModelError, ServerError, UsageError, describe
 from .files import DEFAULT_MAX_BYTES, read_regular
 from .imageio import Decoded, decode_image, is_dicom, read_image, read_mask, resize_mask, resize_rgb
 from .log import get as get_logger
-from .ood import NOTE as OOD_NOTE, ood_scores, pooled
+from .mask_arg import MaskArg
+from .ood import NOTE as OOD_NOTE
 from .masks import bbox, box_mask, find_mask_files, model_mask
 from .pixels import DEFAULT_MAX_PIXELS, check_min_side
 from .results import Failure, NeedsRoi, Prediction, Prepared, aggregate
+from .runner import ModelRunner
 from .session import open_model
 from .trust import BAND_LABEL, likelihood_band, model_qhat, parse_prevalence, prediction_set, prior_shift
 
@@ -40,7 +41,8 @@ _LOG = get_logger(__name__)
 if TYPE_CHECKING:
     from .segmenter import Segmenter
 
-MaskArg = Union[None, str, os.PathLike, np.ndarray, tuple, list]
+#: what `mask=` accepts (see `MaskArg.of`), read once into a `MaskArg`
+MaskInput = Union[None, str, os.PathLike, np.ndarray, tuple, list, MaskArg]
 ImageArg = Union[str, os.PathLike, bytes, np.ndarray]
 #: the most images one session.run gets; a larger batch_size is capped to it
 MAX_BATCH = 256
@@ -84,27 +86,17 @@ class Predictor:
         self._lock = threading.Lock()
         self._threads, self._verify, self._require = threads, verify, require_sha256
         self._segmenter = segmenter
-        label, self.session, self.provider, self.sha256 = open_model(
+        label, session, self.provider, self.sha256 = open_model(
             model_path, device, verify, threads, self._notice, require_sha256, server, SERVED_NAMES["classifier"],
             token, expect_sha256)
         #: the model file, or the served model ("server URL model NAME") in messages
         self.path = label if server else Path(model_path)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.info = ModelInfo.from_metadata(meta, str(self.path))
-        ins = {i.name: i.shape for i in self.session.get_inputs()}
-        outs = {o.name: o.shape for o in self.session.get_outputs()}
-        if sorted(ins) != sorted(INPUT_NAMES) or OUTPUT_NAME not in outs:
-            raise ModelError(self.path, f"model inputs {sorted(ins)} / outputs {list(outs)}, expected inputs image, mask and output probabilities")
-        S, n = self.info.input.size, len(self.info.classes)
-        check_graph_shape(self.path, "input image", ins["image"], (None, S, S, 3), "busi.input.size")
-        check_graph_shape(self.path, "input mask", ins["mask"], (None, S, S, 1), "busi.input.size")
-        check_graph_shape(self.path, "output probabilities", outs[OUTPUT_NAME], (None, n), "busi.classes")
-        self.explainable = FEATURES_NAME in outs and CAM_WEIGHTS_NAME in outs
+        #: the session and the contract's post-processing (calibration, Grad-CAM, OOD score)
+        self.runner = ModelRunner(session, self.path)
+        self.info, self.explainable, self.guard = self.runner.info, self.runner.explainable, self.runner.guard
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.threshold = float(self.info.malignant_threshold if threshold is None else check_threshold(threshold))
-        #: the out-of-distribution guard, where the model carries one and the pooled features it needs
-        self.guard = self.info.ood if FEATURES_NAME in outs else None
         missing = [what for what, have in (("calibration", self.info.calibration), ("training prevalence",
                    self.info.prevalence), ("conformal scores", self.info.conformal),
                    ("out-of-distribution guard", self.guard)) if have is None]
@@ -128,20 +120,12 @@ class Predictor:
         self.default_mask = "auto" if self.info.mask.source != "none" and (
             segmenter is not None or (not server and _segmenter_beside(self.path))) else "none"
         if not server:  # a served model is the server's to check (busi-serve loads it through this class)
-            self._probe()
+            self.runner.probe()
 
-    def _probe(self) -> None:
-        """One run on a fixed input (mid-grey, the whole image as mask): a model whose outputs
-        are NaN or infinite for everything (a damaged weight) is refused at load, exit 2."""
-        S = self.info.input.size
-        try:
-            p, _, feats = self.infer(np.full((1, S, S, 3), 128, np.float32), np.ones((1, S, S, 1), np.float32))
-        except BusiError:
-            raise
-        except Exception as e:
-            raise ModelError(self.path, f"cannot run the model on a test input ({describe(e)})") from None
-        if not np.isfinite(p).all() or (feats is not None and not np.isfinite(feats).all()):
-            raise ModelError(self.path, f"{NOT_FINITE} (NaN or infinity on a fixed test input)")
+    @property
+    def session(self):
+        """The classifier's session (the runner's)."""
+        return self.runner.session
 
     # ---- notices -------------------------------------------------------------------------
     def notice_once(self, key: str, msg: str) -> None:
@@ -173,7 +157,7 @@ class Predictor:
             return self._segmenter
 
     def prepare(
-        self, image: str | os.PathLike | np.ndarray, mask: MaskArg = None, frame: int = 0, keep_view: bool = False
+        self, image: str | os.PathLike | np.ndarray, mask: MaskInput = None, frame: int = 0, keep_view: bool = False
     ) -> Prepared | NeedsRoi:
         """Decode, resize and build the model's mask; raises InputError naming the file. With
         mask "auto", a `NeedsRoi` instead when the segmenter is unsure or what it found is not a
@@ -186,11 +170,12 @@ class Predictor:
         The lesion is turned into the mask the model was trained with (its box with the
         trained margin, the mask itself, or the whole image)."""
         path = None if isinstance(image, (np.ndarray, bytes, bytearray, memoryview)) else str(image)
-        return self._prepare(self.decode(image, frame), path, mask, frame, keep_view)
+        return self._prepare(self.decode(image, frame), path, MaskArg.of(mask), frame, keep_view)
 
-    def prepare_frames(self, image: ImageArg, mask: MaskArg = None, keep_view: bool = False) -> list[Prepared | NeedsRoi]:
+    def prepare_frames(self, image: ImageArg, mask: MaskInput = None, keep_view: bool = False) -> list[Prepared | NeedsRoi]:
         """Every frame of a multi-frame DICOM (a cine loop), decoded from one read of the file
         and prepared one by one; any other image is one item, as `prepare` gives it."""
+        mask = MaskArg.of(mask)
         if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
             is_path = isinstance(image, (str, os.PathLike))
             path = str(image) if is_path else "<image bytes>"
@@ -207,23 +192,24 @@ class Predictor:
         return [self.prepare(image, mask, 0, keep_view)]
 
     def _prepare(self, decoded: Decoded, path: str | None, mask: MaskArg, frame: int, keep_view: bool) -> Prepared:
+        """The one place where each form of the mask (`MaskArg.kind`) meets the image."""
         rgb = decoded.rgb
         H, W = rgb.shape[:2]
         S = self.size
         spec = self.info.mask
         trained = spec.source
         lesion, found, presence, notes = None, None, None, list(decoded.notes)
-        if mask is None:
-            mask = self.default_mask
-            if mask == "none" and trained != "none":  # one line, instead of the mismatch notice
+        if mask.kind == "default":
+            mask = MaskArg(self.default_mask)
+            if mask.kind == "none" and trained != "none":  # one line, instead of the mismatch notice
                 self.notice_once("mode:none", f"busi: {self.path}: the model has no lesion segmenter (segmenter.onnx beside it), so the whole image is "
                                  f"classified, outside its training conditions ('{trained}' masks): give the lesion box with "
                                  "--roi x,y,w,h or a mask with --mask FILE|FOLDER (mask= in the Python API)")
-        if isinstance(mask, str) and mask in MASK_SOURCE_NAMES:
-            raise UsageError(source_name_hint(mask))
-        if isinstance(mask, str) and mask == "none":
+        if mask.kind == "invalid":
+            raise mask.problem(path)
+        if mask.kind == "none":
             source = "none"
-        elif isinstance(mask, str) and mask == "auto":
+        elif mask.kind == "auto":
             source = "auto"
             try:
                 finding = self.segmenter.assess(rgb)
@@ -240,9 +226,8 @@ class Predictor:
             found = lesion is not None
             if not found:
                 notes.append("the segmenter found no lesion; classified with " + NO_LESION[trained])
-        elif (isinstance(mask, (tuple, list)) or (isinstance(mask, np.ndarray) and mask.ndim == 1)
-              or (isinstance(mask, str) and "," in mask and not Path(mask).exists())):
-            box = parse_box(mask)
+        elif mask.kind == "box":
+            box = mask.box
             x, y, w, h = box
             if w <= 0 or h <= 0:
                 raise InputError(path, f"ROI {box} has zero or negative size")
@@ -250,17 +235,12 @@ class Predictor:
                 raise InputError(path, f"ROI {box} lies outside the {W}x{H} image")
             lesion = box_mask((H, W), box)
             source = "box"
-        elif not isinstance(mask, (np.ndarray, str, os.PathLike)):
-            raise InputError(path, f"mask must be None, 'none', 'auto', a box (x, y, w, h), a mask array or a mask "
-                                   f"file or folder path, got {type(mask).__name__}")
-        else:
-            if isinstance(mask, str) and not mask.strip():
-                raise InputError(path, "mask path is empty")
-            if isinstance(mask, np.ndarray):
-                lesion = mask_array(mask, spec.threshold)
+        else:  # a mask array, file or folder
+            if mask.kind == "array":
+                lesion = mask_array(mask.array, spec.threshold)
                 label = "mask array"
             else:
-                lesion, label = self._mask_from_path(Path(mask), path, (H, W))
+                lesion, label = self._mask_from_path(mask.path, path, (H, W))
             if lesion.shape != (H, W):
                 self.notice_once(f"size:{label}", f"busi: {label}: mask is {lesion.shape[1]}x{lesion.shape[0]}, image is {W}x{H}; resized (nearest)")
                 lesion = resize_mask(lesion, (H, W))
@@ -331,38 +311,14 @@ class Predictor:
 
     # ---- inference ------------------------------------------------------------------------
     def run(self, images: np.ndarray, masks: np.ndarray, tta: bool = False, explain: bool = False):
-        """Batch inference: (N,S,S,3) float32, (N,S,S,1) float32 -> (N, classes) probabilities,
-        calibrated with the model's temperature when it carries one (after TTA's average).
+        """Deprecated: `Predictor.runner.run` gives (probabilities, Grad-CAM maps, features) of a
+        prepared batch. Returns the calibrated probabilities, with `explain` (probabilities, maps)."""
+        import warnings
 
-        With `explain`, returns (probabilities, Grad-CAM maps (N, h, w) of each image's
-        predicted class) from the unflipped pass."""
-        p, cams, _ = self.infer(images, masks, tta, explain)
+        warnings.warn("Predictor.run is deprecated: use Predictor.predict/iter_predict, or Predictor.runner.run for "
+                      "prepared arrays", DeprecationWarning, stacklevel=2)
+        p, cams, _ = self.runner.run(images, masks, tta, explain)
         return (p, cams) if explain else p
-
-    def infer(self, images: np.ndarray, masks: np.ndarray, tta: bool = False, explain: bool = False):
-        """(calibrated probabilities, Grad-CAM maps or None, pooled features (N, D) for the
-        out-of-distribution guard or None) of a batch; maps and features come from the
-        unflipped pass."""
-        if explain and not self.explainable:
-            raise ModelError(self.path, "model has no Grad-CAM outputs (features, cam_weights); re-export it with busi-export")
-        names = [OUTPUT_NAME] + ([FEATURES_NAME] if explain or self.guard else []) + ([CAM_WEIGHTS_NAME] if explain else [])
-        outs = dict(zip(names, self.session.run(names, {"image": images, "mask": masks})))
-        p = outs[OUTPUT_NAME]
-        if p.ndim != 2 or p.shape != (len(images), len(self.info.classes)):  # a symbolic width that lied
-            raise ModelError(self.path, f"output probabilities has shape {p.shape}, expected ({len(images)}, {len(self.info.classes)})")
-        if tta:
-            p2 = self.session.run([OUTPUT_NAME], {"image": images[:, :, ::-1].copy(), "mask": masks[:, :, ::-1].copy()})[0]
-            p = (p + p2) / 2
-        if self.info.calibration is not None:
-            p = apply_temperature(p, self.info.calibration.temperature).astype(np.float32)
-        feats = pooled(outs[FEATURES_NAME]) if self.guard else None
-        if not explain:
-            return p, None, feats
-        from .gradcam import grad_cam
-
-        cams = np.stack([grad_cam(outs[FEATURES_NAME][i], outs[CAM_WEIGHTS_NAME][i], int(np.argmax(p[i])))
-                         for i in range(len(p))])
-        return p, cams, feats
 
     def _result(self, prep: Prepared, proba: np.ndarray, threshold: float | None, tta: bool, cam=None,
                 feats: np.ndarray | None = None) -> Prediction:
@@ -374,12 +330,12 @@ class Predictor:
             extras["cam"] = cam
         ood = {}
         notes = list(prep.notes)
-        self._check_finite(prep, proba=proba, features=feats, **{"Grad-CAM": cam})
+        self.runner.check_finite(prep.path, proba=proba, features=feats, **{"Grad-CAM": cam})
         if feats is not None:  # each image against the statistics of its own mask source
-            stats = self.guard.stats(prep.mask_source, self.info.mask.source)
-            score, limit = float(ood_scores(stats, feats[None])[0]), stats.threshold
-            self._check_finite(prep, **{"out-of-distribution score": score})
-            ood = {"out_of_distribution": bool(score > limit), "ood_score": score, "ood_threshold": float(limit)}
+            scores, limit = self.runner.ood(feats, prep.mask_source)
+            score = float(scores[0])
+            self.runner.check_finite(prep.path, **{"out-of-distribution score": score})
+            ood = {"out_of_distribution": bool(score > limit), "ood_score": score, "ood_threshold": limit}
             if score > limit:
                 notes.append(OOD_NOTE.format(score=score, threshold=limit))
         return self._trust(Prediction(
@@ -403,15 +359,8 @@ class Predictor:
             **ood,
         ))
 
-    def _check_finite(self, prep: Prepared, **outputs) -> None:
-        """ModelError naming the image and the model when an output holds NaN or infinity."""
-        bad = [what.replace("proba", "probabilities") for what, v in outputs.items()
-               if v is not None and not np.isfinite(v).all()]
-        if bad:
-            raise ModelError(prep.path or "image", f"{NOT_FINITE} ({' and '.join(bad)} of {self.path})")
-
     def predict(
-        self, image, mask: MaskArg = None, *, threshold: float | None = None, tta: bool = False, frame: int | str = 0,
+        self, image, mask: MaskInput = None, *, threshold: float | None = None, tta: bool = False, frame: int | str = 0,
         explain: bool = False, keep_view: bool = False,
     ) -> Prediction | NeedsRoi:
         """One image; raises InputError for a bad one. `frame="all"`: every frame of a cine
@@ -432,14 +381,14 @@ class Predictor:
         prep = self.prepare(image, mask, frame_index(frame), keep_view)
         if isinstance(prep, NeedsRoi):
             return prep
-        p, cams, feats = self.infer(prep.image[None], prep.mask[None], tta, explain)
+        p, cams, feats = self.runner.run(prep.image[None], prep.mask[None], tta, explain)
         return self._result(prep, p[0], threshold, tta, None if cams is None else cams[0],
                             None if feats is None else feats[0])
 
     def iter_predict(
         self,
         items: Iterable[Any],
-        mask: MaskArg = None,
+        mask: MaskInput = None,
         *,
         batch_size: int = 8,
         workers: int = 2,
@@ -459,6 +408,7 @@ class Predictor:
         (multi-frame DICOM) and gives one aggregated result for it (`aggregate`)."""
         if isinstance(items, (str, os.PathLike, bytes, bytearray, memoryview)):
             items = [items]
+        mask = MaskArg.of(mask)  # once for the call; a pair's own mask is read with its image
         if threshold is not None:
             check_threshold(threshold)
         batch_size = max(1, min(int(batch_size), MAX_BATCH))
@@ -556,7 +506,7 @@ class Predictor:
         """Results of a batch keyed by id(Prepared); a batch the session cannot run (memory,
         a graph that refuses this input) is halved until the failing image is alone."""
         try:
-            probs, cams, feats = self.infer(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta, explain)
+            probs, cams, feats = self.runner.run(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta, explain)
         except ServerError as e:  # the server is down or refused: each image of the batch fails, the run goes on
             return {id(b): Failure(b.path, f"{b.path or 'image'}: {e}") for b in batch}
         except BusiError:
@@ -577,7 +527,7 @@ class Predictor:
                 out[id(b)] = Failure(b.path, str(e))
         return out
 
-    def predict_many(self, items: Iterable[Any], mask: MaskArg = None, **kw) -> list[Prediction | NeedsRoi | Failure]:
+    def predict_many(self, items: Iterable[Any], mask: MaskInput = None, **kw) -> list[Prediction | NeedsRoi | Failure]:
         return list(self.iter_predict(items, mask, **kw))
 
 
@@ -585,15 +535,6 @@ class Predictor:
 NO_LESION = {"box": "a lesion-sized box in the image centre, as normal images were shown in training",
              "gt": "an empty mask, as normal images were shown in training",
              "none": "the whole image"}
-#: mask-source names that are not a mask the user can give by name (a box comes with --roi)
-MASK_SOURCE_NAMES = ("box", "roi", "gt")
-
-
-def source_name_hint(name: str) -> str:
-    return (f"--mask {name}: not a mask file or folder; give a lesion box with --roi x,y,w,h (image pixels), "
-            "or --mask FILE|FOLDER (lesion masks), auto (the lesion segmenter) or none (the whole image)")
-
-
 def _segmenter_beside(model: Path) -> bool:
     from .model_dir import ModelDir
 
@@ -622,7 +563,7 @@ _CACHE: dict[str, Predictor] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def predict_breast_cancer(image_path, model, mask: MaskArg = None, **kw) -> dict[str, Any]:
+def predict_breast_cancer(image_path, model, mask: MaskInput = None, **kw) -> dict[str, Any]:
     """The seed's call shape: returns {"class", "confidence", "probabilities", ...}. With
     mask="auto" it may instead return {"needs_roi": True, "reason": ..., "lesion_presence": ...}
     and no class: the segmenter was unsure or found no plausible lesion; give a box.

@@ -183,7 +183,7 @@ def load_models(model: str | Path, device: str, threads: int | None, max_batch: 
         return TensorModel(name, session, params, max_batch, max_delay, max_queue, observe(name))
 
     models = [served("classifier", predictor.session, predictor.sha256)]
-    predictor.session = BatchedSession(predictor.session, models[0].batcher)
+    predictor.runner.use(BatchedSession(predictor.session, models[0].batcher))
     seg_path = ModelDir(onnx_path.parent).segmenter_onnx
     if seg_path.is_file():
         seg = predictor.segmenter
