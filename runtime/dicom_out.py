@@ -44,6 +44,7 @@ from .atomic import atomic_path
 from .dicom_source import clean
 from .errors import InputError, WriteError, describe, first_line
 from .log import get as get_logger
+from .results import NEEDS_ROI
 from .study import summarise_study
 
 _LOG = get_logger(__name__)
@@ -113,7 +114,7 @@ def write(prediction: "Prediction | NeedsRoi", source, out_dir: str | Path, *, o
     key = (src.SOPInstanceUID, prediction.model_sha256, options)
     building = "the DICOM output"
     try:
-        abstained = getattr(prediction, "needs_roi", False)
+        abstained = prediction.kind == NEEDS_ROI
         with _highdicom_said(path):
             building = "the SR"
             if abstained:  # auto abstained: an SR that says so, nothing else (no overlay, no SEG of a guess)
