@@ -20,7 +20,7 @@ from pathlib import Path
 
 from busi.runtime.errors import BusiError, InputError, UsageError, WriteError, describe
 from busi.runtime.log import get as get_logger, write_stderr
-from busi.runtime.results import NeedsRoi
+from busi.runtime.results import NEEDS_ROI
 from busi.runtime.study import summarise_study
 
 from .config import NodeConfig
@@ -372,7 +372,7 @@ class Node:
         if self.cfg.study_idle and base["study"] and study is None:
             self.event("warning", sop=sop, message=f"StudyInstanceUID {base['study'][:80]!r} is not a UID: "
                                                    "no study summary for this image")
-        if isinstance(pred, NeedsRoi):  # auto abstained: its SR says "not classified, ROI needed"; no class
+        if pred.kind == NEEDS_ROI:  # auto abstained: its SR says "not classified, ROI needed"; no class
             reason = pred.reason.replace(str(path), f"instance {sop}")
             record = {**base, "event": "needs_roi", "reason": reason, "lesion_presence": pred.lesion_presence,
                       "outputs": outputs}

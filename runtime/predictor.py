@@ -14,7 +14,6 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
@@ -28,13 +27,13 @@ from .files import DEFAULT_MAX_BYTES, read_regular
 from .imageio import Decoded, decode_image, is_dicom, read_image, read_mask, resize_mask, resize_rgb
 from .log import get as get_logger
 from .mask_arg import MaskArg
-from .ood import NOTE as OOD_NOTE
 from .masks import bbox, box_mask, find_mask_files, model_mask
 from .pixels import DEFAULT_MAX_PIXELS, check_min_side
-from .results import Failure, NeedsRoi, Prediction, Prepared, aggregate
+from .assemble import ResultAssembler
+from .results import Failure, NeedsRoi, Prediction, Prepared
 from .runner import ModelRunner
 from .session import open_model
-from .trust import BAND_LABEL, likelihood_band, model_qhat, parse_prevalence, prediction_set, prior_shift
+from .trust import parse_prevalence
 
 _LOG = get_logger(__name__)
 
@@ -113,7 +112,10 @@ class Predictor:
         self.coverage = None if self.info.conformal is None else float(coverage or self.info.conformal.coverage)
         if coverage is not None and not 0 < coverage < 1:
             raise UsageError(f"coverage must lie strictly between 0 and 1, got {coverage}")
-        self.qhat = model_qhat(self.info.conformal, self.coverage)
+        #: model outputs + prepared image -> Prediction (flag, OOD verdict, band, prediction set)
+        self.assembler = ResultAssembler(self.runner, self.threshold, self.provider, self.sha256, self.site_prevalence,
+                                         self.coverage)
+        self.qhat = self.assembler.qhat
         self.size = self.info.input.size
         #: what mask=None means: "auto" where a lesion segmenter is at hand (given, or
         #: segmenter.onnx beside the model) and the model was trained with lesion masks, else "none"
@@ -320,45 +322,6 @@ class Predictor:
         p, cams, _ = self.runner.run(images, masks, tta, explain)
         return (p, cams) if explain else p
 
-    def _result(self, prep: Prepared, proba: np.ndarray, threshold: float | None, tta: bool, cam=None,
-                feats: np.ndarray | None = None) -> Prediction:
-        t = self.threshold if threshold is None else float(threshold)
-        classes = self.info.classes
-        k = int(np.argmax(proba))
-        extras = dict(prep.view or {})
-        if cam is not None:
-            extras["cam"] = cam
-        ood = {}
-        notes = list(prep.notes)
-        self.runner.check_finite(prep.path, proba=proba, features=feats, **{"Grad-CAM": cam})
-        if feats is not None:  # each image against the statistics of its own mask source
-            scores, limit = self.runner.ood(feats, prep.mask_source)
-            score = float(scores[0])
-            self.runner.check_finite(prep.path, **{"out-of-distribution score": score})
-            ood = {"out_of_distribution": bool(score > limit), "ood_score": score, "ood_threshold": limit}
-            if score > limit:
-                notes.append(OOD_NOTE.format(score=score, threshold=limit))
-        return self._trust(Prediction(
-            path=prep.path,
-            label=classes[k],
-            confidence=float(proba[k]),
-            probabilities={c: float(v) for c, v in zip(classes, proba)},
-            malignant=bool(proba[classes.index("malignant")] >= t),
-            threshold=t,
-            mask_source=prep.mask_source,
-            lesion_box=prep.lesion_box,
-            provider=self.provider,
-            model_sha256=self.sha256,
-            calibrated=self.info.calibration is not None,
-            tta=tta,
-            lesion_found=prep.lesion_found,
-            lesion_presence=prep.lesion_presence,
-            notes=notes,
-            dicom=prep.dicom,
-            extras=extras,
-            **ood,
-        ))
-
     def predict(
         self, image, mask: MaskInput = None, *, threshold: float | None = None, tta: bool = False, frame: int | str = 0,
         explain: bool = False, keep_view: bool = False,
@@ -382,7 +345,7 @@ class Predictor:
         if isinstance(prep, NeedsRoi):
             return prep
         p, cams, feats = self.runner.run(prep.image[None], prep.mask[None], tta, explain)
-        return self._result(prep, p[0], threshold, tta, None if cams is None else cams[0],
+        return self.assembler.result(prep, p[0], threshold, tta, None if cams is None else cams[0],
                             None if feats is None else feats[0])
 
     def iter_predict(
@@ -471,36 +434,8 @@ class Predictor:
             yield from out_queue
 
     def aggregate(self, frames: list) -> Prediction | NeedsRoi | Failure:
-        """One result for a cine loop classified frame by frame (see `results.aggregate`). A
-        frame with non-finite model output fails the loop: the model is damaged."""
-        damaged = next((f for f in frames if isinstance(f, Failure) and NOT_FINITE in f.error), None)
-        if damaged is not None:
-            return damaged
-        out = aggregate(frames, self.info.classes)
-        return self._trust(out) if isinstance(out, Prediction) else out
-
-    def _trust(self, pred: Prediction) -> Prediction:
-        """The likelihood band, the site-adjusted probabilities and the prediction set."""
-        p_flag = pred.flag_probability
-        adjusted = None
-        if self.site_prevalence is not None:
-            adjusted = prior_shift(pred.probabilities, self.info.prevalence, self.site_prevalence)
-            if pred.cine:  # the band follows the frame behind the flag
-                top = dict(pred.cine.get("max_frame_probabilities") or pred.probabilities)
-                p_flag = prior_shift(top, self.info.prevalence, self.site_prevalence)["malignant"]
-            else:
-                p_flag = adjusted["malignant"]
-        band, text = likelihood_band(p_flag)
-        if self.site_prevalence is not None:
-            basis = "the site prevalence given (" + ", ".join(f"{c} {v:.3g}" for c, v in self.site_prevalence.items()) + ")"
-        elif self.info.prevalence is not None:
-            basis = f"the training prevalence ({self.info.prevalence['malignant']:.0%} malignant; give --prevalence for a site)"
-        else:
-            basis = "the network's own probabilities"
-        likelihood = {"band": band, "range": text, "p_malignant": float(p_flag), "prevalence": basis, "label": BAND_LABEL}
-        return replace(pred, likelihood=likelihood, adjusted_probabilities=adjusted,
-                       prediction_set=None if self.qhat is None else prediction_set(pred.probabilities, self.qhat),
-                       coverage=self.coverage)
+        """One result for a cine loop classified frame by frame (`ResultAssembler.aggregate`)."""
+        return self.assembler.aggregate(frames)
 
     def _run_split(self, batch: list[Prepared], threshold, tta: bool, explain: bool) -> dict[int, Prediction | Failure]:
         """Results of a batch keyed by id(Prepared); a batch the session cannot run (memory,
@@ -522,7 +457,7 @@ class Predictor:
         out = {}
         for b, p, c, f in zip(batch, probs, cams, feats):
             try:
-                out[id(b)] = self._result(b, p, threshold, tta, c, f)
+                out[id(b)] = self.assembler.result(b, p, threshold, tta, c, f)
             except ModelError as e:  # this image's output is not finite: its failure, the batch goes on
                 out[id(b)] = Failure(b.path, str(e))
         return out

@@ -103,7 +103,7 @@ def _table(records: list[dict]) -> str:
     for r in records:
         kind = record_kind(r)
         if kind == STUDY:
-            roi = f", {r['needs_roi']} need an ROI" if r.get("needs_roi") else ""
+            roi = f", {r['needs_roi']} need an ROI" if r["needs_roi"] else ""
             if r["max_malignant"] is None:
                 lines.append(f"{'STUDY':<10} {'':>6} {'':>7} {'':<9} {'':<4} {'':<5} {'':<3} {'':<5} {r['study_uid']}: "
                              f"no image classified{roi}")
