@@ -241,7 +241,7 @@ def export(model_dir: str | Path, opset: int = 17, tolerance: float = 1e-4, int8
     except ExportError:
         raise
     except Exception as e:
-        raise ExportError(f"{files.keras}: tf2onnx conversion failed ({type(e).__name__}: {str(e)[:200]})") from None
+        raise ExportError(f"{files.keras}: tf2onnx conversion failed ({describe(e, 200)})") from None
     _LOG.info("converted in %.1fs", time.time() - t0)
     sets, n_rows, splits = parity_inputs(md)
     session = ort_session(onnx_model.SerializeToString())
@@ -307,7 +307,7 @@ def export_segmenter(md: ModelDir, opset: int, tolerance: float, provenance: Pro
     except ExportError:
         raise
     except Exception as e:
-        raise ExportError(f"{src}: tf2onnx conversion failed ({type(e).__name__}: {str(e)[:200]})") from None
+        raise ExportError(f"{src}: tf2onnx conversion failed ({describe(e, 200)})") from None
     rows, _ = heldout_rows(md)
     img = load_rows(sc.data.root, rows, S).images.astype(np.float32)
     sets = {"heldout": img, "zero_image": np.zeros((2, S, S, 3), np.float32), "batch_1": img[:1], "batch_7": img[:7]}

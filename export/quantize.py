@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from busi.runtime.calibration import apply_temperature
-from busi.runtime.contract import FEATURES_NAME, MALIGNANT, OUTPUT_NAME, ModelInfo
+from busi.runtime.contract import MALIGNANT, ModelInfo
 from busi.runtime.errors import Int8GateRefused, describe
 from busi.runtime.log import get as get_logger
-from busi.runtime.ood import ood_scores, pooled
+from busi.runtime.runner import ModelRunner
 from busi.runtime.session import captured_output
 
 from .onnx_io import ort_session, remove_with_sidecar, write_model
@@ -90,29 +89,18 @@ def split_arrays(md, split: str, limit: int | None = None):
     return arr, eval_masks(arr, md.card.info.mask.source, sizes, md.card.seed).astype(np.float32)
 
 
-def _run(session, images, masks, batch: int = 16) -> np.ndarray:
-    out = [
-        session.run([OUTPUT_NAME], {"image": images[i : i + batch].astype(np.float32), "mask": masks[i : i + batch]})[0]
-        for i in range(0, len(images), batch)
-    ]
-    return np.concatenate(out)
-
-
-def _ood_flags(session, images, masks, info: ModelInfo, batch: int = 16) -> np.ndarray | None:
-    """The out-of-distribution flags the runtime would raise on these images (None without a guard)."""
-    if info.ood is None:
-        return None
-    feats = np.concatenate([
-        pooled(session.run([FEATURES_NAME], {"image": images[i : i + batch].astype(np.float32), "mask": masks[i : i + batch]})[0])
-        for i in range(0, len(images), batch)])
-    stats = info.ood.stats(info.mask.source, info.mask.source)
-    return ood_scores(stats, feats) > stats.threshold
-
-
-def _calibrated(p: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """What the runtime will report: the model's temperature applied (the flag's threshold is
-    on that scale)."""
-    return p if info.calibration is None else apply_temperature(p, info.calibration.temperature)
+def _outputs(session, path, info: ModelInfo, images, masks, batch: int = 16) -> tuple[np.ndarray, np.ndarray | None]:
+    """What the runtime reports on these images (`ModelRunner`: calibrated probabilities) and
+    the out-of-distribution flags it would raise with the trained mask source (None without a guard)."""
+    runner = ModelRunner(session, path, info)
+    probs, flags = [], []
+    for i in range(0, len(images), batch):
+        p, _, feats = runner.run(images[i : i + batch].astype(np.float32), masks[i : i + batch])
+        probs.append(p)
+        if feats is not None:
+            scores, limit = runner.ood(feats, info.mask.source)
+            flags.append(scores > limit)
+    return np.concatenate(probs), (np.concatenate(flags) if flags else None)
 
 
 def _sensitivity(y, p_mal, t) -> float | None:
@@ -173,8 +161,7 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
     cal_arr, cal_masks = split_arrays(md, "train", calibration_images)
     test_arr, test_masks = split_arrays(md, "test")
     fp32 = ort_session(str(fp32_path))
-    p32 = _calibrated(_run(fp32, test_arr.images, test_masks), info)
-    ood32 = _ood_flags(fp32, test_arr.images, test_masks, info)
+    p32, ood32 = _outputs(fp32, fp32_path, info, test_arr.images, test_masks)
     y = test_arr.labels
     t = info.malignant_threshold
     sens32 = _sensitivity(y, p32[:, MALIGNANT], t)
@@ -206,7 +193,7 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
                         str(q),
                         reader,
                         quant_format=QuantFormat.QDQ,
-                        per_channel=True,  # but the spatial kernels: TensorQuantOverrides
+                        per_channel=True,  # one scale per output channel, every convolution
                         # U8S8: uint8 activations, int8 weights. With int8 activations (S8S8)
                         # ORT on x86 left the 20 convolutions that feed residual Adds in
                         # float (1.3x over FP32 at 224 px); U8S8 runs all 53 as QLinearConv (2.3x)
@@ -222,8 +209,7 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
                         **cache,
                     )
                 s8 = ort_session(str(q))
-                p8 = _calibrated(_run(s8, test_arr.images, test_masks), info)
-                ood8 = _ood_flags(s8, test_arr.images, test_masks, info)
+                p8, ood8 = _outputs(s8, q, info, test_arr.images, test_masks)
             except Exception as e:  # a calibration method that breaks is a failed try, not a crash
                 msg = describe(e)
                 tried.append({"calibration": name, "layout": layout, "error": msg, "argmax_agreement": 0.0, "passed": False,

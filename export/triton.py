@@ -14,64 +14,76 @@ written beside the final one and renamed into place.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from busi.runtime.contract import SERVED_NAMES
+from busi.runtime.contract import SERVED_NAMES, SHA256_KEY, served_parameters
 from busi.runtime.errors import ExportUsageError
 from busi.runtime.log import get as get_logger
 from busi.runtime.model_dir import ModelDir
+from busi.runtime.served import FROM_ONNX, triton_config
 from busi.runtime.verify import sha256_file
 
 _LOG = get_logger(__name__)
 
 NAMES = SERVED_NAMES
-#: ONNX TensorProto element types -> Triton data types
-DTYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 5: "TYPE_INT16", 6: "TYPE_INT32", 7: "TYPE_INT64",
-          9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64"}
 MAX_BATCH = 32
 PREFERRED = (8, 16)
 QUEUE_DELAY_US = 2000
+#: Triton's enum values: written bare in text format
+_ENUM = re.compile(r"^(TYPE|KIND)_[A-Z0-9]+$")
 
 
-def _tensor(vi) -> tuple[str, str, list[int]]:
-    """(name, Triton data type, dims without the batch axis) of an ONNX graph input or output."""
+def _tensor(vi) -> dict:
+    """The v2 description (name, data type, shape with -1 for a free axis) of an ONNX graph input or output."""
     t = vi.type.tensor_type
-    dims = [d.dim_value if d.dim_value > 0 else -1 for d in t.shape.dim][1:]
-    if t.elem_type not in DTYPES:
+    if t.elem_type not in FROM_ONNX:
         raise ExportUsageError(f"{vi.name}: ONNX element type {t.elem_type} has no Triton data type here")
-    return vi.name, DTYPES[t.elem_type], dims
+    return {"name": vi.name, "datatype": FROM_ONNX[t.elem_type],
+            "shape": [d.dim_value if d.dim_value > 0 else -1 for d in t.shape.dim]}
 
 
 def _q(text: str) -> str:
     return json.dumps(str(text), ensure_ascii=False)  # a text-format string literal: JSON escapes \" \\ \n are the same
 
 
+def _scalar(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return v if _ENUM.match(v) else _q(v)
+
+
+def pbtxt(config: dict, pad: str = "") -> str:
+    """Triton's JSON form of a model configuration (`served.triton_config`) in protobuf text format."""
+    out = []
+    for key, v in config.items():
+        if key == "parameters":  # a map: one entry a block
+            for k, p in v.items():
+                value = f"{{ string_value: {_q(p['string_value'])} }}" if isinstance(p, dict) else _q(p)
+                out.append(f"{pad}parameters {{\n{pad}  key: {_q(k)}\n{pad}  value: {value}\n{pad}}}")
+        elif isinstance(v, dict):
+            out.append(f"{pad}{key} {{\n{pbtxt(v, pad + '  ')}{pad}}}")
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            items = ",\n".join(f"{pad}  {{\n{pbtxt(x, pad + '    ')}{pad}  }}" for x in v)
+            out.append(f"{pad}{key} [\n{items}\n{pad}]")
+        elif isinstance(v, list):
+            out.append(f"{pad}{key}: [ {', '.join(_scalar(x) for x in v)} ]")
+        else:
+            out.append(f"{pad}{key}: {_scalar(v)}")
+    return "".join(line + "\n" for line in out)
+
+
 def config_text(name: str, onnx_model, parameters: dict[str, str], kind: str = "KIND_GPU", max_batch: int = MAX_BATCH,
                 tensorrt: bool = False) -> str:
     """config.pbtxt of one ONNX model."""
-    def block(vis, what):
-        items = []
-        for vi in vis:
-            n, dt, dims = _tensor(vi)
-            items.append(f"  {{\n    name: {_q(n)}\n    data_type: {dt}\n    dims: [ {', '.join(map(str, dims))} ]\n  }}")
-        return f"{what} [\n" + ",\n".join(items) + "\n]\n"
-
     init = {i.name for i in onnx_model.graph.initializer}
-    inputs = [vi for vi in onnx_model.graph.input if vi.name not in init]
-    lines = [f"name: {_q(name)}", 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch}",
-             block(inputs, "input") + block(onnx_model.graph.output, "output").rstrip("\n"),
-             "dynamic_batching {\n  preferred_batch_size: [ " + ", ".join(str(b) for b in PREFERRED if b <= max_batch)
-             + f" ]\n  max_queue_delay_microseconds: {QUEUE_DELAY_US}\n}}",
-             f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]"]
-    if tensorrt and kind == "KIND_GPU":
-        lines.append('optimization {\n  execution_accelerators {\n    gpu_execution_accelerator: [\n      {\n'
-                     '        name: "tensorrt"\n        parameters { key: "precision_mode" value: "FP16" }\n'
-                     '        parameters { key: "max_workspace_size_bytes" value: "1073741824" }\n      }\n    ]\n  }\n}')
-    for k, v in sorted(parameters.items()):
-        lines.append(f"parameters {{\n  key: {_q(k)}\n  value: {{ string_value: {_q(v)} }}\n}}")
-    return "\n".join(lines) + "\n"
+    inputs = [_tensor(vi) for vi in onnx_model.graph.input if vi.name not in init]
+    outputs = [_tensor(vi) for vi in onnx_model.graph.output]
+    return pbtxt(triton_config(name, inputs, outputs, parameters, max_batch, QUEUE_DELAY_US, PREFERRED, kind, tensorrt))
 
 
 def write_repository(model_dir: str | Path, repo: str | Path, max_batch: int = MAX_BATCH, tensorrt: bool = False) -> list[Path]:
@@ -89,8 +101,7 @@ def write_repository(model_dir: str | Path, repo: str | Path, max_batch: int = M
         if not src.is_file():
             continue
         model = onnx.load(str(src), load_external_data=False)
-        params = {p.key: p.value for p in model.metadata_props if p.key.startswith("busi.")}
-        params["busi.sha256"] = sha256_file(src)
+        params = served_parameters({p.key: p.value for p in model.metadata_props}, sha256_file(src))
         name = NAMES[role]
         final = repo / name
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
@@ -111,5 +122,5 @@ def write_repository(model_dir: str | Path, repo: str | Path, max_batch: int = M
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         written.append(final)
-        _LOG.info(f"Triton model {final} (config.pbtxt GPU, configs/cpu.pbtxt CPU; sha256 {params['busi.sha256'][:12]})")
+        _LOG.info(f"Triton model {final} (config.pbtxt GPU, configs/cpu.pbtxt CPU; sha256 {params[SHA256_KEY][:12]})")
     return written

@@ -10,7 +10,8 @@ from typing import List, Optional
 import typer
 
 from busi.runtime.errors import BusiError, UsageError
-from busi.runtime.cli_options import TYPER, early_version, quiet_option, verbose_option, version_option
+from busi.runtime.cli_options import (TYPER, early_version, expect_sha256_option, quiet_option, token_option,
+                                      verbose_option, version_option)
 from busi.runtime.log import verbosity_callback
 
 from .config import NodeConfig
@@ -43,8 +44,8 @@ def node(
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM key of --tls-cert."),
     tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="CA bundle: require client certificates signed by it."),
     server: Optional[str] = typer.Option(None, "--server", help="Run the models on this inference server (http://host:port: busi-serve or Triton) instead of --model."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="BUSI_TOKEN", help="Bearer token for --server (default: $BUSI_TOKEN)."),
-    expect_sha256: Optional[str] = typer.Option(None, "--expect-sha256", help="Refuse a model (local or served) whose sha256 is another."),
+    token: Optional[str] = token_option(),
+    expect_sha256: Optional[str] = expect_sha256_option(),
     verbose: int = verbose_option(),
     quiet: bool = quiet_option(),
     version: bool = version_option(),

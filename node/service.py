@@ -21,7 +21,8 @@ from pathlib import Path
 from busi.runtime.dicom_identity import options as uid_options
 from busi.runtime.errors import BusiError, UsageError, describe
 from busi.runtime.log import get as get_logger, write_stderr
-from busi.runtime.results import NeedsRoi
+from busi.runtime.results import NEEDS_ROI
+from busi.runtime.study import summarise_study
 
 from .batching import BatchWorker
 from .config import NodeConfig
@@ -282,7 +283,7 @@ class Node(BatchWorker):
         if self.cfg.study_idle and base["study"] and study is None:
             self.event("warning", sop=sop, message=f"StudyInstanceUID {base['study'][:80]!r} is not a UID: "
                                                    "no study summary for this image")
-        if isinstance(pred, NeedsRoi):  # auto abstained: its SR says "not classified, ROI needed"; no class
+        if pred.kind == NEEDS_ROI:  # auto abstained: its SR says "not classified, ROI needed"; no class
             reason = pred.reason.replace(str(path), f"instance {sop}")
             record = {**base, "event": "needs_roi", "reason": reason, "lesion_presence": pred.lesion_presence,
                       "outputs": outputs}
@@ -331,7 +332,7 @@ class Node(BatchWorker):
         durable_write(self.spool.outgoing / f"{ds.SOPInstanceUID}.study.dcm", encoded(ds))
         self.spool.set_summary_state(study, {"sops": sorted(heads), "version": version, "sop": ds.SOPInstanceUID})
         self.event("summarised", study=study, images=len(heads), version=version, sop=ds.SOPInstanceUID,
-                   p_malignant=max(p_mal.values()), supersedes=state.get("sop"))
+                   p_malignant=summarise_study(p_mal, self.predictor.threshold).max_malignant, supersedes=state.get("sop"))
         self._send.set()
 
     def _fail(self, path: Path, sop: str, reason: str, base: dict | None = None) -> None:

@@ -12,29 +12,19 @@ from typing import Any
 
 from .atomic import atomic_write_text
 from .contract import (
-    CLASSES,
     CONTRACT_VERSION,
-    Calibration,
-    Conformal,
-    SEGMENTER_MIN_AREA,
+    MODEL_FIELDS,
+    SEGMENTER_FIELDS,
     SEGMENTER_POSTPROCESS,
-    SEGMENTER_THRESHOLD,
-    InputSpec,
-    MaskSpec,
     ModelInfo,
     OodGuard,
-    OperatingPoint,
-    Parity,
-    Presence,
-    Provenance,
     SegmenterInfo,
-    classes_of,
     drop_none,
-    metrics_of,
-    prevalence_of,
+    dump_fields,
+    load_fields,
 )
 from .errors import ModelError
-from .validate import malformed, mapping, number
+from .validate import malformed, mapping
 
 
 @dataclass(frozen=True)
@@ -84,25 +74,13 @@ class ModelCard:
         return self.training.get("lesion_box_sizes") or []
 
     def to_json(self) -> dict:
-        i = self.info
         return drop_none({
             "contract_version": CONTRACT_VERSION,
             "name": self.name,
             "task": self.task,
-            "classes": list(i.classes),
             "intended_use": self.intended_use,
             "not_for": list(self.not_for),
-            "input": i.input.to_json(),
-            "mask": i.mask.to_json(),
-            "operating_point": i.operating_point.to_json(),
-            "metrics": i.metrics,
-            "provenance": i.provenance.to_json(),
-            "parity": None if i.parity is None else i.parity.to_json(),
-            "quantization": i.quantization,
-            "calibration": None if i.calibration is None else i.calibration.to_json(),
-            "prevalence": i.prevalence,
-            "conformal": None if i.conformal is None else i.conformal.to_json(),
-            "ood": None if i.ood is None else _ood_summary(i.ood),
+            **dump_fields(self.info, MODEL_FIELDS, ood=_ood_summary),
             "architecture": self.architecture,
             "training": self.training,
             "data": self.data.to_json(),
@@ -117,25 +95,13 @@ class ModelCard:
             training = mapping(d.get("training", {}), "training", path)
             arch = dict(mapping(d.get("architecture", {}), "architecture", path))
             legacy = "contract_version" not in d  # version 1: input and mask lived in the architecture
-            inp, msk = (arch.pop("input"), arch.pop("mask")) if legacy else (d["input"], d["mask"])
-            prov = Provenance.from_json(d.get("provenance", {}), path)
             if legacy:
-                prov = replace(prov, data_fingerprint=data.fingerprint, split_seed=training.get("seed"))
-            info = ModelInfo(
-                version=1 if legacy else int(d["contract_version"]),
-                classes=classes_of(d.get("classes", list(CLASSES)), path),
-                input=InputSpec.from_json(inp, path),
-                mask=MaskSpec.from_json(msk, path),
-                operating_point=OperatingPoint.from_json(d["operating_point"], path),
-                provenance=prov,
-                metrics=metrics_of(d.get("metrics", {}), path),
-                parity=None if legacy else Parity.from_json(d.get("parity"), path),
-                quantization=d.get("quantization"),
-                calibration=Calibration.from_json(d.get("calibration"), path),
-                prevalence=prevalence_of(d.get("prevalence"), path, "prevalence"),
-                conformal=Conformal.from_json(d.get("conformal"), path),
-                ood=_load_ood(d.get("ood"), path),
-            )
+                d = {**d, "input": arch.pop("input"), "mask": arch.pop("mask"), "parity": None}
+            kw = load_fields(d, MODEL_FIELDS, path, ood=lambda v, p, k: _load_ood(v, p))
+            if legacy:
+                kw["provenance"] = replace(kw["provenance"], data_fingerprint=data.fingerprint,
+                                           split_seed=training.get("seed"))
+            info = ModelInfo(version=1 if legacy else int(d["contract_version"]), **kw)
             return cls(info=info, name=d.get("name", ""), data=data, training=training, architecture=arch,
                        task=d.get("task", cls.task), intended_use=d.get("intended_use", ""),
                        not_for=tuple(d.get("not_for", ())), export=d.get("export"))
@@ -170,24 +136,17 @@ class SegmenterCard:
     task: str = "breast ultrasound lesion segmentation (for --mask auto)"
 
     def to_json(self) -> dict:
-        i = self.info
         return drop_none({
             "contract_version": CONTRACT_VERSION,
             "name": self.name,
             "role": "segmenter",
             "task": self.task,
             "architecture": self.architecture,
-            "input": i.input.to_json(),
-            "threshold": i.threshold,
-            "min_area_frac": i.min_area_frac,
+            **dump_fields(self.info, SEGMENTER_FIELDS),
             "postprocess": SEGMENTER_POSTPROCESS,
             "training": self.training,
             "data": self.data.to_json(),
-            "metrics": i.metrics,
             "metrics_val": self.metrics_val,
-            "provenance": i.provenance.to_json(),
-            "parity": None if i.parity is None else i.parity.to_json(),
-            "presence": None if i.presence is None else i.presence.to_json(),
         })
 
     @classmethod
@@ -195,19 +154,10 @@ class SegmenterCard:
         with malformed(path, "segmenter card"):
             d = mapping(d, "segmenter card", path)
             data = DataInfo.from_json(d["data"], path)
-            prov = Provenance.from_json(d.get("provenance", {}), path)
+            kw = load_fields(d, SEGMENTER_FIELDS, path)
             if "contract_version" not in d:
-                prov = replace(prov, data_fingerprint=data.fingerprint)
-            info = SegmenterInfo(
-                version=int(d.get("contract_version", 1)),
-                input=InputSpec.from_json(d["input"], path),
-                threshold=number(d.get("threshold", SEGMENTER_THRESHOLD), "threshold", path, 0.0, 1.0),
-                min_area_frac=number(d.get("min_area_frac", SEGMENTER_MIN_AREA), "min_area_frac", path, 0.0, 1.0),
-                provenance=prov,
-                metrics=mapping(d.get("metrics", {}), "metrics", path),
-                parity=Parity.from_json(d.get("parity"), path),
-                presence=Presence.from_json(d.get("presence"), path),
-            )
+                kw["provenance"] = replace(kw["provenance"], data_fingerprint=data.fingerprint)
+            info = SegmenterInfo(version=int(d.get("contract_version", 1)), **kw)
             return cls(info=info, name=d.get("name", ""), data=data, training=dict(d.get("training", {})),
                        architecture=dict(d.get("architecture", {})), metrics_val=dict(d.get("metrics_val", {})),
                        task=d.get("task", cls.task))

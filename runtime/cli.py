@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import warnings
 from enum import Enum
@@ -20,14 +19,15 @@ from typing import List, Optional
 
 import typer
 
-from .atomic import output_target
-from .errors import InputError, OutputError, UsageError, WriteError
-from .cli_options import DICOM, INPUT, MASK, MODEL, OUTPUT, SERVER, TYPER, quiet_option, verbose_option, version_option
+from .errors import InputError, UsageError
+from .dicom_identity import options as uid_options
+from .cli_options import (DICOM, INPUT, MASK, MODEL, OUTPUT, SERVER, TYPER, expect_sha256_option, quiet_option,
+                          token_option, verbose_option, version_option)
 from .log import verbosity_callback, write_stderr
 from .log import get as get_logger
 from .inputs import expand_inputs
 from .outputs import check_outputs, model_files
-from .records import Format, json_line, render, study_summaries
+from .records import Format
 
 _LOG = get_logger(__name__)
 
@@ -53,51 +53,6 @@ class Frames(str, Enum):
 
 class By(str, Enum):
     study = "study"
-
-
-class DicomWriter:
-    """--dicom-out: SR, SC and SEG for each DICOM result (busi.runtime.dicom_out); PNG and JPEG
-    inputs get none, which is said once."""
-
-    def __init__(self, folder: Path, options: str):
-        import importlib.util
-
-        if importlib.util.find_spec("highdicom") is None:
-            raise UsageError("--dicom-out needs highdicom: pip install 'busi[dicom]'")
-        self.folder, self.options = folder, options
-        self.written: list[Path] = []
-        self.not_dicom = 0
-
-    def add(self, r) -> str | None:
-        """Write the objects for one result; the error line when its source cannot have any."""
-        from .dicom_out import write
-
-        if r.dicom is None:
-            if not self.not_dicom:
-                _LOG.warning("busi: PNG and JPEG inputs get no DICOM output (--dicom-out): they carry no patient or study")
-            self.not_dicom += 1
-            return None
-        notes: list[str] = []
-        try:
-            self.written += write(r, r.path, self.folder, options=self.options, notes=notes)
-        except (InputError, OutputError) as e:  # this source cannot have DICOM output, or it could not be written
-            return str(e)
-        except OSError as e:
-            return f"{self.folder}: cannot write the DICOM output of {r.path} ({e.strerror or e})"
-        except Exception as e:  # never let one source's output stop the batch
-            from .dicom import dicom_problem
-
-            return f"{r.path}: DICOM output not written ({dicom_problem(e)})"
-        finally:  # what was done to the source's values to write them (a value left empty, a date rewritten)
-            r.notes.extend(f"DICOM output: {n}" for n in notes)
-        return None
-
-    def summary(self) -> str:
-        kinds = {}
-        for p in self.written:
-            kinds[p.suffixes[-2][1:]] = kinds.get(p.suffixes[-2][1:], 0) + 1
-        what = ", ".join(f"{n} {k.upper()}" for k, n in kinds.items()) or "nothing"
-        return f"DICOM output in {self.folder}: {what}"
 
 
 def _print_schema(value: bool) -> None:
@@ -133,8 +88,8 @@ def infer(
     require_sha256: bool = typer.Option(False, "--require-sha256", help="Refuse a model (or segmenter) without a .sha256 sidecar.", rich_help_panel=MODEL),
     max_bytes: int = typer.Option(1 << 30, "--max-bytes", min=1, help="Refuse input files larger than this (bytes).", rich_help_panel=INPUT),
     server: Optional[str] = typer.Option(None, "--server", envvar="BUSI_SERVER", help="Run the model on this inference server (http://host:port): busi-serve, or Triton serving busi-export --triton. Decoding, masks, the segmenter's decision and the reports stay here.", rich_help_panel=SERVER),
-    token: Optional[str] = typer.Option(None, "--token", envvar="BUSI_TOKEN", help="Bearer token for --server (default: $BUSI_TOKEN).", rich_help_panel=SERVER),
-    expect_sha256: Optional[str] = typer.Option(None, "--expect-sha256", help="Refuse a model (local or served) whose sha256 is another.", rich_help_panel=MODEL),
+    token: Optional[str] = token_option(SERVER),
+    expect_sha256: Optional[str] = expect_sha256_option(MODEL),
     segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Segmenter .onnx for --mask auto (default: segmenter.onnx beside the model).", rich_help_panel=MASK),
     explain: Optional[Path] = typer.Option(None, "--explain", help="Write a Grad-CAM overlay PNG of the predicted class per image into this folder.", rich_help_panel=OUTPUT),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML case report (images, Grad-CAM, probabilities).", rich_help_panel=OUTPUT),
@@ -198,93 +153,50 @@ def infer(
     views = explain is not None or report is not None or dicom_out is not None
     if frames is not None and frame:
         raise UsageError("give either --frame N or --frames all, not both")
-    html = None
-    if report is not None:
-        from .html_report import HtmlReport
-
-        html = HtmlReport(report, model, pred.info, pred.threshold, pred.provider)
-    written: set[str] = set()
     mask_arg = roi if roi is not None else mask
     if roi is not None:
         from .arrays import parse_box
 
         mask_arg = parse_box(roi)
+    from .sinks import DicomSink, GradcamSink, HtmlSink, RecordSink
+
+    # the outputs, in the order each result reaches them: the records sink last (the others add to the record)
+    html = HtmlSink(report, report_final, model, pred) if report is not None else None
+    gradcam = GradcamSink(explain, sources) if explain is not None else None
+    dicom = DicomSink(dicom_out, uid_options(mask_arg, threshold, tta, frames or frame)) \
+        if dicom_out is not None else None
+    results = RecordSink(fmt, out, out_final, by is not None)
+    sinks = [s for s in (html, gradcam, dicom, results) if s is not None]
     t0 = time.time()
-    records: list[dict] = []
-    n_fail = 0
     from .progress import Bar
+    from .results import FAILURE, NEEDS_ROI, Failure
 
     bar = Bar(len(files), "busi-infer", enabled=len(files) > 1)
-    from .results import Failure, NeedsRoi, Prediction
-
     items = [Failure(f.path, str(f)) if isinstance(f, InputError) else f for f in files]
     it = pred.iter_predict(items, mask_arg, batch_size=batch_size, threshold=threshold, tta=tta,
                            frame="all" if frames is not None else frame,
                            explain=explain is not None or report is not None, keep_view=views)
-    from .dicom_identity import options as uid_options
-
-    dicom_writer = DicomWriter(dicom_out, uid_options(mask_arg, threshold, tta, frames or frame)) \
-        if dicom_out is not None else None
-    stream = out is None and fmt is Format.jsonl
-    n_roi = n_cam_failed = n_dicom_failed = 0
-    for i, r in enumerate(it, 1):
+    n_images = n_fail = n_roi = 0
+    for r in it:
+        n_images += 1
         d = r.to_dict()
-        if "error" in d:
+        if r.kind == FAILURE:
             n_fail += 1
             write_stderr(f"error: {d['error']}\n")
-        elif d.get("needs_roi"):
+        elif r.kind == NEEDS_ROI:
             n_roi += 1
             _LOG.warning(f"busi: {d['reason']}")
-        records.append(d)
-        if html is not None:
-            html.add(r)
-        problems = []  # an output of this image that could not be written: the batch goes on
-        if explain is not None and isinstance(r, Prediction):
-            try:
-                _write_explanation(explain, r, written, sources)
-            except OutputError as e:
-                problems.append(str(e))
-            except OSError as e:
-                problems.append(f"{explain}: cannot write the Grad-CAM overlay of {r.path} ({e.strerror or e})")
-            if problems:
-                d["output_error"] = problems[0]
-                n_cam_failed += 1
-        if dicom_writer is not None and isinstance(r, (Prediction, NeedsRoi)):  # abstained: an SR that says so
-            problem = dicom_writer.add(r)
-            d["notes"] = list(r.notes)
-            if problem:
-                d["dicom_output_error"] = problem
-                problems.append(problem)
-                n_dicom_failed += 1
+        problems = [p for p in (s.add(r, d) for s in sinks) if p]  # an output of this image could not be written
         for problem in problems:  # the image keeps its class (or its needs_roi); its record says which output failed
             write_stderr(f"error: {problem}\n")
-        if stream:
-            emit(json_line(d))
         bar.advance()
     bar.close()
-    n_images = len(records)
-    if by is not None:
-        summaries = study_summaries(records)
-        records += summaries
-        if stream:
-            emit("".join(json_line(x) for x in summaries))
-    text = render(records, fmt)
-    if out_final is not None:
-        from .atomic import atomic_write_text
-
-        try:
-            atomic_write_text(out_final, text)
-        except OSError as e:
-            raise WriteError(out, f"cannot write ({e.strerror or e})") from None
-    elif not stream:
-        emit(text)
-    if html is not None:
-        try:
-            html.write(report_final)
-        except OSError as e:
-            raise WriteError(report, f"cannot write ({e.strerror or e})") from None
+    for s in (results, html, gradcam, dicom):  # the records first, then the report
+        if s is not None:
+            s.close()
     dt = time.time() - t0
     ok = n_images - n_fail - n_roi
+    n_cam_failed, n_dicom_failed = (gradcam.failed if gradcam else 0), (dicom.failed if dicom else 0)
     _LOG.info(
         f"busi: {ok}/{n_images} images classified in {dt:.2f}s on {pred.provider.replace('ExecutionProvider', '')}"
         + (f", {n_fail} failed" if n_fail else "")
@@ -294,7 +206,7 @@ def infer(
         + (f"; output in {out}" if out else "")
         + (f"; Grad-CAM overlays in {explain}" if explain else "") + (f"; report {report}" if report else "")
         + (f"; {inputs.summary()}" if inputs.summary() else "")
-        + (f"; {dicom_writer.summary()}" if dicom_writer is not None else "")
+        + (f"; {dicom.summary()}" if dicom is not None else "")
     )
     raise typer.Exit(1 if n_fail or n_cam_failed or n_dicom_failed else 3 if n_roi else 0)
 
@@ -302,7 +214,7 @@ def infer(
 def _check_mask_arg(mask: str | None) -> None:
     """--mask names a file, a folder, auto or none: a mask-source name (box, gt) or a path that
     does not exist is bad usage, with the option that gives a box."""
-    from .predictor import MASK_SOURCE_NAMES, source_name_hint
+    from .mask_arg import MASK_SOURCE_NAMES, source_name_hint
 
     if mask is not None and not mask.strip():  # Path("") is "." and exists: an empty value is no mask
         raise UsageError("--mask: an empty value was given; give a mask PNG, a folder of <stem>_mask*.png, auto or none")
@@ -313,41 +225,6 @@ def _check_mask_arg(mask: str | None) -> None:
     if not Path(mask).exists():
         raise UsageError(f"--mask {mask}: no such file or folder; give a mask PNG, a folder of <stem>_mask*.png, "
                          "auto or none, or a lesion box with --roi x,y,w,h")
-
-
-def emit(text: str) -> None:
-    """Write machine-readable output to stdout now; a full, closed or broken stdout becomes
-    one OutputError line instead of a traceback (results are not silently lost)."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except (OSError, ValueError, AttributeError) as e:
-        reason = getattr(e, "strerror", None) or "closed"
-        raise WriteError("stdout", f"cannot write the results ({reason}); use --out FILE") from None
-
-
-def _write_explanation(folder: Path, r, written: set[str], sources=()) -> Path:
-    """<stem>.gradcam.png (Grad-CAM of the predicted class over the image), atomically; a
-    second image with the same stem gets -2, -3, ..."""
-    import cv2
-
-    from .atomic import atomic_write_bytes
-    from .gradcam import mark_png, overlay
-    from .outputs import GRADCAM_SUFFIX, safe_name
-
-    stem = Path(r.path).stem if r.path else "image"
-    name, k = safe_name(stem, GRADCAM_SUFFIX), 2
-    while name in written:
-        name, k = safe_name(f"{stem}-{k}", GRADCAM_SUFFIX), k + 1
-    written.add(name)
-    final = output_target(folder / name, sources)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(overlay(r.extras["view"], r.extras["cam"]), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"cannot encode {final}")
-    atomic_write_bytes(final, mark_png(png.tobytes()))
-    return final
 
 
 def main() -> None:

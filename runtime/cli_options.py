@@ -68,6 +68,18 @@ def quiet_option():
                         help="Errors only: no notices, no summary line.")
 
 
+def token_option(panel: str | None = None):
+    """`--token` (or $BUSI_TOKEN): the bearer token for --server (busi-infer, busi-node)."""
+    return typer.Option(None, "--token", envvar="BUSI_TOKEN", help="Bearer token for --server (default: $BUSI_TOKEN).",
+                        rich_help_panel=panel)
+
+
+def expect_sha256_option(panel: str | None = None):
+    """`--expect-sha256`: the digest a model (local or served) must have (busi-infer, busi-node)."""
+    return typer.Option(None, "--expect-sha256", help="Refuse a model (local or served) whose sha256 is another.",
+                        rich_help_panel=panel)
+
+
 def early_version(prog: str) -> None:
     """`--version` answered before a command checks for its extra (busi-node without pynetdicom)."""
     if "--version" in sys.argv[1:]:

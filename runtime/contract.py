@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ModelError
 from .validate import (
@@ -29,7 +29,9 @@ from .validate import (
     unpack_floats,
 )
 
-#: 4: busi.ood (the out-of-distribution guard's statistics and thresholds);
+#: 5: busi.presence in the segmenter's metadata (when `--mask auto` classifies and when it
+#: abstains with needs_roi; a segmenter without it never abstains);
+#: 4: busi.ood (the out-of-distribution guard: statistics and threshold per mask source);
 #: 3: busi.calibration (the operating point is on calibrated probabilities, so a runtime that
 #: does not apply it must refuse the file), busi.prevalence, busi.conformal;
 #: 2: busi.contract_version; 1: files before the key
@@ -62,6 +64,9 @@ SEGMENTER_INPUT = "image"
 SEGMENTER_OUTPUT = "lesion"
 #: the models' names on an inference server (Triton repository, busi-serve)
 SERVED_NAMES = {"classifier": "busi_classifier", "segmenter": "busi_segmenter"}
+#: the prefix of the contract's metadata keys, and the key beside them on a server that names the file's digest
+PREFIX = "busi."
+SHA256_KEY = "busi.sha256"
 
 
 def drop_none(d: dict) -> dict:
@@ -424,22 +429,8 @@ class ModelInfo:
 
     def to_metadata(self) -> dict[str, str]:
         """The ONNX metadata_props (values JSON-encoded); always written at this contract version."""
-        return _dump({
-            "busi.contract_version": CONTRACT_VERSION,
-            "busi.role": self.role,
-            "busi.classes": list(self.classes),
-            "busi.input": self.input.to_json(),
-            "busi.mask": self.mask.to_json(),
-            "busi.operating_point": self.operating_point.to_json(),
-            "busi.provenance": self.provenance.to_json(),
-            "busi.metrics": self.metrics,
-            "busi.parity": None if self.parity is None else self.parity.to_json(),
-            "busi.quantization": self.quantization,
-            "busi.calibration": None if self.calibration is None else self.calibration.to_json(),
-            "busi.prevalence": self.prevalence,
-            "busi.conformal": None if self.conformal is None else self.conformal.to_json(),
-            "busi.ood": None if self.ood is None else self.ood.to_json(),
-        })
+        return _dump({"busi.contract_version": CONTRACT_VERSION, "busi.role": self.role,
+                      **dump_fields(self, MODEL_FIELDS, PREFIX)})
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: str | None = None) -> "ModelInfo":
@@ -448,22 +439,7 @@ class ModelInfo:
             role = j.get("busi.role", "classifier")
             if role != "classifier":
                 raise ModelError(path, f"busi.role is {role!r}, expected a classifier")
-            quant = j.get("busi.quantization")
-            return cls(
-                version=_version(j, path),
-                classes=classes_of(j["busi.classes"], path),
-                input=InputSpec.from_json(j["busi.input"], path),
-                mask=MaskSpec.from_json(j["busi.mask"], path),
-                operating_point=OperatingPoint.from_json(j["busi.operating_point"], path),
-                provenance=Provenance.from_json(j.get("busi.provenance", {}), path),
-                metrics=metrics_of(j.get("busi.metrics", {}), path),
-                parity=Parity.from_json(j.get("busi.parity"), path),
-                quantization=None if quant is None else mapping(quant, "busi.quantization", path),
-                calibration=Calibration.from_json(j.get("busi.calibration"), path),
-                prevalence=prevalence_of(j.get("busi.prevalence"), path),
-                conformal=Conformal.from_json(j.get("busi.conformal"), path),
-                ood=OodGuard.from_json(j.get("busi.ood"), path),
-            )
+            return cls(version=_version(j, path), **load_fields(j, MODEL_FIELDS, path, PREFIX))
 
 
 def classes_of(raw, path: str | None) -> tuple[str, ...]:
@@ -541,17 +517,10 @@ class SegmenterInfo:
     version: int = CONTRACT_VERSION
 
     def to_metadata(self) -> dict[str, str]:
-        return _dump({
-            "busi.contract_version": CONTRACT_VERSION,
-            "busi.role": "segmenter",
-            "busi.input": self.input.to_json(),
-            "busi.segmentation": {"output": SEGMENTER_OUTPUT, "threshold": self.threshold,
-                                  "min_area_frac": self.min_area_frac, "postprocess": SEGMENTER_POSTPROCESS},
-            "busi.provenance": self.provenance.to_json(),
-            "busi.metrics": self.metrics,
-            "busi.parity": None if self.parity is None else self.parity.to_json(),
-            "busi.presence": None if self.presence is None else self.presence.to_json(),
-        })
+        j = dump_fields(self, SEGMENTER_FIELDS, PREFIX)
+        seg = {"output": SEGMENTER_OUTPUT, "threshold": j.pop("busi.threshold"),
+               "min_area_frac": j.pop("busi.min_area_frac"), "postprocess": SEGMENTER_POSTPROCESS}
+        return _dump({"busi.contract_version": CONTRACT_VERSION, "busi.role": "segmenter", **j, "busi.segmentation": seg})
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: str | None = None) -> "SegmenterInfo":
@@ -560,17 +529,90 @@ class SegmenterInfo:
             raise ModelError(path, f"busi.role is {j['busi.role']!r}, expected 'segmenter'")
         with malformed(path):
             seg = mapping(j["busi.segmentation"], "busi.segmentation", path)
-            return cls(
-                version=_version(j, path),
-                input=InputSpec.from_json(j["busi.input"], path),
-                threshold=number(seg.get("threshold", SEGMENTER_THRESHOLD), "busi.segmentation.threshold", path, 0.0, 1.0),
-                min_area_frac=number(seg.get("min_area_frac", SEGMENTER_MIN_AREA), "busi.segmentation.min_area_frac",
-                                     path, 0.0, 1.0),
-                provenance=Provenance.from_json(j.get("busi.provenance", {}), path),
-                metrics=mapping(j.get("busi.metrics", {}), "busi.metrics", path),
-                parity=Parity.from_json(j.get("busi.parity"), path),
-                presence=Presence.from_json(j.get("busi.presence"), path),
-            )
+            nested = {k: v for k, v in SEGMENTER_FIELDS.items() if k in SEGMENTATION_KEYS}
+            flat = {k: v for k, v in SEGMENTER_FIELDS.items() if k not in SEGMENTATION_KEYS}
+            return cls(version=_version(j, path), **load_fields(j, flat, path, PREFIX),
+                       **load_fields(seg, nested, path, "busi.segmentation."))
+
+
+# ---- the field tables: how each field of ModelInfo and SegmenterInfo is read from its JSON value.
+# Written by `dump_fields` (nested objects by their to_json, tuples as lists, None left out) and
+# read by `load_fields`, with a key prefix: "busi." in the ONNX metadata, none in the card.
+
+#: an absent key that must be there
+REQUIRED = object()
+#: (JSON value, or `absent` when the key is missing; file; key) -> the field's value
+Loader = Callable[[Any, "str | None", str], Any]
+
+
+def _by_path(read) -> Loader:
+    """A loader from a reader that names its own key: read(value, path)."""
+    return lambda value, path, key: read(value, path)
+
+
+#: ModelInfo: field -> (loader, the JSON value an absent key stands for); the order is the files'
+MODEL_FIELDS: dict[str, tuple[Loader, Any]] = {
+    "classes": (_by_path(classes_of), list(CLASSES)),
+    "input": (_by_path(InputSpec.from_json), REQUIRED),
+    "mask": (_by_path(MaskSpec.from_json), REQUIRED),
+    "operating_point": (_by_path(OperatingPoint.from_json), REQUIRED),
+    "provenance": (lambda v, p, k: Provenance.from_json(v, p, k), {}),
+    "metrics": (_by_path(metrics_of), {}),
+    "parity": (_by_path(Parity.from_json), None),
+    "quantization": (lambda v, p, k: None if v is None else mapping(v, k, p), None),
+    "calibration": (_by_path(Calibration.from_json), None),
+    "prevalence": (prevalence_of, None),
+    "conformal": (_by_path(Conformal.from_json), None),
+    "ood": (_by_path(OodGuard.from_json), None),
+}
+#: SegmenterInfo's; in the ONNX metadata the SEGMENTATION_KEYS live inside busi.segmentation
+SEGMENTER_FIELDS: dict[str, tuple[Loader, Any]] = {
+    "input": (_by_path(InputSpec.from_json), REQUIRED),
+    "threshold": (lambda v, p, k: number(v, k, p, 0.0, 1.0), SEGMENTER_THRESHOLD),
+    "min_area_frac": (lambda v, p, k: number(v, k, p, 0.0, 1.0), SEGMENTER_MIN_AREA),
+    "provenance": (lambda v, p, k: Provenance.from_json(v, p, k), {}),
+    "metrics": (lambda v, p, k: mapping(v, k, p), {}),
+    "parity": (_by_path(Parity.from_json), None),
+    "presence": (_by_path(Presence.from_json), None),
+}
+SEGMENTATION_KEYS = ("threshold", "min_area_frac")
+for _cls, _table in ((ModelInfo, MODEL_FIELDS), (SegmenterInfo, SEGMENTER_FIELDS)):  # every field has its entry
+    assert set(_table) == {f.name for f in fields(_cls)} - {"role", "version"}, _cls
+
+
+def _json_value(value):
+    if value is None or isinstance(value, (str, int, float, bool, dict, list)):
+        return value
+    return list(value) if isinstance(value, tuple) else value.to_json()
+
+
+def dump_fields(info, table: dict, prefix: str = "", **special: Callable[[Any], Any]) -> dict[str, Any]:
+    """The JSON values of `info`'s fields under `prefix + name` (None where a field is None);
+    `special[name]` writes that field its own way."""
+    out = {}
+    for name in table:
+        value = getattr(info, name)
+        out[prefix + name] = value if value is None else special.get(name, _json_value)(value)
+    return out
+
+
+def load_fields(d: dict, table: dict, path: str | None, prefix: str = "", **special: Loader) -> dict[str, Any]:
+    """The fields of `table` read and validated from `d[prefix + name]`; `special[name]` reads
+    that field its own way. A missing required key raises KeyError (`malformed` names it)."""
+    out = {}
+    for name, (load, absent) in table.items():
+        key = prefix + name
+        raw = d.get(key, absent)
+        if raw is REQUIRED:
+            raise KeyError(key)
+        out[name] = special.get(name, load)(raw, path, key)
+    return out
+
+
+def served_parameters(metadata: dict[str, str], sha256: str) -> dict[str, str]:
+    """What an inference server's model configuration carries (Triton repository and busi-serve
+    alike): every contract key of the file's metadata, verbatim, and the file's digest."""
+    return {**{k: v for k, v in metadata.items() if k.startswith(PREFIX)}, SHA256_KEY: sha256}
 
 
 def check_graph_shape(path, what: str, shape, expect: tuple, key: str) -> None:

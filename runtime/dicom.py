@@ -407,7 +407,7 @@ def _decode(path, ds, index: int | None) -> np.ndarray:
             with native_stderr_captured() as said:  # GDCM's OpenJPEG complains on the terminal
                 return pixel_array(ds, index=index, decoding_plugin=plugin)
         except Exception as e:
-            native = said[0].strip().splitlines()[0][:100] if said and said[0].strip() else ""
+            native = first_line(said[0], 100) if said else ""
             said_ = native or (str(e).strip().splitlines()[-1][:100] if str(e).strip() else type(e).__name__)
             while said_.lower().startswith(f"{plugin}:"):  # the plugin's own message may name it already
                 said_ = said_[len(plugin) + 1:].strip()

@@ -53,6 +53,8 @@ from .dicom_identity import uid as _uid
 from .dicom_source import clean
 from .errors import InputError, WriteError, first_line
 from .log import get as get_logger
+from .results import NEEDS_ROI
+from .study import summarise_study
 
 _LOG = get_logger(__name__)
 
@@ -117,7 +119,7 @@ def write(prediction: "Prediction | NeedsRoi", source, out_dir: str | Path, *, o
     key = (src.SOPInstanceUID, prediction.model_sha256, options)
     building = "the DICOM output"
     try:
-        abstained = getattr(prediction, "needs_roi", False)
+        abstained = prediction.kind == NEEDS_ROI
         with _highdicom_said(path):
             building = "the SR"
             if abstained:  # auto abstained: an SR that says so, nothing else (no overlay, no SEG of a guess)
@@ -344,9 +346,9 @@ def study_report(sources: list, p_malignant: dict[str, float], threshold: float,
     cleaned = [clean(d) for d in sources]  # the headers as archives hold them: see dicom_source
     sources = [c.dataset for c in cleaned]
     study = sources[0].StudyInstanceUID
-    top = max(sources, key=lambda d: p_malignant[d.SOPInstanceUID])
-    p_top = float(p_malignant[top.SOPInstanceUID])
-    flagged = sum(p_malignant[d.SOPInstanceUID] >= threshold for d in sources)
+    summary = summarise_study({d.SOPInstanceUID: p_malignant[d.SOPInstanceUID] for d in sources}, threshold)
+    top = next(d for d in sources if d.SOPInstanceUID == summary.top)
+    p_top, flagged = summary.max_malignant, summary.flagged
     algorithm = hd.sr.AlgorithmIdentification(
         name="busi", version=__version__, family=codes.DCM.ArtificialIntelligence,
         parameters=[f"model sha256 {sha}", f"study summary of {len(sources)} classified images", RESEARCH])

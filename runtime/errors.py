@@ -24,8 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def first_line(e: BaseException, limit: int = 160) -> str:
-    """The first line of an exception's message (at most `limit` characters); '' when it has none."""
+def first_line(e: BaseException | str, limit: int = 160) -> str:
+    """The first line of an exception's message, or of a text (at most `limit` characters); '' when it has none."""
     text = str(e).strip()
     return text.splitlines()[0][:limit] if text else ""
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .gradcam import outline, overlay
+from .results import FAILURE, NEEDS_ROI
 
 #: the marker in every report's head, so a folder walk counts it as busi's own output
 GENERATOR = "busi "
@@ -59,12 +60,12 @@ class HtmlReport:
 
     def add(self, result) -> None:
         d = result.to_dict()
-        if "error" in d:
+        if result.kind == FAILURE:
             self.failures.append(
                 f'<tr class="fail"><td class="path">{html.escape(str(d["path"]))}</td><td>{html.escape(d["error"])}</td></tr>'
             )
             return
-        if d.get("needs_roi"):
+        if result.kind == NEEDS_ROI:
             view = result.extras.get("view")
             pic = "" if view is None else _img_tag(
                 outline(view, result.extras["lesion"], YELLOW, 1) if result.extras.get("lesion") is not None else view,

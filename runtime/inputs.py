@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, describe
 from .files import read_regular
 from .imageio import is_dicom
 from .dicom_identity import is_busi_output
@@ -219,7 +219,7 @@ def dicomdir_images(path: Path) -> list[str]:
             fs = FileSet(pydicom.dcmread(path))
             return [str(inst.path) for inst in fs if str(inst.DirectoryRecordType).upper() == "IMAGE"]
     except Exception as e:
-        raise InputError(path, f"cannot read as a DICOMDIR ({type(e).__name__}: {str(e)[:120]})") from None
+        raise InputError(path, f"cannot read as a DICOMDIR ({describe(e, 120)})") from None
 
 
 def walk(folder: Path) -> list[tuple[Path, str | None]]:

@@ -9,12 +9,13 @@ warnings, progress is info. A program that embeds busi and sets up nothing sees 
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 
 ROOT = "busi"
 #: held while a native library's stderr is captured (decoder threads) and while busi itself
@@ -52,28 +53,42 @@ def write_stderr(text: str) -> None:
 
 
 @contextmanager
-def native_stderr_captured():
-    """What native code writes to file descriptor 2 while the block runs (a decoder library's
-    complaints about damaged data) is kept off the terminal and handed back in the yielded
-    list, for the error message. busi's own stderr lines wait for the block (STDERR_LOCK)."""
+def captured_output(fds: tuple[int, ...] = (1, 2), python: bool = True):
+    """What is written to the file descriptors `fds` while the block runs (native code: ORT's
+    CUDA error spam, a decoder library's complaints about damaged data) and, with `python`,
+    to Python's sys.stdout/sys.stderr (`preload_dlls` prints) is kept off the terminal and out
+    of machine-readable stdout, and handed back in the yielded list when the block ends.
+    busi's own stderr lines from other threads wait for the block (STDERR_LOCK)."""
     out: list[str] = []
     with STDERR_LOCK:
         try:
-            if sys.stderr is not None:
-                sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError):  # no real descriptor (a closed stderr, an embedded interpreter)
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:  # None: closed when Python started (2>&-)
+                    stream.flush()
+            saved = [os.dup(fd) for fd in fds]
+        except (OSError, ValueError):  # no real descriptor (a closed one, an embedded interpreter): nothing to hide
             yield out
             return
-        with tempfile.TemporaryFile() as tmp:
-            os.dup2(tmp.fileno(), 2)
+        py = io.StringIO()
+        with tempfile.TemporaryFile() as tmp, ExitStack() as redirected:
+            if python:
+                redirected.enter_context(redirect_stdout(py))
+                redirected.enter_context(redirect_stderr(py))
+            for fd in fds:
+                os.dup2(tmp.fileno(), fd)
             try:
                 yield out
             finally:
-                os.dup2(saved, 2)
-                os.close(saved)
+                for fd, old in zip(fds, saved):
+                    os.dup2(old, fd)
+                    os.close(old)
                 tmp.seek(0)
-                out.append(tmp.read(1 << 16).decode("utf-8", "replace"))
+                out.append(py.getvalue() + tmp.read().decode("utf-8", "replace"))
+
+
+def native_stderr_captured():
+    """What native code writes to file descriptor 2 while the block runs (`captured_output`)."""
+    return captured_output((2,), python=False)
 
 
 def setup(verbosity: int = 0) -> logging.Logger:

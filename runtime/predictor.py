@@ -14,33 +14,34 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 
-from .arrays import check_array, check_threshold, frame_index, is_box, mask_array, parse_box
-from .calibration import apply_temperature
-from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, SERVED_NAMES, ModelInfo, check_graph_shape
+from .arrays import check_array, check_threshold, frame_index, is_box, mask_array
+from .contract import SERVED_NAMES
 from .dicom import DicomImage
 from .errors import NOT_FINITE, BusiError, InputError, ModelError, ServerError, UsageError, describe
 from .files import DEFAULT_MAX_BYTES, read_regular
 from .imageio import Decoded, decode_image, is_dicom, read_image, read_mask, resize_mask, resize_rgb
 from .log import get as get_logger
-from .ood import NOTE as OOD_NOTE, ood_scores, pooled
+from .mask_arg import MaskArg
 from .masks import bbox, box_mask, find_mask_files, model_mask
 from .pixels import DEFAULT_MAX_PIXELS, check_min_side
-from .results import Failure, NeedsRoi, Prediction, Prepared, aggregate
+from .assemble import ResultAssembler
+from .results import Failure, NeedsRoi, Prediction, Prepared
+from .runner import ModelRunner
 from .session import open_model
-from .trust import BAND_LABEL, likelihood_band, model_qhat, parse_prevalence, prediction_set, prior_shift
+from .trust import parse_prevalence
 
 _LOG = get_logger(__name__)
 
 if TYPE_CHECKING:
     from .segmenter import Segmenter
 
-MaskArg = Union[None, str, os.PathLike, np.ndarray, tuple, list]
+#: what `mask=` accepts (see `MaskArg.of`), read once into a `MaskArg`
+MaskInput = Union[None, str, os.PathLike, np.ndarray, tuple, list, MaskArg]
 ImageArg = Union[str, os.PathLike, bytes, np.ndarray]
 #: the most images one session.run gets; a larger batch_size is capped to it
 MAX_BATCH = 256
@@ -88,27 +89,17 @@ class Predictor:
         self._lock = threading.Lock()
         self._threads, self._verify, self._require = threads, verify, require_sha256
         self._segmenter = segmenter
-        label, self.session, self.provider, self.sha256 = open_model(
+        label, session, self.provider, self.sha256 = open_model(
             model_path, device, verify, threads, self._notice, require_sha256, server, SERVED_NAMES["classifier"],
             token, expect_sha256)
         #: the model file, or the served model ("server URL model NAME") in messages
         self.path = label if server else Path(model_path)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.info = ModelInfo.from_metadata(meta, str(self.path))
-        ins = {i.name: i.shape for i in self.session.get_inputs()}
-        outs = {o.name: o.shape for o in self.session.get_outputs()}
-        if sorted(ins) != sorted(INPUT_NAMES) or OUTPUT_NAME not in outs:
-            raise ModelError(self.path, f"model inputs {sorted(ins)} / outputs {list(outs)}, expected inputs image, mask and output probabilities")
-        S, n = self.info.input.size, len(self.info.classes)
-        check_graph_shape(self.path, "input image", ins["image"], (None, S, S, 3), "busi.input.size")
-        check_graph_shape(self.path, "input mask", ins["mask"], (None, S, S, 1), "busi.input.size")
-        check_graph_shape(self.path, "output probabilities", outs[OUTPUT_NAME], (None, n), "busi.classes")
-        self.explainable = FEATURES_NAME in outs and CAM_WEIGHTS_NAME in outs
+        #: the session and the contract's post-processing (calibration, Grad-CAM, OOD score)
+        self.runner = ModelRunner(session, self.path)
+        self.info, self.explainable, self.guard = self.runner.info, self.runner.explainable, self.runner.guard
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.threshold = float(self.info.malignant_threshold if threshold is None else check_threshold(threshold))
-        #: the out-of-distribution guard, where the model carries one and the pooled features it needs
-        self.guard = self.info.ood if FEATURES_NAME in outs else None
         missing = [what for what, have in (("calibration", self.info.calibration), ("training prevalence",
                    self.info.prevalence), ("conformal scores", self.info.conformal),
                    ("out-of-distribution guard", self.guard)) if have is None]
@@ -125,27 +116,22 @@ class Predictor:
         self.coverage = None if self.info.conformal is None else float(coverage or self.info.conformal.coverage)
         if coverage is not None and not 0 < coverage < 1:
             raise UsageError(f"coverage must lie strictly between 0 and 1, got {coverage}")
-        self.qhat = model_qhat(self.info.conformal, self.coverage)
+        #: model outputs + prepared image -> Prediction (flag, OOD verdict, band, prediction set)
+        self.assembler = ResultAssembler(self.runner, self.threshold, self.provider, self.sha256, self.site_prevalence,
+                                         self.coverage)
+        self.qhat = self.assembler.qhat
         self.size = self.info.input.size
         #: what mask=None means: "auto" where a lesion segmenter is at hand (given, or
         #: segmenter.onnx beside the model) and the model was trained with lesion masks, else "none"
         self.default_mask = "auto" if self.info.mask.source != "none" and (
             segmenter is not None or (not server and _segmenter_beside(self.path))) else "none"
         if not server:  # a served model is the server's to check (busi-serve loads it through this class)
-            self._probe()
+            self.runner.probe()
 
-    def _probe(self) -> None:
-        """One run on a fixed input (mid-grey, the whole image as mask): a model whose outputs
-        are NaN or infinite for everything (a damaged weight) is refused at load, exit 2."""
-        S = self.info.input.size
-        try:
-            p, _, feats = self.infer(np.full((1, S, S, 3), 128, np.float32), np.ones((1, S, S, 1), np.float32))
-        except BusiError:
-            raise
-        except Exception as e:
-            raise ModelError(self.path, f"cannot run the model on a test input ({describe(e)})") from None
-        if not np.isfinite(p).all() or (feats is not None and not np.isfinite(feats).all()):
-            raise ModelError(self.path, f"{NOT_FINITE} (NaN or infinity on a fixed test input)")
+    @property
+    def session(self):
+        """The classifier's session (the runner's)."""
+        return self.runner.session
 
     # ---- notices -------------------------------------------------------------------------
     def notice_once(self, key: str, msg: str) -> None:
@@ -177,7 +163,7 @@ class Predictor:
             return self._segmenter
 
     def prepare(
-        self, image: str | os.PathLike | np.ndarray, mask: MaskArg = None, frame: int = 0, keep_view: bool = False
+        self, image: str | os.PathLike | np.ndarray, mask: MaskInput = None, frame: int = 0, keep_view: bool = False
     ) -> Prepared | NeedsRoi:
         """Decode, resize and build the model's mask; raises InputError naming the file. With
         mask "auto", a `NeedsRoi` instead when the segmenter is unsure or what it found is not a
@@ -190,11 +176,12 @@ class Predictor:
         The lesion is turned into the mask the model was trained with (its box with the
         trained margin, the mask itself, or the whole image)."""
         path = None if isinstance(image, (np.ndarray, bytes, bytearray, memoryview)) else str(image)
-        return self._prepare(self.decode(image, frame), path, mask, frame, keep_view)
+        return self._prepare(self.decode(image, frame), path, MaskArg.of(mask), frame, keep_view)
 
-    def prepare_frames(self, image: ImageArg, mask: MaskArg = None, keep_view: bool = False) -> list[Prepared | NeedsRoi]:
+    def prepare_frames(self, image: ImageArg, mask: MaskInput = None, keep_view: bool = False) -> list[Prepared | NeedsRoi]:
         """Every frame of a multi-frame DICOM (a cine loop), decoded from one read of the file
         and prepared one by one; any other image is one item, as `prepare` gives it."""
+        mask = MaskArg.of(mask)
         if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
             is_path = isinstance(image, (str, os.PathLike))
             path = str(image) if is_path else "<image bytes>"
@@ -211,23 +198,24 @@ class Predictor:
         return [self.prepare(image, mask, 0, keep_view)]
 
     def _prepare(self, decoded: Decoded, path: str | None, mask: MaskArg, frame: int, keep_view: bool) -> Prepared:
+        """The one place where each form of the mask (`MaskArg.kind`) meets the image."""
         rgb = decoded.rgb
         H, W = rgb.shape[:2]
         S = self.size
         spec = self.info.mask
         trained = spec.source
         lesion, found, presence, notes = None, None, None, list(decoded.notes)
-        if mask is None:
-            mask = self.default_mask
-            if mask == "none" and trained != "none":  # one line, instead of the mismatch notice
+        if mask.kind == "default":
+            mask = MaskArg(self.default_mask)
+            if mask.kind == "none" and trained != "none":  # one line, instead of the mismatch notice
                 self.notice_once("mode:none", f"busi: {self.path}: the model has no lesion segmenter (segmenter.onnx beside it), so the whole image is "
                                  f"classified, outside its training conditions ('{trained}' masks): give the lesion box with "
                                  "--roi x,y,w,h or a mask with --mask FILE|FOLDER (mask= in the Python API)")
-        if isinstance(mask, str) and mask in MASK_SOURCE_NAMES:
-            raise UsageError(source_name_hint(mask))
-        if isinstance(mask, str) and mask == "none":
+        if mask.kind == "invalid":
+            raise mask.problem(path)
+        if mask.kind == "none":
             source = "none"
-        elif isinstance(mask, str) and mask == "auto":
+        elif mask.kind == "auto":
             source = "auto"
             try:
                 finding = self.segmenter.assess(rgb)
@@ -244,9 +232,8 @@ class Predictor:
             found = lesion is not None
             if not found:
                 notes.append("the segmenter found no lesion; classified with " + NO_LESION[trained])
-        elif (isinstance(mask, (tuple, list)) or (isinstance(mask, np.ndarray) and mask.ndim == 1)
-              or (isinstance(mask, str) and "," in mask and not Path(mask).exists())):
-            box = parse_box(mask)
+        elif mask.kind == "box":
+            box = mask.box
             x, y, w, h = box
             if w <= 0 or h <= 0:
                 raise InputError(path, f"ROI {box} has zero or negative size")
@@ -254,17 +241,12 @@ class Predictor:
                 raise InputError(path, f"ROI {box} lies outside the {W}x{H} image")
             lesion = box_mask((H, W), box)
             source = "box"
-        elif not isinstance(mask, (np.ndarray, str, os.PathLike)):
-            raise InputError(path, f"mask must be None, 'none', 'auto', a box (x, y, w, h), a mask array or a mask "
-                                   f"file or folder path, got {type(mask).__name__}")
-        else:
-            if isinstance(mask, str) and not mask.strip():
-                raise InputError(path, "mask path is empty")
-            if isinstance(mask, np.ndarray):
-                lesion = mask_array(mask, spec.threshold)
+        else:  # a mask array, file or folder
+            if mask.kind == "array":
+                lesion = mask_array(mask.array, spec.threshold)
                 label = "mask array"
             else:
-                lesion, label = self._mask_from_path(Path(mask), path, (H, W))
+                lesion, label = self._mask_from_path(mask.path, path, (H, W))
             if lesion.shape != (H, W):
                 self.notice_once(f"size:{label}", f"busi: {label}: mask is {lesion.shape[1]}x{lesion.shape[0]}, image is {W}x{H}; resized (nearest)")
                 lesion = resize_mask(lesion, (H, W))
@@ -335,87 +317,17 @@ class Predictor:
 
     # ---- inference ------------------------------------------------------------------------
     def run(self, images: np.ndarray, masks: np.ndarray, tta: bool = False, explain: bool = False):
-        """Batch inference: (N,S,S,3) float32, (N,S,S,1) float32 -> (N, classes) probabilities,
-        calibrated with the model's temperature when it carries one (after TTA's average).
+        """Deprecated: `Predictor.runner.run` gives (probabilities, Grad-CAM maps, features) of a
+        prepared batch. Returns the calibrated probabilities, with `explain` (probabilities, maps)."""
+        import warnings
 
-        With `explain`, returns (probabilities, Grad-CAM maps (N, h, w) of each image's
-        predicted class) from the unflipped pass."""
-        p, cams, _ = self.infer(images, masks, tta, explain)
+        warnings.warn("Predictor.run is deprecated: use Predictor.predict/iter_predict, or Predictor.runner.run for "
+                      "prepared arrays", DeprecationWarning, stacklevel=2)
+        p, cams, _ = self.runner.run(images, masks, tta, explain)
         return (p, cams) if explain else p
 
-    def infer(self, images: np.ndarray, masks: np.ndarray, tta: bool = False, explain: bool = False):
-        """(calibrated probabilities, Grad-CAM maps or None, pooled features (N, D) for the
-        out-of-distribution guard or None) of a batch; maps and features come from the
-        unflipped pass."""
-        if explain and not self.explainable:
-            raise ModelError(self.path, "model has no Grad-CAM outputs (features, cam_weights); re-export it with busi-export")
-        names = [OUTPUT_NAME] + ([FEATURES_NAME] if explain or self.guard else []) + ([CAM_WEIGHTS_NAME] if explain else [])
-        outs = dict(zip(names, self.session.run(names, {"image": images, "mask": masks})))
-        p = outs[OUTPUT_NAME]
-        if p.ndim != 2 or p.shape != (len(images), len(self.info.classes)):  # a symbolic width that lied
-            raise ModelError(self.path, f"output probabilities has shape {p.shape}, expected ({len(images)}, {len(self.info.classes)})")
-        if tta:
-            p2 = self.session.run([OUTPUT_NAME], {"image": images[:, :, ::-1].copy(), "mask": masks[:, :, ::-1].copy()})[0]
-            p = (p + p2) / 2
-        if self.info.calibration is not None:
-            p = apply_temperature(p, self.info.calibration.temperature).astype(np.float32)
-        feats = pooled(outs[FEATURES_NAME]) if self.guard else None
-        if not explain:
-            return p, None, feats
-        from .gradcam import grad_cam
-
-        cams = np.stack([grad_cam(outs[FEATURES_NAME][i], outs[CAM_WEIGHTS_NAME][i], int(np.argmax(p[i])))
-                         for i in range(len(p))])
-        return p, cams, feats
-
-    def _result(self, prep: Prepared, proba: np.ndarray, threshold: float | None, tta: bool, cam=None,
-                feats: np.ndarray | None = None) -> Prediction:
-        t = self.threshold if threshold is None else float(threshold)
-        classes = self.info.classes
-        k = int(np.argmax(proba))
-        extras = dict(prep.view or {})
-        if cam is not None:
-            extras["cam"] = cam
-        ood = {}
-        notes = list(prep.notes)
-        self._check_finite(prep, proba=proba, features=feats, **{"Grad-CAM": cam})
-        if feats is not None:  # each image against the statistics of its own mask source
-            stats = self.guard.stats(prep.mask_source, self.info.mask.source)
-            score, limit = float(ood_scores(stats, feats[None])[0]), stats.threshold
-            self._check_finite(prep, **{"out-of-distribution score": score})
-            ood = {"out_of_distribution": bool(score > limit), "ood_score": score, "ood_threshold": float(limit)}
-            if score > limit:
-                notes.append(OOD_NOTE.format(score=score, threshold=limit))
-        return self._trust(Prediction(
-            path=prep.path,
-            label=classes[k],
-            confidence=float(proba[k]),
-            probabilities={c: float(v) for c, v in zip(classes, proba)},
-            malignant=bool(proba[classes.index("malignant")] >= t),
-            threshold=t,
-            mask_source=prep.mask_source,
-            lesion_box=prep.lesion_box,
-            provider=self.provider,
-            model_sha256=self.sha256,
-            calibrated=self.info.calibration is not None,
-            tta=tta,
-            lesion_found=prep.lesion_found,
-            lesion_presence=prep.lesion_presence,
-            notes=notes,
-            dicom=prep.dicom,
-            extras=extras,
-            **ood,
-        ))
-
-    def _check_finite(self, prep: Prepared, **outputs) -> None:
-        """ModelError naming the image and the model when an output holds NaN or infinity."""
-        bad = [what.replace("proba", "probabilities") for what, v in outputs.items()
-               if v is not None and not np.isfinite(v).all()]
-        if bad:
-            raise ModelError(prep.path or "image", f"{NOT_FINITE} ({' and '.join(bad)} of {self.path})")
-
     def predict(
-        self, image, mask: MaskArg = None, *, threshold: float | None = None, tta: bool = False, frame: int | str = 0,
+        self, image, mask: MaskInput = None, *, threshold: float | None = None, tta: bool = False, frame: int | str = 0,
         explain: bool = False, keep_view: bool = False,
     ) -> Prediction | NeedsRoi:
         """One image; raises InputError for a bad one. `frame="all"`: every frame of a cine
@@ -436,14 +348,14 @@ class Predictor:
         prep = self.prepare(image, mask, frame_index(frame), keep_view)
         if isinstance(prep, NeedsRoi):
             return prep
-        p, cams, feats = self.infer(prep.image[None], prep.mask[None], tta, explain)
-        return self._result(prep, p[0], threshold, tta, None if cams is None else cams[0],
+        p, cams, feats = self.runner.run(prep.image[None], prep.mask[None], tta, explain)
+        return self.assembler.result(prep, p[0], threshold, tta, None if cams is None else cams[0],
                             None if feats is None else feats[0])
 
     def iter_predict(
         self,
         items: Iterable[Any],
-        mask: MaskArg = None,
+        mask: MaskInput = None,
         *,
         batch_size: int = 8,
         workers: int = 2,
@@ -465,6 +377,7 @@ class Predictor:
             items = [items]
         if not hasattr(items, "__iter__") or isinstance(items, np.ndarray) and items.ndim < 1:
             raise UsageError(f"items must be an image or a sequence of images (paths, bytes, arrays), got {type(items).__name__}")
+        mask = MaskArg.of(mask)  # once for the call; a pair's own mask is read with its image
         if threshold is not None:
             check_threshold(threshold)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
@@ -552,42 +465,14 @@ class Predictor:
         return out
 
     def aggregate(self, frames: list) -> Prediction | NeedsRoi | Failure:
-        """One result for a cine loop classified frame by frame (see `results.aggregate`). A
-        frame with non-finite model output fails the loop: the model is damaged."""
-        damaged = next((f for f in frames if isinstance(f, Failure) and NOT_FINITE in f.error), None)
-        if damaged is not None:
-            return damaged
-        out = aggregate(frames, self.info.classes)
-        return self._trust(out) if isinstance(out, Prediction) else out
-
-    def _trust(self, pred: Prediction) -> Prediction:
-        """The likelihood band, the site-adjusted probabilities and the prediction set."""
-        p_flag = pred.flag_probability
-        adjusted = None
-        if self.site_prevalence is not None:
-            adjusted = prior_shift(pred.probabilities, self.info.prevalence, self.site_prevalence)
-            if pred.cine:  # the band follows the frame behind the flag
-                top = dict(pred.cine.get("max_frame_probabilities") or pred.probabilities)
-                p_flag = prior_shift(top, self.info.prevalence, self.site_prevalence)["malignant"]
-            else:
-                p_flag = adjusted["malignant"]
-        band, text = likelihood_band(p_flag)
-        if self.site_prevalence is not None:
-            basis = "the site prevalence given (" + ", ".join(f"{c} {v:.3g}" for c, v in self.site_prevalence.items()) + ")"
-        elif self.info.prevalence is not None:
-            basis = f"the training prevalence ({self.info.prevalence['malignant']:.0%} malignant; give --prevalence for a site)"
-        else:
-            basis = "the network's own probabilities"
-        likelihood = {"band": band, "range": text, "p_malignant": float(p_flag), "prevalence": basis, "label": BAND_LABEL}
-        return replace(pred, likelihood=likelihood, adjusted_probabilities=adjusted,
-                       prediction_set=None if self.qhat is None else prediction_set(pred.probabilities, self.qhat),
-                       coverage=self.coverage)
+        """One result for a cine loop classified frame by frame (`ResultAssembler.aggregate`)."""
+        return self.assembler.aggregate(frames)
 
     def _run_split(self, batch: list[Prepared], threshold, tta: bool, explain: bool) -> dict[int, Prediction | Failure]:
         """Results of a batch keyed by id(Prepared); a batch the session cannot run (memory,
         a graph that refuses this input) is halved until the failing image is alone."""
         try:
-            probs, cams, feats = self.infer(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta, explain)
+            probs, cams, feats = self.runner.run(np.stack([b.image for b in batch]), np.stack([b.mask for b in batch]), tta, explain)
         except ServerError as e:  # the server is down or refused: each image of the batch fails, the run goes on
             return {id(b): Failure(b.path, f"{b.path or 'image'}: {e}") for b in batch}
         except BusiError:
@@ -603,12 +488,12 @@ class Predictor:
         out = {}
         for b, p, c, f in zip(batch, probs, cams, feats):
             try:
-                out[id(b)] = self._result(b, p, threshold, tta, c, f)
+                out[id(b)] = self.assembler.result(b, p, threshold, tta, c, f)
             except ModelError as e:  # this image's output is not finite: its failure, the batch goes on
                 out[id(b)] = Failure(b.path, str(e))
         return out
 
-    def predict_many(self, items: Iterable[Any], mask: MaskArg = None, **kw) -> list[Prediction | NeedsRoi | Failure]:
+    def predict_many(self, items: Iterable[Any], mask: MaskInput = None, **kw) -> list[Prediction | NeedsRoi | Failure]:
         return list(self.iter_predict(items, mask, **kw))
 
 
@@ -616,15 +501,6 @@ class Predictor:
 NO_LESION = {"box": "a lesion-sized box in the image centre, as normal images were shown in training",
              "gt": "an empty mask, as normal images were shown in training",
              "none": "the whole image"}
-#: mask-source names that are not a mask the user can give by name (a box comes with --roi)
-MASK_SOURCE_NAMES = ("box", "roi", "gt")
-
-
-def source_name_hint(name: str) -> str:
-    return (f"--mask {name}: not a mask file or folder; give a lesion box with --roi x,y,w,h (image pixels), "
-            "or --mask FILE|FOLDER (lesion masks), auto (the lesion segmenter) or none (the whole image)")
-
-
 def _segmenter_beside(model: Path) -> bool:
     from .model_dir import ModelDir
 
@@ -658,7 +534,7 @@ _CACHE: dict[str, Predictor] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def predict_breast_cancer(image_path, model, mask: MaskArg = None, **kw) -> dict[str, Any]:
+def predict_breast_cancer(image_path, model, mask: MaskInput = None, **kw) -> dict[str, Any]:
     """The seed's call shape: returns {"class", "confidence", "probabilities", ...}. With
     mask="auto" it may instead return {"needs_roi": True, "reason": ..., "lesion_presence": ...}
     and no class: the segmenter was unsure or found no plausible lesion; give a box.

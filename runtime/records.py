@@ -12,6 +12,9 @@ import io
 import json
 from enum import Enum
 
+from .results import FAILURE, NEEDS_ROI, PREDICTION, STUDY, flag_probability, record_kind
+from .study import summarise_study
+
 # the columns busi-infer always had first, in their order; what DICOM, cine and --by study add after them
 CSV_FIELDS = ("path", "class", "confidence", "p_normal", "p_benign", "p_malignant", "malignant", "threshold",
               "mask_source", "lesion_found", "lesion_box", "provider", "error", "study_uid", "series_uid", "sop_uid",
@@ -36,28 +39,27 @@ def study_summaries(records: list[dict]) -> list[dict]:
     studies: dict[str, list[dict]] = {}
     for r in records:
         uid = (r.get("dicom") or {}).get("StudyInstanceUID")
-        if uid and "error" not in r:
+        if uid and record_kind(r) != FAILURE:
             studies.setdefault(uid, []).append(r)
     out = []
     for uid, all_rs in studies.items():
-        rs = [r for r in all_rs if not r.get("needs_roi")]
+        rs = [r for r in all_rs if record_kind(r) == PREDICTION]
         abstained = len(all_rs) - len(rs)
         if not rs:
             out.append({"record": "study", "study_uid": uid, "images": 0, "needs_roi": abstained,
                         "max_malignant": None, "max_malignant_path": None, "malignant": None, "threshold": None})
             continue
-        top = max(rs, key=_p_malignant)
+        s = summarise_study({i: _p_malignant(r) for i, r in enumerate(rs)}, rs[0]["threshold"])
         out.append({
-            "record": "study", "study_uid": uid, "images": len(rs), "needs_roi": abstained,
-            "max_malignant": _p_malignant(top), "max_malignant_path": top["path"],
-            "malignant": any(r["malignant"] for r in rs), "threshold": top["threshold"],
+            "record": "study", "study_uid": uid, "images": s.images, "needs_roi": abstained,
+            "max_malignant": s.max_malignant, "max_malignant_path": rs[s.top]["path"],
+            "malignant": s.malignant, "threshold": rs[s.top]["threshold"],
         })
     return out
 
 
 def _p_malignant(r: dict) -> float:
-    """The P(malignant) behind a record's flag: a cine's highest frame, else the image's."""
-    return float((r.get("cine") or {}).get("max_malignant", r["probabilities"]["malignant"]))
+    return flag_probability(r.get("cine"), r["probabilities"])
 
 
 def json_line(record: dict) -> str:
@@ -81,7 +83,7 @@ def render(records: list[dict], fmt: Format) -> str:
 
 def _table(records: list[dict]) -> str:
     lines = [f"{'class':<10} {'conf':>6} {'P(mal)':>7} {'flag':<9} {'band':<4} {'set':<5} {'ood':<3} {'mask':<5} path"]
-    thresholds = sorted({r["threshold"] for r in records if "error" not in r and r.get("threshold") is not None})
+    thresholds = sorted({r["threshold"] for r in records if record_kind(r) != FAILURE and r.get("threshold") is not None})
     if thresholds:
         # The flag is set by the operating point, not by the top class: a 'benign' row can carry it.
         lines.insert(0, "(flag MALIGNANT: P(mal) >= " + ", ".join(f"{t:.3g}" for t in thresholds)
@@ -92,15 +94,16 @@ def _table(records: list[dict]) -> str:
         cov = sorted({r["coverage"] for r in records if r.get("coverage")})
         lines.insert(0, "(band: likelihood band aligned with BI-RADS, a probability range, not an assessment; set: the "
                      + "/".join(f"{c:.0%}" for c in cov) + " conformal prediction set, N/B/M)")
-    if any(r.get("needs_roi") for r in records):
+    if any(record_kind(r) == NEEDS_ROI for r in records):
         lines.insert(0, "(NEEDS ROI: --mask auto abstained, the image is not classified; give --roi x,y,w,h or a mask)")
     if any(r.get("out_of_distribution") for r in records):
         lines.insert(0, "(ood 'OOD': the image is unlike the training images; do not trust its class)")
     if any(r.get("cine") for r in records):
         lines.insert(0, "(cine: class from the mean over the frames; P(mal) and flag from the frame with the highest P(mal))")
     for r in records:
-        if r.get("record") == "study":
-            roi = f", {r['needs_roi']} need an ROI" if r.get("needs_roi") else ""
+        kind = record_kind(r)
+        if kind == STUDY:
+            roi = f", {r['needs_roi']} need an ROI" if r["needs_roi"] else ""
             if r["max_malignant"] is None:
                 lines.append(f"{'STUDY':<10} {'':>6} {'':>7} {'':<9} {'':<4} {'':<5} {'':<3} {'':<5} {r['study_uid']}: "
                              f"no image classified{roi}")
@@ -108,9 +111,9 @@ def _table(records: list[dict]) -> str:
             flag = "MALIGNANT" if r["malignant"] else "-"
             lines.append(f"{'STUDY':<10} {'':>6} {r['max_malignant']:7.3f} {flag:<9} {'':<4} {'':<5} {'':<3} {'':<5} {r['study_uid']}: "
                          f"{r['images']} image(s){roi}, highest P(mal) in {r['max_malignant_path']}")
-        elif r.get("needs_roi"):
+        elif kind == NEEDS_ROI:
             lines.append(f"{'NEEDS ROI':<10} {'':>6} {'':>7} {'':<9} {'':<4} {'':<5} {'':<3} {'auto':<5} {r['reason']}")
-        elif "error" in r:
+        elif kind == FAILURE:
             lines.append(f"{'FAILED':<10} {'':>6} {'':>7} {'':<9} {'':<4} {'':<5} {'':<3} {'':<5} {r['error']}")
         else:
             flag = "MALIGNANT" if r["malignant"] else "-"
@@ -130,15 +133,16 @@ def _table(records: list[dict]) -> str:
 
 
 def _flat(r: dict) -> dict:
-    if r.get("record") == "study":
+    kind = record_kind(r)
+    if kind == STUDY:
         if r["max_malignant"] is None:
             return {"record": "study", "study_uid": r["study_uid"], "images": 0, "needs_roi": r.get("needs_roi", 0)}
         return {"record": "study", "path": r["max_malignant_path"], "p_malignant": f"{r['max_malignant']:.6f}",
                 "malignant": int(r["malignant"]), "threshold": f"{r['threshold']:.6f}", "study_uid": r["study_uid"],
                 "images": r["images"], "needs_roi": r.get("needs_roi", 0)}
-    if "error" in r:
+    if kind == FAILURE:
         return {"record": "image", "path": r["path"], "error": r["error"]}
-    if r.get("needs_roi"):
+    if kind == NEEDS_ROI:
         return {"record": "image", "path": r["path"], "mask_source": r["mask_source"], "needs_roi": 1,
                 "needs_roi_reason": r["reason"], "lesion_presence": f"{r['lesion_presence']:.6g}",
                 "lesion_box": " ".join(map(str, r["lesion_box"])) if r.get("lesion_box") else "", "provider": r["provider"],

@@ -21,11 +21,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from .contract import PREFIX, SHA256_KEY
 from .errors import BusiError, ServerError, describe
+from .served import NUMPY
 
-#: the v2 protocol's data types -> numpy
-DTYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8, "INT8": np.int8,
-          "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
 #: how often a request that the server turned away (503, queue full) is tried again
 RETRIES_503 = 8
 
@@ -86,11 +85,11 @@ class RemoteSession:
         return [f"remote {self.url}"]
 
     def get_modelmeta(self):
-        return _Meta({k: v for k, v in self.parameters.items() if k.startswith("busi.") and k != "busi.sha256"})
+        return _Meta({k: v for k, v in self.parameters.items() if k.startswith(PREFIX) and k != SHA256_KEY})
 
     @property
     def sha256(self) -> str | None:
-        return self.parameters.get("busi.sha256")
+        return self.parameters.get(SHA256_KEY)
 
     def run(self, names, feed: dict[str, np.ndarray]):
         import tritonclient.http as th
@@ -98,7 +97,7 @@ class RemoteSession:
         inputs = []
         for name, arr in feed.items():
             dt = self._types.get(name, "FP32")
-            arr = np.ascontiguousarray(arr, dtype=DTYPES.get(dt, np.float32))
+            arr = np.ascontiguousarray(arr, dtype=NUMPY.get(dt, np.float32))
             x = th.InferInput(name, list(arr.shape), dt)
             x.set_data_from_numpy(arr, binary_data=True)
             inputs.append(x)

@@ -1,18 +1,41 @@
 """What the Predictor gives back: a Prediction, a NeedsRoi (auto abstained), a Failure, and the
-Prepared inputs between."""
+Prepared inputs between.
+
+The kind of a result is said one way: `result.kind` (PREDICTION, NEEDS_ROI, FAILURE), and for
+a record (a result's `to_dict()`, or busi-infer's study summary) `record_kind(record)`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .masks import Box
 
 
+PREDICTION, NEEDS_ROI, FAILURE, STUDY = "prediction", "needs_roi", "failure", "study"
+
+
+def record_kind(record: dict) -> str:
+    """The kind of a record: STUDY (a `--by study` summary), FAILURE, NEEDS_ROI or PREDICTION."""
+    if record.get("record") == STUDY:
+        return STUDY
+    if "error" in record:
+        return FAILURE
+    return NEEDS_ROI if record.get("needs_roi") else PREDICTION
+
+
+def flag_probability(cine: dict | None, probabilities: dict[str, float]) -> float:
+    """The P(malignant) behind a result's (or a record's) malignant flag: a cine loop's highest
+    frame, else the image's."""
+    return float((cine or {}).get("max_malignant", probabilities["malignant"]))
+
+
 @dataclass
 class Prediction:
+    kind: ClassVar[str] = PREDICTION
     path: str | None
     label: str
     confidence: float
@@ -72,7 +95,7 @@ class Prediction:
     @property
     def flag_probability(self) -> float:
         """The P(malignant) that set the malignant flag: a cine loop's highest frame, else the image's."""
-        return float((self.cine or {}).get("max_malignant", self.probabilities["malignant"]))
+        return flag_probability(self.cine, self.probabilities)
 
     def __getitem__(self, key: str):  # result["class"], result["confidence"] as in the seed
         return self.to_dict()[key]
@@ -84,6 +107,7 @@ class NeedsRoi:
     found is not a plausible one (at the frame, too large, in the near field). The image is
     not classified: give a box (--roi) or a mask. Not an error."""
 
+    kind: ClassVar[str] = NEEDS_ROI
     path: str | None
     reason: str
     lesion_presence: float
@@ -112,6 +136,7 @@ class NeedsRoi:
 
 @dataclass
 class Failure:
+    kind: ClassVar[str] = FAILURE
     path: str | None
     error: str
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import sys
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
 
 from .errors import DeviceError, ModelError, UsageError, describe
-from .log import get as get_logger, native_stderr_captured
+from .log import captured_output, native_stderr_captured
+from .log import get as get_logger
 from .verify import verified_sha256
 
 _LOG = get_logger(__name__)
@@ -91,38 +90,6 @@ def low_peak_loading(during: int = 1 << 20, after: int = 32 << 20):
     finally:
         if changed:
             _mmap_threshold(after)
-
-
-@contextmanager
-def captured_output():
-    """Capture what ORT writes to stdout and stderr, Python-level and native (file
-    descriptors 1 and 2): the CUDA provider's error spam and `preload_dlls` prints, which
-    would otherwise land in the user's terminal or, worse, in machine-readable stdout.
-
-    Yields a list that receives the captured text when the block ends.
-    """
-    out: list[str] = []
-    try:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:  # None: closed when Python started (2>&-)
-                stream.flush()
-        saved = (os.dup(1), os.dup(2))
-    except (OSError, ValueError):  # no real descriptors (a closed one, an embedded interpreter): nothing to hide
-        yield out
-        return
-    py = io.StringIO()  # Python-level prints (preload_dlls) too, whatever sys.stdout is now
-    with tempfile.TemporaryFile() as tmp, redirect_stdout(py), redirect_stderr(py):
-        os.dup2(tmp.fileno(), 1)
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield out
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            tmp.seek(0)
-            out.append(py.getvalue() + tmp.read().decode("utf-8", "replace"))
 
 
 def _first_error_line(text: str) -> str:

@@ -32,7 +32,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from busi.runtime.contract import SERVED_NAMES
+from busi.runtime.contract import SERVED_NAMES, served_parameters
 from busi.runtime.errors import ModelError, UsageError
 from busi.runtime.log import get as get_logger
 
@@ -178,14 +178,12 @@ def load_models(model: str | Path, device: str, threads: int | None, max_batch: 
         return f
 
     def served(role, session, sha):
-        meta = session.get_modelmeta().custom_metadata_map
-        params = {k: v for k, v in meta.items() if k.startswith("busi.")}
-        params["busi.sha256"] = sha
+        params = served_parameters(session.get_modelmeta().custom_metadata_map, sha)
         name = SERVED_NAMES[role]
         return TensorModel(name, session, params, max_batch, max_delay, max_queue, observe(name))
 
     models = [served("classifier", predictor.session, predictor.sha256)]
-    predictor.session = BatchedSession(predictor.session, models[0].batcher)
+    predictor.runner.use(BatchedSession(predictor.session, models[0].batcher))
     seg_path = ModelDir(onnx_path.parent).segmenter_onnx
     if seg_path.is_file():
         seg = predictor.segmenter

@@ -25,16 +25,11 @@ import numpy as np
 from kserve import InferRequest, InferResponse, Model
 from kserve.protocol.infer_type import InferOutput
 
-from busi.runtime.errors import BusiError, InputError
-from busi.runtime.remote import DTYPES
+from busi.runtime.contract import SHA256_KEY
+from busi.runtime.errors import BusiError, InputError, describe
+from busi.runtime.served import FROM_ORT, NUMPY, triton_config
 
 from .batcher import Batcher, QueueFull
-
-#: ONNX Runtime type names -> v2 data types
-ORT_TYPES = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64", "tensor(uint8)": "UINT8",
-             "tensor(int8)": "INT8", "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
-             "tensor(bool)": "BOOL"}
-
 
 class Rejected(Exception):
     """A request the server answers with a 4xx/5xx status and a one-line error."""
@@ -45,24 +40,8 @@ class Rejected(Exception):
 
 
 def _tensors(args) -> list[dict]:
-    return [{"name": a.name, "datatype": ORT_TYPES.get(a.type, "FP32"),
+    return [{"name": a.name, "datatype": FROM_ORT.get(a.type, "FP32"),
              "shape": [d if isinstance(d, int) and d > 0 else -1 for d in a.shape]} for a in args]
-
-
-def triton_config(name: str, inputs: list[dict], outputs: list[dict], parameters: dict[str, str], max_batch: int,
-                  max_delay: float) -> dict:
-    """The model configuration in Triton's JSON form (what `GET /v2/models/NAME/config`
-    answers on Triton, and tritonclient's get_model_config reads), from the v2 tensor
-    descriptions of `_tensors` (dims without the batch axis, as Triton wants)."""
-    def entry(t):
-        return {"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"][1:]}
-
-    return {
-        "name": name, "platform": "onnxruntime_onnx", "backend": "onnxruntime", "max_batch_size": max_batch,
-        "input": [entry(t) for t in inputs], "output": [entry(t) for t in outputs],
-        "dynamic_batching": {"max_queue_delay_microseconds": int(max_delay * 1e6)},
-        "parameters": {k: {"string_value": v} for k, v in sorted(parameters.items())},
-    }
 
 
 class BatchedSession:
@@ -90,7 +69,7 @@ class TensorModel(Model):
         self.in_types, self.out_types = _tensors(session.get_inputs()), _tensors(session.get_outputs())
         self.inputs = {t["name"]: t for t in self.in_types}
         self.outputs = [t["name"] for t in self.out_types]
-        self.config = triton_config(name, self.in_types, self.out_types, parameters, max_batch, max_delay)
+        self.config = triton_config(name, self.in_types, self.out_types, parameters, max_batch, int(max_delay * 1e6))
         self.batcher = Batcher(name, self._run, max_batch, max_delay, max_queue, observe)
         self.ready = True
 
@@ -118,7 +97,7 @@ class TensorModel(Model):
             if got[name].datatype != want:
                 raise Rejected(400, f"model {self.name}: input {name} is {got[name].datatype}, expected {want}")
             try:
-                arr = np.asarray(got[name].as_numpy(), dtype=DTYPES[want])
+                arr = np.asarray(got[name].as_numpy(), dtype=NUMPY[want])
             except Exception as e:
                 raise Rejected(400, f"model {self.name}: input {name}: {type(e).__name__}: {e}") from None
             dims = t["shape"]
@@ -169,7 +148,7 @@ class RecordModel(Model):
                        "input": [{"name": "image", "data_type": "TYPE_UINT8", "dims": [-1]},
                                  {"name": "mask", "data_type": "TYPE_STRING", "dims": [1], "optional": True}],
                        "output": [{"name": "record", "data_type": "TYPE_STRING", "dims": [1]}],
-                       "parameters": {"busi.sha256": {"string_value": predictor.sha256 or ""}}}
+                       "parameters": {SHA256_KEY: {"string_value": predictor.sha256 or ""}}}
         self.ready = True
 
     def get_input_types(self):
@@ -217,7 +196,7 @@ def _one_bytes(inp, name: str) -> bytes:
     try:
         arr = inp.as_numpy()
     except Exception as e:
-        raise Rejected(400, f"model busi: input {name}: {type(e).__name__}: {str(e)[:120]}") from None
+        raise Rejected(400, f"model busi: input {name}: {describe(e, 120)}") from None
     if inp.datatype == "UINT8" and arr.ndim == 1:
         return arr.tobytes()
     if inp.datatype != "BYTES" or arr.size != 1:

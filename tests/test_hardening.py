@@ -457,7 +457,7 @@ def test_api_arrays_follow_the_file_rules(predictor, good, tmp_path):
 def test_a_batch_the_session_cannot_run_is_split(predictor, phantoms, monkeypatch):
     files = [phantoms / "benign" / f"benign ({i}).png" for i in (1, 2, 3, 4)]
     want = [r.probabilities for r in predictor.predict_many(files, (10, 10, 50, 50))]
-    real = predictor.infer
+    real = predictor.runner.run
 
     def fails_with_the_third(images, masks, *a):  # e.g. memory exhausted by one huge batch
         if len(images) > 1 or float(images[0].mean()) == float(poison):
@@ -465,7 +465,7 @@ def test_a_batch_the_session_cannot_run_is_split(predictor, phantoms, monkeypatc
         return real(images, masks, *a)
 
     poison = predictor.prepare(files[2], (10, 10, 50, 50)).image.mean()
-    monkeypatch.setattr(predictor, "infer", fails_with_the_third)
+    monkeypatch.setattr(predictor.runner, "run", fails_with_the_third)
     got = predictor.predict_many(files, (10, 10, 50, 50), batch_size=4)
     assert [getattr(r, "probabilities", None) for r in got] == [want[0], want[1], None, want[3]]
     assert "inference failed (RuntimeError: Failed to allocate memory)" in got[2].error and str(files[2]) in got[2].error

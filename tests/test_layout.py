@@ -112,10 +112,73 @@ def test_runtime_never_imports_training_code():
             assert not [d for d in deps if not d.startswith("busi.runtime") and d != "busi"], m
 
 
+#: what reads a `busi.*` metadata key: d["busi.x"], d.get("busi.x"), k.startswith("busi.")
+_KEY_READS = ("get", "startswith", "pop")
+
+
+def contract_key_reads(tree: ast.Module) -> list[int]:
+    """Lines where a `busi.*` key of the contract is read by its raw name."""
+    def is_key(node):
+        return isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("busi.")
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and is_key(node.slice):
+            lines.append(node.lineno)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _KEY_READS
+              and node.args and is_key(node.args[0])):
+            lines.append(node.lineno)
+    return lines
+
+
 def test_the_contract_is_read_in_one_place():
-    """No raw reads of the card's nested layout outside the contract module."""
-    r = subprocess.run(["git", "grep", "-n", '\\["architecture"\\]', "--", "*.py", ":!runtime/contract.py"],
-                       cwd=ROOT, capture_output=True, text=True)
-    if r.returncode == 128:  # not a git checkout (an sdist): nothing to check
-        return
-    assert r.stdout == ""
+    """No `busi.*` metadata key read by its raw name outside the contract module: the rest of the
+    code reads ModelInfo/SegmenterInfo (or contract.served_parameters, contract.SHA256_KEY)."""
+    found = {m: lines for m, tree in modules().items() if m != "busi.runtime.contract"
+             for lines in [contract_key_reads(tree)] if lines}
+    assert found == {}
+
+
+def test_the_key_check_finds_a_raw_read():
+    tree = ast.parse('meta["busi.classes"]\nmeta.get("busi.ood")\n[k for k in meta if k.startswith("busi.")]\nlog("busi.x")\n')
+    assert contract_key_reads(tree) == [1, 2, 3]
+
+
+#: the results' classes: their kind is `result.kind` (records: `results.record_kind`)
+_RESULT_TYPES = {"Prediction", "NeedsRoi", "Failure"}
+
+
+def result_kind_dispatch(tree: ast.Module) -> list[int]:
+    """Lines that tell a result's kind another way than `.kind`/`record_kind`: isinstance with
+    a result class, getattr(x, "needs_roi"), `"error" in record`, record.get("needs_roi")."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance":
+            types = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+            if any(isinstance(t, ast.Name) and t.id in _RESULT_TYPES for t in types):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr" \
+                and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and node.args[1].value == "needs_roi":
+            lines.append(node.lineno)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+              and len(node.args) == 1 and isinstance(node.args[0], ast.Constant) and node.args[0].value == "needs_roi"):
+            # (with a default it reads a study summary's count, a value, not a kind)
+            lines.append(node.lineno)
+        elif (isinstance(node, ast.Compare) and isinstance(node.left, ast.Constant) and node.left.value == "error"
+              and isinstance(node.ops[0], (ast.In, ast.NotIn))):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_kind_of_a_result_is_told_one_way():
+    """Outside the results module (and the Predictor, which makes them) no module tells a
+    Prediction, a NeedsRoi and a Failure apart by type, attribute or record key."""
+    found = {m: lines for m, tree in modules().items() if m not in ("busi.runtime.results", "busi.runtime.predictor")
+             for lines in [result_kind_dispatch(tree)] if lines}
+    assert found == {}
+
+
+def test_the_kind_check_finds_each_way():
+    tree = ast.parse('isinstance(r, (Prediction, NeedsRoi))\ngetattr(r, "needs_roi", False)\n"error" in d\n'
+                     'd.get("needs_roi")\nisinstance(x, dict)\n')
+    assert result_kind_dispatch(tree) == [1, 2, 3, 4]
