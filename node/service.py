@@ -249,7 +249,7 @@ class Node(BatchWorker):
         except OSError as e:  # full disk, lost spool: the sender hears it, nothing is lost silently
             problem, status = f"cannot spool ({e.strerror or e})", OUT_OF_RESOURCES
         except Exception as e:  # not the instance's fault as far as anyone knows: the sender keeps it
-            problem, status = f"cannot spool ({type(e).__name__}: {describe(e)})", OUT_OF_RESOURCES
+            problem, status = f"cannot spool ({describe(e)})", OUT_OF_RESOURCES
         if problem:
             with self._lock:
                 self._waiting -= 1
@@ -442,7 +442,7 @@ class Node(BatchWorker):
             try:
                 target()
             except BaseException as e:  # noqa: BLE001: whatever it was, the node must not go on acknowledging
-                self.death = f"the {target.__name__} thread died ({type(e).__name__}: {describe(e)})"
+                self.death = f"the {target.__name__} thread died ({describe(e)})"
                 self.event("fatal", reason=self.death, traceback=traceback.format_exc(limit=8))
                 self.died.set()
 
