@@ -28,7 +28,7 @@ from pathlib import Path
 
 from busi.runtime.dicom_identity import is_busi_output
 from busi.runtime.errors import NOT_FINITE, BusiError, InputError, ModelError, WriteError, describe
-from busi.runtime.results import Failure
+from busi.runtime.results import FAILURE, Failure
 
 #: batches written while the worker runs the next ones, at most (each holds its images' views)
 WRITING = 2
@@ -235,7 +235,7 @@ class BatchWorker:
             self.event("skipped", **one.base, reason=one.skip)
             return
         r = one.result
-        if isinstance(r, Failure):  # the image's own fault (damaged pixels, a non-finite output)
+        if r.kind == FAILURE:  # the image's own fault (damaged pixels, a non-finite output)
             raise (ModelError if NOT_FINITE in r.error else InputError)(None, r.error)
         staged = self.spool.stage()
         try:

@@ -383,7 +383,7 @@ API_CORPUS: dict[str, tuple[str, dict, str, str]] = {
 
 #: Bad options to busi-infer (a good image and the suite's model added): kind -> (options, exit code, error line)
 CLI_CORPUS: dict[str, tuple[list[str], int, str]] = {
-    "--device gpu (not a device name)": (["--device", "gpu"], 2, "unknown device 'gpu' (choose auto, cuda, cpu)"),
+    "--device gpu (not a device name)": (["--device", "gpu"], 2, "unknown device 'gpu' (choose auto, cuda, cpu, openvino)"),
     "--threshold nan": (["--threshold", "nan"], 2, "Invalid value for '--threshold'"),
     "an empty path argument ('')": ([""], 1, "an empty path was given ('')"),
     "--threshold -1": (["--threshold", "-1"], 2, "Invalid value for '--threshold'"),
