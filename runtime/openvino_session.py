@@ -17,29 +17,18 @@ Runtime and an INT8 file's float parts run as ONNX Runtime runs them.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
 from .contract import CAM_WEIGHTS_NAME, FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, SEGMENTER_INPUT, SEGMENTER_OUTPUT
 from .errors import ModelError, UsageError, describe
+from .served import ModelMeta, NodeArg
 
 #: what to install for --device openvino
 INSTALL = "pip install 'busi[openvino]'"
 PROVIDER = "OpenVINO CPU"
 _CONTRACT_NAMES = {OUTPUT_NAME, FEATURES_NAME, CAM_WEIGHTS_NAME, SEGMENTER_INPUT, SEGMENTER_OUTPUT, *INPUT_NAMES}
 
-
-@dataclass(frozen=True)
-class _Arg:
-    name: str
-    shape: list
-    type: str
-
-
-@dataclass(frozen=True)
-class _Meta:
-    custom_metadata_map: dict
 
 
 def available() -> bool:
@@ -91,7 +80,7 @@ class OpenVINOSession:
         return [PROVIDER]
 
     def get_modelmeta(self):
-        return _Meta(dict(self._meta))
+        return ModelMeta(dict(self._meta))
 
     def run(self, names, feed: dict[str, np.ndarray]):
         req = getattr(self._local, "request", None)
@@ -122,11 +111,11 @@ def _metadata(model) -> dict[str, str]:
     return out
 
 
-def _arg(port) -> _Arg:
+def _arg(port) -> NodeArg:
     """An input or output as ONNX Runtime lists it. OpenVINO gives a port every name its tensor
     had in the graph (an output can also carry the name of the node that made it, such as
     'Transpose__1499:0'): the contract's name where it is one of them."""
     names = port.get_names()
     known = sorted(names & _CONTRACT_NAMES)
     shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
-    return _Arg(known[0] if known else port.get_any_name(), shape, str(port.get_element_type()))
+    return NodeArg(known[0] if known else port.get_any_name(), shape, str(port.get_element_type()))

@@ -16,29 +16,17 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from .contract import PREFIX, SHA256_KEY
 from .errors import BusiError, ServerError, describe
-from .served import NUMPY
+from .served import NUMPY, ModelMeta, NodeArg
 
 #: how often a request that the server turned away (503, queue full) is tried again
 RETRIES_503 = 8
 
-
-@dataclass(frozen=True)
-class _Arg:
-    name: str
-    shape: list
-    type: str
-
-
-@dataclass(frozen=True)
-class _Meta:
-    custom_metadata_map: dict
 
 
 def split_url(url: str) -> tuple[str, bool]:
@@ -85,7 +73,7 @@ class RemoteSession:
         return [f"remote {self.url}"]
 
     def get_modelmeta(self):
-        return _Meta({k: v for k, v in self.parameters.items() if k.startswith(PREFIX) and k != SHA256_KEY})
+        return ModelMeta({k: v for k, v in self.parameters.items() if k.startswith(PREFIX) and k != SHA256_KEY})
 
     @property
     def sha256(self) -> str | None:
@@ -145,6 +133,6 @@ class RemoteSession:
         raise AssertionError("unreachable")
 
 
-def _arg(t: dict) -> _Arg:
+def _arg(t: dict) -> NodeArg:
     shape = [None if int(d) < 0 else int(d) for d in t.get("shape", [])]
-    return _Arg(str(t.get("name")), shape, str(t.get("datatype")))
+    return NodeArg(str(t.get("name")), shape, str(t.get("datatype")))

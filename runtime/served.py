@@ -4,7 +4,26 @@ that `busi-export --triton` writes as config.pbtxt and busi-serve answers as JSO
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """An input or output as ONNX Runtime's `session.get_inputs()` describes it: the shape the
+    other session kinds (a v2 server, OpenVINO) offer in its place."""
+
+    name: str
+    shape: list
+    type: str
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """`session.get_modelmeta()`'s one field busi reads: the model's metadata."""
+
+    custom_metadata_map: dict
 
 #: one row a data type: v2 protocol name (Triton's is "TYPE_" + it), numpy, ONNX TensorProto
 #: element type, ONNX Runtime type name
