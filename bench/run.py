@@ -382,14 +382,13 @@ def openvino_rows(md: ModelDir, fp32_path: Path, int8_path: Path, x: dict, reps:
     intra-op threads (the core count), batch 1 and 8, timed alternately; and argmax agreement
     of the two runtimes on the held-out split. Context rows: they decide whether OpenVINO is
     worth offering on this CPU."""
-    import importlib.util
+    from busi.runtime.openvino_session import INSTALL, OpenVINOSession, available
 
-    if importlib.util.find_spec("openvino") is None:
-        return [{"row": "openvino", "skipped": "openvino not installed (pip install 'busi[openvino]')"}]
+    if not available():
+        return [{"row": "openvino", "skipped": f"openvino not installed ({INSTALL})"}]
     import onnxruntime as ort
 
     from busi.runtime.contract import OUTPUT_NAME
-    from busi.runtime.openvino_session import OpenVINOSession
     from busi.runtime.session import session_options
 
     threads = os.cpu_count() or 1

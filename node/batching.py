@@ -213,7 +213,7 @@ class BatchWorker:
             except BusiError as e:
                 self._fail(path, sop, str(e).replace(str(path), f"instance {sop}"), one.base)
             except Exception as e:  # never let one instance stop the node
-                self._fail(path, sop, f"{describe(e)}", one.base)
+                self._fail(path, sop, describe(e), one.base)
             return True
         except (Transient, WriteError, OSError) as e:
             self.event("deferred", sop=sop, reason=f"{describe(e)}; the image waits in the spool and is tried again")

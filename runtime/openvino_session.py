@@ -30,7 +30,6 @@ PROVIDER = "OpenVINO CPU"
 _CONTRACT_NAMES = {OUTPUT_NAME, FEATURES_NAME, CAM_WEIGHTS_NAME, SEGMENTER_INPUT, SEGMENTER_OUTPUT, *INPUT_NAMES}
 
 
-
 def available() -> bool:
     import importlib.util
 

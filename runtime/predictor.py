@@ -440,7 +440,7 @@ class Predictor:
         except BusiError as e:
             return Failure(_label(img), str(e))
         except Exception as e:  # never let one odd file stop a batch
-            return Failure(_label(img), f"{_label(img) or 'image'}: {type(e).__name__}: {e}")
+            return Failure(_label(img), f"{_label(img) or 'image'}: {describe(e)}")
 
     def classify(self, items: list, *, threshold: float | None = None, tta: bool = False, explain: bool = False,
                  batch_size: int = MAX_BATCH) -> list["Prediction | NeedsRoi | Failure"]:

@@ -138,7 +138,7 @@ def fit(
     except ValueError as e:
         raise UsageError(f"--fine-tune {fine_tune}: {e}") from None
     try:
-        parse_extra(augment_extra)
+        extra = parse_extra(augment_extra)
     except ValueError as e:
         raise UsageError(f"--augment-extra {augment_extra}: {e}") from None
     if stages and weights == "none":
@@ -150,7 +150,7 @@ def fit(
         data=str(data), out=str(out), weights=weights, freeze=freeze, mask_source=mask_source,
         image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
         val_frac=val_frac, test_frac=test_frac, dup_distance=distance, keep_conflicts=keep_conflicts,
-        augment=not no_augment, scanner_augment=scanner_augment, augment_extra=",".join(parse_extra(augment_extra)) or "none",
+        augment=not no_augment, scanner_augment=scanner_augment, augment_extra=",".join(extra) or "none",
         near_ood=near_ood, cv=cv, strategy=strategy, precision=precision, cpu_replicas=cpu_replicas, fine_tune=",".join(stages) or "none", fine_tune_lr=fine_tune_lr,
         fine_tune_epochs=fine_tune_epochs, init=str(init) if init else None,
     )

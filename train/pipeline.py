@@ -138,8 +138,8 @@ def train_dataset(
     ds = ds.map(load, num_parallel_calls=1, deterministic=True).batch(batch_size, drop_remainder=drop_remainder)
     aug = augmenter(seed, vflip="vflip" in extra)
 
-    # the scanner augmentation's seeds come from a seeded generator, as the Keras layers' do
-    seeds = keras.random.SeedGenerator(seed + 7) if scanner or extra else None
+    # the image-only augmentations' seeds come from a seeded generator, as the Keras layers' do
+    seeds = keras.random.SeedGenerator(seed + 7) if scanner or {"intensity", "mixup"} & set(extra) else None
 
     def finish(img, m, y):
         img = tf.cast(img, tf.float32)
