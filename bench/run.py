@@ -330,7 +330,7 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
 
     # 8: training input pipeline vs in-memory tensors; the frozen recipe's step, float32 vs bfloat16
     rows.append(training_input_row(card, model_dir, quick))
-    rows.append(training_step_row(quick))
+    rows.append(training_step_row(quick, *((64, 8) if quick else (224, 32))))  # quick: a smoke test of the row
 
     # 8b: busi-node throughput vs busi-infer on the same DICOM files
     rows.append(node_row(fp32_path, tmp, quick))

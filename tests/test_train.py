@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -132,6 +133,28 @@ def test_every_report_figure_recomputes_from_predictions_csv(trained):
         assert m["ci95"]["accuracy"][0] <= m["accuracy"] <= m["ci95"]["accuracy"][1]
 
 
+def test_bootstrap_resamples_use_figures_equal_to_scikit_learns():
+    """The bootstrap's fast figures are scikit-learn's (balanced accuracy, macro one-vs-rest AUC
+    with ties, sensitivity and specificity) on resamples that lose classes, as small ones do."""
+    import warnings
+
+    from busi.train.metrics import fast_point_metrics, point_metrics
+
+    rng = np.random.default_rng(7)
+    for trial in range(400):
+        n = int(rng.integers(2, 40))
+        y = rng.integers(0, int(rng.integers(1, 4)), n)
+        p = rng.dirichlet(np.ones(3), n)
+        p = np.round(p, 1) / np.round(p, 1).sum(1, keepdims=True) if trial % 2 else p  # ties
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = point_metrics(y, p, 0.3)
+        got = fast_point_metrics(y, p, 0.3)
+        assert got.keys() == want.keys()
+        for k, v in want.items():
+            assert (got[k] is None) == (v is None) and (v is None or np.isclose(got[k], v, rtol=0, atol=1e-12)), (k, y, p)
+
+
 def test_readme_table_comes_from_the_report(trained, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\nend\n")
@@ -192,6 +215,8 @@ def test_a_killed_run_resumes(phantoms, tmp_path):
     assert "resuming the interrupted run" in r.stderr
     epochs = [ln.split()[1] for ln in r.stderr.splitlines() if ln.startswith("epoch ")]
     assert epochs == ["2/3", "3/3"], r.stderr[-2000:]
+    native = [ln for ln in r.stderr.splitlines() if re.match(r"[EWIF]\d{4} ", ln)]  # absl lines from TensorFlow's C++
+    assert not native, native
     history = list(csv.DictReader(open(out / "history.csv")))
     assert [int(h["epoch"]) for h in history] == [0, 1, 2]
     assert (out / "model.keras").is_file() and not (out / ".backup").exists()

@@ -22,19 +22,20 @@ SEGMENTER_CARD_KEYS = ("n_lesion", "dice", "iou", "lesion_found_rate", "normal_e
 
 
 def predict(model, arr: Arrays, masks: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    from .pipeline import eval_inputs
-
-    return model.predict(eval_inputs(arr, masks), batch_size=batch_size, verbose=0).astype(np.float64)
+    return predict_with_features(model, arr, masks, batch_size)[0]
 
 
 def predict_with_features(model, arr: Arrays, masks: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, pooled features): the `avg_pool` layer is the mean over space of the
     exported `features` output, which the runtime's out-of-distribution guard pools."""
     from .backend import keras
-    from .pipeline import eval_inputs
+    from .pipeline import batches, eval_inputs
 
-    both = keras.Model(model.input, [model.output, model.get_layer(POOLED_LAYER).output])
-    p, f = both.predict(eval_inputs(arr, masks), batch_size=batch_size, verbose=0)
+    both = getattr(model, "_busi_with_features", None)
+    if both is None:  # one two-output view per model: Keras traces its predict function once, not per call
+        both = keras.Model(model.input, [model.output, model.get_layer(POOLED_LAYER).output])
+        model._busi_with_features = both
+    p, f = both.predict(batches(eval_inputs(arr, masks), batch_size=batch_size), verbose=0)
     return np.asarray(p, np.float64), np.asarray(f, np.float64)
 
 

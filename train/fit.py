@@ -177,7 +177,7 @@ def fit(cfg: FitConfig) -> Path:
     from .backend import keras, seed_everything
     from .distribute import check_global_batch, make_strategy, one_device_validation, plain_copy, precision
     from .model import build_classifier, trainable_count, unfreeze
-    from .pipeline import eval_inputs, train_dataset
+    from .pipeline import batches, eval_inputs, train_dataset
 
     seed_everything(cfg.seed)
     arrays = {p: load_rows(cfg.data, v, cfg.image_size) for p, v in part.items()}
@@ -208,7 +208,7 @@ def fit(cfg: FitConfig) -> Path:
         model = build()
         n_trainable = trainable_count(model)
         _LOG.info(f"model: {model.count_params():,} parameters, {n_trainable:,} trainable; weights {cfg.weights}")
-        validation = None if twin else (val_x, val_y)
+        validation = None if twin else batches(val_x, val_y, cfg.batch_size)
         extra = [one_device_validation(keras, twin, val_x, val_y, cfg.batch_size)] if twin else []
         train_ds = train_dataset(arrays["train"], cfg.mask_source, sizes, cfg.batch_size, cfg.seed, cfg.augment,
                                  cfg.scanner_augment, drop_remainder=replicas > 1, extra=parse_extra(cfg.augment_extra))

@@ -92,7 +92,7 @@ def train_segmenter(cfg: SegConfig) -> Path:
 
     from .backend import keras, seed_everything
     from .distribute import check_global_batch, make_strategy, one_device_validation, plain_copy, precision
-    from .pipeline import train_dataset
+    from .pipeline import batches, train_dataset
 
     seed_everything(cfg.seed)
     arrays = {p: load_rows(cfg.data, v, size) for p, v in part.items()}
@@ -114,7 +114,7 @@ def train_segmenter(cfg: SegConfig) -> Path:
                                  cfg.scanner_augment, drop_remainder=replicas > 1)
         train_ds = train_ds.map(lambda x, y: (x["image"], x["mask"]))
         first = [one_device_validation(keras, twin, *val_xy, cfg.batch_size)] if twin else []
-        hist = _fit(model, train_ds, None if twin else val_xy, first, cfg, keras)
+        hist = _fit(model, train_ds, None if twin else batches(*val_xy, cfg.batch_size), first, cfg, keras)
     if twin is not None or cfg.precision != "float32":
         model = plain_copy(model, lambda: twin or build_segmenter(size, cfg.base_filters))  # float32, one device
 

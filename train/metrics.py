@@ -117,9 +117,36 @@ def bootstrap(stats, n_cases: int, seed: int, n: int = BOOTSTRAP) -> dict[str, l
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in sorted(draws.items())}
 
 
+def _binary_auc(pos: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic with average ranks for ties: what
+    `roc_auc_score` computes (up to rounding), without its input validation."""
+    from scipy.stats import rankdata
+
+    n_pos = int(pos.sum())
+    n_neg = len(pos) - n_pos
+    return float((rankdata(score)[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def fast_point_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict:
+    """`point_metrics` without scikit-learn's per-call validation (about 50x faster): the 1000
+    bootstrap resamples of every mask source use it. tests/test_train.py holds it equal to
+    `point_metrics` on resamples with ties and missing classes."""
+    pred = proba.argmax(axis=1)
+    present = np.unique(y)
+    recall = [float((pred[y == c] == c).mean()) for c in present]
+    sens, spec = _sens_spec(y, proba[:, MALIGNANT], threshold)
+    return {
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(np.mean(recall)) if len(present) else None,
+        "macro_auc": float(np.mean([_binary_auc(y == c, proba[:, c]) for c in present])) if len(present) >= 2 else None,
+        "malignant_sensitivity": sens,
+        "malignant_specificity": spec,
+    }
+
+
 def bootstrap_ci(y: np.ndarray, proba: np.ndarray, threshold: float, seed: int, n: int = BOOTSTRAP) -> dict:
     """95 % intervals of the point metrics of one mask source."""
-    return bootstrap(lambda ix: point_metrics(y[ix], proba[ix], threshold), len(y), seed, n)
+    return bootstrap(lambda ix: fast_point_metrics(y[ix], proba[ix], threshold), len(y), seed, n)
 
 
 def band_table(y: np.ndarray, p_malignant: np.ndarray) -> list[dict]:

@@ -45,7 +45,7 @@ def fit_statistics(features: np.ndarray, labels: np.ndarray, rank: int = RANK) -
     classes = np.unique(labels)
     means = np.stack([x[labels == c].mean(0) for c in classes])
     centred = x - means[np.searchsorted(classes, labels)]
-    cov = LedoitWolf(assume_centered=True).fit(centred).covariance_
+    cov = LedoitWolf(assume_centered=True, store_precision=False).fit(centred).covariance_
     values, vectors = np.linalg.eigh(cov)
     order = np.argsort(values)[::-1]
     k = int(min(rank, x.shape[1] - 1))

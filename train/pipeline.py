@@ -135,7 +135,10 @@ def train_dataset(
     images = tf.constant(arr.images)
     labels = tf.constant(onehot)
     ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(load, num_parallel_calls=1, deterministic=True).batch(batch_size, drop_remainder=drop_remainder)
+    # sequential maps: both functions are stateful (a numpy RNG, Keras' seeded random ops), so with op
+    # determinism on tf.data would rewrite a parallel map into this one anyway, and TF 2.21's rewrite
+    # prints a native "NodeDef mentions attribute use_unbounded_threadpool" error line on the terminal
+    ds = ds.map(load).batch(batch_size, drop_remainder=drop_remainder)
     aug = augmenter(seed, vflip="vflip" in extra)
 
     # the image-only augmentations' seeds come from a seeded generator, as the Keras layers' do
@@ -153,8 +156,16 @@ def train_dataset(
             img, m, y = mixup(img, m, y, tf.cast(seeds.next(), tf.int64))
         return {"image": img, "mask": m}, y
 
-    return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds.map(finish).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_inputs(arr: Arrays, masks: np.ndarray) -> dict:
     return {"image": arr.images.astype(np.float32), "mask": masks.astype(np.float32)}
+
+
+def batches(x, y=None, batch_size: int = 32):
+    """In-memory arrays as a batched tf.data pipeline without a map, for `fit`'s validation and
+    `predict`: Keras' own adapter for NumPy arrays slices them in a parallel map, which op
+    determinism rewrites with a native error line on the terminal (TF 2.21)."""
+    return tf.data.Dataset.from_tensor_slices(x if y is None else (x, y)).batch(batch_size)
+

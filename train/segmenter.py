@@ -195,7 +195,9 @@ def rows_csv(rows: list[dict]) -> str:
 
 
 def predict_lesions(seg_model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    return seg_model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+    from .pipeline import batches
+
+    return seg_model.predict(batches(images.astype(np.float32), batch_size=batch_size), verbose=0)
 
 
 def auto_masks(arr: Arrays, probs: np.ndarray, mask: MaskSpec, seg: SegmenterInfo,
