@@ -249,5 +249,5 @@ def test_the_readme_and_the_model_card_cite_busi_and_state_the_same_terms():
     commit = re.search(r"commit ([0-9a-f]{7,})", BUSI_IMAGES_TERMS).group(1)
     assert f"github:yirutsai/Breast-ultrasound-dataset at commit {commit}" in readme
     assert "no licence file" in readme and "no licence file" in BUSI_IMAGES_TERMS
-    assert (ROOT / "LICENSE").read_text().startswith("MIT License") and 'license = { text = "MIT" }' in \
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License") and 'license = "MIT"' in \
         (ROOT / "pyproject.toml").read_text()

@@ -194,10 +194,15 @@ def test_recipes_compare_on_validation_and_test_from_their_own_files(trained, tm
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes(phantoms, tmp_path):
+def test_a_killed_run_resumes_and_its_cross_validated_operating_point_recomputes(phantoms, tmp_path):
+    """A run with `--cv 2` killed as hard as a power cut after its first epoch resumes where it
+    was. Then the folds: every train + validation image gets one out-of-fold prediction (in
+    predictions.csv, split cv), and the threshold is the one sklearn's ROC curve gives on them
+    for the target sensitivity; the report says how it was chosen and what validation alone
+    gave. (One test: each `busi-train fit` costs a minute of the suite.)"""
     out = tmp_path / "resume"
     cmd = [str(BIN / "busi-train"), "fit", "--data", str(phantoms), "--out", str(out), "--weights", "none",
-           "--image-size", "32", "--epochs", "3", "--batch-size", "16", "--no-augment"]
+           "--image-size", "32", "--epochs", "3", "--batch-size", "16", "--no-augment", "--cv", "2", "--near-ood", "none"]
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines = []
     deadline = time.time() + 600
@@ -210,7 +215,7 @@ def test_a_killed_run_resumes(phantoms, tmp_path):
     p.wait()
     assert p.returncode == -signal.SIGKILL, "".join(lines)
     assert (out / ".backup" / "state").is_dir() and not (out / "model.keras").exists()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resuming the interrupted run" in r.stderr
     epochs = [ln.split()[1] for ln in r.stderr.splitlines() if ln.startswith("epoch ")]
@@ -221,14 +226,6 @@ def test_a_killed_run_resumes(phantoms, tmp_path):
     assert [int(h["epoch"]) for h in history] == [0, 1, 2]
     assert (out / "model.keras").is_file() and not (out / ".backup").exists()
 
-
-def test_cross_validated_operating_point_recomputes_from_its_out_of_fold_predictions(phantoms, tmp_path):
-    """`--cv 2`: every train + validation image gets one out-of-fold prediction (in
-    predictions.csv, split cv), and the threshold is the one sklearn's ROC curve gives on them
-    for the target sensitivity; the report says how it was chosen and what validation alone gave."""
-    out = tmp_path / "cv"
-    cli("busi-train", "fit", "--data", phantoms, "--out", out, "--weights", "none", "--image-size", 32, "--epochs", 1,
-        "--batch-size", 8, "--cv", 2, "--near-ood", "none")
     rep = json.loads((out / "report.json").read_text())
     op, cv = rep["operating_point"], rep["cross_validation"]
     manifest = list(csv.DictReader((out / "manifest.csv").open()))
