@@ -48,6 +48,11 @@ class Segmenter:
         self.size = self.info.input.size
         check_graph_shape(self.path, "input image", ins[SEGMENTER_INPUT], (None, self.size, self.size, 3), "busi.input.size")
 
+    def use(self, session) -> None:
+        """Run through another session of the same model from now on (busi-serve's batched one),
+        as `ModelRunner.use` does for the classifier."""
+        self.session = session
+
     def probabilities(self, rgb: np.ndarray) -> np.ndarray:
         """Lesion probability (S, S) of an RGB uint8 image of any size."""
         x = resize_rgb(rgb, self.size).astype(np.float32)[None]

@@ -188,7 +188,7 @@ def load_models(model: str | Path, device: str, threads: int | None, max_batch: 
     if seg_path.is_file():
         seg = predictor.segmenter
         models.append(served("segmenter", seg.session, seg.sha256))
-        seg.session = BatchedSession(seg.session, models[-1].batcher)
+        seg.use(BatchedSession(seg.session, models[-1].batcher))
     models.append(RecordModel(predictor, [m.batcher for m in models], max_inflight=max_queue + max_batch,
                               workers=max(2, max_batch)))
     return predictor, models
