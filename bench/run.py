@@ -117,12 +117,14 @@ def dist_closure_size(extras: tuple[str, ...]) -> int:
     return sum((f.size or 0) for d in dist_closure(extras) for f in (d.files or []) if f.size)
 
 
-def peak_rss_mb(cmd: list[str], env=None) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of a command run as a fresh process."""
+def peak_rss_mb(cmd: list[str], env=None, stderr: Path | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of a command run as a fresh process (its stderr into the
+    file `stderr` when given)."""
     code = (
         "import resource, subprocess, sys, time\n"
         "t = time.perf_counter()\n"
-        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f"err = open({str(stderr)!r}, 'w') if {stderr is not None} else subprocess.DEVNULL\n"
+        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=err)\n"
         "dt = time.perf_counter() - t\n"
         "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, r.returncode)\n"
     )
@@ -438,10 +440,10 @@ def node_row(model: Path, tmp: Path, quick: bool) -> dict:
     n = 40 if quick else 200
     files = copy_instances(write_dicom_study(tmp / "node-study", per_class=2, seed=77), tmp / "node-in", n, "bench")
     bindir = Path(sys.executable).parent
-    r = subprocess.run([str(bindir / "busi-infer"), str(tmp / "node-in"), "--model", str(model), "--mask", "none",
-                        "--device", "cpu", "--dicom-out", str(tmp / "node-infer-out"), "--format", "csv"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True)
-    m = re.search(r"(\d+)/(\d+) images classified in ([\d.]+)s", r.stderr)
+    _, infer_mb = peak_rss_mb([str(bindir / "busi-infer"), str(tmp / "node-in"), "--model", str(model), "--mask", "none",
+                               "--device", "cpu", "--dicom-out", str(tmp / "node-infer-out"), "--format", "csv"],
+                              stderr=tmp / "node-infer.err")
+    m = re.search(r"(\d+)/(\d+) images classified in ([\d.]+)s", (tmp / "node-infer.err").read_text())
     infer_ips = int(m.group(1)) / float(m.group(3))
     port = free_port()
     log_path = tmp / "node.jsonl"
@@ -488,11 +490,14 @@ def node_row(model: Path, tmp: Path, quick: bool) -> dict:
         proc.wait(60)
     if done < n:
         raise RuntimeError(f"busi-node classified {done} of {n} bench instances")
-    node_ips = n / node_s
+    node_ips, node_mb = n / node_s, peak_kb / 1024
+    ratio = node_ips / infer_ips
     return row("node", f"busi-node: {n} US instances over 4 associations, first C-STORE to last classified (SR + SC "
-               "written) vs busi-infer --dicom-out on the same files (its own clock)", "busi-infer",
-               {"images_per_s": infer_ips}, "busi-node", {"images_per_s": node_ips, "peak_mb": peak_kb / 1024},
-               node_ips / infer_ips, None, None, unit="images/s")
+               "written) vs busi-infer --dicom-out on the same files (its own clock); peak RSS of each",
+               "busi-infer", {"images_per_s": infer_ips, "peak_mb": infer_mb},
+               "busi-node", {"images_per_s": node_ips, "peak_mb": node_mb}, ratio,
+               ">= 0.95x busi-infer, peak RSS <= busi-infer's + 100 MB", ratio >= 0.95 and node_mb <= infer_mb + 100,
+               unit="images/s", extra={"associations": 4})
 
 
 def serve_rows(model: Path, image: Path, box, tmp: Path, quick: bool) -> list[dict]:

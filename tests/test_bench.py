@@ -47,6 +47,10 @@ def test_bench_quick_writes_a_table_and_json(exported, tmp_path):
         srv = by[f"serve, {c} clients"]
         assert srv["ratio"] == pytest.approx(srv["b"]["images_per_s"] / srv["a"]["images_per_s"])
         assert all(0 < side["p50_ms"] <= side["p99_ms"] for side in (srv["a"], srv["b"]))
+    node = by["node"]  # the node against busi-infer --dicom-out: throughput and peak RSS of both
+    assert node["ratio"] == pytest.approx(node["b"]["images_per_s"] / node["a"]["images_per_s"])
+    assert node["a"]["peak_mb"] > 50 and node["b"]["peak_mb"] > 50 and node["met"] == (
+        node["ratio"] >= 0.95 and node["b"]["peak_mb"] <= node["a"]["peak_mb"] + 100)
     batching = by["serve batching"]
     assert batching["b"] == {k: v for k, v in by["serve, 16 clients"]["b"].items()} | {"label": "max batch 8"}
     assert by["serve memory"]["a"]["peak_mb"] > 50
