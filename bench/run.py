@@ -120,11 +120,11 @@ def dist_closure_size(extras: tuple[str, ...]) -> int:
 def peak_rss_mb(cmd: list[str], env=None, stderr: Path | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of a command run as a fresh process (its stderr into the
     file `stderr` when given)."""
+    err = f"open({str(stderr)!r}, 'w')" if stderr is not None else "subprocess.DEVNULL"
     code = (
         "import resource, subprocess, sys, time\n"
         "t = time.perf_counter()\n"
-        f"err = open({str(stderr)!r}, 'w') if {stderr is not None} else subprocess.DEVNULL\n"
-        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=err)\n"
+        f"r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr={err})\n"
         "dt = time.perf_counter() - t\n"
         "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, r.returncode)\n"
     )
@@ -332,7 +332,7 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
 
     # 8: training input pipeline vs in-memory tensors; the frozen recipe's step, float32 vs bfloat16
     rows.append(training_input_row(card, model_dir, quick))
-    rows.append(training_step_row(quick, *((64, 8) if quick else (224, 32))))  # quick: a smoke test of the row
+    rows.append(training_step_row(quick, size=64 if quick else 224, batch=8 if quick else 32))  # quick: a smoke test
 
     # 8b: busi-node throughput vs busi-infer on the same DICOM files
     rows.append(node_row(fp32_path, tmp, quick))

@@ -233,8 +233,8 @@ def test_a_killed_run_resumes_and_its_cross_validated_operating_point_recomputes
     rows = [r for r in csv.DictReader((out / "predictions.csv").open()) if r["split"] == "cv"]
     assert sorted(r["path"] for r in rows) == pool and cv["n"] == len(pool) and cv["folds"] == 2
     y = np.array([r["label"] == "malignant" for r in rows])
-    p = np.array([float(r["p_malignant"]) for r in rows])
-    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
+    p_mal = np.array([float(r["p_malignant"]) for r in rows])
+    fpr, tpr, thr = roc_curve(y, p_mal, drop_intermediate=False)
     assert op["malignant_threshold"] == pytest.approx(min(1.0, thr[np.flatnonzero(tpr >= 0.95)[0]]))
     assert cv["n_malignant"] == int(y.sum()) and op["method"].startswith("2-fold cross-validation")
     assert "validation_operating_point" in cv and "2-fold cross-validation" in (out / "report.md").read_text()

@@ -128,7 +128,7 @@ def _binary_auc(pos: np.ndarray, score: np.ndarray) -> float:
 
 
 def fast_point_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict:
-    """`point_metrics` without scikit-learn's per-call validation (about 50x faster): the 1000
+    """`point_metrics` without scikit-learn's per-call validation (0.26 ms against 6.4 ms on 110 images): the 1000
     bootstrap resamples of every mask source use it. tests/test_train.py holds it equal to
     `point_metrics` on resamples with ties and missing classes."""
     pred = proba.argmax(axis=1)

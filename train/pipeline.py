@@ -135,9 +135,9 @@ def train_dataset(
     images = tf.constant(arr.images)
     labels = tf.constant(onehot)
     ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    # sequential maps: both functions are stateful (a numpy RNG, Keras' seeded random ops), so with op
-    # determinism on tf.data would rewrite a parallel map into this one anyway, and TF 2.21's rewrite
-    # prints a native "NodeDef mentions attribute use_unbounded_threadpool" error line on the terminal
+    # sequential maps: `load` draws from a numpy RNG and `finish`, with any augmentation on, from Keras'
+    # seeded random ops; with op determinism on, tf.data runs such a parallel map sequentially anyway, and
+    # TF 2.21's rewrite prints a native "NodeDef mentions attribute use_unbounded_threadpool" error line
     ds = ds.map(load).batch(batch_size, drop_remainder=drop_remainder)
     aug = augmenter(seed, vflip="vflip" in extra)
 
@@ -168,4 +168,3 @@ def batches(x, y=None, batch_size: int = 32):
     `predict`: Keras' own adapter for NumPy arrays slices them in a parallel map, which op
     determinism rewrites with a native error line on the terminal (TF 2.21)."""
     return tf.data.Dataset.from_tensor_slices(x if y is None else (x, y)).batch(batch_size)
-
