@@ -81,10 +81,12 @@ def _toy_features(rng, n=300, d=6):
     return x, y, means, cov
 
 
-def test_ood_score_is_the_mahalanobis_distance_to_the_nearest_class_mean():
+@pytest.mark.parametrize("n,d", [(300, 6), (24, 40)], ids=["more images than features", "fewer (as real BUSI: 543 x 2048)"])
+def test_ood_score_is_the_mahalanobis_distance_to_the_nearest_class_mean(n, d):
     """With every direction but one kept exactly (the last one is then the pooled rest), the
     guard's score equals the squared Mahalanobis distance under the Ledoit-Wolf covariance,
-    computed independently with scipy and minimised over the classes."""
+    computed independently with scipy and minimised over the classes; also with fewer images
+    than features, where the covariance's eigenvectors come from the features' SVD."""
     from scipy.spatial.distance import mahalanobis
     from sklearn.covariance import LedoitWolf
 
@@ -92,14 +94,14 @@ def test_ood_score_is_the_mahalanobis_distance_to_the_nearest_class_mean():
     from busi.train.ood import fit_statistics
 
     rng = np.random.default_rng(7)
-    x, y, _, _ = _toy_features(rng)
+    x, y, _, _ = _toy_features(rng, n=n, d=d)
     stats = fit_statistics(x, y, rank=x.shape[1] - 1)
     mu = np.stack([x[y == c].mean(0) for c in range(3)])
     inv = np.linalg.inv(LedoitWolf(assume_centered=True).fit(x - mu[y]).covariance_)
     probe = rng.normal(0, 6, (25, x.shape[1]))
     expect = [min(mahalanobis(p, m, inv) ** 2 for m in mu) for p in probe]
     np.testing.assert_allclose(ood_scores(stats, probe), expect, rtol=1e-4)
-    assert stats.component_array.shape == (6, 5) and stats.mean_array.shape == (3, 6)
+    assert stats.component_array.shape == (d, min(n, d - 1)) and stats.mean_array.shape == (3, d)
 
 
 def test_ood_auroc_and_flag_rate_on_a_toy_feature_set():
