@@ -101,6 +101,7 @@ def encoded(ds) -> bytes:
 
 class Node(BatchWorker):
     def __init__(self, cfg: NodeConfig, out=None):
+        from busi.runtime.options import PredictorOptions
         from busi.runtime.predictor import Predictor
         from busi.runtime.session import low_peak_loading
 
@@ -109,9 +110,9 @@ class Node(BatchWorker):
         self._out_lock = threading.Lock()
         self.spool = Spool(cfg.spool)
         with low_peak_loading():  # as busi-infer loads: what ORT frees while loading goes back (~150 MB here)
-            self.predictor = Predictor(cfg.model, threads=cfg.threads, max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes,
-                                       segmenter=cfg.segmenter, notice=lambda m: _LOG.warning(m), server=cfg.server,
-                                       token=cfg.token, expect_sha256=cfg.expect_sha256)
+            self.predictor = Predictor(cfg.model, PredictorOptions(
+                threads=cfg.threads, max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes, segmenter=cfg.segmenter,
+                notice=lambda m: _LOG.warning(m), server=cfg.server, token=cfg.token, expect_sha256=cfg.expect_sha256))
             self.mask = cfg.mask or ("auto" if self._has_segmenter() else "none")
             if self.mask == "auto":
                 self.predictor.segmenter  # loaded now (not by the first image's decoding thread), checked at start

@@ -7,10 +7,11 @@ from .card import ModelCard
 from .contract import ModelInfo, SegmenterInfo
 from .model_dir import ModelDir
 from .errors import BusiError, DeviceError, InputError, ModelError
+from .options import PredictorOptions
 from .predictor import Predictor, predict_breast_cancer
 from .results import Failure, NeedsRoi, Prediction
 
 __all__ = [
     "BusiError", "DeviceError", "Failure", "InputError", "ModelCard", "ModelDir", "ModelError", "ModelInfo", "SegmenterInfo",
-    "NeedsRoi", "Prediction", "Predictor", "predict_breast_cancer",
+    "NeedsRoi", "Prediction", "Predictor", "PredictorOptions", "predict_breast_cancer",
 ]

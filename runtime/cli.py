@@ -103,6 +103,7 @@ def infer(
 
     Research software, not a medical device: results are not a diagnosis.
     """
+    from .options import PredictorOptions
     from .predictor import Predictor
     from .session import low_peak_loading
 
@@ -137,10 +138,10 @@ def infer(
                            models=models, mask=mask)
     out_final, report_final = finals.get("--out"), finals.get("--report")
     with low_peak_loading():
-        pred = Predictor(model, device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels,
-                         threshold=threshold, segmenter=segmenter, require_sha256=require_sha256,
-                         max_bytes=max_bytes, prevalence=prevalence, coverage=coverage, server=server, token=token,
-                         expect_sha256=expect_sha256)
+        pred = Predictor(model, PredictorOptions(
+            device=device, verify=not no_verify, threads=threads, max_pixels=max_pixels, threshold=threshold,
+            segmenter=segmenter, require_sha256=require_sha256, max_bytes=max_bytes, prevalence=prevalence,
+            coverage=coverage, server=server, token=token, expect_sha256=expect_sha256))
         model = model or pred.path
         if mask is None and roi is None:
             mask = pred.default_mask  # auto where the model has a segmenter, else the whole image (said once)

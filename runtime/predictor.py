@@ -27,6 +27,7 @@ from .files import DEFAULT_MAX_BYTES, read_regular
 from .imageio import Decoded, decode_image, is_dicom, read_image, read_mask, resize_mask, resize_rgb
 from .log import get as get_logger
 from .mask_arg import MaskArg
+from .options import PredictorOptions
 from .masks import bbox, box_mask, find_mask_files, model_mask
 from .pixels import DEFAULT_MAX_PIXELS, check_min_side
 from .assemble import ResultAssembler
@@ -50,56 +51,41 @@ MAX_BATCH = 256
 class Predictor:
     """A loaded busi ONNX model. Safe to share between threads."""
 
-    def __init__(
-        self,
-        model_path: str | os.PathLike | None = None,
-        device: str = "auto",
-        verify: bool = True,
-        threads: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        threshold: float | None = None,
-        notice: Callable[[str], None] | None = None,
-        segmenter: "str | os.PathLike | Segmenter | None" = None,
-        require_sha256: bool = False,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        prevalence: "str | dict[str, float] | None" = None,
-        coverage: float | None = None,
-        server: str | None = None,
-        token: str | None = None,
-        expect_sha256: str | None = None,
-    ):
-        """`prevalence`: the site's case mix ('malignant=0.02' or {class: fraction}), for
-        probabilities adjusted by prior shift and the likelihood band; the flag keeps the
-        calibrated, unadjusted P(malignant). `coverage`: of the conformal prediction sets
-        (default: the model's, 0.9).
+    def __init__(self, model_path: str | os.PathLike | None = None, options: PredictorOptions | None = None,
+                 **overrides):
+        """`options` (a `PredictorOptions`: device, verify, threads, max_pixels, max_bytes,
+        threshold, prevalence, coverage, segmenter, server, token, expect_sha256,
+        require_sha256, notice; each documented there), with `overrides` by the same names:
+        `Predictor(path, device="cpu")`.
 
-        `server` ("http://host:port"): the remote backend. The classifier (and, for mask
+        `server` ("http://host:port") is the remote backend: the classifier (and, for mask
         "auto", the segmenter) run on that v2 inference server (busi-serve, or Triton serving
-        `busi-export --triton`), with `token` as bearer token; the rest runs here.
-        `expect_sha256`: refuse a model (local or served) whose sha256 is another."""
-        if model_path is None and server is None:
+        `busi-export --triton`), the rest runs here; `model_path` may then be None."""
+        if options is not None and not isinstance(options, PredictorOptions):
+            raise UsageError(f"Predictor's second argument is a PredictorOptions, got {options!r} (give the device as "
+                             "device=...)")
+        o = (options or PredictorOptions()).replace(**overrides)
+        #: the options this predictor was built with
+        self.options = o
+        if model_path is None and o.server is None:
             raise UsageError("Predictor needs a model path or a server")
-        for what, value in (("threads", threads), ("max_pixels", max_pixels), ("max_bytes", max_bytes)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
-                raise UsageError(f"{what} must be a whole number, 0 or more (0: {'the default' if what == 'threads' else 'no limit'}), "
-                                 f"got {value!r}")
-        self.server, self._token = server, token
-        self._notice = notice or _LOG.warning  # the "busi" log, unless the caller takes the notices
+        self.server, self._token = o.server, o.token
+        self._notice = o.notice or _LOG.warning  # the "busi" log, unless the caller takes the notices
         self._noticed: set[str] = set()
         self._lock = threading.Lock()
-        self._threads, self._verify, self._require = threads, verify, require_sha256
-        self._segmenter = segmenter
+        self._threads, self._verify, self._require = o.threads, o.verify, o.require_sha256
+        self._segmenter = o.segmenter
         label, session, self.provider, self.sha256 = open_model(
-            model_path, device, verify, threads, self._notice, require_sha256, server, SERVED_NAMES["classifier"],
-            token, expect_sha256)
+            model_path, o.device, o.verify, o.threads, self._notice, o.require_sha256, o.server, SERVED_NAMES["classifier"],
+            o.token, o.expect_sha256)
         #: the model file, or the served model ("server URL model NAME") in messages
-        self.path = label if server else Path(model_path)
+        self.path = label if o.server else Path(model_path)
         #: the session and the contract's post-processing (calibration, Grad-CAM, OOD score)
         self.runner = ModelRunner(session, self.path)
         self.info, self.explainable, self.guard = self.runner.info, self.runner.explainable, self.runner.guard
-        self.max_pixels = max_pixels
-        self.max_bytes = max_bytes
-        self.threshold = float(self.info.malignant_threshold if threshold is None else check_threshold(threshold))
+        self.max_pixels = o.max_pixels
+        self.max_bytes = o.max_bytes
+        self.threshold = float(self.info.malignant_threshold if o.threshold is None else check_threshold(o.threshold))
         missing = [what for what, have in (("calibration", self.info.calibration), ("training prevalence",
                    self.info.prevalence), ("conformal scores", self.info.conformal),
                    ("out-of-distribution guard", self.guard)) if have is None]
@@ -108,14 +94,12 @@ class Predictor:
                          + ("its probabilities are the network's own, and " if self.info.calibration is None else "")
                          + "what needs the missing parts is left out")
         self.site_prevalence = None
-        if prevalence is not None:
+        if o.prevalence is not None:
             if self.info.prevalence is None:
                 raise UsageError(f"{self.path}: the model does not record its training prevalence; --prevalence needs it")
-            self.site_prevalence = (parse_prevalence(prevalence, self.info.prevalence) if isinstance(prevalence, str)
-                                    else parse_prevalence(",".join(f"{k}={v}" for k, v in prevalence.items())))
-        self.coverage = None if self.info.conformal is None else float(coverage or self.info.conformal.coverage)
-        if coverage is not None and not 0 < coverage < 1:
-            raise UsageError(f"coverage must lie strictly between 0 and 1, got {coverage}")
+            self.site_prevalence = (parse_prevalence(o.prevalence, self.info.prevalence) if isinstance(o.prevalence, str)
+                                    else parse_prevalence(",".join(f"{k}={v}" for k, v in o.prevalence.items())))
+        self.coverage = None if self.info.conformal is None else float(o.coverage or self.info.conformal.coverage)
         #: model outputs + prepared image -> Prediction (flag, OOD verdict, band, prediction set)
         self.assembler = ResultAssembler(self.runner, self.threshold, self.provider, self.sha256, self.site_prevalence,
                                          self.coverage)
@@ -124,8 +108,8 @@ class Predictor:
         #: what mask=None means: "auto" where a lesion segmenter is at hand (given, or
         #: segmenter.onnx beside the model) and the model was trained with lesion masks, else "none"
         self.default_mask = "auto" if self.info.mask.source != "none" and (
-            segmenter is not None or (not server and _segmenter_beside(self.path))) else "none"
-        if not server:  # a served model is the server's to check (busi-serve loads it through this class)
+            o.segmenter is not None or (not o.server and _segmenter_beside(self.path))) else "none"
+        if not o.server:  # a served model is the server's to check (busi-serve loads it through this class)
             self.runner.probe()
 
     @property

@@ -61,6 +61,37 @@ def test_predict_breast_cancer_matches_keras(exported, phantoms, predictor):
         assert r["malignant"] == (r["probabilities"]["malignant"] >= r["threshold"])
 
 
+def test_predictor_options_are_one_frozen_value_and_keywords_override_them(exported, phantoms):
+    """What busi-infer and busi-node build (a PredictorOptions) and what an embedding tool writes
+    (keywords) give the same predictor; keywords override the options; a wrong name or a bad
+    value is refused before any model is loaded."""
+    import dataclasses
+
+    from busi.runtime import PredictorOptions
+    from busi.runtime.errors import UsageError
+
+    onnx_path = exported / "model.onnx"
+    base = PredictorOptions(device="cpu", threshold=0.25, coverage=0.8)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.threshold = 0.5
+    by_options = Predictor(onnx_path, base)
+    by_keywords = Predictor(onnx_path, device="cpu", threshold=0.25, coverage=0.8)
+    overridden = Predictor(onnx_path, base, threshold=0.75)
+    assert by_options.options == by_keywords.options == base and overridden.options == base.replace(threshold=0.75)
+    img = lesion_images(phantoms, 1)[0].with_suffix(".png")
+    a, b, c = (p.predict(img, mask=(40, 40, 60, 50)) for p in (by_options, by_keywords, overridden))
+    assert a.probabilities == b.probabilities == c.probabilities
+    assert (a.threshold, c.threshold) == (0.25, 0.75) and a.coverage == 0.8
+    with pytest.raises(TypeError, match="thresold"):
+        Predictor(onnx_path, base, thresold=0.5)
+    with pytest.raises(UsageError, match="second argument is a PredictorOptions"):
+        Predictor(onnx_path, "cpu")
+    for bad, words in (({"threads": -1}, "threads must be a whole number"), ({"max_bytes": 1.5}, "max_bytes must"),
+                       ({"threshold": 2}, "threshold must be a number in"), ({"coverage": 1}, "coverage must lie")):
+        with pytest.raises(UsageError, match=words):
+            PredictorOptions(**bad)
+
+
 def test_same_predictor_from_8_threads_gives_serial_results(predictor, phantoms):
     items = [(s.with_suffix(".png"), s.parent / (s.name + "_mask.png")) for s in lesion_images(phantoms, 3)]
     serial = [predictor.predict(i, m).probabilities for i, m in items]
