@@ -114,6 +114,17 @@ def _datetime(v: str) -> str | None:
 _FIXERS = {"DA": _date, "TM": _time, "DT": _datetime}
 
 
+def _complete_code(item) -> bool:
+    """Whether a code sequence item has its Type 1 parts: a meaning, and a URN code value or a
+    code value (or long code value) with its coding scheme."""
+    def text(keyword):
+        return str(item.get(keyword, "") or "").strip()
+
+    if not text("CodeMeaning"):
+        return False
+    return bool(text("URNCodeValue") or (text("CodeValue") or text("LongCodeValue")) and text("CodingSchemeDesignator"))
+
+
 def clean(src, path=None) -> CleanSource:
     """The cleaned copy of `src` (a pydicom Dataset) that DICOM out builds from; see the module."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -148,6 +159,14 @@ def clean(src, path=None) -> CleanSource:
             if not elem.value:  # an empty sequence copied says nothing (and a Type 3 one must not be empty)
                 continue
             elem = copy.deepcopy(elem)
+            if elem.keyword.endswith("CodeSequence"):  # a code item without its Type 1 parts is invalid where copied
+                kept = [item for item in elem.value if _complete_code(item)]
+                if len(kept) < len(elem.value):
+                    notes.append(f"{elem.keyword}: {len(elem.value) - len(kept)} item(s) without a code value, coding "
+                                 "scheme or meaning; left out")
+                if not kept:
+                    continue
+                elem.value = kept
             non_ascii |= _has_non_ascii(elem)
             c.add(elem)
             continue

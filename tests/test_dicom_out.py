@@ -225,6 +225,13 @@ def dciodvfy_lines(path: Path) -> tuple[list[str], list[str]]:
     return [ln for ln in lines if ln.startswith("Error")], [ln for ln in lines if ln.startswith("Warning")]
 
 
+def code_item(**values):
+    item = pydicom.Dataset()
+    for k, v in values.items():
+        setattr(item, k, v)
+    return item
+
+
 def quirk_corpus(folder: Path, grey: np.ndarray) -> dict[str, Path]:
     """One file per quirk that real archives hold, each made from the same valid US image."""
     from pydicom.uid import UltrasoundImageStorage
@@ -268,6 +275,10 @@ def quirk_corpus(folder: Path, grey: np.ndarray) -> dict[str, Path]:
 
     insert_before_pixels(make("deep-sequence"), nested_sequence(3000))  # decodes; too deep to copy into the outputs
     make("empty-type3-sequences", ReferencedStudySequence=[], ProcedureCodeSequence=[])  # not copied empty
+    # as two PACS exports in the public corpus have them: a code without its meaning, one without its scheme
+    make("incomplete-procedure-codes", ProcedureCodeSequence=[
+        code_item(CodeValue="0FINGN", CodingSchemeDesignator="medneo"), code_item(CodeValue="028", CodeMeaning="CT"),
+        code_item(CodeValue="45036003", CodingSchemeDesignator="SCT", CodeMeaning="Ultrasonography of breast")])
     for p in out.values():  # the file meta says what the dataset says
         ds = pydicom.dcmread(p)
         if ds.file_meta.MediaStorageSOPClassUID != ds.SOPClassUID:
@@ -312,6 +323,10 @@ def test_dicom_out_from_quirky_sources(exported, tmp_path, lesion_grey, mask):
     assert "StudyTime '14:04:38' written as '140438'" in notes["tm-colons"]
     assert "referenced as a single-frame image" in notes["frames-on-single-frame-class"]
     assert "ContentSequence: sequences nested more than 32 deep; left out" in notes["deep-sequence"]
+    assert "ProcedureCodeSequence: 2 item(s) without a code value, coding scheme or meaning; left out" \
+        in notes["incomplete-procedure-codes"]
+    kept = pydicom.dcmread(out / f"{pydicom.dcmread(corpus['incomplete-procedure-codes']).SOPInstanceUID}.sr.dcm")
+    assert [c.CodeValue for c in kept.ProcedureCodeSequence] == ["45036003"]  # the complete one stays
     sr = hd.sr.srread(out / f"{pydicom.dcmread(corpus['retired-us-class']).SOPInstanceUID}.sr.dcm")
     refs = [x for x in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence]
     assert refs[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.6"  # referenced by its own UID
