@@ -14,6 +14,9 @@ single-frame SOP class, and SOP classes it has no IOD for (retired or unknown on
 - text is decoded with the source's character set (pydicom reads the common misspellings)
   and written as UTF-8 (ISO_IR 192) where it is not ASCII; a value that does not decode is
   left empty, with a note;
+- code items without their Type 1 parts (a meaning; a code value with its coding scheme) are
+  left out of a copied code sequence, and a sequence that holds one deeper down is left out
+  whole (the study-level sequences copied are Type 3), each with a note;
 - NumberOfFrames is dropped from a single-frame SOP class (referenced as single-frame);
 - a SOP class that highdicom has no IOD for stands in as a class it knows (the retired US
   classes as US, others as Secondary Capture) while the outputs are built; `restore`
@@ -125,6 +128,19 @@ def _complete_code(item) -> bool:
     return bool(text("URNCodeValue") or (text("CodeValue") or text("LongCodeValue")) and text("CodingSchemeDesignator"))
 
 
+def _nested_incomplete_code(elem) -> bool:
+    """Whether a code sequence inside the items of the sequence `elem` has an incomplete item."""
+    for item in elem.value:
+        for inner in item:
+            if inner.VR != "SQ":
+                continue
+            if inner.keyword.endswith("CodeSequence") and not all(_complete_code(i) for i in inner.value):
+                return True
+            if _nested_incomplete_code(inner):
+                return True
+    return False
+
+
 def clean(src, path=None) -> CleanSource:
     """The cleaned copy of `src` (a pydicom Dataset) that DICOM out builds from; see the module."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -167,6 +183,9 @@ def clean(src, path=None) -> CleanSource:
                 if not kept:
                     continue
                 elem.value = kept
+            if _nested_incomplete_code(elem):  # deeper down: the item that holds it cannot be mended alone
+                notes.append(f"{elem.keyword}: holds a code without its code value, coding scheme or meaning; left out")
+                continue
             non_ascii |= _has_non_ascii(elem)
             c.add(elem)
             continue

@@ -278,7 +278,8 @@ def quirk_corpus(folder: Path, grey: np.ndarray) -> dict[str, Path]:
     # as two PACS exports in the public corpus have them: a code without its meaning, one without its scheme
     make("incomplete-procedure-codes", ProcedureCodeSequence=[
         code_item(CodeValue="0FINGN", CodingSchemeDesignator="medneo"), code_item(CodeValue="028", CodeMeaning="CT"),
-        code_item(CodeValue="45036003", CodingSchemeDesignator="SCT", CodeMeaning="Ultrasonography of breast")])
+        code_item(CodeValue="45036003", CodingSchemeDesignator="SCT", CodeMeaning="Ultrasonography of breast")],
+        ReferringPhysicianIdentificationSequence=[code_item(PersonIdentificationCodeSequence=[code_item(CodeValue="7060")])])
     for p in out.values():  # the file meta says what the dataset says
         ds = pydicom.dcmread(p)
         if ds.file_meta.MediaStorageSOPClassUID != ds.SOPClassUID:
@@ -325,6 +326,8 @@ def test_dicom_out_from_quirky_sources(exported, tmp_path, lesion_grey, mask):
     assert "ContentSequence: sequences nested more than 32 deep; left out" in notes["deep-sequence"]
     assert "ProcedureCodeSequence: 2 item(s) without a code value, coding scheme or meaning; left out" \
         in notes["incomplete-procedure-codes"]
+    assert "ReferringPhysicianIdentificationSequence: holds a code without its code value, coding scheme or meaning; " \
+        "left out" in notes["incomplete-procedure-codes"]
     kept = pydicom.dcmread(out / f"{pydicom.dcmread(corpus['incomplete-procedure-codes']).SOPInstanceUID}.sr.dcm")
     assert [c.CodeValue for c in kept.ProcedureCodeSequence] == ["45036003"]  # the complete one stays
     sr = hd.sr.srread(out / f"{pydicom.dcmread(corpus['retired-us-class']).SOPInstanceUID}.sr.dcm")
