@@ -234,17 +234,17 @@ def _check_transfer_syntax(path, ds) -> None:
 
 
 def _drop_unusable_luts(ds) -> list[str]:
-    """A Modality or VOI LUT Sequence whose item is empty or malformed (no descriptor or data)
-    is ignored when the pixels decode without it: removed from the dataset, with a note."""
+    """A Modality or VOI LUT Sequence whose item is empty or malformed (no descriptor or data,
+    too few entries, entries above the declared bits) is ignored when the pixels decode without it: removed from the dataset, with a note."""
     notes = []
     for keyword, tag in (("ModalityLUTSequence", "(0028,3000)"), ("VOILUTSequence", "(0028,3010)")):
         if keyword not in ds:
             continue
         items = ds[keyword].value or []
-        ok = bool(items) and all(_lut_ok(item) for item in items)
-        if not ok:
+        problems = [p for p in map(_lut_problem, items) if p] if items else ["is empty"]
+        if problems:
             del ds[keyword]
-            notes.append(f"{tag} {keyword} is empty or malformed; ignored"
+            notes.append(f"{tag} {keyword} {problems[0]}; ignored"
                          + (" (the rescale slope/intercept or the stored values are used)" if keyword.startswith("Mod")
                             else " (the window, or the full pixel range, is used)"))
     return notes
@@ -261,17 +261,26 @@ def _drop_empty_rescale(ds) -> list[str]:
     return notes
 
 
-def _lut_ok(item) -> bool:
+def _lut_problem(item) -> str | None:
+    """What makes a LUT item unusable (None: nothing): no descriptor or data, fewer entries than
+    declared, or entries above the bits per entry it declares (a 12-bit table declared 8-bit)."""
     try:
         desc = item.get("LUTDescriptor")
         data = item.get("LUTData")
         if desc is None or len(desc) != 3 or data is None or len(data) == 0:
-            return False
+            return "is empty or malformed (no LUT descriptor or data)"
         entries = int(desc[0]) or 65536  # 0 means 2^16
         have = len(data) // 2 if isinstance(data, bytes) else len(data)  # OW bytes, or values
-        return have >= entries
+        if have < entries:
+            return f"is malformed ({have} LUT entries, {entries} declared)"
+        bits = int(desc[2])
+        if not isinstance(data, bytes) and 1 <= bits <= 16:
+            values = np.asarray(data)
+            if values.size and (values.max() >= 1 << bits or values.min() < 0):
+                return f"is malformed (LUT entries up to {int(values.max())}, above its declared {bits} bits per entry)"
+        return None
     except Exception:
-        return False
+        return "is empty or malformed"
 
 
 def _voi_window_ok(ds) -> bool:

@@ -316,7 +316,20 @@ def test_lut_items_zero_length_pixels_and_unknown_syntaxes_are_named(tmp_path, g
 
     d = read_image(p)
     np.testing.assert_array_equal(d.rgb[..., 0], grey)
-    assert any("(0028,3000) ModalityLUTSequence is empty or malformed; ignored" in n for n in d.notes)
+    assert any("(0028,3000) ModalityLUTSequence is empty or malformed (no LUT descriptor or data); ignored" in n
+               for n in d.notes)
+    # a 12-bit table declared as 8 bits per entry (a vendor's XA cine in a public test collection): pydicom
+    # overflows building it; the stored values and the window are used, with a note
+    item = Dataset()
+    item.add_new(0x00283002, "US", [256, 0, 8])  # LUT Descriptor
+    item.ModalityLUTType = "US"
+    item.add_new(0x00283006, "US", [80 + 15 * i for i in range(256)])  # LUT Data
+    ds.ModalityLUTSequence = [item]
+    ds.save_as(p)
+    d = read_image(p)
+    np.testing.assert_array_equal(d.rgb[..., 0], grey)
+    assert any("ModalityLUTSequence is malformed (LUT entries up to 3905, above its declared 8 bits per entry); "
+               "ignored" in n for n in d.notes), d.notes
     p = make_dicom(tmp_path / "empty.dcm", grey)
     ds = pydicom.dcmread(p)
     ds.PixelData = b""
