@@ -420,16 +420,25 @@ def _decode(path, ds, index: int | None) -> np.ndarray:
             said_ = native or (str(e).strip().splitlines()[-1][:100] if str(e).strip() else type(e).__name__)
             while said_.lower().startswith(f"{plugin}:"):  # the plugin's own message may name it already
                 said_ = said_[len(plugin) + 1:].strip()
-            errors.append(f"{plugin}: {said_}")
+            errors.append((plugin, said_))
     bits = _int(path, ds, "BitsStored", 8)
     if str(ts) in ("1.2.840.10008.1.2.4.51",) and bits > 8 and "pylibjpeg" not in plugins:
         raise InputError(path, f"{name} with {bits}-bit samples needs the GPL-3 decoder: {GPL_EXTRA}")
     if not plugins and str(ts) not in EXTRA_SYNTAXES:
         raise InputError(path, f"{name} is not supported: no decoder for it is installed or known to busi")
     if not plugins or (plugins == ["pillow"] and errors):
-        why = f" ({errors[0]})" if errors else ""
+        why = f" ({_said(errors)})" if errors else ""
         raise InputError(path, f"{name} cannot be decoded by this install{why}; {DECODER_EXTRA} adds the decoders")
-    raise InputError(path, f"{name}: corrupt or unsupported compressed data ({'; '.join(errors)[:200]})")
+    raise InputError(path, f"{name}: corrupt or unsupported compressed data ({_said(errors)[:200]})")
+
+
+def _said(errors: list[tuple[str, str]]) -> str:
+    """What the decoders said, each message once with the plugins that said it:
+    'gdcm, pyjpegls: Found unexpected tag ...' rather than the same words twice."""
+    by_message: dict[str, list[str]] = {}
+    for plugin, message in errors:
+        by_message.setdefault(message, []).append(plugin)
+    return "; ".join(f"{', '.join(plugins)}: {message}" for message, plugins in by_message.items())
 
 
 def _plain_8bit(path, ds, arr: np.ndarray) -> bool:

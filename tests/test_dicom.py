@@ -407,3 +407,20 @@ def test_empty_rescale_deep_sequences_and_an_unparseable_big_endian_file_are_nam
         read_rgb(p)
     assert "corrupt DICOM: the data set cannot be parsed at byte" in str(e.value) and "Error" not in str(e.value)
     assert "the data ends inside an element" in str(e.value)
+
+
+def test_a_message_two_decoders_share_is_said_once_with_both_names(tmp_path, grey):
+    """A file whose header claims JPEG-LS over native pixel data (as one in a public collection):
+    GDCM and pyjpegls fail with the same words, which the error gives once, naming both."""
+    from pydicom.uid import JPEGLSLossless
+
+    from hostile import claim_syntax
+
+    p = claim_syntax(make_dicom(tmp_path / "claims_jpegls.dcm", grey), JPEGLSLossless)
+    with pytest.raises(InputError) as e:
+        read_rgb(p)
+    said = str(e.value).split("corrupt or unsupported compressed data (", 1)[1]
+    names = [n for n in ("gdcm", "pyjpegls", "pylibjpeg") if f"{n}" in said.split(":")[0]]
+    assert len(names) >= 2, said
+    message = said.split(": ", 1)[1]
+    assert said.count(message.split(";")[0]) == 1, said
