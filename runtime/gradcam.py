@@ -54,6 +54,21 @@ def outline(rgb: np.ndarray, mask: np.ndarray, colour=(0, 255, 0), thickness: in
     return out
 
 
+#: the outlines' colours, in the HTML report and the DICOM overlay alike
+GREEN, YELLOW = (0, 200, 0), (255, 210, 0)
+
+
+def marked(view: np.ndarray, mask: np.ndarray | None, lesion: np.ndarray | None = None,
+           cam: np.ndarray | None = None) -> np.ndarray:
+    """The picture the HTML report and the DICOM overlay (SC) show: the image, under the Grad-CAM
+    heat map when one is given, with what the classifier saw outlined in green and the lesion
+    given or found in yellow."""
+    shown = overlay(view, cam) if cam is not None else view.copy()
+    if mask is not None:
+        shown = outline(shown, mask, GREEN)
+    return outline(shown, lesion, YELLOW, 1) if lesion is not None else shown
+
+
 def thumbnail(rgb: np.ndarray, max_side: int = 320) -> np.ndarray:
     H, W = rgb.shape[:2]
     k = max_side / max(H, W)

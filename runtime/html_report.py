@@ -18,12 +18,11 @@ import cv2
 import numpy as np
 
 from .atomic import atomic_write_text
-from .gradcam import outline, overlay
+from .gradcam import GREEN, YELLOW, marked, overlay
 from .results import FAILURE, NEEDS_ROI
 
 #: the marker in every report's head, so a folder walk counts it as busi's own output
 GENERATOR = "busi "
-GREEN, YELLOW = (0, 200, 0), (255, 210, 0)
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
 h1{font-size:20px;margin:0 0 4px} .sub{color:#555;margin:0 0 16px}
@@ -67,9 +66,8 @@ class HtmlReport:
             return
         if result.kind == NEEDS_ROI:
             view = result.extras.get("view")
-            pic = "" if view is None else _img_tag(
-                outline(view, result.extras["lesion"], YELLOW, 1) if result.extras.get("lesion") is not None else view,
-                "image with the region the segmenter found")
+            pic = "" if view is None else _img_tag(marked(view, None, result.extras.get("lesion")),
+                                                   "image with the region the segmenter found")
             box = f"<br>region found: box {html.escape(' '.join(map(str, d['lesion_box'])))}" if d.get("lesion_box") else ""
             self.abstained.append(
                 f'<tr class="roi"><td class="path">{html.escape(str(d["path"]))}</td><td>{pic}</td>'
@@ -82,10 +80,7 @@ class HtmlReport:
         view = ex.get("view")
         pics = ["", ""]
         if view is not None:
-            shown = outline(view, ex["mask"], GREEN)
-            if ex.get("lesion") is not None:
-                shown = outline(shown, ex["lesion"], YELLOW, 1)
-            pics[0] = _img_tag(shown, "image with mask")
+            pics[0] = _img_tag(marked(view, ex["mask"], ex.get("lesion")), "image with mask")
             if ex.get("cam") is not None:
                 pics[1] = _img_tag(overlay(view, ex["cam"]), f"Grad-CAM of {d['class']}")
         bars = "".join(
