@@ -12,9 +12,9 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
-import shutil
 import sys
 import tempfile
 import time
@@ -215,7 +215,7 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
 
     ort_ms = {}
     for b in (1, 8):
-        k, o, r = paired(lambda: km.predict_on_batch(x[b]), run[b], reps)
+        k, o, r = paired(lambda b=b: km.predict_on_batch(x[b]), run[b], reps)
         k, o = per_image_ms(k, b), per_image_ms(o, b)
         ort_ms[b] = o["median_ms"]
         # ORT must be no slower than Keras; how far it is from the CPU's limit is the next row
@@ -239,7 +239,7 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
                             "fp32 conv GEMMs", {"ms": bound["fp32_ms_per_image"]},
                             "u8s8 conv GEMMs", {"ms": bound["u8s8_ms_per_image"]},
                             bound["fp32_ms_per_image"] / bound["u8s8_ms_per_image"], None, None))
-            o, q, r = paired(run[b], lambda: s8.run([OUTPUT_NAME], x[b]), reps)
+            o, q, r = paired(run[b], lambda b=b: s8.run([OUTPUT_NAME], x[b]), reps)
             q = per_image_ms(q, b)
             tgt = 3.2 if b == 8 else 2.8
             rows.append(row(f"int8 vs fp32, batch {b}", "ORT INT8 (QDQ) vs FP32 (timed alternately)", "fp32", per_image_ms(o, b),
@@ -287,7 +287,7 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
     infer = str(Path(sys.executable).parent / "busi-infer")
     cmd = [infer, str(folder), "--model", str(fp32_path), *roi, "--batch-size", "8", "--format", "csv"]
     runs = []
-    for i in range(1 if quick else 3):
+    for _ in range(1 if quick else 3):
         # bare throughput right before each busi-infer run, on the same number of images
         t = time.perf_counter()
         for _ in range(max(1, n_folder // 8)):
@@ -413,7 +413,7 @@ def openvino_rows(md: ModelDir, fp32_path: Path, int8_path: Path, x: dict, reps:
             agree = {"argmax_agreement": float((po.argmax(1) == pv.argmax(1)).mean()),
                      "max_abs_diff": float(np.abs(po - pv).max()), "heldout_images": len(images)}
         for b in (1, 8):
-            a, c, r = paired(lambda: o.run([OUTPUT_NAME], x[b]), lambda: v.run([OUTPUT_NAME], x[b]), reps)
+            a, c, r = paired(lambda o=o, b=b: o.run([OUTPUT_NAME], x[b]), lambda v=v, b=b: v.run([OUTPUT_NAME], x[b]), reps)
             a, c = per_image_ms(a, b), per_image_ms(c, b)
             rows.append(row(f"openvino {kind}, batch {b}", f"OpenVINO {kind.upper()} vs ONNX Runtime on the same file, "
                             f"{threads} threads (timed alternately)" + ("" if agree else f"; no held-out data ({why})"),

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from busi.runtime.errors import UsageError
 from busi.runtime.cli_options import TYPER, quiet_option, verbose_option, version_option
+from busi.runtime.errors import UsageError
 from busi.runtime.log import verbosity_callback
 
 app = typer.Typer(**TYPER)

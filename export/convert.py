@@ -227,10 +227,10 @@ def export(model_dir: str | Path, opset: int = 17, tolerance: float = 1e-4, int8
     """Convert, gate, annotate and write MODEL_DIR/model.onnx (+ .sha256); optional INT8.
     With `int8_optional`, an INT8 gate that refuses is a logged note, not an error."""
     import onnx
+    import tf2onnx
 
     from busi.train.backend import tf  # TensorFlow first, quietly, before tf2onnx imports it
     from busi.train.provenance import now
-    import tf2onnx
 
     md = load_model_dir(model_dir)
     files = md.dir

@@ -9,9 +9,16 @@ from typing import List, Optional
 
 import typer
 
+from busi.runtime.cli_options import (
+    TYPER,
+    early_version,
+    expect_sha256_option,
+    quiet_option,
+    token_option,
+    verbose_option,
+    version_option,
+)
 from busi.runtime.errors import BusiError, UsageError
-from busi.runtime.cli_options import (TYPER, early_version, expect_sha256_option, quiet_option, token_option,
-                                      verbose_option, version_option)
 from busi.runtime.log import verbosity_callback
 
 from .config import NodeConfig

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from busi.runtime.dicom_identity import options as uid_options
 from busi.runtime.errors import BusiError, UsageError, describe
-from busi.runtime.log import get as get_logger, write_stderr
+from busi.runtime.log import get as get_logger
+from busi.runtime.log import write_stderr
 from busi.runtime.results import NEEDS_ROI
 from busi.runtime.study import summarise_study
 
@@ -115,7 +116,7 @@ class Node(BatchWorker):
                 notice=lambda m: _LOG.warning(m), server=cfg.server, token=cfg.token, expect_sha256=cfg.expect_sha256))
             self.mask = cfg.mask or ("auto" if self._has_segmenter() else "none")
             if self.mask == "auto":
-                self.predictor.segmenter  # loaded now (not by the first image's decoding thread), checked at start
+                _ = self.predictor.segmenter  # loaded now (not by the first image's decoding thread), checked at start
         #: the option string busi-infer uses for the same settings: the same deterministic UIDs
         self.options = uid_options(self.mask, None, False, "all")
         self.counts = {k: 0 for k in ("received", "refused", "classified", "needs_roi", "skipped", "failed", "sent",
@@ -143,7 +144,7 @@ class Node(BatchWorker):
         if self.cfg.segmenter is not None or self.cfg.server is None:
             return Path(self.cfg.segmenter or ModelDir(Path(self.cfg.model).parent).segmenter_onnx).is_file()
         try:
-            self.predictor.segmenter  # busi_segmenter on the server
+            _ = self.predictor.segmenter  # busi_segmenter on the server
         except BusiError:
             return False
         return True
@@ -175,8 +176,7 @@ class Node(BatchWorker):
 
     # ---- receiving (pynetdicom's threads) -----------------------------------------------------
     def application_entity(self):
-        from pynetdicom import ALL_TRANSFER_SYNTAXES, AE
-        from pynetdicom import sop_class
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, sop_class
 
         ae = AE(ae_title=self.cfg.ae)
         for name in STORAGE_CLASSES:
@@ -442,7 +442,7 @@ class Node(BatchWorker):
         def run():
             try:
                 target()
-            except BaseException as e:  # noqa: BLE001: whatever it was, the node must not go on acknowledging
+            except BaseException as e:  # noqa: BLE001 - whatever it was, the node must not go on acknowledging
                 self.death = f"the {target.__name__} thread died ({describe(e)})"
                 self.event("fatal", reason=self.death, traceback=traceback.format_exc(limit=8))
                 self.died.set()

@@ -5,8 +5,8 @@ Never imports TensorFlow. Research software, not a medical device.
 
 from .card import ModelCard
 from .contract import ModelInfo, SegmenterInfo
-from .model_dir import ModelDir
 from .errors import BusiError, DeviceError, InputError, ModelError
+from .model_dir import ModelDir
 from .options import PredictorOptions
 from .predictor import Predictor, predict_breast_cancer
 from .results import Failure, NeedsRoi, Prediction

@@ -19,13 +19,25 @@ from typing import List, Optional
 
 import typer
 
-from .errors import InputError, UsageError
+from .cli_options import (
+    DICOM,
+    INPUT,
+    MASK,
+    MODEL,
+    OUTPUT,
+    SERVER,
+    TYPER,
+    expect_sha256_option,
+    quiet_option,
+    token_option,
+    verbose_option,
+    version_option,
+)
 from .dicom_identity import options as uid_options
-from .cli_options import (DICOM, INPUT, MASK, MODEL, OUTPUT, SERVER, TYPER, expect_sha256_option, quiet_option,
-                          token_option, verbose_option, version_option)
-from .log import verbosity_callback, write_stderr
-from .log import get as get_logger
+from .errors import InputError, UsageError
 from .inputs import expand_inputs
+from .log import get as get_logger
+from .log import verbosity_callback, write_stderr
 from .outputs import check_outputs, model_files
 from .records import Format
 
@@ -148,7 +160,7 @@ def infer(
             if mask == "none":
                 mask = None  # the Predictor says so, once, on the first image
         if mask == "auto":
-            pred.segmenter  # load (and verify) it now: a missing segmenter is bad usage, not 100 failures
+            _ = pred.segmenter  # load (and verify) it now: a missing segmenter is bad usage, not 100 failures
     if (explain or report) and not pred.explainable:
         raise UsageError(f"{model}: model has no Grad-CAM outputs (features, cam_weights); re-export it with busi-export")
     views = explain is not None or report is not None or dicom_out is not None

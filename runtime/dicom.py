@@ -226,7 +226,7 @@ def _check_transfer_syntax(path, ds) -> None:
     if ts is None:
         return
     try:
-        ts.is_compressed
+        _ = ts.is_compressed  # raises for a UID pydicom does not know as a transfer syntax
     except ValueError:
         what = UNKNOWN_SYNTAX_NAMES.get(str(ts), "")
         raise InputError(path, f"transfer syntax {str(ts)!r}{f' ({what})' if what else ''} is not supported by busi's "

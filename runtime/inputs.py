@@ -15,12 +15,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .dicom_identity import is_busi_output
 from .errors import InputError, describe
 from .files import read_regular
-from .imageio import is_dicom
-from .dicom_identity import is_busi_output
 from .gradcam import is_busi_png
 from .html_report import GENERATOR
+from .imageio import is_dicom
 from .masks import mask_stem
 from .sop_classes import modality_problem, not_an_image, sop_class_name
 

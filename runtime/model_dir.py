@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .card import MARKDOWN_FILE, OOD_FILE, ModelCard, SegmenterCard
 
+
 @dataclass(frozen=True)
 class ModelDir:
     path: Path

@@ -15,22 +15,22 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Union
 
 import numpy as np
 
 from .arrays import check_array, check_threshold, frame_index, is_box, mask_array
+from .assemble import ResultAssembler
 from .contract import SERVED_NAMES
 from .dicom import DicomImage
 from .errors import NOT_FINITE, BusiError, InputError, ModelError, ServerError, UsageError, describe
-from .files import DEFAULT_MAX_BYTES, read_regular
+from .files import read_regular
 from .imageio import Decoded, decode_image, is_dicom, read_image, read_mask, resize_mask, resize_rgb
 from .log import get as get_logger
 from .mask_arg import MaskArg
-from .options import PredictorOptions
 from .masks import bbox, box_mask, find_mask_files, model_mask
-from .pixels import DEFAULT_MAX_PIXELS, check_min_side
-from .assemble import ResultAssembler
+from .options import PredictorOptions
+from .pixels import check_min_side
 from .results import Failure, NeedsRoi, Prediction, Prepared
 from .runner import ModelRunner
 from .session import open_model

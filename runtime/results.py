@@ -14,7 +14,6 @@ import numpy as np
 
 from .masks import Box
 
-
 PREDICTION, NEEDS_ROI, FAILURE, STUDY = "prediction", "needs_roi", "failure", "study"
 
 

@@ -31,6 +31,7 @@ from busi.runtime.served import FROM_ORT, NUMPY, triton_config
 
 from .batcher import Batcher, QueueFull
 
+
 class Rejected(Exception):
     """A request the server answers with a 4xx/5xx status and a one-line error."""
 

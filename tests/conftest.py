@@ -13,9 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from helpers import PER_CLASS, SAMPLE, cli
-
 
 SLOW_FIXTURES = {"trained", "exported", "model_copy", "predictor"}
 

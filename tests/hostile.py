@@ -693,7 +693,7 @@ def jpeg_cut_in(data: bytes, marker: int) -> bytes:
 def jpeg_without(data: bytes, marker: int) -> bytes:
     """The JPEG with every segment of this marker removed (before the scan)."""
     segs = jpeg_segments(data)
-    out, last = data[:2], 2
+    out = data[:2]
     for m, o in segs:
         n = 2 + int.from_bytes(data[o + 2:o + 4], "big")
         if m == 0xDA:
@@ -951,7 +951,7 @@ def dicom_kinds(folder: Path, grey: np.ndarray, put) -> None:
     from pydicom.encaps import encapsulate
     from pydicom.pixels import convert_color_space
     from pydicom.sequence import Sequence
-    from pydicom.uid import (ExplicitVRBigEndian, ImplicitVRLittleEndian, JPEGLSLossless, RLELossless)
+    from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
     d = folder
     h, w = grey.shape
@@ -1255,7 +1255,7 @@ def model_corpus(folder: Path, model: Path) -> dict[str, tuple[Path, dict, str]]
         for node in mm.graph.node:
             node.input[:] = ["img" if i == old else i for i in node.input]
     patched("graph input named img, not image", "inputname.onnx", rename_input, "model inputs")
-    side = put("sidecar of another model", "other.onnx", data, "sha256", verify=True)
+    put("sidecar of another model", "other.onnx", data, "sha256", verify=True)
     (folder / "other.onnx.sha256").write_text("0" * 64 + "  other.onnx\n")
     return c
 

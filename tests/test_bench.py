@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-
 from helpers import bench
 
 ROWS = ["peak", "keras vs ort, batch 1", "keras vs ort, batch 8", "fp32 vs peak, batch 8", "end to end", "folder", "cold start", "memory",

@@ -8,10 +8,10 @@ import json
 import shutil
 
 import numpy as np
+from helpers import PROGRESS_MARKS, bench, cli, on_a_terminal
 from PIL import Image
 
 from busi.train import dataset as ds
-from helpers import PROGRESS_MARKS, bench, cli, on_a_terminal
 
 
 def test_check_data_on_the_real_sample(sample):

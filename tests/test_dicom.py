@@ -11,13 +11,13 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+from helpers import cli
+from hostile import dicom as make_dicom
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
 from busi.runtime.errors import InputError
 from busi.runtime.imageio import read_rgb
-from helpers import cli
-from hostile import dicom as make_dicom
 
 
 @pytest.fixture
@@ -383,8 +383,9 @@ def test_empty_rescale_deep_sequences_and_an_unparseable_big_endian_file_are_nam
     note, the others are one line that says what is wrong with the file."""
     import struct
 
-    from busi.runtime.imageio import read_image
     from pydicom.uid import ExplicitVRBigEndian
+
+    from busi.runtime.imageio import read_image
 
     p = make_dicom(tmp_path / "slope.dcm", grey.astype(np.uint16) * 4)
     ds = pydicom.dcmread(p)
@@ -412,9 +413,8 @@ def test_empty_rescale_deep_sequences_and_an_unparseable_big_endian_file_are_nam
 def test_a_message_two_decoders_share_is_said_once_with_both_names(tmp_path, grey):
     """A file whose header claims JPEG-LS over native pixel data (as one in a public collection):
     GDCM and pyjpegls fail with the same words, which the error gives once, naming both."""
-    from pydicom.uid import JPEGLSLossless
-
     from hostile import claim_syntax
+    from pydicom.uid import JPEGLSLossless
 
     p = claim_syntax(make_dicom(tmp_path / "claims_jpegls.dcm", grey), JPEGLSLossless)
     with pytest.raises(InputError) as e:

@@ -14,10 +14,9 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
-
 from helpers import BIN, cli
 from hostile import dicom as make_dicom
+from pydicom.uid import generate_uid
 
 hd = pytest.importorskip("highdicom")
 
@@ -154,7 +153,7 @@ def test_a_whole_image_sr_and_png_inputs(exported, tmp_path, lesion_grey, phanto
     assert dciodvfy_errors(sr_path) == []
     sr = hd.sr.srread(sr_path)
     assert not sr.content.get_planar_roi_measurement_groups()
-    group = sr.content.get_image_measurement_groups()[0]
+    assert len(sr.content.get_image_measurement_groups()) == 1
     assert "mask source none" in algorithm_parameters(sr)
     assert len(list((tmp_path / "out").iterdir())) == 2  # SR and SC for the DICOM; nothing for the PNG
 
@@ -234,9 +233,8 @@ def code_item(**values):
 
 def quirk_corpus(folder: Path, grey: np.ndarray) -> dict[str, Path]:
     """One file per quirk that real archives hold, each made from the same valid US image."""
-    from pydicom.uid import UltrasoundImageStorage
-
     from hostile import patch_text_element
+    from pydicom.uid import UltrasoundImageStorage
 
     base = dict(StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), PatientID="PH001",
                 PatientName="Phantom^One", PatientBirthDate="19700101", PatientSex="F", StudyDate="20261125",

@@ -10,7 +10,6 @@ import sys
 import textwrap
 
 import pytest
-
 from helpers import cli
 
 #: a mirrored fit all-reduces the gradients of the two half batches; with float32 sums in

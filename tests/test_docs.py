@@ -12,9 +12,9 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from busi.runtime.contract import CONTRACT_VERSION
-from helpers import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 COMMANDS = tuple(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])

@@ -11,10 +11,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import cli
 
 from busi.runtime.card import ModelCard
 from busi.runtime.contract import CONTRACT_VERSION, ModelInfo
-from helpers import cli
 
 
 def test_export_passes_the_gate_and_round_trips_metadata(exported):

@@ -15,11 +15,11 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import PROGRESS_MARKS, cli, on_a_terminal
 
 from busi.runtime import Predictor
 from busi.runtime.contract import CONTRACT_VERSION
 from busi.runtime.session import nvidia_driver
-from helpers import PROGRESS_MARKS, cli, on_a_terminal
 
 COMMANDS = ("busi-infer", "busi-train", "busi-export", "busi-node", "busi-serve")
 
@@ -172,7 +172,7 @@ def test_records_validate_against_the_schema_busi_infer_prints(exported, phantom
     from busi.runtime.records import study_summaries
 
     recs = [json.loads(ln) for ln in runs[1].stdout.splitlines() if "class" in ln]
-    for i, x in enumerate(recs):
+    for x in recs:
         x["dicom"] = {"StudyInstanceUID": "1.2.3", "frame": 0, "frames": 1}
     for s in study_summaries(recs):
         assert v.is_valid(s), list(v.iter_errors(s))[:2]

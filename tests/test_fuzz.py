@@ -15,13 +15,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hostile import dicom, jpeg_bytes, png_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from busi.runtime.errors import InputError
 from busi.runtime.imageio import decode_image
-from hostile import dicom, jpeg_bytes, png_bytes
 
 EXAMPLES = int(os.environ.get("BUSI_FUZZ_EXAMPLES", "300"))
 MAX_PIXELS = 4_000_000

@@ -19,16 +19,31 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from helpers import BIN, cli
+from hostile import (
+    API_CORPUS,
+    CLI_CORPUS,
+    MODEL_KINDS,
+    PENDING,
+    corpus,
+    deflated_bomb,
+    dicom,
+    encapsulated_dicom,
+    exif_jpeg,
+    jpeg_bytes,
+    jpeg_declaring,
+    mask_corpus,
+    model_corpus,
+    palette_dicom,
+    png16_sbit,
+    run_corpus,
+)
 from PIL import Image, ImageOps
 
-from busi.runtime import Predictor, predict_breast_cancer
-from busi.runtime import errors
+from busi.runtime import Predictor, errors, predict_breast_cancer
 from busi.runtime.errors import InputError, ModelError
 from busi.runtime.imageio import read_image, read_rgb
 from busi.runtime.verify import sha256_file
-from helpers import BIN, cli
-from hostile import (API_CORPUS, CLI_CORPUS, MODEL_KINDS, PENDING, corpus, mask_corpus, model_corpus, deflated_bomb, dicom, encapsulated_dicom, exif_jpeg, jpeg_bytes,
-                     jpeg_declaring, palette_dicom, png16_sbit, run_corpus)
 
 ROI = "10,10,50,50"
 

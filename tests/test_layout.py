@@ -5,13 +5,12 @@ imported, so it runs in a second)."""
 from __future__ import annotations
 
 import ast
-import subprocess
 
 from helpers import ROOT
 
 #: where each package's files are (pyproject's package-dir), plus the bench beside the project
 PACKAGES = {"busi": "busi", "busi.runtime": "runtime", "busi.train": "train", "busi.export": "export", "busi.node": "node",
-            "busi.serve": "serve", "bench": "bench"}
+            "busi.serve": "serve", "busi.runtime.dicom_out": "runtime/dicom_out", "bench": "bench"}
 
 
 def modules() -> dict[str, ast.Module]:
@@ -182,3 +181,18 @@ def test_the_kind_check_finds_each_way():
     tree = ast.parse('isinstance(r, (Prediction, NeedsRoi))\ngetattr(r, "needs_roi", False)\n"error" in d\n'
                      'd.get("needs_roi")\nisinstance(x, dict)\n')
     assert result_kind_dispatch(tree) == [1, 2, 3, 4]
+
+
+def test_ruff_finds_nothing():
+    """The linter (pyproject's [tool.ruff]: pyflakes, isort, bugbear) is clean on the whole tree."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is not installed (make install installs the dev extra)"
+    r = subprocess.run([ruff, "check", "--no-cache", "--output-format", "concise", str(ROOT)], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]
+

@@ -161,8 +161,8 @@ def standin_h5(tmp_path_factory):
 
 
 def test_fine_tuning_unfreezes_exactly_the_named_stages_and_never_batch_norm(standin_h5):
-    from busi.train.stages import parse_stages
     from busi.train.model import unfreeze
+    from busi.train.stages import parse_stages
 
     path, ref = standin_h5
     for text, stages in (("conv5", ("conv5",)), ("conv4,conv5", ("conv4", "conv5")), ("conv5+conv4", ("conv4", "conv5"))):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from helpers import BIN, ROOT, cli, free_port, wait_for
 
 from busi.train.phantoms import copy_instances
-from helpers import BIN, ROOT, cli, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("Orthanc") and shutil.which("storescu") and shutil.which("echoscu")),
@@ -178,7 +178,6 @@ def test_scanner_to_node_to_pacs(exported, tmp_path, pacs, study):
     import highdicom as hd
 
     from busi.runtime.predictor import Predictor
-
     from busi.runtime.results import NeedsRoi
 
     mask = "auto" if (exported / "segmenter.onnx").is_file() else "none"
@@ -716,7 +715,7 @@ def test_a_destination_that_refuses_gets_backoff_then_the_result_is_set_aside(ex
     failure waits (2 s, doubling), an SR is set aside after --send-tries refusals, an overlay
     at the first 0xC000, each with its status in failed/results; nothing is re-sent after."""
     from pynetdicom import AE, evt
-    from pynetdicom.sop_class import ComprehensiveSRStorage, Comprehensive3DSRStorage, SecondaryCaptureImageStorage
+    from pynetdicom.sop_class import Comprehensive3DSRStorage, ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
     tries: list[tuple[float, str]] = []
 

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from helpers import SAMPLE, cli
 
 from busi.runtime import Predictor
-from helpers import SAMPLE, cli
 
 
 def _images(phantoms):

@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from helpers import SAMPLE, cli, on_a_terminal
 
 from busi.runtime import NeedsRoi, Prediction, Predictor
 from busi.runtime.card import SegmenterCard
 from busi.runtime.contract import SegmenterInfo
 from busi.runtime.imageio import read_mask
 from busi.runtime.segmenter import Segmenter
-from helpers import SAMPLE, cli, on_a_terminal
 
 #: Dice floor for the segmenter on held-out phantoms. A segmenter that learned nothing finds
 #: no lesion (Dice 0) or marks the whole image (Dice about 0.05: phantom lesions cover 1-5 %

@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from helpers import PER_CLASS, ROOT, bench_module, cli
 
 from busi.runtime import Predictor, predict_breast_cancer
 from busi.runtime.errors import DeviceError, ModelError
-from helpers import PER_CLASS, ROOT, bench_module, cli
 
 
 def infer(*args, check=False, **kw):
@@ -37,8 +37,8 @@ def lesion_images(phantoms, n=3):
 
 
 def test_predict_breast_cancer_matches_keras(exported, phantoms, predictor):
-    from busi.train.backend import keras
     from busi.train import model as _m  # noqa: F401
+    from busi.train.backend import keras
     from busi.train.inputs import load_rows
 
     keras_model = keras.models.load_model(exported / "model.keras", compile=False)
@@ -110,7 +110,7 @@ def test_same_predictor_from_8_threads_gives_serial_results(predictor, phantoms)
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors
-    for (t, j), probs in results.items():
+    for (_, j), probs in results.items():
         assert probs == serial[j]
     assert len(results) == 8 * len(items)
 

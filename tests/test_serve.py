@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from helpers import ROOT, cli
 
 from busi.runtime import NeedsRoi, Predictor
 from busi.runtime.errors import ModelError, ServerError
 from busi.serve.process import free_port, running
-from helpers import ROOT, cli
 
 TOKEN = "s3cret-token"
 
@@ -114,7 +114,6 @@ def test_what_a_triton_client_sees(exported, served, tmp_path):
     """Names, tensors and parameters as the Triton repository of the same folder declares them."""
     import tritonclient.http as th
     from google.protobuf import json_format, text_format
-
     from test_triton import mc
 
     url, _, _ = served

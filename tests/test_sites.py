@@ -12,12 +12,12 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from helpers import PROGRESS_MARKS, cli
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from busi.runtime import NeedsRoi, Prediction, Predictor, predict_breast_cancer
 from busi.runtime.verify import sha256_file, sidecar
 from busi.train.phantoms import SITES, make_phantom
-from helpers import PROGRESS_MARKS, cli
 
 CLASSES = ("normal", "benign", "malignant")
 #: the presence AUROC on site B must stay above this. The test's segmenter (64 px, trained on 34
@@ -209,7 +209,6 @@ def test_an_abstained_dicom_image_gets_a_not_classified_sr(exported, phantoms, t
     "not classified, ROI needed" with the presence score and band, valid DICOM, and no
     overlay or SEG; the classified image beside it gets its usual objects."""
     import highdicom as hd
-
     from test_dicom_out import algorithm_parameters, dciodvfy_errors, study
 
     seg = _wide_band_segmenter(exported, tmp_path / "unsure.onnx")

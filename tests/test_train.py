@@ -13,11 +13,11 @@ import time
 
 import numpy as np
 import pytest
+from helpers import BIN, cli
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
 from busi.runtime.card import ModelCard
 from busi.runtime.contract import BOX_MARGIN, CLASSES, CONTRACT_VERSION
-from helpers import BIN, cli
 
 
 def read_predictions(model_dir):

@@ -11,7 +11,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
-
 from helpers import ROOT, cli
 
 _spec = importlib.util.spec_from_file_location("triton_model_config_pb2", ROOT / "tests" / "vendor" / "triton_model_config_pb2.py")

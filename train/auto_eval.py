@@ -10,8 +10,8 @@ import numpy as np
 
 from busi.runtime.calibration import apply_temperature
 from busi.runtime.log import get as get_logger
-from busi.runtime.trust import model_qhat
 from busi.runtime.model_dir import ModelDir
+from busi.runtime.trust import model_qhat
 
 from . import dataset as ds
 from .calibrate import split_validation
@@ -19,7 +19,15 @@ from .evaluation import card_metrics, evaluate_model, predict
 from .inputs import eval_masks, load_rows
 from .ood import ood_sets
 from .report import plots, prediction_rows, write_report
-from .segmenter import auto_masks, findings, load_segmenter, predict_lesions, segment_split, segmentation_metrics, segmentation_rows
+from .segmenter import (
+    auto_masks,
+    findings,
+    load_segmenter,
+    predict_lesions,
+    segment_split,
+    segmentation_metrics,
+    segmentation_rows,
+)
 
 _LOG = get_logger(__name__)
 

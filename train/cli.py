@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
+from busi.runtime.cli_options import TYPER, quiet_option, verbose_option, version_option
 from busi.runtime.contract import MASK_SOURCES
 from busi.runtime.errors import DataError, UsageError
-from busi.runtime.cli_options import TYPER, quiet_option, verbose_option, version_option
 from busi.runtime.log import verbosity_callback
 from busi.runtime.model_dir import ModelDir
 

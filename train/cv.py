@@ -57,11 +57,10 @@ def cross_validated_operating_point(cfg, pool: Arrays, groups: list[str], sizes:
 
     from .backend import keras
     from .evaluation import predict
-    from .stages import parse_stages
     from .model import build_classifier, unfreeze
     from .pipeline import train_dataset
-    from .stages import parse_extra
     from .report import prediction_rows
+    from .stages import parse_extra, parse_stages
 
     t0 = time.time()
     oof = np.zeros((len(pool), 3))

@@ -93,7 +93,7 @@ def load_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
     for mp in sample.masks:
         m = read_mask(mp)
         if m.shape != shape:
-            warnings.warn(f"{mp}: mask is {m.shape[1]}x{m.shape[0]}, image is {shape[1]}x{shape[0]}; resized (nearest)")
+            warnings.warn(f"{mp}: mask is {m.shape[1]}x{m.shape[0]}, image is {shape[1]}x{shape[0]}; resized (nearest)", stacklevel=2)
             m = resize_mask(m, shape)
         out |= m
     return out

@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from busi.runtime.errors import DataError
-from busi.runtime.trust import model_qhat
 from busi.runtime.model_dir import ModelDir
+from busi.runtime.trust import model_qhat
 
 from . import dataset as ds
 from . import segmenter
 from .evaluation import evaluate_model
 from .ood import OodSet, far_set
+
 
 def evaluate_folder(model_dir: str | Path, data: str | Path, out: str | Path | None = None, seed: int = 0) -> Path:
     md = ModelDir(model_dir)

@@ -14,7 +14,6 @@ import numpy as np
 
 from busi.runtime.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from busi.runtime.calibration import apply_temperature
-from busi.runtime.trust import model_qhat
 from busi.runtime.card import DataInfo, ModelCard
 from busi.runtime.contract import (
     CLASSES,
@@ -32,18 +31,19 @@ from busi.runtime.contract import (
 from busi.runtime.errors import DataError
 from busi.runtime.log import get as get_logger
 from busi.runtime.model_dir import ModelDir
+from busi.runtime.trust import model_qhat
 
 from . import dataset as ds
 from .calibrate import fit_temperature, split_validation
 from .callbacks import best_weights, epoch_log
-from .phantoms import PHANTOM_MARKER
 from .evaluation import card_metrics, evaluate_model, predict, predict_with_features
 from .inputs import Arrays, eval_masks, lesion_sizes, load_rows
 from .metrics import operating_point
-from .stages import EXTRA_TEXT, parse_extra, parse_stages
 from .ood import fit_guard_from_features, guard_summary, ood_sets
+from .phantoms import PHANTOM_MARKER
 from .provenance import git_commit, now, versions
 from .report import plots, prediction_rows, write_report
+from .stages import EXTRA_TEXT, parse_extra, parse_stages
 
 _LOG = get_logger(__name__)
 

@@ -28,8 +28,16 @@ from .callbacks import epoch_log
 from .inputs import load_rows
 from .provenance import git_commit, now
 from .report import fmt
-from .segmenter import (build_segmenter, dice_bce_loss, dice_score, fit_presence, predict_lesions, rows_csv,
-                        segmentation_metrics, segmentation_rows)
+from .segmenter import (
+    build_segmenter,
+    dice_bce_loss,
+    dice_score,
+    fit_presence,
+    predict_lesions,
+    rows_csv,
+    segmentation_metrics,
+    segmentation_rows,
+)
 
 _LOG = get_logger(__name__)
 

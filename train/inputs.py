@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from busi.runtime.contract import BOX_MARGIN, CLASSES
 from busi.runtime.imageio import load_image, read_rgb, resize_mask, resize_rgb
 from busi.runtime.masks import bbox, box_mask, expand_box
-
-from busi.runtime.contract import BOX_MARGIN, CLASSES
 
 from .dataset import Sample, load_mask
 

@@ -7,8 +7,8 @@ from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
     confusion_matrix,
-    precision_recall_fscore_support,
     log_loss,
+    precision_recall_fscore_support,
     roc_auc_score,
     roc_curve,
 )

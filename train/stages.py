@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 #: ResNet50's stages, by the prefix of their layer names (conv1 is the stem)
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError
 from ..dicom_identity import MANUFACTURER
+from ..errors import InputError
 from .common import RESEARCH, frame, series
 
 if TYPE_CHECKING:

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError
 from ..dicom_identity import MANUFACTURER
+from ..errors import InputError
 from .common import frame, series
 
 if TYPE_CHECKING:

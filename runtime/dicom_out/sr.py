@@ -11,8 +11,7 @@ from ..dicom_identity import MANUFACTURER
 from ..dicom_identity import uid as _uid
 from ..dicom_source import clean
 from ..study import summarise_study
-from .common import (RESEARCH, SERIES_NUMBERS, THRESHOLD, busi_code, coding_scheme, device_observer, frame,
-                     highdicom_said, series)
+from .common import RESEARCH, SERIES_NUMBERS, THRESHOLD, busi_code, coding_scheme, device_observer, frame, highdicom_said, series
 
 if TYPE_CHECKING:
     from ..results import NeedsRoi, Prediction
