@@ -183,6 +183,26 @@ def test_the_kind_check_finds_each_way():
     assert result_kind_dispatch(tree) == [1, 2, 3, 4]
 
 
+def uid_builders(tree: ast.Module) -> list[int]:
+    """Lines that build a DICOM UID: pydicom's generate_uid imported or called."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and any(a.name == "generate_uid" for a in node.names):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Attribute) and node.attr == "generate_uid":
+            lines.append(node.lineno)
+    return lines
+
+
+def test_uids_are_built_in_the_dicom_identity_module_only():
+    """busi's objects get their UIDs from one place (dicom_identity.uid: the deterministic
+    derivation busi-infer and busi-node share); the phantom generator makes its own test data."""
+    found = {m: lines for m, tree in modules().items() if m not in ("busi.runtime.dicom_identity", "busi.train.phantoms")
+             for lines in [uid_builders(tree)] if lines}
+    assert found == {}
+    assert uid_builders(ast.parse("from pydicom.uid import generate_uid\nx = pydicom.uid.generate_uid()\n")) == [1, 2]
+
+
 def test_ruff_finds_nothing():
     """The linter (pyproject's [tool.ruff]: pyflakes, isort, bugbear) is clean on the whole tree."""
     import shutil
