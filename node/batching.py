@@ -108,9 +108,12 @@ class BatchWorker:
         deferred; with `wait`, up to `batch_delay` seconds for more while fewer wait."""
         deadline = time.monotonic() + float(self.cfg.batch_delay)
         while True:
-            files = self.spool.waiting()
-            now = time.monotonic()
+            # listed under the lock: the writer takes a finished instance out of incoming and then out
+            # of `_in_hand` under it, so a listing taken outside could still hold a file that is no
+            # longer in hand, and the worker would take it a second time
             with self._lock:
+                files = self.spool.waiting()
+                now = time.monotonic()
                 self._waiting = len(files)
                 free = [p for p in files if p not in self._in_hand and self._retry_at.get(p, 0) <= now]
             if not wait or len(free) >= size or not free or now >= deadline or self._stop.is_set():
