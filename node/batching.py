@@ -137,21 +137,29 @@ class BatchWorker:
     def _admit(self, path: Path) -> Instance:
         """(A decoding thread.) Its header, whether it is classified at all, and its pixels
         prepared for the model. Raises nothing: what went wrong is the instance's."""
-        import pydicom
+        from busi.runtime.dicom import DicomImage, header_only, read_dataset
+        from busi.runtime.files import read_regular
 
         one = Instance(path, path.stem)
         try:
             if self.spool.is_done(one.sop):  # sent again, or finished just before a crash took it out of incoming
                 one.seen = True
                 return one
+            limits = self.predictor.options
+            try:  # read and parsed once: the header decides, the pixels are decoded from the same dataset
+                data = read_regular(path, limits.max_bytes)
+            except InputError:
+                if not path.exists():
+                    one.gone = True
+                    return one
+                raise
             try:
-                head = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-            except FileNotFoundError:
-                one.gone = True
-                return one
+                ds = read_dataset(path, data, limits.max_pixels)
+            except BusiError:
+                raise
             except Exception as e:
                 raise InputError(None, f"cannot read ({describe(e)})") from None
-            one.head = head
+            one.head = head = header_only(ds)
             one.base = {"sop": one.sop, "study": str(head.get("StudyInstanceUID", "")),
                         "series": str(head.get("SeriesInstanceUID", ""))}
             if is_busi_output(head):
@@ -159,7 +167,8 @@ class BatchWorker:
             elif str(head.get("Modality", "")).upper() != "US":
                 one.skip = f"modality {head.get('Modality', 'missing')!s}, not ultrasound"
             else:  # every frame of a cine loop; a single frame as itself
-                one.prepared = self.predictor.prepare_item(str(path), self.mask, "all", keep_view=True)
+                dcm = DicomImage(str(path), max_pixels=limits.max_pixels, dataset=ds)
+                one.prepared = self.predictor.prepare_item(dcm, self.mask, "all", keep_view=True)
         except Exception as e:
             one.error = e
         return one

@@ -59,7 +59,7 @@ def refusal(status: int, comment: str):
 
 
 def pixel_problem(ds) -> str | None:
-    """Why the pixel data of `ds` (read back from the spool) cannot be whole, or None: native
+    """Why the pixel data of `ds` (as received) cannot be whole, or None: native
     data at least Rows x Columns x frames x samples x bits long, encapsulated data a complete
     fragment sequence with a fragment per frame. Nothing is decoded (that is the worker's)."""
     if "PixelData" not in ds:
@@ -245,7 +245,9 @@ class Node(BatchWorker):
             self.event("refused", sop=sop, calling=calling, reason=f"queue full ({self.cfg.queue} images waiting)")
             return refusal(OUT_OF_RESOURCES, "queue full; try again later")
         try:
-            problem, status = self.spool.receive(sop, event.encoded_dataset(include_meta=True), self.check_spooled), \
+            data = event.encoded_dataset(include_meta=True)
+            ds.file_meta = event.file_meta
+            problem, status = self.spool.receive(sop, data, lambda written: self.check_spooled(written, data, ds)), \
                 CANNOT_UNDERSTAND
         except OSError as e:  # full disk, lost spool: the sender hears it, nothing is lost silently
             problem, status = f"cannot spool ({e.strerror or e})", OUT_OF_RESOURCES
@@ -261,18 +263,21 @@ class Node(BatchWorker):
         self._work.set()
         return SUCCESS
 
-    def check_spooled(self, path: Path) -> str | None:
-        """Read the instance back from the spool: why it cannot be whole (a dataset cut short on
-        the wire, a file the disk did not keep), or None. Pixel data are measured, not decoded."""
-        import pydicom
-
+    def check_spooled(self, path: Path, data: bytes, ds) -> str | None:
+        """Why the instance cannot be whole, or None: the spool's copy read back is not the bytes
+        received (a file the disk did not keep), or the dataset as received (`ds`, parsed once,
+        by pynetdicom) was cut short on the wire. Pixel data are measured, not decoded."""
         try:
-            ds = pydicom.dcmread(path, force=True)
+            if path.read_bytes() != data:
+                return "the copy read back from the spool differs from what was received"
+        except OSError as e:
+            return f"cannot read it back from the spool ({e.strerror or e})"
+        try:
             if "SOPInstanceUID" not in ds or "TransferSyntaxUID" not in ds.file_meta:
-                return "the dataset read back from the spool is incomplete (cut short?)"
+                return "the dataset received is incomplete (cut short?)"
             return pixel_problem(ds)
         except Exception as e:
-            return f"cannot read it back from the spool ({describe(e)})"
+            return f"the dataset received cannot be read ({describe(e)})"
 
     # ---- processing (the worker: busi.node.batching) ----------------------------------------
     def _commit(self, path: Path, sop: str, head, base: dict, pred, staged: Path) -> None:

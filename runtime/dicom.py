@@ -62,7 +62,11 @@ def _int(path, ds, keyword: str, default: int | None = None) -> int:
     return v
 
 
-def _read_dataset(path, data: bytes, max_pixels: int):
+def read_dataset(path, data: bytes, max_pixels: int):
+    """The whole dataset of a DICOM file's bytes, parsed once (a deflated one inflated with the
+    cap that `max_pixels` allows); nothing checked or decoded yet: `DicomImage(dataset=...)`
+    takes it from here, so a caller that must look at the header first (busi-node) does not
+    parse the file twice."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.filereader import read_dataset
@@ -104,6 +108,25 @@ def _read_dataset(path, data: bytes, max_pixels: int):
     ds.file_meta = meta
     ds.set_original_encoding(False, True)
     return ds
+
+
+def header_only(ds):
+    """A dataset of `ds`'s elements before its pixel data, with its file meta and encoding (what
+    `dcmread(stop_before_pixels=True)` would give), sharing their values: what busi-node keeps
+    of an image for its study summary, without reading the file again."""
+    from pydicom.dataset import Dataset
+
+    head = Dataset()
+    for tag in ds.keys():
+        if tag < 0x7FE00008:
+            head[tag] = ds.get_item(tag, keep_deferred=True)
+    if hasattr(ds, "file_meta"):
+        head.file_meta = ds.file_meta
+    head.preamble = getattr(ds, "preamble", None)
+    implicit, little = ds.original_encoding
+    if implicit is not None:
+        head.set_original_encoding(implicit, little, ds.original_character_set)
+    return head
 
 
 #: the photometric interpretations busi shows, with their samples per pixel (HSV, ARGB, CMYK are retired)
@@ -317,10 +340,11 @@ class DicomImage:
     memory at full size), its identity (study, series, instance UIDs). Every problem is one
     InputError naming the file (and the tag, where one is at fault)."""
 
-    def __init__(self, path, data: bytes, *, max_pixels: int):
+    def __init__(self, path, data: bytes | None = None, *, max_pixels: int, dataset=None):
+        """From the file's bytes, or from the `dataset` `read_dataset` parsed from them."""
         self.path = path
         with _as_input_error(path):
-            ds = self.ds = _read_dataset(path, data, max_pixels)
+            ds = self.ds = dataset if dataset is not None else read_dataset(path, data, max_pixels)
             if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
                 raise InputError(path, "DICOM has no pixel data")
             pixels = next(ds[k].value for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds)
@@ -347,11 +371,6 @@ class DicomImage:
             # otherwise decode as a stack of them
             rgb, notes = _to_rgb(self.path, self.ds, _decode(self.path, self.ds, index))
             return rgb, self.notes + notes
-
-
-def read_dicom_rgb(path, data: bytes, *, max_pixels: int, frame: int = 0) -> tuple[np.ndarray, list[str]]:
-    """(RGB uint8 array, notes) of one frame; InputError with a one-line reason otherwise."""
-    return DicomImage(path, data, max_pixels=max_pixels).frame(frame)
 
 
 def dicom_problem(e: BaseException) -> str:

@@ -68,15 +68,6 @@ def box_mask(shape: tuple[int, int], box: Box) -> np.ndarray:
     return m
 
 
-def scale_box(box: Box, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> Box:
-    """Map a box from one image size to another (e.g. original -> model input)."""
-    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
-    x, y, w, h = box
-    x0, y0 = int(np.floor(x * sx)), int(np.floor(y * sy))
-    x1, y1 = int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))
-    return x0, y0, max(1, x1 - x0), max(1, y1 - y0)
-
-
 def placeholder_box(shape: tuple[int, int], size_frac: tuple[float, float]) -> Box:
     """A lesion-sized box in the middle of the image: what a box-trained model is given when
     there is no lesion to outline (training drew such boxes at random plausible places)."""

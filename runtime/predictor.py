@@ -166,12 +166,13 @@ class Predictor:
         """Every frame of a multi-frame DICOM (a cine loop), decoded from one read of the file
         and prepared one by one; any other image is one item, as `prepare` gives it."""
         mask = MaskArg.of(mask)
-        if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
-            is_path = isinstance(image, (str, os.PathLike))
-            path = str(image) if is_path else "<image bytes>"
-            data = read_regular(image, self.max_bytes) if is_path else bytes(image)
-            if data and is_dicom(data):
-                dcm = DicomImage(path, data, max_pixels=self.max_pixels)
+        dcm = image if isinstance(image, DicomImage) else None  # parsed already (busi-node looked at its header)
+        if dcm is not None or isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+            is_path = dcm is not None or isinstance(image, (str, os.PathLike))
+            path = str(dcm.path if dcm is not None else image) if is_path else "<image bytes>"
+            data = None if dcm is not None else read_regular(image, self.max_bytes) if is_path else bytes(image)
+            if dcm is not None or (data and is_dicom(data)):
+                dcm = dcm or DicomImage(path, data, max_pixels=self.max_pixels)
                 out = []
                 for i in range(dcm.n_frames):
                     rgb, notes = dcm.frame(i)
@@ -511,6 +512,8 @@ def _view(rgb: np.ndarray, model_mask_: np.ndarray, lesion: np.ndarray | None, d
 
 def _label(img) -> str | None:
     """How a failure names its input: the path, or None for arrays and bytes."""
+    if isinstance(img, DicomImage):
+        return str(img.path)
     return str(img) if isinstance(img, (str, os.PathLike)) else None
 
 

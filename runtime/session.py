@@ -159,10 +159,6 @@ def nvidia_driver() -> bool:
     return False
 
 
-def _cpu_session(model: str | bytes, so) -> ort.InferenceSession:
-    return ort.InferenceSession(model, so, providers=[CPU])
-
-
 def create_session(
     model: str | bytes, device: str = "auto", threads: int | None = None, notice=None
 ) -> tuple[ort.InferenceSession, str]:

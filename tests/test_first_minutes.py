@@ -96,7 +96,7 @@ def test_a_busi_normal_image_with_its_empty_mask_gets_the_trained_placeholder(ex
         rgb = read_image(path).rgb
         m = resize_mask(box_mask(rgb.shape[:2], placeholder_box(rgb.shape[:2], frac)), S).astype(np.float32)
         image = p.prepare(path, "none").image
-        want = p.run(image[None], m[None, :, :, None])[0]
+        want = p.runner.run(image[None], m[None, :, :, None])[0][0]
         assert np.allclose([rec["probabilities"][c] for c in p.info.classes], want, atol=1e-5)
 
 

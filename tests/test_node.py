@@ -279,14 +279,46 @@ def test_the_node_runs_its_model_on_busi_serve(exported, tmp_path, pacs, study):
     assert r.returncode != 0 and "server http://127.0.0.1:9" in r.stderr.strip().splitlines()[-1], r.stderr
 
 
-def test_a_study_gets_a_summary_and_a_later_image_supersedes_it(exported, tmp_path, pacs, study):
+#: busi-node with its DICOM parses written down: pynetdicom's decoding of a received dataset,
+#: busi's parse of a spooled file, and any pydicom read of a file by its name
+COUNTING = """
+import os, sys
+import pydicom, pynetdicom.events as ev
+import busi.runtime.dicom as dicom
+log = open(os.environ["BUSI_TEST_PARSES"], "a", buffering=1)
+def counted(kind, real, name):
+    def wrapper(*a, **kw):
+        log.write(f"{kind} {name(a)}\\n")
+        return real(*a, **kw)
+    return wrapper
+ev.decode = counted("wire", ev.decode, lambda a: "-")
+dicom.read_dataset = counted("spool", dicom.read_dataset, lambda a: os.path.basename(str(a[0])))
+real_dcmread = pydicom.dcmread
+def dcmread(fp, *a, **kw):
+    if isinstance(fp, (str, os.PathLike)):
+        log.write(f"file {os.path.abspath(fp)}\\n")
+    return real_dcmread(fp, *a, **kw)
+pydicom.dcmread = dcmread
+from busi.node.cli import main
+sys.argv[0] = "busi-node"
+main()
+"""
+
+
+def test_a_study_gets_a_summary_and_a_later_image_supersedes_it(exported, tmp_path, pacs, study, monkeypatch):
     """--study-idle: a study quiet for that long gets one study SR (highest P(malignant), images,
-    flag); an image arriving later gives a new study SR in the same series that supersedes it."""
+    flag); an image arriving later gives a new study SR in the same series that supersedes it.
+    Each instance is parsed twice, once as received and once from the spool (the header that
+    decides and the pixels come from the same parse); a summary reads the headers it kept."""
     import io
+    import sys
+    from collections import Counter
 
     import highdicom as hd
 
-    node = start_node(exported, tmp_path, pacs, extra=("--study-idle", "2"))
+    parses = tmp_path / "parses.txt"
+    monkeypatch.setenv("BUSI_TEST_PARSES", str(parses))
+    node = start_node(exported, tmp_path, pacs, extra=("--study-idle", "2"), command=[sys.executable, "-c", COUNTING])
 
     def summaries():
         return [e for e in node.events() if e["event"] == "summarised"]
@@ -312,6 +344,17 @@ def test_a_study_gets_a_summary_and_a_later_image_supersedes_it(exported, tmp_pa
         assert new.InstanceNumber == 2 and new.StudyInstanceUID == sr.StudyInstanceUID
     finally:
         node.stop()
+    seen = Counter(parses.read_text().splitlines())
+    sops = {sop_of(f) for f in study}
+    assert seen["wire -"] == len(sops)  # each received dataset decoded once by pynetdicom
+    assert {k.split()[1] for k in seen if k.startswith("spool ")} == {f"{sop}.dcm" for sop in sops}
+    assert all(n == 1 for k, n in seen.items() if k.startswith("spool ")), seen
+    # no image is read again from incoming; the summaries (5 images, then 6) read the headers kept for them
+    files = Counter()
+    for k, n in seen.items():
+        if k.startswith("file "):
+            files[Path(k[5:]).relative_to((tmp_path / "spool").resolve()).parts[0]] += n
+    assert "incoming" not in files and files["studies"] == 5 + 6, seen
 
 
 def test_the_pacs_routes_a_study_to_the_node(exported, tmp_path, pacs, study):

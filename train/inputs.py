@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from busi.runtime.contract import BOX_MARGIN, CLASSES
-from busi.runtime.imageio import load_image, read_rgb, resize_mask, resize_rgb
+from busi.runtime.imageio import read_rgb, resize_mask, resize_rgb
 from busi.runtime.masks import bbox, box_mask, expand_box
 
 from .dataset import Sample, load_mask
@@ -116,7 +116,3 @@ def eval_masks(arr: Arrays, source: str, sizes: np.ndarray, seed: int = 0) -> np
         rng = np.random.default_rng(_stable_seed(arr.paths[i], seed))
         out[i, :, :, 0] = source_mask(source, arr.gt[i], rng, sizes, BOX_MARGIN)
     return out
-
-
-def load_paths(paths: list[Path], size: int) -> np.ndarray:
-    return np.stack([load_image(p, size) for p in paths])
