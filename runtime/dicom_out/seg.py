@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..dicom_identity import MANUFACTURER
+from ..dicom_identity import MANUFACTURER, uid
 from ..errors import InputError
 from .common import frame, series
 
@@ -41,4 +41,10 @@ def segmentation(prediction: "Prediction", src, key, lesion: np.ndarray):
         software_versions=__version__, device_serial_number=prediction.model_sha256[:16],
         series_description="busi lesion (research use only, not a medical device)", **series(src, "seg", key))
     seg.PatientOrientation = src.get("PatientOrientation", None)
+    # highdicom draws the dimension organisation's UID at random: derived like the others, a re-run
+    # writes the same object again (only its creation date and time differ)
+    organisation = uid(*key, "seg", "dimension-organization")
+    for item in (*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])):
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = organisation
     return seg
