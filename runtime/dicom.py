@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from . import dicom_headers
 from .errors import InputError, first_line
 from .log import native_stderr_captured
 from .pixels import check_pixel_limit, to_uint8
@@ -87,7 +88,8 @@ def read_dataset(path, data: bytes, max_pixels: int):
     meta = FileMetaDataset(read_dataset(fp, is_implicit_VR=False, is_little_endian=True,
                                         stop_when=lambda tag, vr, length: tag.group != 2))
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        return pydicom.dcmread(io.BytesIO(data))
+        header = dicom_headers.take(path, data)  # busi-infer's folder walk parsed it up to the pixel data
+        return _completed(header, data) if header is not None else pydicom.dcmread(io.BytesIO(data))
     cap = INFLATE_BYTES_PER_PIXEL * max_pixels + INFLATE_HEADROOM if max_pixels else 0
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     body = inflater.decompress(data[fp.tell():], INFLATE_HEADROOM)
@@ -127,6 +129,20 @@ def header_only(ds):
     if implicit is not None:
         head.set_original_encoding(implicit, little, ds.original_character_set)
     return head
+
+
+def _completed(header, data: bytes):
+    """`header` (parsed from `data` up to its pixel data) with the elements after it parsed:
+    the same dataset as a parse of all of `data`, without parsing the header again."""
+    from pydicom.filereader import read_dataset as read_elements
+
+    implicit, little = header.original_encoding
+    fp = io.BytesIO(data)
+    fp.seek(len(header.busi_prefix))
+    rest = read_elements(fp, implicit, little)
+    for tag in rest.keys():
+        header[tag] = rest.get_item(tag, keep_deferred=True)
+    return header
 
 
 #: the photometric interpretations busi shows, with their samples per pixel (HSV, ARGB, CMYK are retired)

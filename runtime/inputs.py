@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import dicom_headers
 from .dicom_identity import is_busi_output
 from .errors import InputError, describe
 from .files import read_regular
@@ -93,7 +94,10 @@ def _dicom_kind(path: Path, head: bytes, allow_modality: bool = True) -> str | I
         return None  # cannot tell what it is: tried, so the full read names the problem in a record
     if not ds.busi_has_pixels:
         return NO_PIXELS
-    return None if allow_modality else refusal(path, ds)
+    refused = None if allow_modality else refusal(path, ds)
+    if refused is None:
+        _keep_for_decoding(path, ds)
+    return refused
 
 
 def refusal(path, ds) -> InputError | None:
@@ -122,8 +126,12 @@ def named_refusal(path: str, allow_modality: bool) -> InputError | None:
     if ds is None or is_busi_output(ds):
         return None
     if not not_an_image(ds.get("SOPClassUID", "")) and (allow_modality or not ds.busi_has_pixels):
+        _keep_for_decoding(p, ds)
         return None  # an image, allowed; or no pixel data: tried, so that problem is reported
-    return refusal(path, ds)
+    refused = refusal(path, ds)
+    if refused is None:
+        _keep_for_decoding(p, ds)
+    return refused
 
 
 #: a deflated header is inflated up to this many bytes to find what the object is (a bomb guard);
@@ -134,27 +142,34 @@ _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
 
 def read_header(path: Path, head: bytes = b""):
     """The dataset up to its pixel data, parsed from the whole file (never a fixed prefix:
-    pydicom running out of data inside a sequence returns an empty dataset, not an error),
-    with `busi_has_pixels` and `busi_complete` (the parse reached the pixel data or the end of
-    the file) set; None when it cannot be parsed (the full read reports why)."""
-    import os
+    pydicom running out of data inside a sequence returns an empty dataset, not an error; a
+    `head` shorter than SNIFF_BYTES is the whole file), with `busi_has_pixels`,
+    `busi_complete` (the parse reached the pixel data or the end of the file) and
+    `busi_prefix` (the bytes up to the pixel data element, for `dicom_headers.keep`; None
+    when a value was left in the file) set; None when it cannot be parsed (the full read
+    reports why)."""
+    import io
     import struct
     import warnings
 
     import pydicom
 
+    whole = bool(head) and len(head) < SNIFF_BYTES
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = None if whole else os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as fp:
+    with io.BytesIO(head) if whole else os.fdopen(fd, "rb") as fp:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if b"1.2.840.10008.1.2.1.99" in head[:4096]:  # deflated: inflate the header only, capped
-                    return _deflated_header(head if len(head) < SNIFF_BYTES else fp.read())
-                ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True, defer_size=1 << 16)
+                    return _deflated_header(head if whole else fp.read())
+                ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True, defer_size=None if whole else 1 << 16)
+                offset = fp.tell()
                 tag = fp.read(4)
+                fp.seek(0)
+                ds.busi_prefix = None if not whole and _has_deferred(ds) else fp.read(offset)
         except Exception:
             return None
     if len(tag) == 4:
@@ -165,8 +180,25 @@ def read_header(path: Path, head: bytes = b""):
         ds.busi_has_pixels = False
     # 'no pixel data' is believed only when the parse reached the end of the file (pydicom stops
     # quietly at a truncated element or sequence)
-    ds.busi_complete = ds.busi_has_pixels or _ends_at(ds, os.path.getsize(path))
+    ds.busi_complete = ds.busi_has_pixels or _ends_at(ds, len(head) if whole else os.path.getsize(path))
     return ds
+
+
+def _has_deferred(ds) -> bool:
+    """Whether a value of `ds` was left in the file (larger than the header read's defer size)."""
+    from pydicom.dataelem import RawDataElement
+
+    for t in ds.keys():
+        e = ds.get_item(t, keep_deferred=True)
+        if isinstance(e, RawDataElement) and e.value is None and e.length not in (0, 0xFFFFFFFF):
+            return True
+    return False
+
+
+def _keep_for_decoding(path, ds) -> None:
+    """An image about to be classified: its header is kept for the decoder (parsed once)."""
+    if ds.busi_has_pixels and getattr(ds, "busi_prefix", None) and ds.busi_prefix[128:132] == b"DICM":
+        dicom_headers.keep(path, ds, ds.busi_prefix)
 
 
 def _ends_at(ds, size: int) -> bool:

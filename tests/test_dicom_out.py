@@ -131,14 +131,19 @@ def test_sr_sc_seg_are_valid_and_say_what_the_prediction_says(exported, tmp_path
     assert r.returncode == 2 and f"{out}: is a directory without images ({len(files)} busi's own DICOM outputs)" in r.stderr
 
 
-def test_a_dicom_image_is_parsed_once_for_its_header_and_once_to_decode(exported, tmp_path, lesion_grey, monkeypatch):
-    """Issue 30's DICOM seam: finding a file reads its header (without pixel data), decoding
-    parses it once, and the SR and SC reuse that dataset instead of reading the file again."""
-    from busi.runtime import dicom_out
+def test_a_dicom_image_is_parsed_once(exported, tmp_path, lesion_grey, monkeypatch):
+    """Issue 30's DICOM seam: finding a file parses its header (up to the pixel data), decoding
+    parses only what follows it, and the SR and SC reuse that dataset instead of reading the
+    file again. The result is the one a whole parse gives; a file rewritten after it was found
+    is parsed again, whole."""
+    from busi.runtime import dicom_headers, dicom_out
     from busi.runtime.inputs import expand_inputs
     from busi.runtime.predictor import Predictor
 
-    study(tmp_path / "in", {"IM0001": lesion_grey, "IM0002": np.ascontiguousarray(lesion_grey[::-1])})
+    study(tmp_path / "in", {"IM0001": lesion_grey, "IM0002": np.ascontiguousarray(lesion_grey[::-1]),
+                            "IM0003": np.ascontiguousarray(lesion_grey[:, ::-1])})
+    predictor = Predictor(exported / "model.onnx")
+    whole = {Path(p).name: predictor.predict(str(p), "none", keep_view=True) for p in sorted((tmp_path / "in").iterdir())}
     calls, real = [], pydicom.dcmread
 
     def counting(fp, *a, **kw):
@@ -146,11 +151,23 @@ def test_a_dicom_image_is_parsed_once_for_its_header_and_once_to_decode(exported
         return real(fp, *a, **kw)
 
     monkeypatch.setattr(pydicom, "dcmread", counting)
+    dicom_headers.clear()
     files = expand_inputs([str(tmp_path / "in")]).files
-    written = []
-    for r in Predictor(exported / "model.onnx").iter_predict(files, "none", keep_view=True):
+    assert sorted(calls) == ["header"] * 3, calls
+    rewritten = pydicom.dcmread(tmp_path / "in" / "IM0003")  # after the walk: another patient name, a longer header
+    rewritten.PatientName = "Rewritten^After^The^Walk"
+    rewritten.save_as(tmp_path / "in" / "IM0003")
+    calls.clear()
+    written, results = [], {}
+    for r in predictor.iter_predict(files, "none", keep_view=True):
+        results[Path(r.path).name] = r
         written += dicom_out.write(r, r.path, tmp_path / "out")
-    assert len(written) == 4 and sorted(calls) == ["full", "full", "header", "header"], calls
+    assert len(written) == 6 and calls == ["full"], calls  # only the rewritten file parsed again
+    assert str(results["IM0003"].extras["dicom_source"].PatientName) == "Rewritten^After^The^Walk"
+    for name in ("IM0001", "IM0002"):
+        a, b = results[name], whole[name]
+        assert a.probabilities == b.probabilities and a.dicom == b.dicom
+        assert a.extras["dicom_source"] == b.extras["dicom_source"]  # every element, the pixel data included
 
 
 def test_a_whole_image_sr_and_png_inputs(exported, tmp_path, lesion_grey, phantoms):
