@@ -281,10 +281,16 @@ class Node(BatchWorker):
 
     # ---- processing (the worker: busi.node.batching) ----------------------------------------
     def _commit(self, path: Path, sop: str, head, base: dict, pred, staged: Path) -> None:
-        from busi.runtime import dicom_out
+        from busi.runtime.sinks import DicomSink
 
-        written = dicom_out.write(pred, str(path), staged, options=self.options)
-        outputs = [p.name for p in written]
+        # busi-infer's DICOM output, driven the same way (add, close); strict: a full disk defers
+        # the image (it waits in the spool), a source that cannot have outputs fails it
+        sink = DicomSink(staged, self.options, strict=True)
+        said: dict = {}
+        sink.add(pred, said)
+        sink.close()
+        outputs = [p.name for p in sink.written]
+        notes = {"notes": said["notes"]} if said.get("notes") else {}
         study = base["study"] if self.cfg.study_idle and is_uid(base["study"]) else None
         if self.cfg.study_idle and base["study"] and study is None:
             self.event("warning", sop=sop, message=f"StudyInstanceUID {base['study'][:80]!r} is not a UID: "
@@ -292,12 +298,12 @@ class Node(BatchWorker):
         if pred.kind == NEEDS_ROI:  # auto abstained: its SR says "not classified, ROI needed"; no class
             reason = pred.reason.replace(str(path), f"instance {sop}")
             record = {**base, "event": "needs_roi", "reason": reason, "lesion_presence": pred.lesion_presence,
-                      "outputs": outputs}
+                      "outputs": outputs, **notes}
             study = None
         else:
             record = {**base, "event": "classified", "class": pred.label, "p_malignant": pred.flag_probability,
                       "malignant": pred.malignant, "threshold": pred.threshold, "mask_source": pred.mask_source,
-                      "out_of_distribution": pred.out_of_distribution, "outputs": outputs}
+                      "out_of_distribution": pred.out_of_distribution, "outputs": outputs, **notes}
         # all of its results at once into outgoing, then its study header, then its record (which
         # takes it out of incoming): a crash or a full disk in between redoes it, the same UIDs
         self.spool.commit(sop, staged)

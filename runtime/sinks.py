@@ -124,12 +124,15 @@ class DicomSink(Sink):
     """--dicom-out: SR, SC and SEG for each DICOM result (busi.runtime.dicom_out), an SR that
     says so for an abstained one; PNG and JPEG inputs get none, which is said once."""
 
-    def __init__(self, folder: Path, options: str):
+    def __init__(self, folder: Path, options: str, strict: bool = False):
+        """`strict` (busi-node): what keeps a result's objects from being written is raised, for
+        the caller to decide (busi-node defers an image a full disk stopped and fails one whose
+        source cannot have DICOM output); busi-infer's default records it with the result."""
         import importlib.util
 
         if importlib.util.find_spec("highdicom") is None:
             raise UsageError("--dicom-out needs highdicom: pip install 'busi[dicom]'")
-        self.folder, self.options = folder, options
+        self.folder, self.options, self.strict = folder, options, strict
         self.written: list[Path] = []
         self.not_dicom = 0
         self.failed = 0
@@ -156,17 +159,23 @@ class DicomSink(Sink):
         notes: list[str] = []
         try:
             self.written += write(r, r.path, self.folder, options=self.options, notes=notes)
-        except (InputError, OutputError) as e:  # this source cannot have DICOM output, or it could not be written
-            return str(e)
-        except OSError as e:
-            return f"{self.folder}: cannot write the DICOM output of {r.path} ({e.strerror or e})"
-        except Exception as e:  # never let one source's output stop the batch
-            from .dicom import dicom_problem
-
-            return f"{r.path}: DICOM output not written ({dicom_problem(e)})"
+        except Exception as e:
+            if self.strict:
+                raise
+            return self._problem(r, e)
         finally:  # what was done to the source's values to write them (a value left empty, a date rewritten)
             r.notes.extend(f"DICOM output: {n}" for n in notes)
         return None
+
+    def _problem(self, r, e: Exception) -> str:
+        """The record's dicom_output_error: never let one source's output stop the batch."""
+        if isinstance(e, (InputError, OutputError)):  # this source cannot have DICOM output, or it could not be written
+            return str(e)
+        if isinstance(e, OSError):
+            return f"{self.folder}: cannot write the DICOM output of {r.path} ({e.strerror or e})"
+        from .dicom import dicom_problem
+
+        return f"{r.path}: DICOM output not written ({dicom_problem(e)})"
 
     def summary(self) -> str:
         kinds = {}
