@@ -183,6 +183,9 @@ def test_recipes_compare_on_validation_and_test_from_their_own_files(trained, tm
     box = json.loads((trained / "report.json").read_text())["mask_sources"]["box"]
     test_row = next(ln for ln in text.splitlines() if ln.startswith("| test: balanced accuracy"))
     assert f"{box['balanced_accuracy']:.3f} [{box['ci95']['balanced_accuracy'][0]:.2f}" in test_row
+    losses = [float(x["val_loss"]) for x in csv.DictReader((trained / "history.csv").open())]
+    epochs_row = next(ln for ln in text.splitlines() if ln.startswith("| epochs run (best kept)"))
+    assert epochs_row.count(f" {len(losses)} ({int(np.argmin(losses)) + 1}) |") == 2  # what early stopping kept
     other = tmp_path / "other"
     other.mkdir()
     for name in ("report.json", "card.json", "predictions.csv"):

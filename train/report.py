@@ -266,6 +266,16 @@ def _validation_figures(model_dir: Path, source: str) -> dict:
     return {"n": len(rows), **point_metrics(y, p, -1.0), "nll_raw": nll(y, raw), "ece": ece(y, p)}
 
 
+def _kept_epoch(model_dir: Path) -> str:
+    """The epoch whose weights the run kept (the lowest validation loss, as early stopping and
+    the fine-tuning phase restore), from its history.csv; '?' where there is none."""
+    try:
+        losses = [float(r["val_loss"]) for r in csv.DictReader((model_dir / "history.csv").open())]
+    except (OSError, KeyError, ValueError):
+        return "?"
+    return str(int(np.argmin(losses)) + 1) if losses else "?"
+
+
 def compare_table(model_dirs: list[Path]) -> str:
     """Recipes side by side (from each folder's card.json, report.json and predictions.csv):
     what was trained, the validation figures a recipe is chosen on, and the test figures of
@@ -287,7 +297,7 @@ def compare_table(model_dirs: list[Path]) -> str:
         [*(["scanner"] if tr.get("scanner_augment") else []), *[e for e in tr.get("augment_extra", "none").split(",") if e != "none"]]
         ) or ("none" if tr.get("augment", True) else "switched off"))
     row("precision", lambda d, rep, tr, *_: tr.get("precision", "float32"))
-    row("epochs run (best kept)", lambda d, rep, tr, *_: str(tr["epochs_run"]))
+    row("epochs run (best kept)", lambda d, rep, tr, *_: f"{tr['epochs_run']} ({_kept_epoch(d)})")
     row("training time", lambda d, rep, tr, *_: f"{tr['seconds'] / 60:.0f} min")
     row("mask source (trained)", lambda d, rep, tr, src, *_: src)
     for key, label in (("balanced_accuracy", "balanced accuracy"), ("macro_auc", "macro AUC"), ("nll_raw", "log loss (before calibration)"),
