@@ -34,7 +34,6 @@ def structured_report(prediction: "Prediction", src, key):
         + ([f"cine loop of {prediction.cine['frames']} frames: class probabilities are the mean over the frames, "
             f"Probability of cancer and the flag are those of frame {prediction.cine['max_malignant_frame']} (0-based), "
             "the highest"] if prediction.cine else []))
-    device = device_observer(sha)
     pathology = {"normal": codes.SCT.Normal, "benign": codes.SCT.Benign, "malignant": codes.SCT.Malignant}
     qualitative = [
         hd.sr.QualitativeEvaluation(name=hd.sr.CodedConcept("111042", "DCM", "Pathology"), value=pathology[prediction.label]),
@@ -81,13 +80,7 @@ def structured_report(prediction: "Prediction", src, key):
             tracking_identifier=tracking, finding_type=codes.SCT.Breast, algorithm_id=algorithm,
             measurements=measurements, qualitative_evaluations=qualitative,
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src, referenced_frame_numbers=frames)])
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=device),
-        procedure_reported=codes.SCT.UltrasonographyOfBreast, imaging_measurements=[group],
-        title=codes.DCM.ImagingMeasurementReport)
-    return hd.sr.Comprehensive3DSR(
-        evidence=[src], content=report, manufacturer=MANUFACTURER, **series(src, "sr", key),
-        series_description="busi finding (research use only, not a medical device)", coding_schemes=[coding_scheme()])
+    return _report(group, sha, [src], "busi finding (research use only, not a medical device)", **series(src, "sr", key))
 
 
 def not_classified_report(result: "NeedsRoi", src, key):
@@ -121,13 +114,7 @@ def not_classified_report(result: "NeedsRoi", src, key):
         finding_type=codes.SCT.Breast, algorithm_id=algorithm, measurements=measurements,
         qualitative_evaluations=qualitative,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src, referenced_frame_numbers=frame(result, src))])
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(sha)),
-        procedure_reported=codes.SCT.UltrasonographyOfBreast, imaging_measurements=[group],
-        title=codes.DCM.ImagingMeasurementReport)
-    return hd.sr.Comprehensive3DSR(
-        evidence=[src], content=report, manufacturer=MANUFACTURER, **series(src, "sr", key),
-        series_description="busi: not classified, ROI needed (research use only)", coding_schemes=[coding_scheme()])
+    return _report(group, sha, [src], "busi: not classified, ROI needed (research use only)", **series(src, "sr", key))
 
 
 def study_report(sources: list, p_malignant: dict[str, float], threshold: float, sha: str, options: str = "",
@@ -167,18 +154,26 @@ def study_report(sources: list, p_malignant: dict[str, float], threshold: float,
             name=busi_code("MALIGNANT-FLAG", "Malignant flag at the operating point"),
             value=codes.SCT.Yes if flagged else codes.SCT.No)],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(top)])
+    covered = sorted(d.SOPInstanceUID for d in sources)
+    with highdicom_said(f"study {study}"):
+        sr = _report(group, sha, sources, "busi study summary (research use only, not a medical device)",
+                     series_instance_uid=_uid(study, "study", sha, options), series_number=SERIES_NUMBERS["study"],
+                     sop_instance_uid=_uid(study, "study", sha, options, *covered), instance_number=version)
+    for c in cleaned:
+        c.restore(sr)
+    return sr
+
+
+def _report(group, sha: str, evidence: list, description: str, **identity):
+    """The envelope every busi SR shares: a TID 1500 Measurement Report of breast ultrasound
+    with busi as the observing device and `group` as its one measurement group, in a
+    Comprehensive 3D SR that declares busi's private coding scheme."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(sha)),
         procedure_reported=codes.SCT.UltrasonographyOfBreast, imaging_measurements=[group],
         title=codes.DCM.ImagingMeasurementReport)
-    covered = sorted(d.SOPInstanceUID for d in sources)
-    with highdicom_said(f"study {study}"):
-        sr = hd.sr.Comprehensive3DSR(
-            evidence=sources, content=report, manufacturer=MANUFACTURER,
-            series_instance_uid=_uid(study, "study", sha, options), series_number=SERIES_NUMBERS["study"],
-            sop_instance_uid=_uid(study, "study", sha, options, *covered), instance_number=version,
-            series_description="busi study summary (research use only, not a medical device)",
-            coding_schemes=[coding_scheme()])
-    for c in cleaned:
-        c.restore(sr)
-    return sr
+    return hd.sr.Comprehensive3DSR(evidence=evidence, content=report, manufacturer=MANUFACTURER,
+                                   series_description=description, coding_schemes=[coding_scheme()], **identity)
