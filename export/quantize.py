@@ -181,7 +181,10 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
             # strided: a few batches' activations at a time, ranges merged (bounded memory).
             # (CalibMaxIntermediateOutputs looks like the same thing but, in onnxruntime
             # 1.31, drops the batches it folds away instead of merging their ranges.)
-            extra = {"CalibStridedMinMax": reader.stride()}
+            # Percentile and Entropy build histograms, and ORT stacks the batches of one collection
+            # into one array: a last batch smaller than the others (543 training images in 8s) broke
+            # them with "inhomogeneous shape" (onnxruntime#18792), so they collect one batch at a time
+            extra = {"CalibStridedMinMax": reader.stride() if name == "MinMax" else 1}
             if name == "Percentile":
                 extra["CalibPercentile"] = 99.99
             # each calibration method's activation ranges are computed once and reused by any
