@@ -46,6 +46,15 @@ class _Reader:
     of calibration images (ResNet50 at 224 px keeps about 100 MB of activations per image)."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, batch: int = 8):
+        # every batch the same size: the last one is filled up with the first images again.
+        # Percentile and Entropy build histograms, and ORT stacks the batches it collects at once
+        # into one array, so a shorter last batch (543 training images in 8s) failed them with
+        # "inhomogeneous shape" (onnxruntime#18792); a repeated image moves no MinMax range and
+        # weighs 1/544 in a histogram
+        short = -len(images) % batch if len(images) > batch else 0
+        if short:
+            fill = np.resize(np.arange(len(images)), short)
+            images, masks = np.concatenate([images, images[fill]]), np.concatenate([masks, masks[fill]])
         self.items = [
             {"image": images[i : i + batch], "mask": masks[i : i + batch]} for i in range(0, len(images), batch)
         ]
@@ -181,10 +190,7 @@ def quantize_gated(md, fp32_path: Path, info: ModelInfo, calibration_images: int
             # strided: a few batches' activations at a time, ranges merged (bounded memory).
             # (CalibMaxIntermediateOutputs looks like the same thing but, in onnxruntime
             # 1.31, drops the batches it folds away instead of merging their ranges.)
-            # Percentile and Entropy build histograms, and ORT stacks the batches of one collection
-            # into one array: a last batch smaller than the others (543 training images in 8s) broke
-            # them with "inhomogeneous shape" (onnxruntime#18792), so they collect one batch at a time
-            extra = {"CalibStridedMinMax": reader.stride() if name == "MinMax" else 1}
+            extra = {"CalibStridedMinMax": reader.stride()}
             if name == "Percentile":
                 extra["CalibPercentile"] = 99.99
             # each calibration method's activation ranges are computed once and reused by any

@@ -115,20 +115,21 @@ def test_int8_gate_refuses_and_keeps_only_fp32(model_copy, monkeypatch):
     assert not (model_copy / "model.int8.onnx").exists() and (model_copy / "model.onnx").exists()
 
 
-def test_histogram_calibrations_take_any_number_of_images(model_copy, monkeypatch):
-    """Percentile and Entropy calibration on 13 images (batches of 8 and 5): ORT stacks the
-    batches it collects at once, so unequal batches failed them ("inhomogeneous shape",
-    onnxruntime#18792; seen on the 543 real-BUSI training images): each batch alone now."""
+def test_histogram_calibration_takes_any_number_of_images(model_copy, monkeypatch):
+    """Percentile calibration on 13 images (batches of 8 and 5): ORT stacks the batches it
+    collects at once, so unequal batches failed the histogram methods, Percentile and Entropy
+    alike ("inhomogeneous shape", onnxruntime#18792; seen on the 543 real-BUSI training
+    images): the last batch is filled up to the size of the others now. (Entropy shares that
+    collection; one method keeps the suite's time.)"""
     from busi.export import quantize
 
     md, props = _quant_setup(model_copy)
     monkeypatch.setattr(quantize, "LAYOUTS", quantize.LAYOUTS[:1])
     monkeypatch.setattr(quantize, "passes", lambda fig: True)
-    for method in ("Percentile", "Entropy"):
-        fig = quantize.quantize_gated(md, model_copy / "model.onnx", props, 13, method=method)
-        (tried,) = fig["tried"]
-        assert "error" not in tried and tried["calibration"] == method and tried["calibration_images"] == 13, tried
-        assert 0 < tried["argmax_agreement"] <= 1
+    fig = quantize.quantize_gated(md, model_copy / "model.onnx", props, 13, method="Percentile")
+    (tried,) = fig["tried"]
+    assert "error" not in tried and tried["calibration"] == "Percentile" and tried["calibration_images"] == 13, tried
+    assert 0 < tried["argmax_agreement"] <= 1
 
 
 def test_int8_gate_pass_path_writes_file_and_hash(model_copy, monkeypatch):
