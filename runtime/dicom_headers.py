@@ -8,9 +8,9 @@ back to the decoder once, when the file it read still begins with those bytes (a
 rewritten meanwhile is parsed again, whole), and the decoder parses only what follows.
 
 Bounded: a header is 40-120 KiB in memory (pydicom's test files: MR 39 KiB, CT 120 KiB), and
-the walk finishes before the first image is decoded, so at most `LIMIT` headers are kept (the
-first ones in the order they are classified; the images after them are parsed whole, as a
-caller of the Python API without a walk always is).
+the walk finishes before the first image is decoded, so at most `LIMIT` headers are kept, of
+at most `BYTES` in all (a vendor's large private header is parsed twice rather than held);
+the images after them are parsed whole, as a caller of the Python API without a walk always is.
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from collections import OrderedDict
 
 #: headers kept at most (about 10-30 MB)
 LIMIT = 256
+#: bytes of header kept at most, all together (a parsed header takes several times its bytes)
+BYTES = 8 << 20
 
 _KEPT: OrderedDict[str, tuple[object, bytes]] = OrderedDict()
 _LOCK = threading.Lock()
+_bytes = 0
 
 
 def _key(path) -> str:
@@ -33,9 +36,11 @@ def _key(path) -> str:
 def keep(path, header, prefix: bytes) -> None:
     """Keep `header`, parsed from `prefix` (the file's bytes up to its pixel data element), for
     the decoder of `path`; nothing when `LIMIT` headers are kept already."""
+    global _bytes
     with _LOCK:
-        if len(_KEPT) < LIMIT:
+        if len(_KEPT) < LIMIT and _bytes + len(prefix) <= BYTES:
             _KEPT[_key(path)] = (header, prefix)
+            _bytes += len(prefix)
 
 
 def take(path, data: bytes):
@@ -43,8 +48,11 @@ def take(path, data: bytes):
     with the bytes it was parsed from, else None; given once (the decoder changes it)."""
     if path is None:
         return None
+    global _bytes
     with _LOCK:
         kept = _KEPT.pop(_key(path), None)
+        if kept is not None:
+            _bytes -= len(kept[1])
     if kept is None:
         return None
     header, prefix = kept
@@ -52,5 +60,7 @@ def take(path, data: bytes):
 
 
 def clear() -> None:
+    global _bytes
     with _LOCK:
         _KEPT.clear()
+        _bytes = 0
