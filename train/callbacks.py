@@ -40,6 +40,12 @@ def epoch_log(keras, epochs: int):
     return EpochLog()
 
 
+def kept_epoch(history: list[dict]) -> int:
+    """The 1-based epoch whose weights `best_weights` keeps: the first with the lowest val_loss."""
+    losses = [float(h["val_loss"]) for h in history]
+    return losses.index(min(losses)) + 1
+
+
 def best_weights(keras, backup: Path):
     """Keeps the best (lowest val_loss) weights in a file, written atomically, so the best
     epoch survives a killed run; restores them when training ends."""

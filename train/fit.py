@@ -35,7 +35,7 @@ from busi.runtime.trust import model_qhat
 
 from . import dataset as ds
 from .calibrate import fit_temperature, split_validation
-from .callbacks import best_weights, epoch_log
+from .callbacks import best_weights, epoch_log, kept_epoch
 from .evaluation import card_metrics, evaluate_model, predict, predict_with_features
 from .inputs import Arrays, eval_masks, lesion_sizes, load_rows
 from .metrics import operating_point
@@ -328,9 +328,7 @@ def _save_weights(model, path: Path) -> None:
 def best_epochs(history: list[dict], head_epochs: int, stages: tuple[str, ...]) -> tuple[int, int]:
     """(epochs of the first phase, epochs of fine-tuning) that led to the kept weights (the
     lowest validation loss over both phases; fine-tuning started from the first phase's best)."""
-    losses = [float(h["val_loss"]) for h in history]
-    best = int(np.argmin(losses)) + 1
-    head_best = int(np.argmin(losses[:head_epochs])) + 1
+    best, head_best = kept_epoch(history), kept_epoch(history[:head_epochs])
     return (best, 0) if best <= head_epochs or not stages else (head_best, best - head_epochs)
 
 

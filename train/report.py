@@ -269,11 +269,13 @@ def _validation_figures(model_dir: Path, source: str) -> dict:
 def _kept_epoch(model_dir: Path) -> str:
     """The epoch whose weights the run kept (the lowest validation loss, as early stopping and
     the fine-tuning phase restore), from its history.csv; '?' where there is none."""
+    from .callbacks import kept_epoch
+
     try:
-        losses = [float(r["val_loss"]) for r in csv.DictReader((model_dir / "history.csv").open())]
-    except (OSError, KeyError, ValueError):
+        with (model_dir / "history.csv").open() as f:
+            return str(kept_epoch(list(csv.DictReader(f))))
+    except (OSError, KeyError, ValueError):  # no history, or one without val_loss: min() of nothing is a ValueError
         return "?"
-    return str(int(np.argmin(losses)) + 1) if losses else "?"
 
 
 def compare_table(model_dirs: list[Path]) -> str:
