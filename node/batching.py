@@ -47,7 +47,7 @@ class Instance:
 
     path: Path
     sop: str
-    #: its header (no pixels) and what every record of it names
+    #: its dataset, parsed once from the spool, and what every record of it names
     head: object = None
     base: dict | None = None
     #: why it is not classified (another modality, busi's own output); None: it is
@@ -137,7 +137,7 @@ class BatchWorker:
     def _admit(self, path: Path) -> Instance:
         """(A decoding thread.) Its header, whether it is classified at all, and its pixels
         prepared for the model. Raises nothing: what went wrong is the instance's."""
-        from busi.runtime.dicom import DicomImage, header_only, read_dataset
+        from busi.runtime.dicom import DicomImage, read_dataset
         from busi.runtime.files import read_regular
 
         one = Instance(path, path.stem)
@@ -159,7 +159,7 @@ class BatchWorker:
                 raise
             except Exception as e:
                 raise InputError(None, f"cannot read ({describe(e)})") from None
-            one.head = head = header_only(ds)
+            one.head = head = ds
             one.base = {"sop": one.sop, "study": str(head.get("StudyInstanceUID", "")),
                         "series": str(head.get("SeriesInstanceUID", ""))}
             if is_busi_output(head):

@@ -281,6 +281,7 @@ class Node(BatchWorker):
 
     # ---- processing (the worker: busi.node.batching) ----------------------------------------
     def _commit(self, path: Path, sop: str, head, base: dict, pred, staged: Path) -> None:
+        from busi.runtime.dicom import header_only
         from busi.runtime.sinks import DicomSink
 
         # busi-infer's DICOM output, driven the same way (add, close); strict: a full disk defers
@@ -308,7 +309,7 @@ class Node(BatchWorker):
         # takes it out of incoming): a crash or a full disk in between redoes it, the same UIDs
         self.spool.commit(sop, staged)
         if study:
-            self.spool.keep_header(study, sop, encoded(head))
+            self.spool.keep_header(study, sop, encoded(header_only(head)))  # what a summary needs, without the pixels
         self.spool.finish(path, record)
         self.event(record["event"], **{k: v for k, v in record.items() if k != "event"})
         if study:

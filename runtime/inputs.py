@@ -125,10 +125,9 @@ def named_refusal(path: str, allow_modality: bool) -> InputError | None:
     ds = read_header(p, head)
     if ds is None or is_busi_output(ds):
         return None
-    if not not_an_image(ds.get("SOPClassUID", "")) and (allow_modality or not ds.busi_has_pixels):
-        _keep_for_decoding(p, ds)
-        return None  # an image, allowed; or no pixel data: tried, so that problem is reported
-    refused = refusal(path, ds)
+    # an image, allowed; or no pixel data: tried, so that problem is reported
+    tried = not not_an_image(ds.get("SOPClassUID", "")) and (allow_modality or not ds.busi_has_pixels)
+    refused = None if tried else refusal(path, ds)
     if refused is None:
         _keep_for_decoding(p, ds)
     return refused
@@ -168,8 +167,13 @@ def read_header(path: Path, head: bytes = b""):
                 ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True, defer_size=None if whole else 1 << 16)
                 offset = fp.tell()
                 tag = fp.read(4)
-                fp.seek(0)
-                ds.busi_prefix = None if not whole and _has_deferred(ds) else fp.read(offset)
+                if not whole and _has_deferred(ds):
+                    ds.busi_prefix = None
+                elif offset <= len(head):  # the sniff holds the header already: not read again
+                    ds.busi_prefix = head[:offset]
+                else:
+                    fp.seek(0)
+                    ds.busi_prefix = fp.read(offset)
         except Exception:
             return None
     if len(tag) == 4:

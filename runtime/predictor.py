@@ -166,21 +166,31 @@ class Predictor:
         """Every frame of a multi-frame DICOM (a cine loop), decoded from one read of the file
         and prepared one by one; any other image is one item, as `prepare` gives it."""
         mask = MaskArg.of(mask)
-        dcm = image if isinstance(image, DicomImage) else None  # parsed already (busi-node looked at its header)
-        if dcm is not None or isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
-            is_path = dcm is not None or isinstance(image, (str, os.PathLike))
-            path = str(dcm.path if dcm is not None else image) if is_path else "<image bytes>"
-            data = None if dcm is not None else read_regular(image, self.max_bytes) if is_path else bytes(image)
-            if dcm is not None or (data and is_dicom(data)):
-                dcm = dcm or DicomImage(path, data, max_pixels=self.max_pixels)
-                out = []
-                for i in range(dcm.n_frames):
-                    rgb, notes = dcm.frame(i)
-                    check_min_side(path, rgb.shape[1], rgb.shape[0])
-                    decoded = Decoded(np.ascontiguousarray(rgb), tuple(notes), dict(dcm.identity), dcm.n_frames, dcm.ds)
-                    out.append(self._prepare(decoded, path if is_path else None, mask, i, keep_view))
-                return out
-        return [self.prepare(image, mask, 0, keep_view)]
+        dcm, path = self._dicom_of(image)
+        if dcm is None:
+            return [self.prepare(image, mask, 0, keep_view)]
+        out = []
+        for i in range(dcm.n_frames):
+            rgb, notes = dcm.frame(i)
+            check_min_side(dcm.path, rgb.shape[1], rgb.shape[0])
+            decoded = Decoded(np.ascontiguousarray(rgb), tuple(notes), dict(dcm.identity), dcm.n_frames, dcm.ds)
+            out.append(self._prepare(decoded, path, mask, i, keep_view))
+        return out
+
+    def _dicom_of(self, image) -> tuple[DicomImage | None, str | None]:
+        """(the DICOM, the path it was read from) for a DICOM file, DICOM bytes (no path) or a
+        DicomImage parsed already (busi-node looked at its header); (None, None) for anything else."""
+        if isinstance(image, DicomImage):
+            return image, str(image.path)
+        if isinstance(image, (str, os.PathLike)):
+            path, data = str(image), read_regular(image, self.max_bytes)
+        elif isinstance(image, (bytes, bytearray, memoryview)):
+            path, data = None, bytes(image)
+        else:
+            return None, None
+        if not (data and is_dicom(data)):
+            return None, None
+        return DicomImage(path or "<image bytes>", data, max_pixels=self.max_pixels), path
 
     def _prepare(self, decoded: Decoded, path: str | None, mask: MaskArg, frame: int, keep_view: bool) -> Prepared:
         """The one place where each form of the mask (`MaskArg.kind`) meets the image."""
