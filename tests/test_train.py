@@ -241,6 +241,20 @@ def test_a_killed_run_resumes_and_its_cross_validated_operating_point_recomputes
     assert op["malignant_threshold"] == pytest.approx(min(1.0, thr[np.flatnonzero(tpr >= 0.95)[0]]))
     assert cv["n_malignant"] == int(y.sum()) and op["method"].startswith("2-fold cross-validation")
     assert "validation_operating_point" in cv and "2-fold cross-validation" in (out / "report.md").read_text()
+    # whether the target is certified: the exact one-sided lower bound of the out-of-fold
+    # sensitivity, in the report and in a results block written from it
+    from scipy.stats import beta
+
+    found, n = int((p_mal[y] >= op["malignant_threshold"]).sum()), int(y.sum())
+    low = beta.ppf(0.05, found, n - found + 1) if found else 0.0
+    said = f"finds {found} of the {n} malignant images (sensitivity {found / n:.3f}, one-sided 95 % Clopper-Pearson lower bound {low:.3f})"
+    assert said in (out / "report.md").read_text()
+    block = tmp_path / "block.md"
+    block.write_text("<!-- cv:start -->\n<!-- cv:end -->\n")
+    cli("busi-train", "report", out, "--readme", block, "--block", "cv")
+    text = block.read_text()
+    assert said in text and f"P(malignant) >= {op['malignant_threshold']:.4f}" in text
+    assert ("is certified" if low >= 0.95 else "is **not certified**") in text
     card = json.loads((out / "card.json").read_text())
     assert card["operating_point"]["malignant_threshold"] == op["malignant_threshold"]
     assert card["operating_point"]["method"] == op["method"]

@@ -44,6 +44,15 @@ def operating_point(y: np.ndarray, p_malignant: np.ndarray, target: float = TARG
     }
 
 
+def sensitivity_lower_bound(found: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided exact (Clopper-Pearson) lower confidence bound of a sensitivity of found / n:
+    the target is certified when this bound reaches it (59 of 59 is the least that certifies
+    0.95 at 95 %)."""
+    from scipy.stats import beta
+
+    return 0.0 if found == 0 else float(beta.ppf(1 - confidence, found, n - found + 1))
+
+
 def ece(y: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> float:
     """Expected calibration error of the top-label confidence, equal-width bins."""
     conf = proba.max(axis=1)

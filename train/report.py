@@ -106,9 +106,28 @@ def _cv_sentence(report: dict) -> str:
     cv = report.get("cross_validation")
     if not cv:
         return ""
-    val = cv["validation_operating_point"]["malignant_threshold"]
-    return (f" The out-of-fold predictions cover {cv['n']} images, {cv['n_malignant']} of them malignant; the "
-            f"{cv['folds']} extra fits took {cv['seconds']:.0f} s. The validation split alone would have chosen {val:.4f}.")
+    from .metrics import sensitivity_lower_bound
+
+    op, val = report["operating_point"], cv["validation_operating_point"]["malignant_threshold"]
+    n = cv["n_malignant"]
+    found = round(op["validation_sensitivity"] * n)  # the out-of-fold sensitivity is found / n
+    low = sensitivity_lower_bound(found, n)
+    verdict = "certified" if low >= op["target_sensitivity"] else "**not certified**"
+    return (f" The out-of-fold predictions cover {cv['n']} images, {n} of them malignant; the "
+            f"{cv['folds']} extra fits took {cv['seconds']:.0f} s. The validation split alone would have chosen {val:.4f}. "
+            f"Out of fold, the threshold finds {found} of the {n} malignant images (sensitivity {found / n:.3f}, "
+            f"one-sided 95 % Clopper-Pearson lower bound {low:.3f}): the target {op['target_sensitivity']:.2f} is "
+            f"{verdict} by the lower bound.")
+
+
+def operating_point_line(report: dict) -> str:
+    """The operating point of a report chosen by cross-validation, for a results block (empty
+    for one chosen on the validation split: the report says it)."""
+    if not report.get("cross_validation"):
+        return ""
+    op = report["operating_point"]
+    return (f"Operating point: P(malignant) >= {op['malignant_threshold']:.4f}, chosen on {op['method']} for "
+            f"sensitivity >= {op['target_sensitivity']:.2f}." + _cv_sentence(report) + "\n")
 
 
 def _ood_lines(report: dict) -> list[str]:
@@ -336,7 +355,7 @@ def update_readme(readme: Path, report: dict, model_dir: str, block: str = "resu
     return replace_block(readme, block, (
         f"_Written by `busi-train report {model_dir} --readme {readme}{again}` from "
         f"`{model_dir}/report.json` (data `{report['data']}`, {report['split']} split)._\n\n"
-        f"{results_table(report)}\n{segmenter_line(report)}"
+        f"{results_table(report)}\n{segmenter_line(report)}{operating_point_line(report)}"
     ))
 
 
