@@ -126,7 +126,7 @@ def operating_point_line(report: dict) -> str:
     if not report.get("cross_validation"):
         return ""
     op = report["operating_point"]
-    return (f"Operating point: P(malignant) >= {op['malignant_threshold']:.4f}, chosen on {op['method']} for "
+    return (f"\nOperating point: P(malignant) >= {op['malignant_threshold']:.4f}, chosen on {op['method']} for "
             f"sensitivity >= {op['target_sensitivity']:.2f}." + _cv_sentence(report) + "\n")
 
 
