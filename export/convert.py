@@ -104,9 +104,10 @@ BATCH_AXIS = "batch"
 
 
 def _to_onnx(fn, spec, opset: int, outputs: set[str]):
-    import tf2onnx
-
     from busi.train.backend import quiet, tf
+
+    # isort: split
+    import tf2onnx
 
     with quiet():  # grappler's "Starting new session" lines
         onnx_model, _ = tf2onnx.convert.from_function(tf.function(fn, input_signature=spec), input_signature=spec, opset=opset)
@@ -226,10 +227,12 @@ def export(model_dir: str | Path, opset: int = 17, tolerance: float = 1e-4, int8
            calibration_images: int = 0, int8_optional: bool = False) -> dict:
     """Convert, gate, annotate and write MODEL_DIR/model.onnx (+ .sha256); optional INT8.
     With `int8_optional`, an INT8 gate that refuses is a logged note, not an error."""
+    from busi.train.backend import tf  # TensorFlow first, quietly, before tf2onnx imports it
+
+    # isort: split
     import onnx
     import tf2onnx
 
-    from busi.train.backend import tf  # TensorFlow first, quietly, before tf2onnx imports it
     from busi.train.provenance import now
 
     md = load_model_dir(model_dir)

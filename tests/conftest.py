@@ -9,6 +9,7 @@ floor on held-out phantoms.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -57,6 +58,9 @@ def trained(tmp_path_factory, phantoms) -> Path:
 def exported(trained) -> Path:
     r = cli("busi-export", trained, "--int8", "--calibration-images", 16, check=False)
     assert r.returncode in (0, 1), r.stderr
+    # TensorFlow's start-up chatter (absl I/W lines) stays off the terminal, as in busi-train
+    native = [ln for ln in r.stderr.splitlines() if re.match(r"[EWIF]\d{4} ", ln)]
+    assert not native, native
     assert (trained / "model.onnx").is_file(), r.stderr
     return trained
 
