@@ -30,6 +30,10 @@ from busi.runtime.model_dir import ModelDir
 from .onnx_io import SEGMENTER_DOC, ort_session, remove_with_sidecar, write_model
 
 PARITY_MIN_IMAGES = 32
+#: held-out images go through ONNX Runtime and TensorFlow this many at a time (as Keras'
+#: predict does): the whole test split in one run made both hold ResNet50's activations for
+#: 110 images at once, and busi-export peaked at 13 GB on a real model
+PARITY_BATCH = 32
 GRADCAM_REL_TOLERANCE = 1e-4  # features and Grad-CAM weights, relative to their largest value
 
 _LOG = get_logger(__name__)
@@ -183,23 +187,40 @@ def parity_inputs(md: Loaded, n_min: int = PARITY_MIN_IMAGES, seed: int = 0) -> 
     return sets, len(rows), [r["split"] for r in rows]
 
 
+def _batched(run, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`run(part)` -> {name: array} over `inputs` (arrays of equal length) in slices of
+    PARITY_BATCH rows, the outputs concatenated."""
+    n, batch = len(next(iter(inputs.values()))), PARITY_BATCH
+    parts = [run({k: v[i : i + batch] for k, v in inputs.items()}) for i in range(0, n, batch)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def parity(md: Loaded, session, sets: dict, tolerance: float) -> dict:
     """Keras vs ONNX Runtime on every input set: max abs diff and argmax agreement of the
     probabilities (the gate), and the relative difference of the Grad-CAM outputs."""
     from busi.train.backend import tf
 
     reference = tf.function(classifier_function(md.model))
+    names = [o.name for o in session.get_outputs()]
+
+    def ort_outputs(feed):
+        return dict(zip(names, session.run(None, feed)))
+
+    def tf_outputs(feed):
+        return {out: t.numpy() for out, t in reference(tf.constant(feed["image"]), tf.constant(feed["mask"])).items()}
+
     worst_name, worst, worst_cam = None, -1.0, 0.0
     per = {}
     n_total = agree_total = 0
     for name, x in sets.items():
-        k = md.model.predict(x, batch_size=32, verbose=0)
-        outs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": x["image"], "mask": x["mask"]})))
+        k = md.model.predict(x, batch_size=PARITY_BATCH, verbose=0)
+        feed = {"image": x["image"], "mask": x["mask"]}
+        outs = _batched(ort_outputs, feed)
         o = outs[OUTPUT_NAME]
         d = float(np.abs(k - o).max())
         agree = int((k.argmax(1) == o.argmax(1)).sum())
-        ref = reference(tf.constant(x["image"]), tf.constant(x["mask"]))
-        cam = max(_rel_diff(ref[n].numpy(), outs[n]) for n in (FEATURES_NAME, CAM_WEIGHTS_NAME))
+        ref = _batched(tf_outputs, feed)
+        cam = max(_rel_diff(ref[out], outs[out]) for out in (FEATURES_NAME, CAM_WEIGHTS_NAME))
         per[name] = {"n": int(len(k)), "max_abs_diff": d, "argmax_agree": agree, "gradcam_rel_diff": cam}
         n_total += len(k)
         agree_total += agree
@@ -315,10 +336,14 @@ def export_segmenter(md: ModelDir, opset: int, tolerance: float, provenance: Pro
     img = load_rows(sc.data.root, rows, S).images.astype(np.float32)
     sets = {"heldout": img, "zero_image": np.zeros((2, S, S, 3), np.float32), "batch_1": img[:1], "batch_7": img[:7]}
     session = ort_session(onnx_model.SerializeToString())
+
+    def ort_mask(feed):
+        return {SEGMENTER_OUTPUT: session.run([SEGMENTER_OUTPUT], feed)[0]}
+
     worst, worst_name, flips, n = -1.0, None, 0, 0
     for name, x in sets.items():
-        k = model.predict(x, batch_size=16, verbose=0)
-        o = session.run([SEGMENTER_OUTPUT], {SEGMENTER_INPUT: x})[0]
+        k = model.predict(x, batch_size=PARITY_BATCH, verbose=0)
+        o = _batched(ort_mask, {SEGMENTER_INPUT: x})[SEGMENTER_OUTPUT]
         d = float(np.abs(k - o).max())
         if d > worst:
             worst, worst_name = d, name

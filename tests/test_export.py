@@ -189,6 +189,26 @@ def test_a_perturbed_graph_fails_the_gate_and_writes_nothing(model_copy, monkeyp
     assert not [p for p in model_copy.iterdir() if p.name.startswith(".model.onnx")]
 
 
+def test_parity_in_small_batches_gives_the_whole_batch_figures(exported, monkeypatch):
+    """The parity check runs the held-out images through ONNX Runtime and TensorFlow a
+    slice at a time (a whole real test split at once peaked at 13 GB); slices of 5 rows must
+    give the figures of one whole batch, each image's outputs where Keras has them."""
+    from busi.export import convert as conv
+    from busi.export.onnx_io import ort_session
+
+    md = conv.load_model_dir(exported)
+    sets, _, _ = conv.parity_inputs(md)
+    session = ort_session(str(exported / "model.onnx"))
+    assert len(sets["heldout_box"]["image"]) > 5 * 2
+    whole = conv.parity(md, session, sets, 1e-4)
+    monkeypatch.setattr(conv, "PARITY_BATCH", 5)
+    sliced = conv.parity(md, session, sets, 1e-4)
+    assert whole["passed"] and sliced["passed"] and sliced["argmax_agreement"] == 1.0
+    for name, fig in whole["sets"].items():
+        assert sliced["sets"][name]["n"] == fig["n"] and sliced["sets"][name]["argmax_agree"] == fig["n"]
+        assert sliced["sets"][name]["max_abs_diff"] == pytest.approx(fig["max_abs_diff"], abs=2e-6)
+
+
 def test_bad_model_folders(tmp_path, trained):
     cases = {}
     cases["missing folder"] = tmp_path / "nope"
