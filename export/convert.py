@@ -6,6 +6,7 @@ warning: a converted model that differs from the evaluated one never reaches the
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -103,6 +104,9 @@ def classifier_function(model):
     return serving
 
 
+#: tf2onnx's switch (tf2onnx.constants.ENV_TF2ONNX_CATCH_ERRORS) for its optimizers' fallback
+_CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"
+
 #: the name of the dynamic first axis of every input and output
 BATCH_AXIS = "batch"
 
@@ -113,8 +117,20 @@ def _to_onnx(fn, spec, opset: int, outputs: set[str]):
     # isort: split
     import tf2onnx
 
-    with quiet():  # grappler's "Starting new session" lines
-        onnx_model, _ = tf2onnx.convert.from_function(tf.function(fn, input_signature=spec), input_signature=spec, opset=opset)
+    # tf2onnx deep-copies the graph (with its 100 MB of weights) before each of its ONNX
+    # optimizers, to fall back if one fails: 36 copies for this model, which, being cyclic,
+    # wait for the garbage collector: busi-export grew to 12.7 GB on the 224 px model. Without
+    # the fallback a failing optimizer is a conversion error (export fails; none ever has).
+    saved = os.environ.get(_CATCH_ERRORS)
+    os.environ[_CATCH_ERRORS] = "FALSE"
+    try:
+        with quiet():  # grappler's "Starting new session" lines
+            onnx_model, _ = tf2onnx.convert.from_function(tf.function(fn, input_signature=spec), input_signature=spec, opset=opset)
+    finally:
+        if saved is None:
+            os.environ.pop(_CATCH_ERRORS, None)
+        else:
+            os.environ[_CATCH_ERRORS] = saved
     got = {o.name for o in onnx_model.graph.output}
     if got != outputs:
         raise ExportError(f"converted graph has outputs {sorted(got)}, expected {sorted(outputs)}")
