@@ -109,9 +109,9 @@ def model_gflop(onnx_path: Path) -> float:
     return total / 1e9
 
 
-def conv_gemms(onnx_path: Path, batch: int) -> dict[tuple[int, int, int], int]:
+def conv_gemms(onnx_path: Path, batch: int) -> list[tuple[int, int, int]]:
     """The GEMM each convolution of the graph amounts to at `batch` (im2col: M = batch x output
-    pixels, K = input channels x kernel area, N = output channels), counted by shape."""
+    pixels, K = input channels x kernel area, N = output channels), in graph order."""
     import onnx
     from onnx import numpy_helper, shape_inference
 
@@ -123,28 +123,44 @@ def conv_gemms(onnx_path: Path, batch: int) -> dict[tuple[int, int, int], int]:
     m = shape_inference.infer_shapes(m, data_prop=True)  # through Reshape to computed shapes
     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in m.graph.value_info}
     weights = {i.name: numpy_helper.to_array(i).shape for i in m.graph.initializer}
-    out: dict[tuple[int, int, int], int] = {}
+    out = []
     for node in m.graph.node:
         o = shapes.get(node.output[0])
         if node.op_type != "Conv" or node.input[1] not in weights or not o or not all(o):
             continue
         cout, cin_g, kh, kw = weights[node.input[1]]
-        key = (int(np.prod(o)) // cout, cin_g * kh * kw, cout)
-        out[key] = out.get(key, 0) + 1
+        out.append((int(np.prod(o)) // cout, cin_g * kh * kw, cout))
     return out
 
 
-def conv_gemm_bound(onnx_path: Path, batch: int, reps: int = 5, threads: int | None = None) -> dict:
+def float_convolutions(int8_path: Path) -> list[bool]:
+    """For each convolution of a QDQ file, in graph order: whether it stays float (its weights
+    an initializer, not the output of a DequantizeLinear), as export keeps the stem and stage 2
+    of a model whose all-INT8 file fails the gate."""
+    import onnx
+
+    m = onnx.load(str(int8_path))
+    dequantized = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.input[1] not in dequantized for n in m.graph.node if n.op_type == "Conv"]
+
+
+def conv_gemm_bound(onnx_path: Path, batch: int, reps: int = 5, threads: int | None = None,
+                    float_convs: list[bool] | None = None) -> dict:
     """The model's own convolutions as bare ONNX Runtime GEMMs (MatMul, and u8s8 MatMulInteger),
     timed shape by shape and summed: the time the backbone would take if every convolution ran
     at the GEMM kernel's speed on its own shape, with no im2col, requantization or other op.
     Their ratio is the INT8 speed-up this CPU's kernels allow on this model's shapes, which
-    the 2048^3 peak does not say (small K and N run far below it)."""
+    the 2048^3 peak does not say (small K and N run far below it). `float_convs` (the INT8
+    file's layout, `float_convolutions`) counts the convolutions it keeps float at their FP32
+    time on the INT8 side: the bound for that file, not for an all-INT8 one."""
     rng = np.random.default_rng(2)
-    ms = {"fp32": 0.0, "u8s8": 0.0}
     gemms = conv_gemms(onnx_path, batch)
-    for shape, count in gemms.items():
-        for key, integer in (("fp32", False), ("u8s8", True)):
-            ms[key] += count * _gemm_seconds(shape, integer, reps, threads, rng) * 1000
-    return {"batch": batch, "convolutions": sum(gemms.values()), "shapes": len(gemms),
-            "fp32_ms_per_image": ms["fp32"] / batch, "u8s8_ms_per_image": ms["u8s8"] / batch}
+    if float_convs is not None and len(float_convs) != len(gemms):
+        raise ValueError(f"the INT8 file has {len(float_convs)} convolutions, {onnx_path} {len(gemms)}")
+    kept_float = float_convs or [False] * len(gemms)
+    timed = {(shape, integer): _gemm_seconds(shape, integer, reps, threads, rng) * 1000
+             for shape in sorted(set(gemms)) for integer in (False, True)}
+    fp32 = sum(timed[shape, False] for shape in gemms)
+    int8 = sum(timed[shape, not f] for shape, f in zip(gemms, kept_float))
+    return {"batch": batch, "convolutions": len(gemms), "shapes": len(set(gemms)), "float_convolutions": sum(kept_float),
+            "fp32_ms_per_image": fp32 / batch, "u8s8_ms_per_image": int8 / batch}

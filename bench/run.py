@@ -36,6 +36,10 @@ from busi.runtime.model_dir import ModelDir
 
 _LOG = get_logger("busi.bench")
 
+#: the INT8 session's speed-up over FP32 must reach this share of the `int8 limit` row's (the
+#: model's convolutions as bare GEMMs, in the INT8 file's layout): issue 31's target
+INT8_OF_LIMIT = 0.7
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -201,7 +205,7 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
     km = keras.models.load_model(md.keras, compile=False)
     run = {b: (lambda b=b: sess.run([OUTPUT_NAME], x[b])) for b in (1, 8)}
     # 0: what this CPU can do (the same thread count as the sessions below)
-    from peak import conv_gemm_bound, cpu_flags, gemm_peak, model_gflop
+    from peak import conv_gemm_bound, cpu_flags, float_convolutions, gemm_peak, model_gflop
 
     peak = gemm_peak(1024 if quick else 2048, 3 if quick else 7)
     gflop = model_gflop(fp32_path)
@@ -231,22 +235,29 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
     if int8_path.is_file():
         s8 = ort.InferenceSession(str(int8_path), session_options(), providers=["CPUExecutionProvider"])
         agree = (card.export or {}).get("int8", {}).get("argmax_agreement")
+        layout = float_convolutions(int8_path)  # the convolutions this file keeps float
         for b in (1, 8):
-            # what the CPU's GEMM kernels allow on this model's own convolution shapes
-            bound = conv_gemm_bound(fp32_path, b, 2 if quick else 5)
+            # what the CPU's GEMM kernels allow on this model's own convolution shapes, in this file's layout
+            bound = conv_gemm_bound(fp32_path, b, 2 if quick else 5, float_convs=layout)
+            limit = bound["fp32_ms_per_image"] / bound["u8s8_ms_per_image"]
+            kept = f", the {bound['float_convolutions']} the INT8 file keeps float at FP32 time" if any(layout) else ""
             rows.append(row(f"int8 limit, batch {b}", f"the model's {bound['convolutions']} convolutions as bare ORT GEMMs "
-                            "(im2col shapes, no im2col/requantization): FP32 MatMul vs u8s8 MatMulInteger",
+                            f"(im2col shapes, no im2col/requantization): FP32 MatMul vs u8s8 MatMulInteger{kept}",
                             "fp32 conv GEMMs", {"ms": bound["fp32_ms_per_image"]},
-                            "u8s8 conv GEMMs", {"ms": bound["u8s8_ms_per_image"]},
-                            bound["fp32_ms_per_image"] / bound["u8s8_ms_per_image"], None, None))
+                            "u8s8 conv GEMMs", {"ms": bound["u8s8_ms_per_image"], "float_convolutions": bound["float_convolutions"]},
+                            limit, None, None))
             o, q, r = paired(run[b], lambda b=b: s8.run([OUTPUT_NAME], x[b]), reps)
             q = per_image_ms(q, b)
-            tgt = 3.2 if b == 8 else 2.8
+            # the INT8 session against what its kernels allow on these shapes (any CPU, any layout);
+            # a fixed multiple (once 2.8x and 3.2x, set on an all-INT8 file on a Xeon with AMX) is not
+            # a target on a CPU whose FP32 is much faster, nor for a file that keeps layers float
+            tgt = INT8_OF_LIMIT * limit
             rows.append(row(f"int8 vs fp32, batch {b}", "ORT INT8 (QDQ) vs FP32 (timed alternately)", "fp32", per_image_ms(o, b),
                             "int8", {**q, "gops_per_s": rate(q["median_ms"]),
                                      "fraction_of_u8s8_peak": rate(q["median_ms"]) / peak["u8s8_gops"],
                                      "conv_gemms_over_int8": bound["u8s8_ms_per_image"] / q["median_ms"]},
-                            r, f">= {tgt}x", r >= tgt, extra={"int8_argmax_agreement": agree}))
+                            r, f">= {tgt:.2f}x ({INT8_OF_LIMIT} of the limit)", r >= tgt,
+                            extra={"int8_argmax_agreement": agree, "of_limit": r / limit}))
     else:
         rows.append({"row": "int8 vs fp32", "skipped": "no model.int8.onnx (export --int8 refused or not run)"})
 

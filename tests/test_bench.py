@@ -9,6 +9,8 @@ import math
 import pytest
 from helpers import bench
 
+from busi.export.quantize import FLOAT_CONVS
+
 ROWS = ["peak", "keras vs ort, batch 1", "keras vs ort, batch 8", "fp32 vs peak, batch 8", "end to end", "folder", "cold start", "memory",
         "training input", "node", "serve, 1 clients", "serve, 4 clients", "serve, 16 clients", "serve batching",
         "serve memory", "sizes"]
@@ -39,6 +41,12 @@ def test_bench_quick_writes_a_table_and_json(exported, tmp_path):
             limit = by[f"int8 limit, batch {b}"]
             assert limit["target"] is None and limit["ratio"] == pytest.approx(limit["a"]["ms"] / limit["b"]["ms"])
             assert by[name]["b"]["conv_gemms_over_int8"] == pytest.approx(limit["b"]["ms"] / by[name]["b"]["median_ms"])
+            # the bound is the INT8 file's: convolutions export kept float count at FP32 time
+            layout = json.loads((exported / "card.json").read_text())["export"]["int8"]["layout"]
+            assert limit["b"]["float_convolutions"] == (0 if layout == "all-int8" else FLOAT_CONVS)
+            # target: the session reaches 0.7 of the speed-up its kernels allow (issue 31)
+            assert by[name]["of_limit"] == pytest.approx(by[name]["ratio"] / limit["ratio"])
+            assert by[name]["met"] == (by[name]["ratio"] >= 0.7 * limit["ratio"])
     e2e, folder = by["end to end"], by["folder"]
     assert e2e["floor_ratio"] == pytest.approx((e2e["a"]["median_ms"] + e2e["b"]["prepare_ms"]) / e2e["a"]["median_ms"])
     assert 0 < folder["ceiling_ratio"] <= 1 and folder["b"]["prepare_ms"] == e2e["b"]["prepare_ms"]
