@@ -58,6 +58,7 @@ def test_bench_quick_writes_a_table_and_json(exported, tmp_path):
     assert node["ratio"] == pytest.approx(node["b"]["images_per_s"] / node["a"]["images_per_s"])
     assert node["a"]["peak_mb"] > 50 and node["b"]["peak_mb"] > 50 and node["met"] == (
         node["ratio"] >= 0.95 and node["b"]["peak_mb"] <= node["a"]["peak_mb"] + 100)
+    assert 0 < node["sender_cpu_s"] and node["b"]["images_per_s"] == pytest.approx(40 / node["node_s"])  # --quick: 40
     batching = by["serve batching"]
     assert batching["b"] == {k: v for k, v in by["serve, 16 clients"]["b"].items()} | {"label": "max batch 8"}
     assert by["serve memory"]["a"]["peak_mb"] > 50
