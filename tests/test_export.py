@@ -191,7 +191,7 @@ def test_a_perturbed_graph_fails_the_gate_and_writes_nothing(model_copy, monkeyp
 
 def test_parity_in_small_batches_gives_the_whole_batch_figures(exported, monkeypatch):
     """The parity check runs the held-out images through ONNX Runtime and TensorFlow a
-    slice at a time (a whole real test split at once peaked at 13 GB); slices of 5 rows must
+    slice at a time (a whole real test split at once: 2.6 GB for each); slices of 5 rows must
     give the figures of one whole batch, each image's outputs where Keras has them."""
     from busi.export import convert as conv
     from busi.export.onnx_io import ort_session
