@@ -36,6 +36,20 @@ WRITING = 2
 DECODERS = 2
 
 
+def model_threads(requested: int | None) -> int:
+    """The model's threads (ONNX Runtime intra-op) when --threads is not given: one core fewer
+    than this process may use, at least one. busi-infer runs the model and then writes the
+    results; the node writes one batch's results (highdicom, one core's work under the GIL)
+    while the model runs on the next, and a model spread over every core waits at each op
+    for the thread the writer displaced."""
+    if requested:
+        return int(requested)
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
 class Transient(Exception):
     """A condition of this machine (a full disk, a lost spool), not of the instance: it waits
     in the spool and is tried again with a backoff."""

@@ -43,7 +43,7 @@ def node(
     segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Segmenter .onnx for mask auto."),
     queue: Optional[int] = typer.Option(None, "--queue", min=1, help="Images waiting before C-STOREs are answered 'out of resources' (256)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="Refuse instances with more pixels (rows x columns x frames)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime threads (default: one fewer than the cores, at least 1: the results are written on the other)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=256, help="Classify what waits in the spool in batches of up to this many images, one model run each (8)."),
     batch_delay: Optional[float] = typer.Option(None, "--batch-delay", min=0.0, max=10.0, help="Seconds the worker waits at most for more images to fill a batch when it has nothing else in hand (0.02)."),
     study_idle: Optional[float] = typer.Option(None, "--study-idle", min=0.0, help="Seconds without a new image after which a study gets its summary SR (30; 0: none)."),

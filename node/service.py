@@ -25,7 +25,7 @@ from busi.runtime.log import write_stderr
 from busi.runtime.results import NEEDS_ROI
 from busi.runtime.study import summarise_study
 
-from .batching import BatchWorker
+from .batching import BatchWorker, model_threads
 from .config import NodeConfig
 from .spool import Spool, durable_write, is_uid, safe_name
 
@@ -112,7 +112,7 @@ class Node(BatchWorker):
         self.spool = Spool(cfg.spool)
         with low_peak_loading():  # as busi-infer loads: what ORT frees while loading goes back (~150 MB here)
             self.predictor = Predictor(cfg.model, PredictorOptions(
-                threads=cfg.threads, max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes, segmenter=cfg.segmenter,
+                threads=model_threads(cfg.threads), max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes, segmenter=cfg.segmenter,
                 notice=lambda m: _LOG.warning(m), server=cfg.server, token=cfg.token, expect_sha256=cfg.expect_sha256))
             self.mask = cfg.mask or ("auto" if self._has_segmenter() else "none")
             if self.mask == "auto":
@@ -358,10 +358,13 @@ class Node(BatchWorker):
     def deliver(self) -> None:
         """Send what waits in outgoing; after any failure (no answer, a refusal, a broken
         association) wait 2 s, doubling to 60 s, before the next try."""
+        if self.cfg.dest is None:  # the results stay in the spool: nothing to list after each image (that
+            self._stop.wait()      # listing grew with the spool and took the writer's CPU: 200 images, 1.4 s)
+            return
         delay = self.cfg.retry
         while not self._stop.is_set():
             files = self.spool.to_send()
-            if not files or self.cfg.dest is None:
+            if not files:
                 self._send.wait(1.0)
                 self._send.clear()
                 continue
@@ -480,7 +483,8 @@ class Node(BatchWorker):
         t = threading.Thread(target=self.report_status, name="busi-node-status", daemon=True)
         t.start()
         self._threads.append(t)
-        _LOG.warning(f"busi-node: {self.cfg.ae} listening on {self.cfg.host}:{self.cfg.port}, mask {self.mask}, "
+        model = f"model on {self.cfg.server}" if self.cfg.server else f"model on {model_threads(self.cfg.threads)} thread(s)"
+        _LOG.warning(f"busi-node: {self.cfg.ae} listening on {self.cfg.host}:{self.cfg.port}, mask {self.mask}, {model}, "
                      f"results to {self._dest() if self.cfg.dest else 'the spool only (no --dest)'}; "
                      f"{len(self.spool.waiting())} waiting and {len(self.spool.to_send())} to send from the spool")
 
