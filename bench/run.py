@@ -523,12 +523,15 @@ def node_run(model: Path, files: list[Path], work: Path) -> dict:
         senders = [threading.Thread(target=send, args=(files[i::4],)) for i in range(4)]
         for t in senders:
             t.start()
-        done = 0
+        done = ended = 0
         while done < n and time.perf_counter() - t0 < 600:
             time.sleep(0.2)
-            done = sum('"event": "classified"' in ln for ln in log_path.read_text().splitlines())
-            if len(statuses) == n and any(s != 0 for s in statuses):
-                break  # some were not taken: they will never be classified
+            events = [ln for ln in log_path.read_text().splitlines() if '"event": ' in ln]
+            done = sum('"event": "classified"' in ln for ln in events)
+            ended = sum(any(f'"event": "{e}"' in ln for e in ("classified", "failed", "skipped", "needs_roi"))
+                        for ln in events)
+            if ended >= n or len(statuses) == n and any(s != 0 for s in statuses):
+                break  # every instance has its outcome, or some were not taken: no more will be classified
         node_s = time.perf_counter() - t0
         for t in senders:
             t.join()
@@ -539,7 +542,8 @@ def node_run(model: Path, files: list[Path], work: Path) -> dict:
         proc.terminate()
         proc.wait(60)
     if done < n:
-        said = [ln for ln in log_path.read_text().splitlines() if '"event": "classified"' not in ln][-3:]
+        said = [ln for ln in log_path.read_text().splitlines()
+                if not any(f'"event": "{e}"' in ln for e in ("classified", "received", "batch"))][-3:]
         refused = [s for s in statuses if s != 0]
         raise RuntimeError(f"busi-node classified {done} of {n} bench instances ({len(refused)} not acknowledged: "
                            f"{sorted(set(map(str, refused)))[:3]}); its last other events: {said}; stderr: "
