@@ -47,6 +47,11 @@ def stats(ts: list[float]) -> dict:
     return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "n": len(ts)}
 
 
+def throughput(ips: list[float]) -> dict:
+    """Images per second over repeated runs: median and spread."""
+    return {"images_per_s": statistics.median(ips), "min": min(ips), "max": max(ips), "n": len(ips)}
+
+
 def timeit(fn, reps: int, warmup: int = 2) -> dict:
     for _ in range(warmup):
         fn()
@@ -313,8 +318,7 @@ def run_bench(model_dir: Path, quick: bool, size: int | None = None) -> dict:
             raise RuntimeError(f"busi-infer did not classify the {n_folder} bench images: {r.stderr[-300:]}")
         runs.append((n_folder / float(m.group(3)), n_folder / wall, bare))
     ips = [a for a, _, _ in runs]
-    cli_ips = {"images_per_s": statistics.median(ips), "min": min(ips), "max": max(ips), "n": len(ips),
-               "with_process_start_images_per_s": statistics.median(b for _, b, _ in runs)}
+    cli_ips = {**throughput(ips), "with_process_start_images_per_s": statistics.median(b for _, b, _ in runs)}
     bare_ips = statistics.median(c for _, _, c in runs)
     r = statistics.median(a / c for a, _, c in runs)
     # the session keeps every core busy, so each image's prepare time comes off them: at best
@@ -453,16 +457,12 @@ def node_row(model: Path, tmp: Path, quick: bool) -> dict:
                                    "none", "--device", "cpu", "--dicom-out", str(tmp / f"node-infer-out-{i}"), "--format",
                                    "csv"], stderr=tmp / "node-infer.err")
         m = re.search(r"(\d+)/(\d+) images classified in ([\d.]+)s", (tmp / "node-infer.err").read_text())
-        infer.append((int(m.group(1)) / float(m.group(3)), infer_mb))
+        infer.append({"images_per_s": int(m.group(1)) / float(m.group(3)), "peak_mb": infer_mb})
         node.append(node_run(model, files, tmp / f"node-{i}"))
-    ratios = [b["images_per_s"] / a for (a, _), b in zip(infer, node)]
+    ratios = [y["images_per_s"] / x["images_per_s"] for x, y in zip(infer, node)]
     ratio = statistics.median(ratios)
-    ips = [a for a, _ in infer]
-    a = {"images_per_s": statistics.median(ips), "min": min(ips), "max": max(ips), "n": len(ips),
-         "peak_mb": max(mb for _, mb in infer)}
-    ips = [b["images_per_s"] for b in node]
-    b = {"images_per_s": statistics.median(ips), "min": min(ips), "max": max(ips), "n": len(ips),
-         "peak_mb": max(b["peak_mb"] for b in node)}
+    a, b = ({**throughput([r["images_per_s"] for r in runs]), "peak_mb": max(r["peak_mb"] for r in runs)}
+            for runs in (infer, node))
     return row("node", f"busi-node: {n} US instances over 4 associations, first C-STORE to last classified (SR + SC "
                "written) vs busi-infer --dicom-out on the same files (its own clock), alternately; peak RSS of each",
                "busi-infer", a, "busi-node", b, ratio,

@@ -104,15 +104,18 @@ class Node(BatchWorker):
     def __init__(self, cfg: NodeConfig, out=None):
         from busi.runtime.options import PredictorOptions
         from busi.runtime.predictor import Predictor
-        from busi.runtime.session import low_peak_loading
+        from busi.runtime.session import cap_threads, low_peak_loading
 
         self.cfg = cfg
         self._out = out or sys.stdout
         self._out_lock = threading.Lock()
         self.spool = Spool(cfg.spool)
+        threads = model_threads(cfg.threads)  # --threads above the cores: the session caps it and says so
+        #: the model's threads as its session gets them (the cap applied): what the start line says
+        self.threads = cap_threads(threads)
         with low_peak_loading():  # as busi-infer loads: what ORT frees while loading goes back (~150 MB here)
             self.predictor = Predictor(cfg.model, PredictorOptions(
-                threads=model_threads(cfg.threads), max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes, segmenter=cfg.segmenter,
+                threads=threads, max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes, segmenter=cfg.segmenter,
                 notice=lambda m: _LOG.warning(m), server=cfg.server, token=cfg.token, expect_sha256=cfg.expect_sha256))
             self.mask = cfg.mask or ("auto" if self._has_segmenter() else "none")
             if self.mask == "auto":
@@ -483,7 +486,7 @@ class Node(BatchWorker):
         t = threading.Thread(target=self.report_status, name="busi-node-status", daemon=True)
         t.start()
         self._threads.append(t)
-        model = f"model on {self.cfg.server}" if self.cfg.server else f"model on {model_threads(self.cfg.threads)} thread(s)"
+        model = f"model on {self.cfg.server}" if self.cfg.server else f"model on {self.threads} thread(s)"
         _LOG.warning(f"busi-node: {self.cfg.ae} listening on {self.cfg.host}:{self.cfg.port}, mask {self.mask}, {model}, "
                      f"results to {self._dest() if self.cfg.dest else 'the spool only (no --dest)'}; "
                      f"{len(self.spool.waiting())} waiting and {len(self.spool.to_send())} to send from the spool")
